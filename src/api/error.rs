@@ -1,0 +1,120 @@
+//! The API's one error type: every failure a client can see, mapped to its HTTP status
+//! in a single `match`, and rendered as `{"error": {"code", "message", "field"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::agent::Invalid;
+use crate::orchestrator::OrchestratorError;
+use crate::store::StoreError;
+
+/// A failure answered to a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body could not be parsed at all.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is not JSON or YAML.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The body is larger than the API accepts.
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The document parsed but a field is wrong.
+    #[error("{0}")]
+    Invalid(Invalid),
+    /// No credentials, or wrong ones.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts what is stored (exists, stale resourceVersion, being deleted).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// A dependency (store or engine) cannot serve the request now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or a broken store.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid(Invalid::new(field, message))
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(i: Invalid) -> Self {
+        ApiError::Invalid(i)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let message = e.to_string();
+        match e {
+            StoreError::NotFound(_) => ApiError::NotFound(message),
+            StoreError::AlreadyExists(_) => ApiError::Conflict {
+                code: "already_exists",
+                message,
+            },
+            StoreError::Conflict { .. } => ApiError::Conflict {
+                code: "conflict",
+                message,
+            },
+            StoreError::Terminating(_) => ApiError::Conflict {
+                code: "terminating",
+                message,
+            },
+            StoreError::Locked(_) | StoreError::Sled(_) | StoreError::Corrupt { .. } => {
+                tracing::error!(error = %message, "store failure");
+                ApiError::Internal(message)
+            }
+        }
+    }
+}
+
+impl From<OrchestratorError> for ApiError {
+    fn from(e: OrchestratorError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut body = json!({"code": code, "message": self.to_string()});
+        if let ApiError::Invalid(i) = &self {
+            body["field"] = json!(i.field);
+            body["message"] = json!(format!("{}: {}", i.field, i.message));
+        }
+        let mut response = (status, Json(json!({ "error": body }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

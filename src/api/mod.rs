@@ -1,0 +1,84 @@
+//! The HTTP API: `fn router(state) -> Router`, so tests can drive it without a socket.
+//!
+//! Routes (all under /v1 demand the API key):
+//! - `POST /v1/agents`, `GET /v1/agents[?label=k=v]`
+//! - `GET|PUT|DELETE /v1/agents/{name}`, `POST /v1/agents/{name}/action`
+//! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`
+//! - `GET /healthz`, `GET /readyz` (no key)
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::controller;
+use crate::orchestrator::Orchestrator;
+use crate::store::Store;
+
+mod agents;
+pub mod auth;
+pub mod body;
+pub mod error;
+
+pub use auth::ApiKey;
+pub use error::ApiError;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Desired state and status.
+    pub store: Arc<Store>,
+    /// The engine, for readiness and logs.
+    pub orchestrator: Arc<dyn Orchestrator>,
+    /// Wakes the controller after a write.
+    pub controller: controller::Handle,
+    /// The key every /v1 request must carry.
+    pub key: Arc<ApiKey>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/agents", post(agents::create).get(agents::list))
+        .route(
+            "/agents/{name}",
+            get(agents::get).put(agents::apply).delete(agents::delete),
+        )
+        .route("/agents/{name}/action", post(agents::action))
+        .route("/agents/{name}/logs", get(agents::logs))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// 200 only while the store reads and the engine answers; otherwise 503 saying which.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.store.is_healthy() {
+        return ApiError::Unavailable("the store cannot be read".into()).into_response();
+    }
+    match state.orchestrator.ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
+        Err(e) => ApiError::Unavailable(e.to_string()).into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see the README for the API".into())
+}

@@ -1,0 +1,40 @@
+//! The flags of `hive serve`, each with an environment fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How `hive serve` runs.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Address the API listens on. Use 0.0.0.0:8000 inside a container.
+    #[arg(long, env = "HIVE_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: SocketAddr,
+
+    /// Directory for the store and a generated API key.
+    #[arg(long, env = "HIVE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Docker engine: unix:///path, tcp://host:port. Defaults to DOCKER_HOST or the local socket.
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
+    /// Time between full resyncs of the store against the engine (e.g. 30s, 2m).
+    #[arg(long, env = "HIVE_RESYNC_INTERVAL", default_value = "30s")]
+    pub resync_interval: humantime::Duration,
+
+    /// Name of this Hive instance; it only touches containers labelled with it.
+    #[arg(long, env = "HIVE_INSTANCE", default_value = "default")]
+    pub instance: String,
+
+    /// Reconciles that may run at once.
+    #[arg(long, env = "HIVE_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
+    pub max_concurrent_reconciles: usize,
+
+    /// File holding the API key (takes precedence over AGENT_API_KEY).
+    #[arg(long, env = "HIVE_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// The API key itself; from the environment only, so it never shows in `ps`.
+    #[arg(skip = std::env::var("AGENT_API_KEY").ok())]
+    pub api_key: Option<String>,
+}

@@ -1,0 +1,267 @@
+//! The controller: a runtime that decides *when* to reconcile which agent, apart from
+//! [`reconcile`] (what one pass does) and [`plan`] (the pure decision inside it).
+//!
+//! Three sources wake it: store writes (through [`Handle::enqueue`]), the engine's event
+//! stream for this instance's containers, and a periodic resync that compares the whole
+//! store with one listing of the engine and queues only the agents that need work. The
+//! runtime runs at most `max_concurrent` passes at once and never two for one agent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::orchestrator::Orchestrator;
+use crate::store::Store;
+
+pub mod plan;
+pub mod queue;
+pub mod reconcile;
+
+pub use reconcile::{reconcile, Context, ReconcileError};
+
+use queue::Queue;
+
+/// How the runtime paces itself.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Time between full resyncs.
+    pub resync_interval: Duration,
+    /// Reconciles allowed in flight at once.
+    pub max_concurrent: usize,
+}
+
+/// What the rest of Hive holds to wake the controller.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<String>,
+    resync: Arc<Notify>,
+}
+
+impl Handle {
+    /// Asks for a reconcile of one agent.
+    pub fn enqueue(&self, name: &str) {
+        // Fails only once the runtime has stopped, when there is nothing left to wake.
+        let _ = self.tx.send(name.to_string());
+    }
+
+    /// Asks for a full resync now.
+    pub fn resync(&self) {
+        self.resync.notify_one();
+    }
+}
+
+/// The controller runtime, ready to run.
+pub struct Controller {
+    ctx: Context,
+    settings: Settings,
+    handle: Handle,
+    rx: mpsc::UnboundedReceiver<String>,
+}
+
+impl Controller {
+    pub fn new(store: Arc<Store>, orchestrator: Arc<dyn Orchestrator>, settings: Settings) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Controller {
+            ctx: Context {
+                store,
+                orchestrator,
+            },
+            settings,
+            handle: Handle {
+                tx,
+                resync: Arc::new(Notify::new()),
+            },
+            rx,
+        }
+    }
+
+    /// A handle for waking this controller.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` fires, then lets the passes in flight finish.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Controller {
+            ctx,
+            settings,
+            handle,
+            mut rx,
+        } = self;
+        let mut background = JoinSet::new();
+        background.spawn(resync_loop(
+            ctx.clone(),
+            handle.clone(),
+            settings.resync_interval,
+            shutdown.clone(),
+        ));
+        background.spawn(event_loop(
+            ctx.orchestrator.clone(),
+            handle.clone(),
+            shutdown.clone(),
+        ));
+
+        let mut queue = Queue::default();
+        let mut passes: JoinSet<(String, bool)> = JoinSet::new();
+        loop {
+            while passes.len() < settings.max_concurrent.max(1) {
+                let Some(name) = queue.pop() else { break };
+                let ctx = ctx.clone();
+                let span = tracing::info_span!("reconcile", agent = %name);
+                passes.spawn(
+                    async move {
+                        let result = reconcile(&name, &ctx).await;
+                        if let Err(e) = &result {
+                            debug!(error = %e, "reconcile failed; will retry");
+                        }
+                        (name, result.is_ok())
+                    }
+                    .instrument(span),
+                );
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(name) = rx.recv() => queue.push(name),
+                () = queue.next_retry() => {}
+                Some(done) = passes.join_next() => match done {
+                    Ok((name, ok)) => {
+                        if let Some(delay) = queue.finish(&name, ok) {
+                            debug!(agent = %name, ?delay, "retrying after backoff");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "a reconcile task panicked"),
+                },
+            }
+        }
+        info!(
+            in_flight = passes.len(),
+            "controller stopping; finishing reconciles in flight"
+        );
+        while passes.join_next().await.is_some() {}
+        background.shutdown().await;
+    }
+}
+
+/// Every `interval` (or when asked), compares the store with one listing of the engine
+/// and queues the agents whose plan has work or whose status would change. The first
+/// pass queues everything, so a restarted Hive refreshes every status.
+async fn resync_loop(
+    ctx: Context,
+    handle: Handle,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut first = true;
+    loop {
+        match resync_once(&ctx, first).await {
+            Ok(names) => {
+                debug!(queued = names.len(), "resync");
+                first = false;
+                for name in names {
+                    handle.enqueue(&name);
+                }
+            }
+            Err(e) => warn!(error = %e, "resync failed; will try again"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+            _ = handle.resync.notified() => {}
+        }
+    }
+}
+
+/// The names one resync must queue.
+async fn resync_once(ctx: &Context, everything: bool) -> Result<BTreeSet<String>, ReconcileError> {
+    let records = ctx.store.list()?;
+    let containers = ctx.orchestrator.list_all().await?;
+    let mut by_agent: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+    for c in &containers {
+        by_agent
+            .entry(c.agent.as_str())
+            .or_default()
+            .push(c.clone());
+    }
+    let mut names = BTreeSet::new();
+    for r in &records {
+        let name = r.agent.metadata.name.as_str();
+        let mine = by_agent.remove(name).unwrap_or_default();
+        if everything || needs_work(r, &mine) {
+            names.insert(name.to_string());
+        }
+    }
+    // What is left has no record: orphans to remove.
+    names.extend(by_agent.into_keys().map(str::to_string));
+    Ok(names)
+}
+
+/// Whether a pass over this agent would change anything, judged from a listing (which
+/// lacks restart counts, so those are not compared).
+fn needs_work(r: &crate::store::Record, containers: &[crate::orchestrator::Container]) -> bool {
+    let Ok(spec) = r.agent.container_spec() else {
+        return false;
+    };
+    let p = plan::plan(Some(r), &spec.hash(), containers);
+    let status = &r.agent.status;
+    !p.remove.is_empty()
+        || p.action.is_some()
+        || p.delete_record
+        || status.observed_generation != r.agent.metadata.generation
+        || p.outcome.is_some_and(|o| {
+            o.phase != status.phase
+                || o.message != status.message
+                || o.container_id != status.container_id
+        })
+}
+
+/// Follows the engine's events for this instance and queues the agents they name. When
+/// the stream breaks it waits (with backoff) for the engine to answer again, then
+/// resubscribes and asks for a resync, since events may have been missed meanwhile.
+async fn event_loop(
+    orchestrator: Arc<dyn Orchestrator>,
+    handle: Handle,
+    shutdown: CancellationToken,
+) {
+    let mut reconnected = false;
+    loop {
+        let mut events = orchestrator.events();
+        if reconnected {
+            info!("engine event stream resumed; resyncing");
+            handle.resync();
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = events.next() => match next {
+                    Some(Ok(agent)) => handle.enqueue(&agent),
+                    Some(Err(e)) => {
+                        warn!(error = %e, "engine event stream failed");
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        let mut failures = 0;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(queue::backoff(failures)) => {}
+            }
+            if orchestrator.ping().await.is_ok() {
+                break;
+            }
+            failures += 1;
+        }
+        reconnected = true;
+    }
+}
+
+#[cfg(test)]
+mod tests;

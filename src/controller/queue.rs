@@ -1,0 +1,170 @@
+//! The work queue of agent names: deduplicated, one reconcile per name at a time, with
+//! delayed retries and a per-agent backoff that resets on success.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::time::{delay_queue, DelayQueue};
+
+/// First retry delay after a failed reconcile.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Retries never wait longer than this, so a fixed problem is noticed within a minute.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// Names waiting to be reconciled, names being reconciled, and names waiting to retry.
+#[derive(Default)]
+pub struct Queue {
+    /// Due now, in arrival order.
+    ready: VecDeque<String>,
+    /// The members of `ready`, for deduplication.
+    queued: HashSet<String>,
+    /// Being reconciled now.
+    running: HashSet<String>,
+    /// Asked for again while running: run once more when the current pass ends.
+    dirty: HashSet<String>,
+    /// Retries that are not due yet.
+    delayed: DelayQueue<String>,
+    /// Keys into `delayed`, so a name has at most one pending retry.
+    delayed_keys: HashMap<String, delay_queue::Key>,
+    /// Consecutive failures per name; cleared by a success.
+    failures: HashMap<String, u32>,
+}
+
+impl Queue {
+    /// Asks for a reconcile of `name` now.
+    pub fn push(&mut self, name: String) {
+        if let Some(key) = self.delayed_keys.remove(&name) {
+            self.delayed.remove(&key);
+        }
+        if self.running.contains(&name) {
+            self.dirty.insert(name);
+        } else if self.queued.insert(name.clone()) {
+            self.ready.push_back(name);
+        }
+    }
+
+    /// Takes the next name that is due and not already being reconciled.
+    pub fn pop(&mut self) -> Option<String> {
+        let name = self.ready.pop_front()?;
+        self.queued.remove(&name);
+        self.running.insert(name.clone());
+        Some(name)
+    }
+
+    /// Ends a pass of `name`. A failure schedules a retry after the name's backoff; a
+    /// success resets the backoff. Returns the delay of the retry.
+    pub fn finish(&mut self, name: &str, ok: bool) -> Option<Duration> {
+        self.running.remove(name);
+        let retry = if ok {
+            self.failures.remove(name);
+            None
+        } else {
+            let n = self.failures.entry(name.to_string()).or_default();
+            let delay = backoff(*n);
+            *n = n.saturating_add(1);
+            Some(delay)
+        };
+        if self.dirty.remove(name) {
+            self.push(name.to_string());
+        } else if let Some(delay) = retry {
+            let key = self.delayed.insert(name.to_string(), delay);
+            self.delayed_keys.insert(name.to_string(), key);
+        }
+        retry
+    }
+
+    /// Waits for the next retry to fall due and queues it. Pending forever when none is scheduled.
+    pub async fn next_retry(&mut self) {
+        match self.delayed.next().await {
+            Some(expired) => {
+                let name = expired.into_inner();
+                self.delayed_keys.remove(&name);
+                self.push(name);
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Number of names due now.
+    pub fn len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Whether nothing is due now.
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty()
+    }
+}
+
+/// The delay after `failures` consecutive failures: 0.5s, 1s, 2s, ... capped at 60s.
+pub fn backoff(failures: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX))
+        .min(BACKOFF_CAP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_deduplicated_and_never_run_twice_at_once() {
+        let mut q = Queue::default();
+        q.push("a".into());
+        q.push("a".into());
+        q.push("b".into());
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.pop().as_deref(), Some("a"));
+        q.push("a".into()); // arrives while "a" runs
+        assert_eq!(q.pop().as_deref(), Some("b"));
+        assert_eq!(q.pop(), None, "a is running, so it is not handed out again");
+        q.finish("a", true);
+        assert_eq!(
+            q.pop().as_deref(),
+            Some("a"),
+            "the push during the run is honoured once"
+        );
+        q.finish("a", true);
+        assert_eq!(q.pop(), None);
+    }
+
+    #[tokio::test]
+    async fn backoff_doubles_to_a_cap_and_resets_on_success() {
+        let mut q = Queue::default();
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            q.push("a".into());
+            q.pop();
+            delays.push(q.finish("a", false).unwrap());
+        }
+        assert_eq!(delays[0], Duration::from_millis(500));
+        assert_eq!(delays[1], Duration::from_secs(1));
+        assert_eq!(delays[2], Duration::from_secs(2));
+        assert_eq!(*delays.last().unwrap(), BACKOFF_CAP);
+        q.push("a".into());
+        q.pop();
+        assert_eq!(q.finish("a", true), None);
+        q.push("a".into());
+        q.pop();
+        assert_eq!(q.finish("a", false), Some(Duration::from_millis(500)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_falls_due_after_its_delay_and_a_push_preempts_it() {
+        let mut q = Queue::default();
+        q.push("a".into());
+        q.pop();
+        q.finish("a", false);
+        assert!(q.is_empty());
+        let start = tokio::time::Instant::now();
+        q.next_retry().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+        assert_eq!(q.pop().as_deref(), Some("a"));
+        q.finish("a", false);
+        q.push("a".into()); // a write arrives: due now, and the retry is dropped
+        assert_eq!(q.pop().as_deref(), Some("a"));
+        q.finish("a", true);
+        assert!(q.delayed_keys.is_empty());
+    }
+}

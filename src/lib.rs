@@ -1,0 +1,130 @@
+//! Hive: a declarative control plane for fleets of AI agents in containers.
+//!
+//! Clients (people, a git repo of manifests, and the agent Sol) declare `Agent`s over an
+//! authenticated HTTP API; Hive stores that desired state in sled and a reconcile loop
+//! makes the container engine match it. Hive is the only holder of the Docker socket, so
+//! an agent that is talked into something can ask Hive for agents, never for the host.
+//!
+//! # Layout
+//! - [`agent`]: the resource (metadata, spec, status), its validation, and the container it asks for.
+//! - [`store`]: desired state and status on disk (sled); durable before a write is answered.
+//! - [`api`]: the HTTP layer (axum): routes, auth, body parsing, one error type.
+//! - [`controller`]: the runtime (queue, triggers, backoff) apart from `reconcile` and the pure `plan`.
+//! - [`orchestrator`]: the `Orchestrator` trait and its Docker implementation (the only bollard user).
+//! - [`config`]: the flags of `hive serve`.
+//! - [`shutdown`]: the Ctrl-C / SIGTERM signal.
+//!
+//! [`run`] wires them together; `main` only parses flags and calls it.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub mod agent;
+pub mod api;
+pub mod config;
+pub mod controller;
+pub mod orchestrator;
+pub mod shutdown;
+pub mod store;
+
+pub use config::Config;
+
+use api::auth::{ApiKey, KeySource};
+use orchestrator::docker::DockerOrchestrator;
+use orchestrator::Orchestrator;
+use store::Store;
+
+/// Why Hive could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Key(#[from] api::auth::KeyError),
+    #[error("invalid --instance {0:?}: {1}")]
+    Instance(String, String),
+    #[error("cannot use --data-dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("serving HTTP failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs Hive on `listener` until `shutdown` completes: opens the store, connects to the
+/// engine, starts the controller and serves the API. On shutdown it stops accepting,
+/// finishes the reconciles in flight and flushes the store; agents keep running.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    agent::validate_name(&config.instance)
+        .map_err(|m| Error::Instance(config.instance.clone(), m))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let (key, source) = ApiKey::load(
+        config.api_key.as_deref(),
+        config.api_key_file.as_deref(),
+        &config.data_dir,
+    )?;
+    match source {
+        KeySource::Environment => info!("API key from AGENT_API_KEY"),
+        KeySource::File(path) => info!(path = %path.display(), "API key from file"),
+        KeySource::Generated(path) => {
+            info!(path = %path.display(), "generated an API key (mode 0600); clients need its contents")
+        }
+    }
+    let orchestrator: Arc<dyn Orchestrator> = Arc::new(DockerOrchestrator::new(
+        config.docker_host.as_deref(),
+        &config.instance,
+    ));
+    if let Err(e) = orchestrator.ping().await {
+        warn!(error = %e, "the container engine does not answer yet; serving anyway and retrying");
+    }
+
+    let stop = CancellationToken::new();
+    let controller = controller::Controller::new(
+        store.clone(),
+        orchestrator.clone(),
+        controller::Settings {
+            resync_interval: config.resync_interval.into(),
+            max_concurrent: config.max_concurrent_reconciles,
+        },
+    );
+    let state = api::AppState {
+        store: store.clone(),
+        orchestrator,
+        controller: controller.handle(),
+        key: Arc::new(key),
+    };
+    let controller_task = tokio::spawn(controller.run(stop.clone()));
+
+    let addr = listener.local_addr().map_err(Error::Serve)?;
+    info!(%addr, instance = %config.instance, "listening");
+    let stop_serving = stop.clone();
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop_serving.cancelled() => {}
+            }
+            info!("shutting down: no new requests");
+        })
+        .await;
+    stop.cancel();
+    if controller_task.await.is_err() {
+        warn!("the controller task panicked");
+    }
+    store.flush().await?;
+    info!("stopped; agents keep running");
+    served.map_err(Error::Serve)
+}

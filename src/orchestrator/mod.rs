@@ -1,0 +1,146 @@
+//! The one door to the container engine. The controller speaks only these types; no
+//! Docker type crosses this trait, so a Kubernetes backend can stand beside [`docker`].
+//!
+//! Every implementation is bound to one Hive *instance*: it stamps its instance on what it
+//! creates and lists, stops and removes only what carries that instance.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::agent::RestartPolicy;
+
+pub mod docker;
+
+/// Everything in an agent's spec that shapes its container. A change of any field
+/// changes [`ContainerSpec::hash`] and so recreates the container.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContainerSpec {
+    /// The agent's name.
+    pub agent: String,
+    /// The agent's uid, so a deleted and re-created agent never adopts its predecessor's container.
+    pub uid: Uuid,
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's default arguments.
+    pub args: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub restart_policy: RestartPolicy,
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+}
+
+impl ContainerSpec {
+    /// A stable digest of the spec (16 bytes of SHA-256 over its JSON, fields and maps in a fixed order).
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a ContainerSpec always serializes");
+        hex::encode(&Sha256::digest(&json)[..16])
+    }
+}
+
+/// The engine's view of a container's process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    Running,
+    Paused,
+    /// Exited and waiting for the engine's restart policy to start it again.
+    Restarting,
+    /// Exited with this code (None when the engine did not say).
+    Exited(Option<i64>),
+    /// Being removed, or dead: about to disappear.
+    Removing,
+}
+
+/// One container that carries this instance's labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Container {
+    pub id: String,
+    /// Value of the agent label.
+    pub agent: String,
+    /// Value of the uid label (may be garbage on a container added out of band).
+    pub uid: String,
+    /// Value of the spec-hash label.
+    pub spec_hash: String,
+    pub state: ContainerState,
+    /// How often the engine's restart policy restarted it (known when listed for one agent).
+    pub restart_count: u64,
+    /// Unix seconds of creation; used to keep the newest of duplicates.
+    pub created: i64,
+}
+
+/// Options for reading a container's output.
+#[derive(Clone, Debug, Default)]
+pub struct LogOptions {
+    /// Only the last N lines (all when None).
+    pub tail: Option<u64>,
+    /// Keep streaming new output.
+    pub follow: bool,
+}
+
+/// Failures of the engine, in the orchestrator's words.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// The engine could not be reached at all.
+    #[error("container engine unreachable: {0}")]
+    Unavailable(String),
+    /// The image is not on the engine and pulling it failed.
+    #[error("image {image:?} is not on the engine and could not be pulled ({detail}); build or load it there, or fix spec.image")]
+    ImageNotFound { image: String, detail: String },
+    /// A container by that name exists but is not ours to touch.
+    #[error("container name {name:?} is taken by a container this Hive instance does not manage; remove or rename it")]
+    NameTaken { name: String },
+    /// The container vanished under us.
+    #[error("container {0} no longer exists")]
+    NotFound(String),
+    /// The engine refused the request.
+    #[error("container engine refused: {0}")]
+    Refused(String),
+}
+
+impl OrchestratorError {
+    /// Whether trying again soon may help without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            OrchestratorError::Unavailable(_) | OrchestratorError::NotFound(_)
+        )
+    }
+}
+
+/// The container engine, seen through what Hive needs of it.
+#[async_trait]
+pub trait Orchestrator: Send + Sync + 'static {
+    /// Answers when the engine is reachable.
+    async fn ping(&self) -> Result<(), OrchestratorError>;
+    /// Every container of this instance (states from the listing; restart counts are 0).
+    async fn list_all(&self) -> Result<Vec<Container>, OrchestratorError>;
+    /// The containers of this instance for one agent, with restart counts filled in.
+    async fn list_agent(&self, agent: &str) -> Result<Vec<Container>, OrchestratorError>;
+    /// Creates (not starts) the agent's container, pulling the image when it is missing.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, OrchestratorError>;
+    async fn start(&self, id: &str) -> Result<(), OrchestratorError>;
+    /// Asks the process to stop, killing it after the grace period.
+    async fn stop(&self, id: &str) -> Result<(), OrchestratorError>;
+    async fn restart(&self, id: &str) -> Result<(), OrchestratorError>;
+    /// Removes the container, killing it if it runs. Absent containers are not an error.
+    async fn remove(&self, id: &str) -> Result<(), OrchestratorError>;
+    /// The container's output, stdout and stderr interleaved.
+    fn logs(
+        &self,
+        id: &str,
+        options: LogOptions,
+    ) -> BoxStream<'static, Result<Vec<u8>, OrchestratorError>>;
+    /// Names of agents whose containers changed (created, started, died, removed, ...).
+    /// The stream ends or errs when the engine goes away; callers re-subscribe.
+    fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>>;
+}
+
+#[cfg(test)]
+pub mod fake;

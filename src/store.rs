@@ -1,0 +1,359 @@
+//! The desired state, on disk in sled: one record per agent, keyed by name.
+//!
+//! A record is the agent as the API shows it plus a little bookkeeping the controller
+//! needs. Every write is a read-modify-write under one lock, so the API's spec writes and
+//! the controller's status writes never lose each other. Writes that a client waits for
+//! are flushed to disk before [`Store::flush`] returns; the API answers only after that.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::agent::{now_rfc3339, Agent, AgentStatus, DesiredState, Phase};
+
+/// sled's page cache; the default of 1 GiB is far beyond what a fleet's records need.
+const CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// An agent as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The agent, exactly as the API returns it.
+    pub agent: Agent,
+    /// Controller bookkeeping that is not part of the resource.
+    #[serde(default)]
+    pub internal: Internal,
+}
+
+/// What the controller must remember between passes that the resource does not show.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Internal {
+    /// Restarts asked for through the `restart` action (a counter, so none is lost).
+    pub restarts_requested: u64,
+    /// Of those, how many the controller has carried out.
+    pub restarts_done: u64,
+    /// Times Hive itself started the current container after it had exited.
+    pub repairs: u64,
+}
+
+/// What a PUT did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (most likely another Hive) holds the store.
+    #[error("the store at {0} is locked by another process (is another hive running with this --data-dir?)")]
+    Locked(PathBuf),
+    /// sled failed.
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be decoded.
+    #[error("store: record {name:?} is unreadable: {source}")]
+    Corrupt {
+        name: String,
+        source: serde_json::Error,
+    },
+    /// No agent by that name.
+    #[error("agent {0:?} not found")]
+    NotFound(String),
+    /// An agent by that name exists already.
+    #[error("agent {0:?} already exists")]
+    AlreadyExists(String),
+    /// The agent is being deleted and cannot be changed.
+    #[error("agent {0:?} is being deleted; wait until it is gone")]
+    Terminating(String),
+    /// The resourceVersion precondition failed.
+    #[error("agent {name:?} has resourceVersion {current}, not {given}: it changed since it was read; get it again and reapply")]
+    Conflict {
+        name: String,
+        given: String,
+        current: String,
+    },
+}
+
+/// The agents' desired state and last observed status.
+pub struct Store {
+    db: sled::Db,
+    agents: sled::Tree,
+    /// Serializes read-modify-write cycles. Never held across an await.
+    write: Mutex<()>,
+}
+
+/// What a read-modify-write decided, with what it tells its caller.
+enum Change<T> {
+    /// Store this record.
+    Put(Record, T),
+    /// Delete the record.
+    Delete(T),
+    /// Write nothing.
+    Keep(T),
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| match &e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(path.clone())
+                }
+                _ => StoreError::Sled(e),
+            })?;
+        let agents = db.open_tree("agents")?;
+        Ok(Store {
+            db,
+            agents,
+            write: Mutex::new(()),
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// True while the store can be read.
+    pub fn is_healthy(&self) -> bool {
+        self.agents.first().is_ok()
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<Record>, StoreError> {
+        self.agents.get(name)?.map(|v| decode(name, &v)).transpose()
+    }
+
+    /// Every record, sorted by name.
+    pub fn list(&self) -> Result<Vec<Record>, StoreError> {
+        self.agents
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&String::from_utf8_lossy(&k), &v)
+            })
+            .collect()
+    }
+
+    /// Creates a new agent (POST). The caller has validated it.
+    pub fn create(&self, agent: Agent) -> Result<Record, StoreError> {
+        let name = agent.metadata.name.clone();
+        let (r, ()) = self.mutate(&name, |old| match old {
+            Some(_) => Err(StoreError::AlreadyExists(name.clone())),
+            None => Ok(Change::Put(new_record(agent), ())),
+        })?;
+        Ok(r.expect("a put leaves a record"))
+    }
+
+    /// Creates or replaces an agent's declared state (PUT). A resourceVersion in the body is
+    /// a precondition. A spec identical to the stored one writes nothing.
+    pub fn apply(&self, agent: Agent) -> Result<(Record, Applied), StoreError> {
+        let name = agent.metadata.name.clone();
+        let (r, applied) = self.mutate(&name, |old| {
+            let Some(old) = old else {
+                if let Some(given) = agent.metadata.resource_version.clone() {
+                    return Err(StoreError::Conflict {
+                        name: name.clone(),
+                        given,
+                        current: "none (the agent does not exist)".into(),
+                    });
+                }
+                return Ok(Change::Put(new_record(agent), Applied::Created));
+            };
+            check_version(old, agent.metadata.resource_version.as_deref())?;
+            if old.agent.is_terminating() {
+                return Err(StoreError::Terminating(name.clone()));
+            }
+            let spec_changed = old.agent.spec != agent.spec;
+            let meta = &old.agent.metadata;
+            let meta_changed = meta.labels != agent.metadata.labels
+                || meta.annotations != agent.metadata.annotations;
+            if !spec_changed && !meta_changed {
+                return Ok(Change::Keep(Applied::Unchanged));
+            }
+            let mut r = old.clone();
+            r.agent.metadata.labels = agent.metadata.labels;
+            r.agent.metadata.annotations = agent.metadata.annotations;
+            if spec_changed {
+                r.agent.metadata.generation += 1;
+                r.agent.spec = agent.spec;
+            }
+            Ok(Change::Put(r, Applied::Updated))
+        })?;
+        Ok((r.expect("apply leaves a record"), applied))
+    }
+
+    /// Sets spec.state (the start and stop actions); a change bumps the generation.
+    pub fn set_state(&self, name: &str, state: DesiredState) -> Result<Record, StoreError> {
+        self.change_existing(name, |r| {
+            if r.agent.spec.state == state {
+                return false;
+            }
+            r.agent.spec.state = state;
+            r.agent.metadata.generation += 1;
+            true
+        })
+    }
+
+    /// Records a request to restart the agent's container once.
+    pub fn request_restart(&self, name: &str) -> Result<Record, StoreError> {
+        self.change_existing(name, |r| {
+            r.internal.restarts_requested += 1;
+            true
+        })
+    }
+
+    /// Marks the agent for deletion (phase Terminating). Idempotent.
+    pub fn mark_deleted(&self, name: &str) -> Result<Record, StoreError> {
+        let (r, ()) = self.mutate(name, |old| {
+            let Some(old) = old else {
+                return Err(StoreError::NotFound(name.to_string()));
+            };
+            if old.agent.is_terminating() {
+                return Ok(Change::Keep(()));
+            }
+            let mut r = old.clone();
+            let now = now_rfc3339();
+            r.agent.metadata.deletion_timestamp = Some(now.clone());
+            r.agent.status.phase = Phase::Terminating;
+            r.agent.status.message = Some("deleting its container".into());
+            r.agent.status.last_transition_time = Some(now);
+            Ok(Change::Put(r, ()))
+        })?;
+        Ok(r.expect("a delete mark leaves a record"))
+    }
+
+    /// Writes the controller's view of one agent, if the agent is still the one observed
+    /// (same uid). Writes nothing when nothing changed.
+    pub fn update_status(
+        &self,
+        name: &str,
+        uid: Uuid,
+        status: AgentStatus,
+        internal: Internal,
+    ) -> Result<(), StoreError> {
+        self.mutate(name, |old| {
+            let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
+                return Ok(Change::Keep(()));
+            };
+            let mut status = status;
+            status.last_transition_time = if status.phase == old.agent.status.phase {
+                old.agent.status.last_transition_time.clone()
+            } else {
+                Some(now_rfc3339())
+            };
+            if old.agent.status == status && old.internal == internal {
+                return Ok(Change::Keep(()));
+            }
+            let mut r = old.clone();
+            r.agent.status = status;
+            r.internal = internal;
+            Ok(Change::Put(r, ()))
+        })?;
+        Ok(())
+    }
+
+    /// Removes the record of a deleted agent once its containers are gone.
+    pub fn remove(&self, name: &str, uid: Uuid) -> Result<(), StoreError> {
+        self.mutate(name, |old| match old {
+            Some(r) if r.agent.metadata.uid == Some(uid) && r.agent.is_terminating() => {
+                Ok(Change::Delete(()))
+            }
+            _ => Ok(Change::Keep(())),
+        })?;
+        Ok(())
+    }
+
+    /// Applies `f` to an existing, live agent; `f` says whether it changed anything.
+    fn change_existing(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Record) -> bool,
+    ) -> Result<Record, StoreError> {
+        let (r, ()) = self.mutate(name, |old| {
+            let Some(old) = old else {
+                return Err(StoreError::NotFound(name.to_string()));
+            };
+            if old.agent.is_terminating() {
+                return Err(StoreError::Terminating(name.to_string()));
+            }
+            let mut r = old.clone();
+            Ok(if f(&mut r) {
+                Change::Put(r, ())
+            } else {
+                Change::Keep(())
+            })
+        })?;
+        Ok(r.expect("an existing record stays"))
+    }
+
+    /// Runs one read-modify-write of `name` under the write lock, stamping a fresh
+    /// resourceVersion on what it puts. Returns the record as it now stands.
+    fn mutate<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(Option<&Record>) -> Result<Change<T>, StoreError>,
+    ) -> Result<(Option<Record>, T), StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.get(name)?;
+        match f(old.as_ref())? {
+            Change::Keep(t) => Ok((old, t)),
+            Change::Delete(t) => {
+                self.agents.remove(name)?;
+                Ok((None, t))
+            }
+            Change::Put(mut r, t) => {
+                let version = (self.db.generate_id()? + 1).to_string();
+                r.agent.metadata.resource_version = Some(version);
+                let bytes = serde_json::to_vec(&r).expect("a record always serializes");
+                self.agents.insert(name, bytes)?;
+                Ok((Some(r), t))
+            }
+        }
+    }
+}
+
+fn new_record(mut agent: Agent) -> Record {
+    let m = &mut agent.metadata;
+    m.uid = Some(Uuid::new_v4());
+    m.generation = 1;
+    m.creation_timestamp = Some(now_rfc3339());
+    m.deletion_timestamp = None;
+    agent.status = AgentStatus {
+        phase: Phase::Pending,
+        message: Some("waiting for the controller".into()),
+        last_transition_time: m.creation_timestamp.clone(),
+        ..Default::default()
+    };
+    Record {
+        agent,
+        internal: Internal::default(),
+    }
+}
+
+fn check_version(r: &Record, given: Option<&str>) -> Result<(), StoreError> {
+    match (given, r.agent.metadata.resource_version.as_deref()) {
+        (Some(given), Some(current)) if given != current => Err(StoreError::Conflict {
+            name: r.agent.metadata.name.clone(),
+            given: given.to_string(),
+            current: current.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn decode(name: &str, bytes: &[u8]) -> Result<Record, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        name: name.to_string(),
+        source,
+    })
+}
