@@ -89,7 +89,7 @@ pub struct Store {
 /// What a read-modify-write decided, with what it tells its caller.
 enum Change<T> {
     /// Store this record.
-    Put(Record, T),
+    Put(Box<Record>, T),
     /// Delete the record.
     Delete(T),
     /// Write nothing.
@@ -149,7 +149,7 @@ impl Store {
         let name = agent.metadata.name.clone();
         let (r, ()) = self.mutate(&name, |old| match old {
             Some(_) => Err(StoreError::AlreadyExists(name.clone())),
-            None => Ok(Change::Put(new_record(agent), ())),
+            None => Ok(Change::Put(Box::new(new_record(agent)), ())),
         })?;
         Ok(r.expect("a put leaves a record"))
     }
@@ -167,7 +167,7 @@ impl Store {
                         current: "none (the agent does not exist)".into(),
                     });
                 }
-                return Ok(Change::Put(new_record(agent), Applied::Created));
+                return Ok(Change::Put(Box::new(new_record(agent)), Applied::Created));
             };
             check_version(old, agent.metadata.resource_version.as_deref())?;
             if old.agent.is_terminating() {
@@ -187,7 +187,7 @@ impl Store {
                 r.agent.metadata.generation += 1;
                 r.agent.spec = agent.spec;
             }
-            Ok(Change::Put(r, Applied::Updated))
+            Ok(Change::Put(Box::new(r), Applied::Updated))
         })?;
         Ok((r.expect("apply leaves a record"), applied))
     }
@@ -227,7 +227,7 @@ impl Store {
             r.agent.status.phase = Phase::Terminating;
             r.agent.status.message = Some("deleting its container".into());
             r.agent.status.last_transition_time = Some(now);
-            Ok(Change::Put(r, ()))
+            Ok(Change::Put(Box::new(r), ()))
         })?;
         Ok(r.expect("a delete mark leaves a record"))
     }
@@ -257,7 +257,7 @@ impl Store {
             let mut r = old.clone();
             r.agent.status = status;
             r.internal = internal;
-            Ok(Change::Put(r, ()))
+            Ok(Change::Put(Box::new(r), ()))
         })?;
         Ok(())
     }
@@ -288,7 +288,7 @@ impl Store {
             }
             let mut r = old.clone();
             Ok(if f(&mut r) {
-                Change::Put(r, ())
+                Change::Put(Box::new(r), ())
             } else {
                 Change::Keep(())
             })
@@ -316,7 +316,7 @@ impl Store {
                 r.agent.metadata.resource_version = Some(version);
                 let bytes = serde_json::to_vec(&r).expect("a record always serializes");
                 self.agents.insert(name, bytes)?;
-                Ok((Some(r), t))
+                Ok((Some(*r), t))
             }
         }
     }

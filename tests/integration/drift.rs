@@ -1,0 +1,156 @@
+//! Drift repair: what someone does to Hive's containers behind its back is undone, and
+//! what is not Hive's (no labels, or another instance's) is never touched.
+
+use std::collections::HashMap;
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptions, KillContainerOptions, RemoveContainerOptions,
+};
+
+use crate::harness::{
+    containers_with_label, engine, remove_instance_containers, token, wait_for, Hive, IMAGE, SLEEP,
+};
+
+#[tokio::test]
+async fn a_container_killed_out_of_band_is_restarted() {
+    let hive = Hive::start().await;
+    hive.put_yaml("k", &crate::harness::agent_yaml("k", ""))
+        .await;
+    let agent = hive.wait_phase("k", "Running").await;
+    let id = agent["status"]["containerId"].as_str().unwrap().to_string();
+    engine()
+        .await
+        .kill_container(
+            &id,
+            Some(KillContainerOptions {
+                signal: "SIGKILL".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    wait_for("the killed container to run again", || async {
+        let a = hive.get("k").await?;
+        let running = hive.inspect("k").await?.state?.running == Some(true);
+        (running
+            && a["status"]["phase"] == "Running"
+            && a["status"]["restartCount"].as_u64() >= Some(1))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        hive.inspect("k").await.unwrap().id.unwrap(),
+        id,
+        "the same container, restarted"
+    );
+}
+
+#[tokio::test]
+async fn a_container_removed_out_of_band_is_recreated() {
+    let hive = Hive::start().await;
+    hive.put_yaml("r", &crate::harness::agent_yaml("r", ""))
+        .await;
+    let agent = hive.wait_phase("r", "Running").await;
+    let id = agent["status"]["containerId"].as_str().unwrap().to_string();
+    let options = RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    engine()
+        .await
+        .remove_container(&id, Some(options))
+        .await
+        .unwrap();
+    let new_id = wait_for("a new container", || async {
+        let c = hive.inspect("r").await?;
+        let new = c.id.clone()?;
+        (new != id && c.state?.running == Some(true)).then_some(new)
+    })
+    .await;
+    wait_for("status to show it", || async {
+        let a = hive.get("r").await?;
+        (a["status"]["containerId"] == new_id.as_str()).then_some(())
+    })
+    .await;
+    assert_eq!(hive.containers().await.len(), 1);
+}
+
+/// Creates a running container with the given labels, as someone might by hand.
+async fn run_by_hand(name: &str, labels: HashMap<String, String>) -> String {
+    let d = engine().await;
+    let body = ContainerCreateBody {
+        image: Some(IMAGE.into()),
+        entrypoint: Some(SLEEP.iter().map(|s| s.to_string()).collect()),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let id = d.create_container(Some(options), body).await.unwrap().id;
+    d.start_container(&id, None).await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn orphans_go_and_foreign_containers_stay() {
+    let hive = Hive::start().await;
+    let label = |k: &str, v: &str| (k.to_string(), v.to_string());
+    // Hive's labels and instance, but no agent of that name: an orphan.
+    let orphan = run_by_hand(
+        &format!("orphan-{}", token()),
+        HashMap::from([
+            label("hive.managed", "true"),
+            label("hive.instance", &hive.instance),
+            label("hive.agent", "ghost"),
+        ]),
+    )
+    .await;
+    // Another instance's container and an unlabelled one: not Hive's to touch.
+    let other_instance = format!("t{}", token());
+    let foreign = run_by_hand(
+        &format!("foreign-{}", token()),
+        HashMap::from([
+            label("hive.managed", "true"),
+            label("hive.instance", &other_instance),
+            label("hive.agent", "ghost"),
+        ]),
+    )
+    .await;
+    let plain_label = format!("hive-test-plain={}", token());
+    let (k, v) = plain_label.split_once('=').unwrap();
+    let plain = run_by_hand(&format!("plain-{}", token()), HashMap::from([label(k, v)])).await;
+
+    // A write wakes the controller too; the orphan must go on the resync or its event.
+    wait_for("the orphan to be removed", || async {
+        engine()
+            .await
+            .inspect_container(&orphan, None)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    // Let a full resync pass after the orphan went, then check the others stand.
+    let start_logs = hive.logs().matches("resync").count();
+    wait_for("another resync", || async {
+        (hive.logs().matches("resync").count() > start_logs).then_some(())
+    })
+    .await;
+    let d = engine().await;
+    for id in [&foreign, &plain] {
+        let c = d
+            .inspect_container(id, None)
+            .await
+            .expect("a foreign container is untouched");
+        assert_eq!(c.state.unwrap().running, Some(true));
+    }
+    remove_instance_containers(&other_instance);
+    let options = RemoveContainerOptions {
+        force: true,
+        ..Default::default()
+    };
+    d.remove_container(&plain, Some(options)).await.unwrap();
+    assert!(containers_with_label(&plain_label).await.is_empty());
+}

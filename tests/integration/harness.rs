@@ -1,0 +1,379 @@
+//! The test harness: builds the test image, runs `hive serve` as a child process, talks
+//! to it over HTTP, looks at the engine directly, and waits by polling with a deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{
+    CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+};
+use bollard::Docker;
+use futures_util::TryStreamExt;
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+/// The image every test agent runs: Debian's static busybox, imported as a one-file image.
+pub const IMAGE: &str = "hive-test-busybox:1";
+/// A command that runs until stopped.
+pub const SLEEP: [&str; 2] = ["/bin/sleep", "3600"];
+
+/// How long a test waits for anything before failing.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+static IMAGE_READY: OnceCell<()> = OnceCell::const_new();
+
+/// A client for the engine, as the tests see it (not through Hive).
+pub fn docker() -> Docker {
+    Docker::connect_with_local_defaults().expect("a Docker engine on the local socket")
+}
+
+/// Negotiated once per call site; cheap enough for tests.
+pub async fn engine() -> Docker {
+    docker()
+        .negotiate_version()
+        .await
+        .expect("the Docker engine answers")
+}
+
+/// Imports the test image from /bin/busybox unless the engine has it already.
+pub async fn ensure_image() {
+    IMAGE_READY
+        .get_or_init(|| async {
+            let d = engine().await;
+            if d.inspect_image(IMAGE).await.is_ok() {
+                return;
+            }
+            let busybox = std::fs::read("/bin/busybox").expect(
+                "/bin/busybox (Debian's busybox-static) is needed to build the test image; \
+                 .ci/run installs it",
+            );
+            let mut tar = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_size(busybox.len() as u64);
+            header.set_mode(0o755);
+            header.set_cksum();
+            tar.append_data(&mut header, "bin/busybox", busybox.as_slice())
+                .unwrap();
+            for tool in ["sh", "sleep", "echo", "true", "false", "cat", "env"] {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(0o777);
+                tar.append_link(&mut h, format!("bin/{tool}"), "busybox")
+                    .unwrap();
+            }
+            let bytes = tar.into_inner().unwrap();
+            let (repo, tag) = IMAGE.split_once(':').unwrap();
+            let options = CreateImageOptions {
+                from_src: Some("-".into()),
+                repo: Some(repo.into()),
+                tag: Some(tag.into()),
+                changes: vec!["ENV PATH=/bin".into()],
+                ..Default::default()
+            };
+            d.create_image(Some(options), Some(bollard::body_full(bytes.into())), None)
+                .try_collect::<Vec<_>>()
+                .await
+                .expect("importing the test image");
+        })
+        .await;
+}
+
+/// Polls `check` until it yields a value, failing with `what` after [`DEADLINE`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A random lower-case token for instance names and keys.
+pub fn token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
+}
+
+/// One running `hive serve` with its own instance, data directory and key.
+pub struct Hive {
+    pub instance: String,
+    pub key: String,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Extra environment for the child (None removes the variable).
+    env: HashMap<String, Option<String>>,
+    starts: usize,
+}
+
+impl Hive {
+    /// Starts Hive with a fresh store and instance, and waits until it serves.
+    pub async fn start() -> Hive {
+        Hive::start_with(HashMap::new()).await
+    }
+
+    pub async fn start_with(env: HashMap<String, Option<String>>) -> Hive {
+        ensure_image().await;
+        let mut hive = Hive {
+            instance: format!("t{}", token()),
+            key: token() + &token(),
+            url: String::new(),
+            http: reqwest::Client::new(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            env,
+            starts: 0,
+        };
+        hive.spawn().await;
+        hive
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("hive-{}.log", self.starts))
+    }
+
+    /// Runs the binary and waits for its "listening" line.
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hive"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--resync-interval",
+            "2s",
+        ])
+        .arg("--data-dir")
+        .arg(self.data_dir())
+        .args(["--instance", &self.instance])
+        .env("AGENT_API_KEY", &self.key)
+        .env("RUST_LOG", "info,hive=debug")
+        .stdout(Stdio::null())
+        .stderr(log);
+        for (k, v) in &self.env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        self.child = Some(cmd.spawn().expect("spawning hive"));
+        let path = self.log_path();
+        let addr = wait_for("hive to listen", || {
+            let path = path.clone();
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            async move {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if let Some(status) = exited {
+                    panic!("hive exited with {status} before listening:\n{text}");
+                }
+                text.lines()
+                    .find(|l| l.contains("listening"))
+                    .and_then(|l| l.split("addr=").nth(1))
+                    .map(|a| a.split_whitespace().next().unwrap().to_string())
+            }
+        })
+        .await;
+        self.url = format!("http://{addr}");
+    }
+
+    /// Everything Hive logged so far (all runs).
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for i in 1..=self.starts {
+            if let Ok(mut f) = std::fs::File::open(self.dir.path().join(format!("hive-{i}.log"))) {
+                f.read_to_string(&mut all).ok();
+            }
+        }
+        all
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("hive is running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().unwrap()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("hive is running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts Hive again on the same store and instance.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            assert!(
+                self.stop().success(),
+                "hive did not stop cleanly:\n{}",
+                self.logs()
+            );
+        }
+        self.spawn().await;
+    }
+
+    pub fn container_name(&self, agent: &str) -> String {
+        format!("hive-{}-{agent}", self.instance)
+    }
+
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+    }
+
+    /// PUTs a YAML document to /v1/agents/{name}.
+    pub async fn put_yaml(&self, name: &str, yaml: &str) -> reqwest::Response {
+        self.req(reqwest::Method::PUT, &format!("/v1/agents/{name}"))
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.req(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET /v1/agents/{name}: the object, or None on 404.
+    pub async fn get(&self, name: &str) -> Option<Value> {
+        let r = self
+            .req(reqwest::Method::GET, &format!("/v1/agents/{name}"))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => Some(r.json().await.unwrap()),
+            404 => None,
+            s => panic!("GET {name}: {s} {}", r.text().await.unwrap()),
+        }
+    }
+
+    /// Waits until the agent reports `phase` for its current generation.
+    pub async fn wait_phase(&self, name: &str, phase: &str) -> Value {
+        let what = format!("{name} to be {phase}");
+        let mut last = Value::Null;
+        let found = tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(a) = self.get(name).await {
+                    let caught_up =
+                        a["status"]["observedGeneration"] == a["metadata"]["generation"];
+                    if caught_up && a["status"]["phase"] == phase {
+                        return a;
+                    }
+                    last = a;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "timed out waiting for {what}; last seen: {last:#}\nlogs:\n{}",
+                self.logs()
+            )
+        })
+    }
+
+    /// The engine's containers of this instance (all states).
+    pub async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
+        containers_with_label(&format!("hive.instance={}", self.instance)).await
+    }
+
+    pub async fn inspect(&self, agent: &str) -> Option<ContainerInspectResponse> {
+        engine()
+            .await
+            .inspect_container(&self.container_name(agent), None)
+            .await
+            .ok()
+    }
+}
+
+pub async fn containers_with_label(label: &str) -> Vec<bollard::models::ContainerSummary> {
+    let options = ListContainersOptions {
+        all: true,
+        filters: Some(HashMap::from([(
+            "label".to_string(),
+            vec![label.to_string()],
+        )])),
+        ..Default::default()
+    };
+    engine().await.list_containers(Some(options)).await.unwrap()
+}
+
+/// A minimal agent document in YAML.
+pub fn agent_yaml(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: hive/v1\nkind: Agent\nmetadata:\n  name: {name}\nspec:\n  image: {IMAGE}\n  command: [\"{}\", \"{}\"]\n{extra_spec}",
+        SLEEP[0], SLEEP[1]
+    )
+}
+
+impl Drop for Hive {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        remove_instance_containers(&self.instance);
+    }
+}
+
+/// Removes every container of a test instance, from a thread of its own so it works
+/// inside or outside a runtime (Drop runs in both).
+pub fn remove_instance_containers(instance: &str) {
+    let label = format!("hive.instance={instance}");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let d = engine().await;
+            for c in containers_with_label(&label).await {
+                let options = RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                let _ = d.remove_container(&c.id.unwrap(), Some(options)).await;
+            }
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// Whether a path's permission bits are exactly `mode`.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}

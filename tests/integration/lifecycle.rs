@@ -1,0 +1,257 @@
+//! An agent's life on the real engine: created with Hive's labels and confinement,
+//! recreated when its spec changes, stopped, started, restarted, deleted.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::harness::{agent_yaml, engine, wait_for, Hive};
+
+#[tokio::test]
+async fn create_gives_a_running_confined_container_with_the_labels() {
+    let hive = Hive::start().await;
+    let yaml = agent_yaml(
+        "researcher-1",
+        "  env: {MODEL: gpt-4o}\n  resources: {memory: 64Mi, cpus: \"0.5\"}\n",
+    );
+    let r = hive.put_yaml("researcher-1", &yaml).await;
+    assert_eq!(r.status(), 201);
+    let agent = hive.wait_phase("researcher-1", "Running").await;
+    let uid = agent["metadata"]["uid"].as_str().unwrap();
+
+    let c = hive
+        .inspect("researcher-1")
+        .await
+        .expect("container hive-<instance>-researcher-1");
+    assert_eq!(
+        Some(c.id.clone().unwrap()),
+        agent["status"]["containerId"].as_str().map(String::from)
+    );
+    assert_eq!(c.state.as_ref().unwrap().running, Some(true));
+    let labels = c.config.as_ref().unwrap().labels.clone().unwrap();
+    assert_eq!(labels["hive.managed"], "true");
+    assert_eq!(labels["hive.instance"], hive.instance);
+    assert_eq!(labels["hive.agent"], "researcher-1");
+    assert_eq!(labels["hive.uid"], uid);
+    assert_eq!(labels["hive.spec-hash"].len(), 32);
+    let env = c.config.as_ref().unwrap().env.clone().unwrap();
+    assert!(env.contains(&"MODEL=gpt-4o".to_string()));
+
+    let host = c.host_config.unwrap();
+    assert_eq!(host.memory, Some(64 * 1024 * 1024));
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert_eq!(host.privileged, Some(false));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+    assert!(host
+        .security_opt
+        .unwrap()
+        .contains(&"no-new-privileges:true".to_string()));
+    assert!(host.pids_limit.unwrap() > 0);
+    assert!(host.binds.unwrap_or_default().is_empty());
+    assert_ne!(host.network_mode.as_deref(), Some("host"));
+}
+
+#[tokio::test]
+async fn a_spec_change_recreates_the_container() {
+    let hive = Hive::start().await;
+    hive.put_yaml("chg", &agent_yaml("chg", "  env: {V: \"1\"}\n"))
+        .await;
+    let first = hive.wait_phase("chg", "Running").await;
+    let old_id = first["status"]["containerId"].as_str().unwrap().to_string();
+
+    let r = hive
+        .put_yaml("chg", &agent_yaml("chg", "  env: {V: \"2\"}\n"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let changed: Value = r.json().await.unwrap();
+    assert_eq!(changed["metadata"]["generation"], 2);
+    let second = hive.wait_phase("chg", "Running").await;
+    let new_id = second["status"]["containerId"].as_str().unwrap();
+    assert_ne!(new_id, old_id, "a new container for the new spec");
+    assert!(
+        engine()
+            .await
+            .inspect_container(&old_id, None)
+            .await
+            .is_err(),
+        "the old container is gone"
+    );
+    let env = hive
+        .inspect("chg")
+        .await
+        .unwrap()
+        .config
+        .unwrap()
+        .env
+        .unwrap();
+    assert!(env.contains(&"V=2".to_string()));
+    assert_eq!(hive.containers().await.len(), 1);
+
+    // A label-only change bumps no generation and keeps the container.
+    let relabelled = agent_yaml("chg", "  env: {V: \"2\"}\n")
+        .replace("  name: chg\n", "  name: chg\n  labels: {tier: a}\n");
+    let r = hive.put_yaml("chg", &relabelled).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["metadata"]["generation"],
+        2
+    );
+    let third = hive.wait_phase("chg", "Running").await;
+    assert_eq!(third["status"]["containerId"], new_id);
+}
+
+#[tokio::test]
+async fn stop_and_start_are_declarative() {
+    let hive = Hive::start().await;
+    hive.put_yaml("ss", &agent_yaml("ss", "")).await;
+    let running = hive.wait_phase("ss", "Running").await;
+    let id = running["status"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let r = hive
+        .post_json("/v1/agents/ss/action", &json!({"action": "stop"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["spec"]["state"], "Stopped");
+    hive.wait_phase("ss", "Stopped").await;
+    let c = hive.inspect("ss").await.unwrap();
+    assert_eq!(c.state.unwrap().running, Some(false));
+    assert_eq!(c.id.unwrap(), id, "stopping keeps the container");
+
+    // The stop is stored: it is in the spec that a GET returns.
+    assert_eq!(hive.get("ss").await.unwrap()["spec"]["state"], "Stopped");
+
+    let r = hive
+        .post_json("/v1/agents/ss/action", &json!({"action": "start"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let started = hive.wait_phase("ss", "Running").await;
+    assert_eq!(started["status"]["containerId"], id.as_str());
+    assert_eq!(
+        hive.inspect("ss").await.unwrap().state.unwrap().running,
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn restart_restarts_the_container_once() {
+    let hive = Hive::start().await;
+    hive.put_yaml("rs", &agent_yaml("rs", "")).await;
+    hive.wait_phase("rs", "Running").await;
+    let before = hive.inspect("rs").await.unwrap();
+    let started_before = before.state.unwrap().started_at.unwrap();
+
+    let r = hive
+        .post_json("/v1/agents/rs/action", &json!({"action": "restart"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let after = wait_for("the container to start again", || async {
+        let c = hive.inspect("rs").await?;
+        let s = c.state.clone()?;
+        (s.running == Some(true) && s.started_at.as_deref() != Some(started_before.as_str()))
+            .then_some(c)
+    })
+    .await;
+    assert_eq!(after.id, before.id, "a restart keeps the container");
+    let agent = wait_for("restartCount to count it", || async {
+        let a = hive.get("rs").await?;
+        (a["status"]["restartCount"] == 1 && a["status"]["phase"] == "Running").then_some(a)
+    })
+    .await;
+    assert_eq!(agent["metadata"]["generation"], 1);
+
+    // Once: later passes do not restart it again.
+    let started = after.state.unwrap().started_at;
+    hive.http
+        .get(format!("{}/readyz", hive.url))
+        .send()
+        .await
+        .unwrap();
+    let r = hive.put_yaml("rs2", &agent_yaml("rs2", "")).await; // a write wakes the controller
+    assert_eq!(r.status(), 201);
+    hive.wait_phase("rs2", "Running").await;
+    assert_eq!(
+        hive.inspect("rs").await.unwrap().state.unwrap().started_at,
+        started
+    );
+
+    // A stopped agent cannot be restarted.
+    hive.post_json("/v1/agents/rs2/action", &json!({"action": "stop"}))
+        .await;
+    let r = hive
+        .post_json("/v1/agents/rs2/action", &json!({"action": "restart"}))
+        .await;
+    assert_eq!(r.status(), 409);
+}
+
+#[tokio::test]
+async fn delete_removes_the_container_then_the_record() {
+    let hive = Hive::start().await;
+    hive.put_yaml("del", &agent_yaml("del", "")).await;
+    hive.wait_phase("del", "Running").await;
+    let r = hive
+        .req(Method::DELETE, "/v1/agents/del")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"]["phase"], "Terminating");
+    wait_for("the record to go", || async {
+        hive.get("del").await.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        hive.containers().await.is_empty(),
+        "the container is gone too"
+    );
+    let r = hive
+        .req(Method::DELETE, "/v1/agents/del")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn a_missing_image_fails_with_a_message_and_recovers_when_fixed() {
+    let hive = Hive::start().await;
+    let yaml = agent_yaml("img", "").replace(crate::harness::IMAGE, "hive-test-no-such-image:404");
+    assert_eq!(hive.put_yaml("img", &yaml).await.status(), 201);
+    let failed = hive.wait_phase("img", "Failed").await;
+    let message = failed["status"]["message"].as_str().unwrap();
+    assert!(message.contains("hive-test-no-such-image:404"), "{message}");
+    assert!(message.contains("spec.image"), "says what to do: {message}");
+    assert!(hive.containers().await.is_empty());
+
+    // Fixing the spec converges it.
+    assert_eq!(
+        hive.put_yaml("img", &agent_yaml("img", "")).await.status(),
+        200
+    );
+    hive.wait_phase("img", "Running").await;
+}
+
+#[tokio::test]
+async fn restart_policies_follow_the_exit_code() {
+    let hive = Hive::start().await;
+    let exits = |name: &str, code: u8, policy: &str| {
+        format!(
+            "apiVersion: hive/v1\nkind: Agent\nmetadata: {{name: {name}}}\nspec:\n  image: {}\n  command: [/bin/sh, -c, \"exit {code}\"]\n  restartPolicy: {policy}\n",
+            crate::harness::IMAGE
+        )
+    };
+    hive.put_yaml("ok", &exits("ok", 0, "OnFailure")).await;
+    hive.put_yaml("bad", &exits("bad", 3, "Never")).await;
+    hive.wait_phase("ok", "Succeeded").await;
+    let bad = hive.wait_phase("bad", "Failed").await;
+    assert!(
+        bad["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("code 3"),
+        "{bad}"
+    );
+}

@@ -1,0 +1,11 @@
+//! Hive's integration tests, in one binary so it links once: the real `hive` binary,
+//! a real sled store on disk, the real HTTP server and the real Docker engine.
+//! Each test runs its own Hive under its own `--instance`, so tests run in parallel on
+//! one engine without seeing each other's containers.
+
+mod harness;
+
+mod api;
+mod drift;
+mod lifecycle;
+mod restart;
