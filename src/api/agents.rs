@@ -7,8 +7,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::body::{Document, Query};
 use super::error::ApiError;
@@ -77,11 +76,20 @@ pub struct ListQuery {
     label: Option<String>,
 }
 
+/// The body of `GET /v1/agents`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentList {
+    api_version: &'static str,
+    kind: &'static str,
+    items: Vec<Agent>,
+}
+
 /// `GET /v1/agents`
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AgentList>, ApiError> {
     let selector = match &query.label {
         Some(s) => Selector::parse(s)?,
         None => Selector::default(),
@@ -93,9 +101,11 @@ pub async fn list(
         .map(|r| r.agent)
         .filter(|a| selector.matches(&a.metadata.labels))
         .collect();
-    Ok(Json(
-        json!({"apiVersion": API_VERSION, "kind": LIST_KIND, "items": items}),
-    ))
+    Ok(Json(AgentList {
+        api_version: API_VERSION,
+        kind: LIST_KIND,
+        items,
+    }))
 }
 
 fn found(state: &AppState, name: &str) -> Result<Record, ApiError> {
