@@ -35,6 +35,16 @@ pub struct Config {
     pub api_key_file: Option<PathBuf>,
 
     /// The API key itself; from the environment only, so it never shows in `ps`.
-    #[arg(skip = std::env::var("AGENT_API_KEY").ok())]
-    pub api_key: Option<String>,
+    #[arg(skip = std::env::var("AGENT_API_KEY").ok().map(Secret))]
+    pub api_key: Option<Secret>,
+}
+
+/// A value that must never be printed; its `Debug` says so instead.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }

@@ -16,7 +16,7 @@
 //!
 //! [`run`] wires them together; `main` only parses flags and calls it.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -72,7 +72,7 @@ pub async fn run(
     })?;
     let store = Arc::new(Store::open(&config.data_dir)?);
     let (key, source) = ApiKey::load(
-        config.api_key.as_deref(),
+        config.api_key.as_ref().map(|s| s.0.as_str()),
         config.api_key_file.as_deref(),
         &config.data_dir,
     )?;
@@ -110,21 +110,38 @@ pub async fn run(
 
     let addr = listener.local_addr().map_err(Error::Serve)?;
     info!(%addr, instance = %config.instance, "listening");
-    let stop_serving = stop.clone();
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = stop_serving.cancelled() => {}
-            }
-            info!("shutting down: no new requests");
-        })
-        .await;
+    let mut server = tokio::spawn(
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    let served = tokio::select! {
+        () = shutdown => None,
+        r = &mut server => Some(r),
+    };
+    info!("shutting down: no new requests");
     stop.cancel();
     if controller_task.await.is_err() {
         warn!("the controller task panicked");
     }
+    let served = match served {
+        Some(r) => r,
+        // Requests in flight get a grace period; a client following logs does not hold Hive up.
+        None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(r) => r,
+            Err(_) => {
+                warn!(grace = ?SHUTDOWN_GRACE, "closing connections still open after the grace period");
+                server.abort();
+                Ok(Ok(()))
+            }
+        },
+    };
     store.flush().await?;
     info!("stopped; agents keep running");
-    served.map_err(Error::Serve)
+    served
+        .map_err(|e| Error::Serve(std::io::Error::other(e)))?
+        .map_err(Error::Serve)
 }
+
+/// How long open requests may take to finish once shutdown begins.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

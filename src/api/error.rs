@@ -109,6 +109,13 @@ impl IntoResponse for ApiError {
             body["message"] = json!(format!("{}: {}", i.field, i.message));
         }
         let mut response = (status, Json(json!({ "error": body }))).into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read, so this connection cannot carry another request.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

@@ -39,6 +39,10 @@ pub enum ContainerAction {
     Restart {
         id: String,
     },
+    /// Resume a container paused outside Hive.
+    Unpause {
+        id: String,
+    },
 }
 
 /// The status a successful pass leaves behind.
@@ -147,10 +151,15 @@ pub fn plan(record: Option<&Record>, spec_hash: &str, containers: &[Container]) 
             (Some(ContainerAction::Restart { id }), Phase::Running, None)
         }
         (true, ContainerState::Running) => (None, Phase::Running, None),
-        (true, ContainerState::Paused) => (
+        // Paused outside Hive: resume it (a stopped agent is resumed first, then stopped).
+        (_, ContainerState::Paused) => (
+            Some(ContainerAction::Unpause { id }),
+            if want_running {
+                Phase::Running
+            } else {
+                Phase::Stopped
+            },
             None,
-            Phase::Running,
-            Some("its container was paused outside Hive; unpause it".into()),
         ),
         (true, ContainerState::Created) => (
             Some(ContainerAction::Start { id, repair: false }),
@@ -189,7 +198,7 @@ pub fn plan(record: Option<&Record>, spec_hash: &str, containers: &[Container]) 
         },
         // Not chosen as keeper (filtered out above); kept for exhaustiveness.
         (_, ContainerState::Removing) => (None, Phase::Pending, None),
-        (false, ContainerState::Running | ContainerState::Restarting | ContainerState::Paused) => {
+        (false, ContainerState::Running | ContainerState::Restarting) => {
             (Some(ContainerAction::Stop { id }), Phase::Stopped, None)
         }
         (false, _) => (None, Phase::Stopped, None),
@@ -392,6 +401,16 @@ mod tests {
                 repair: false
             })
         );
+    }
+
+    #[test]
+    fn a_paused_container_is_resumed() {
+        let p = plan(
+            Some(&running()),
+            HASH,
+            &[container("c1", ContainerState::Paused)],
+        );
+        assert_eq!(p.action, Some(ContainerAction::Unpause { id: "c1".into() }));
     }
 
     #[test]

@@ -96,6 +96,10 @@ async fn execute(
             o.restart(id).await?;
             info!(container = %short(id), "restarted container as asked");
         }
+        Some(ContainerAction::Unpause { id }) => {
+            o.unpause(id).await?;
+            info!(container = %short(id), "resumed a container paused outside Hive");
+        }
     }
     Ok(created)
 }

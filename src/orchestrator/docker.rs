@@ -320,6 +320,14 @@ impl Orchestrator for DockerOrchestrator {
             .map_err(|e| map_err_for(e, id))
     }
 
+    async fn unpause(&self, id: &str) -> Result<(), OrchestratorError> {
+        self.docker()
+            .await?
+            .unpause_container(id)
+            .await
+            .map_err(|e| map_err_for(e, id))
+    }
+
     async fn remove(&self, id: &str) -> Result<(), OrchestratorError> {
         let options = RemoveContainerOptions {
             force: true,

@@ -190,6 +190,13 @@ impl Orchestrator for FakeOrchestrator {
         Ok(())
     }
 
+    async fn unpause(&self, id: &str) -> Result<(), OrchestratorError> {
+        let agent = self.agent_of(id)?;
+        self.op("unpause", &agent).await;
+        self.set_state(id, ContainerState::Running);
+        Ok(())
+    }
+
     async fn remove(&self, id: &str) -> Result<(), OrchestratorError> {
         let Ok(agent) = self.agent_of(id) else {
             return Ok(());

@@ -129,6 +129,8 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Asks the process to stop, killing it after the grace period.
     async fn stop(&self, id: &str) -> Result<(), OrchestratorError>;
     async fn restart(&self, id: &str) -> Result<(), OrchestratorError>;
+    /// Resumes a container paused outside Hive.
+    async fn unpause(&self, id: &str) -> Result<(), OrchestratorError>;
     /// Removes the container, killing it if it runs. Absent containers are not an error.
     async fn remove(&self, id: &str) -> Result<(), OrchestratorError>;
     /// The container's output, stdout and stderr interleaved.

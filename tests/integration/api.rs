@@ -361,3 +361,47 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() {
     hive.wait_phase("good", "Stopped").await;
     assert_eq!(hive.containers().await.len(), 1);
 }
+
+#[tokio::test]
+async fn without_an_engine_hive_serves_but_is_not_ready() {
+    let hive = Hive::start_with(std::collections::HashMap::from([(
+        "DOCKER_HOST".to_string(),
+        Some("unix:///nonexistent/docker.sock".to_string()),
+    )]))
+    .await;
+    let r = hive
+        .http
+        .get(format!("{}/healthz", hive.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = hive
+        .http
+        .get(format!("{}/readyz", hive.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{e}"
+    );
+    // Writes are still accepted and kept; the status says why nothing runs.
+    let r = hive.put_yaml("later", &agent_yaml("later", "")).await;
+    assert_eq!(r.status(), 201);
+    let agent = crate::harness::wait_for("the status to say why", || async {
+        let a = hive.get("later").await?;
+        let m = a["status"]["message"].as_str()?.to_string();
+        m.contains("unreachable").then_some(a)
+    })
+    .await;
+    assert_eq!(
+        agent["status"]["phase"], "Pending",
+        "an unreachable engine is not a failure of the agent"
+    );
+}

@@ -154,3 +154,18 @@ async fn orphans_go_and_foreign_containers_stay() {
     d.remove_container(&plain, Some(options)).await.unwrap();
     assert!(containers_with_label(&plain_label).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_container_paused_out_of_band_is_resumed() {
+    let hive = Hive::start().await;
+    hive.put_yaml("p", &crate::harness::agent_yaml("p", ""))
+        .await;
+    let agent = hive.wait_phase("p", "Running").await;
+    let id = agent["status"]["containerId"].as_str().unwrap().to_string();
+    engine().await.pause_container(&id).await.unwrap();
+    wait_for("the paused container to run again", || async {
+        let s = hive.inspect("p").await?.state?;
+        (s.running == Some(true) && s.paused == Some(false)).then_some(())
+    })
+    .await;
+}

@@ -340,9 +340,22 @@ pub fn agent_yaml(name: &str, extra_spec: &str) -> String {
 
 impl Drop for Hive {
     fn drop(&mut self) {
+        // A graceful stop first: a killed Hive may leave a create in flight at the engine,
+        // which would land after the clean-up below.
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let start = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if start.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         remove_instance_containers(&self.instance);
     }

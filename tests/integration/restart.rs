@@ -118,3 +118,27 @@ async fn the_first_start_without_a_key_generates_one() {
         "the harness's own key is not the generated one"
     );
 }
+
+#[tokio::test]
+async fn a_second_hive_on_the_same_store_refuses_to_start() {
+    let hive = Hive::start().await;
+    let output = tokio::time::timeout(
+        crate::harness::DEADLINE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(hive.data_dir())
+            .env("AGENT_API_KEY", "k")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the second hive exits instead of serving")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("locked by another process"), "{stderr}");
+    // The first one is unharmed.
+    let r = hive.req(Method::GET, "/v1/agents").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
