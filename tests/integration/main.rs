@@ -7,5 +7,6 @@ mod harness;
 
 mod api;
 mod drift;
+mod faults;
 mod lifecycle;
 mod restart;
