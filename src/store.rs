@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::agent::{now_rfc3339, Agent, AgentStatus, DesiredState, Phase};
@@ -60,6 +61,9 @@ pub enum StoreError {
         name: String,
         source: serde_json::Error,
     },
+    /// Writes could not be made durable.
+    #[error("store: flushing to disk failed: {0}")]
+    Flush(String),
     /// No agent by that name.
     #[error("agent {0:?} not found")]
     NotFound(String),
@@ -84,6 +88,8 @@ pub struct Store {
     agents: sled::Tree,
     /// Serializes read-modify-write cycles. Never held across an await.
     write: Mutex<()>,
+    /// Requests for a flush, served by one flusher thread.
+    flushes: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
 }
 
 /// What a read-modify-write decided, with what it tells its caller.
@@ -111,17 +117,30 @@ impl Store {
                 _ => StoreError::Sled(e),
             })?;
         let agents = db.open_tree("agents")?;
+        let (flushes, requests) = mpsc::unbounded_channel();
+        let flusher_db = db.clone();
+        std::thread::Builder::new()
+            .name("hive-store-flush".into())
+            .spawn(move || group_commit(flusher_db, requests))
+            .map_err(|e| StoreError::Flush(format!("cannot start the flusher: {e}")))?;
         Ok(Store {
             db,
             agents,
             write: Mutex::new(()),
+            flushes,
         })
     }
 
-    /// Makes every write so far durable.
+    /// Makes every write so far durable. Concurrent callers share one fsync (group
+    /// commit): a caller waits for the first flush that starts after it asked.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let (tx, rx) = oneshot::channel();
+        self.flushes
+            .send(tx)
+            .map_err(|_| StoreError::Flush("the store is closed".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Flush("the flusher stopped".into()))?
+            .map_err(StoreError::Flush)
     }
 
     /// True while the store can be read.
@@ -322,6 +341,25 @@ impl Store {
     }
 }
 
+/// The flusher: takes every waiting request, fsyncs once, answers them all, repeats.
+/// (sled's own `flush_async` was seen to hang under concurrent callers.) Ends when the
+/// store is dropped.
+fn group_commit(
+    db: sled::Db,
+    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+) {
+    while let Some(first) = requests.blocking_recv() {
+        let mut waiters = vec![first];
+        while let Ok(more) = requests.try_recv() {
+            waiters.push(more);
+        }
+        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
 fn new_record(mut agent: Agent) -> Record {
     let m = &mut agent.metadata;
     m.uid = Some(Uuid::new_v4());
@@ -356,4 +394,87 @@ fn decode(name: &str, bytes: &[u8]) -> Result<Record, StoreError> {
         name: name.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn agent(name: &str) -> Agent {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "hive/v1", "kind": "Agent",
+            "metadata": {"name": name}, "spec": {"image": "img"}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_concurrent_durable_writes_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                store.create(agent(&format!("a{i}"))).unwrap();
+                store.flush().await.unwrap();
+            });
+        }
+        let all = async {
+            while let Some(t) = tasks.join_next().await {
+                t.unwrap()
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), all)
+            .await
+            .expect("every flush completes");
+        assert_eq!(store.list().unwrap().len(), 200);
+    }
+
+    #[test]
+    fn generation_moves_only_with_the_spec_and_versions_with_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let created = store.create(agent("a")).unwrap();
+        assert_eq!(created.agent.metadata.generation, 1);
+        let (same, applied) = store.apply(agent("a")).unwrap();
+        assert_eq!(applied, Applied::Unchanged);
+        assert_eq!(
+            same.agent.metadata.resource_version,
+            created.agent.metadata.resource_version
+        );
+        let mut changed = agent("a");
+        changed.spec.image = "other".into();
+        let (updated, applied) = store.apply(changed).unwrap();
+        assert_eq!(applied, Applied::Updated);
+        assert_eq!(updated.agent.metadata.generation, 2);
+        assert_ne!(
+            updated.agent.metadata.resource_version,
+            created.agent.metadata.resource_version
+        );
+        let stopped = store.set_state("a", DesiredState::Stopped).unwrap();
+        assert_eq!(stopped.agent.metadata.generation, 3);
+        let again = store.set_state("a", DesiredState::Stopped).unwrap();
+        assert_eq!(
+            again.agent.metadata.resource_version,
+            stopped.agent.metadata.resource_version
+        );
+        let mut stale = agent("a");
+        stale.metadata.resource_version = created.agent.metadata.resource_version.clone();
+        assert!(matches!(
+            store.apply(stale),
+            Err(StoreError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Locked(_))
+        ));
+    }
 }

@@ -86,7 +86,10 @@ impl From<StoreError> for ApiError {
                 code: "terminating",
                 message,
             },
-            StoreError::Locked(_) | StoreError::Sled(_) | StoreError::Corrupt { .. } => {
+            StoreError::Locked(_)
+            | StoreError::Sled(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Flush(_) => {
                 tracing::error!(error = %message, "store failure");
                 ApiError::Internal(message)
             }

@@ -1,0 +1,810 @@
+//! `hive-bench`: measures Hive against the real Docker engine, next to a baseline run in
+//! the same process, and prints a table (and JSON with `--json FILE`).
+//!
+//! - `converge`: N containers created and started straight through the Docker
+//!   orchestrator with Hive's parallelism (the baseline), against N agents PUT through
+//!   Hive's API until all are Running; then deleting them all, both ways.
+//! - `api`: requests per second and latency percentiles of GET one, LIST and PUT, next to
+//!   `/healthz` (the HTTP floor).
+//! - `steady`: CPU seconds per minute and resident memory of an idle `hive serve` holding
+//!   many (Stopped) agents.
+//! - `drift`: time until a container is running again after a crash (the engine's
+//!   restart policy, as baseline) and after a `docker kill` (only Hive repairs that).
+//!
+//! It runs the `hive` binary that sits next to it: `cargo build --release` builds both.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use futures_util::stream::{self, StreamExt};
+use hive::agent::{Agent, AgentSpec, Metadata, RestartPolicy};
+use hive::orchestrator::docker::DockerOrchestrator;
+use hive::orchestrator::{ContainerState, Orchestrator};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// The image the benchmark's agents run: Debian's static busybox, imported once.
+const IMAGE: &str = "hive-bench-busybox:1";
+
+#[derive(Parser)]
+#[command(about = "Benchmarks Hive against the Docker engine it drives")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+    /// Also write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Fleet convergence and deletion, Hive against direct Docker calls.
+    Converge(ConvergeArgs),
+    /// API throughput and latency.
+    Api(ApiArgs),
+    /// CPU and memory of an idle Hive holding many agents.
+    Steady(SteadyArgs),
+    /// Time to repair a killed container.
+    Drift(DriftArgs),
+    /// Everything above, with defaults.
+    All,
+}
+
+#[derive(Args, Clone)]
+struct ConvergeArgs {
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Parallelism of both the baseline and Hive (its --max-concurrent-reconciles).
+    #[arg(long, default_value_t = 16)]
+    parallelism: usize,
+}
+
+#[derive(Args, Clone)]
+struct ApiArgs {
+    /// Agents stored while measuring (Stopped, so the engine is spared).
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    #[arg(long, default_value_t = 4000)]
+    requests: usize,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+#[derive(Args, Clone)]
+struct SteadyArgs {
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Length of the idle window measured (should span at least one resync).
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+}
+
+#[derive(Args, Clone)]
+struct DriftArgs {
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    bench: String,
+    what: String,
+    /// Median over rounds (or the single value).
+    value: f64,
+    unit: String,
+    /// Smallest and largest over rounds.
+    min: f64,
+    max: f64,
+    /// Value divided by the baseline's, where there is one.
+    ratio: Option<f64>,
+    /// The target this figure should meet, in words.
+    target: Option<String>,
+}
+
+impl Row {
+    fn from_samples(bench: &str, what: &str, unit: &str, samples: &[f64]) -> Row {
+        let mut s = samples.to_vec();
+        s.sort_by(f64::total_cmp);
+        Row {
+            bench: bench.into(),
+            what: what.into(),
+            value: s[s.len() / 2],
+            unit: unit.into(),
+            min: s[0],
+            max: s[s.len() - 1],
+            ratio: None,
+            target: None,
+        }
+    }
+
+    fn single(bench: &str, what: &str, unit: &str, value: f64) -> Row {
+        Row::from_samples(bench, what, unit, &[value])
+    }
+
+    fn against(mut self, baseline: &Row) -> Row {
+        self.ratio = Some(self.value / baseline.value);
+        self
+    }
+
+    fn target(mut self, t: &str) -> Row {
+        self.target = Some(t.into());
+        self
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    ensure_image()?;
+    let mut rows = Vec::new();
+    match cli.command {
+        Bench::Converge(a) => rows.extend(converge(&a).await?),
+        Bench::Api(a) => rows.extend(api(&a).await?),
+        Bench::Steady(a) => rows.extend(steady(&a).await?),
+        Bench::Drift(a) => rows.extend(drift(&a).await?),
+        Bench::All => {
+            rows.extend(
+                converge(&ConvergeArgs {
+                    agents: 100,
+                    rounds: 3,
+                    parallelism: 16,
+                })
+                .await?,
+            );
+            rows.extend(drift(&DriftArgs { rounds: 5 }).await?);
+            rows.extend(
+                api(&ApiArgs {
+                    agents: 1000,
+                    requests: 4000,
+                    concurrency: 16,
+                })
+                .await?,
+            );
+            rows.extend(
+                steady(&SteadyArgs {
+                    agents: 1000,
+                    seconds: 60,
+                })
+                .await?,
+            );
+        }
+    }
+    print_table(&rows);
+    if let Some(path) = cli.json {
+        let report = json!({
+            "machine": machine(),
+            "rows": rows,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<9} {:<44} {:>10} {:<6} {:>10} {:>10} {:>7}  target",
+        "bench", "what", "median", "unit", "min", "max", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<9} {:<44} {:>10.2} {:<6} {:>10.2} {:>10.2} {:>7}  {}",
+            r.bench,
+            r.what,
+            r.value,
+            r.unit,
+            r.min,
+            r.max,
+            r.ratio.map_or("-".into(), |x| format!("{x:.2}")),
+            r.target.as_deref().unwrap_or("")
+        );
+    }
+}
+
+fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    let engine = Command::new("docker")
+        .args([
+            "version",
+            "--format",
+            "{{.Server.Version}} API {{.Server.APIVersion}}",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({"cpus": cpus, "memory": mem, "engine": engine})
+}
+
+/// Imports the benchmark image from Debian's static busybox unless the engine has it.
+fn ensure_image() -> Result<()> {
+    let have = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if have.success() {
+        return Ok(());
+    }
+    if !Path::new("/bin/busybox").exists() {
+        bail!("/bin/busybox is missing: apt-get install busybox-static");
+    }
+    let dir = std::env::temp_dir().join(format!("hive-bench-image-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
+    for tool in ["sh", "sleep", "kill"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
+    }
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "tar -C {} -c . | docker import --change 'ENV PATH=/bin' - {IMAGE} >/dev/null",
+            dir.display()
+        ))
+        .status()?;
+    std::fs::remove_dir_all(&dir).ok();
+    if !status.success() {
+        bail!("importing {IMAGE} failed");
+    }
+    Ok(())
+}
+
+/// An agent that sleeps, in the shape Hive stores.
+fn agent(name: &str, stopped: bool) -> Agent {
+    Agent {
+        api_version: "hive/v1".into(),
+        kind: "Agent".into(),
+        metadata: Metadata {
+            name: name.into(),
+            uid: Some(uuid::Uuid::new_v4()),
+            ..Default::default()
+        },
+        spec: AgentSpec {
+            image: IMAGE.into(),
+            command: Some(vec!["/bin/sleep".into(), "86400".into()]),
+            state: if stopped {
+                hive::agent::DesiredState::Stopped
+            } else {
+                Default::default()
+            },
+            restart_policy: RestartPolicy::Always,
+            ..Default::default()
+        },
+        status: Default::default(),
+    }
+}
+
+fn token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+/// A `hive serve` child process on a fresh store and instance.
+struct Server {
+    child: Child,
+    url: String,
+    key: String,
+    instance: String,
+    dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Server {
+    async fn start(parallelism: usize) -> Result<Server> {
+        let exe = std::env::current_exe()?.with_file_name("hive");
+        if !exe.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release` first",
+                exe.display()
+            );
+        }
+        let instance = format!("bench{}", token());
+        let dir = std::env::temp_dir().join(format!("hive-bench-{instance}"));
+        std::fs::create_dir_all(&dir)?;
+        let key = token() + &token();
+        let log = std::fs::File::create(dir.join("hive.log"))?;
+        let child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--instance", &instance])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--max-concurrent-reconciles", &parallelism.to_string()])
+            .env("AGENT_API_KEY", &key)
+            .env("RUST_LOG", "warn,hive=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            let text = std::fs::read_to_string(dir.join("hive.log")).unwrap_or_default();
+            if let Some(addr) = text
+                .lines()
+                .find(|l| l.contains("listening"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .and_then(|a| a.split_whitespace().next())
+            {
+                break format!("http://{addr}");
+            }
+            if Instant::now() > deadline {
+                bail!("hive did not start:\n{text}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Ok(Server {
+            child,
+            url,
+            key,
+            instance,
+            dir,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()?,
+        })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+    }
+
+    async fn put(&self, a: &Agent) -> Result<()> {
+        let r = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/v1/agents/{}", a.metadata.name),
+            )
+            .json(a)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "PUT {}: {} {}",
+                a.metadata.name,
+                r.status(),
+                r.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Value>> {
+        let v: Value = self
+            .req(reqwest::Method::GET, "/v1/agents")
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(v["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Polls until every agent is in `phase` with its generation observed.
+    async fn wait_all(&self, n: usize, phase: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let items = self.list().await?;
+            let done = items
+                .iter()
+                .filter(|a| {
+                    a["status"]["phase"] == phase
+                        && a["status"]["observedGeneration"] == a["metadata"]["generation"]
+                })
+                .count();
+            if done == n && items.len() == n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{done}/{n} agents {phase} after 10 minutes");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn orchestrator(&self) -> DockerOrchestrator {
+        DockerOrchestrator::new(None, &self.instance)
+    }
+
+    /// Resident memory (bytes) and CPU time (seconds) of the server process.
+    fn usage(&self) -> Result<(u64, f64)> {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("VmRSS")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15; after the ')' they are the 12th and 13th.
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        Ok((rss_kb * 1024, ticks as f64 / clock_ticks()))
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        // Remove what this instance made, then stop the server.
+        let o = self.orchestrator();
+        remove_all(&o, 16).await?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        self.child.wait()?;
+        std::fs::remove_dir_all(&self.dir).ok();
+        Ok(())
+    }
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Removes every container of an instance, `parallelism` at a time.
+async fn remove_all(o: &DockerOrchestrator, parallelism: usize) -> Result<()> {
+    let ids: Vec<String> = o.list_all().await?.into_iter().map(|c| c.id).collect();
+    let results: Vec<_> = stream::iter(ids)
+        .map(|id| async move { o.remove(&id).await })
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(())
+}
+
+async fn converge(args: &ConvergeArgs) -> Result<Vec<Row>> {
+    let n = args.agents;
+    let (mut base_up, mut base_down, mut hive_up, mut hive_down) = (vec![], vec![], vec![], vec![]);
+    for round in 1..=args.rounds {
+        eprintln!("converge: round {round}/{} with {n} agents", args.rounds);
+        // Baseline: the same containers, straight through the orchestrator.
+        let o = Arc::new(DockerOrchestrator::new(None, &format!("base{}", token())));
+        let specs: Vec<_> = (0..n)
+            .map(|i| agent(&format!("a{i:04}"), false).container_spec())
+            .collect::<Result<_, _>>()?;
+        let start = Instant::now();
+        let results: Vec<_> = stream::iter(specs)
+            .map(|spec| {
+                let o = o.clone();
+                async move {
+                    let id = o.create(&spec).await?;
+                    o.start(&id).await
+                }
+            })
+            .buffer_unordered(args.parallelism)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        base_up.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        remove_all(&o, args.parallelism).await?;
+        base_down.push(start.elapsed().as_secs_f64());
+
+        // Hive: PUT through the API, wait until all report Running.
+        let server = Server::start(args.parallelism).await?;
+        let agents: Vec<_> = (0..n).map(|i| agent(&format!("a{i:04}"), false)).collect();
+        let start = Instant::now();
+        let results: Vec<_> = stream::iter(&agents)
+            .map(|a| server.put(a))
+            .buffer_unordered(args.parallelism)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<_>>>()?;
+        server.wait_all(n, "Running").await?;
+        hive_up.push(start.elapsed().as_secs_f64());
+
+        let start = Instant::now();
+        let results: Vec<_> = stream::iter(&agents)
+            .map(|a| async {
+                server
+                    .req(
+                        reqwest::Method::DELETE,
+                        &format!("/v1/agents/{}", a.metadata.name),
+                    )
+                    .send()
+                    .await?
+                    .error_for_status()
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            })
+            .buffer_unordered(args.parallelism)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<_>>>()?;
+        let so = server.orchestrator();
+        loop {
+            if so.list_all().await?.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        hive_down.push(start.elapsed().as_secs_f64());
+        server.stop().await?;
+    }
+    let bu = Row::from_samples(
+        "converge",
+        &format!("baseline: create+start {n} containers"),
+        "s",
+        &base_up,
+    );
+    let hu = Row::from_samples(
+        "converge",
+        &format!("hive: {n} agents PUT until Running"),
+        "s",
+        &hive_up,
+    )
+    .against(&bu)
+    .target("ratio <= 1.15");
+    let bd = Row::from_samples(
+        "converge",
+        &format!("baseline: remove {n} containers"),
+        "s",
+        &base_down,
+    );
+    let hd = Row::from_samples(
+        "converge",
+        &format!("hive: DELETE {n} agents until gone"),
+        "s",
+        &hive_down,
+    )
+    .against(&bd)
+    .target("ratio <= 1.15");
+    Ok(vec![bu, hu, bd, hd])
+}
+
+/// Measures `requests` calls of `make` with `concurrency` in flight; returns rows for
+/// requests per second and p50/p99 latency in milliseconds.
+async fn load<F, Fut>(label: &str, requests: usize, concurrency: usize, make: F) -> Result<Vec<Row>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let start = Instant::now();
+    let latencies: Vec<Result<f64>> = stream::iter(0..requests)
+        .map(|i| {
+            let f = make(i);
+            async move {
+                let t = Instant::now();
+                f.await?;
+                Ok(t.elapsed().as_secs_f64() * 1000.0)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let total = start.elapsed().as_secs_f64();
+    let mut l = latencies.into_iter().collect::<Result<Vec<f64>>>()?;
+    l.sort_by(f64::total_cmp);
+    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+    Ok(vec![
+        Row::single(
+            "api",
+            &format!("{label}: throughput"),
+            "req/s",
+            requests as f64 / total,
+        ),
+        Row::single("api", &format!("{label}: p50 latency"), "ms", pct(0.50)),
+        Row::single("api", &format!("{label}: p99 latency"), "ms", pct(0.99)),
+    ])
+}
+
+async fn ok(r: reqwest::RequestBuilder) -> Result<()> {
+    let r = r.send().await?;
+    if !r.status().is_success() {
+        bail!("{} {}", r.status(), r.text().await?);
+    }
+    r.bytes().await?;
+    Ok(())
+}
+
+/// Declares `n` Stopped agents and waits until each is observed.
+async fn declare_stopped(server: &Server, n: usize) -> Result<Vec<Agent>> {
+    let agents: Vec<_> = (0..n).map(|i| agent(&format!("s{i:04}"), true)).collect();
+    let results: Vec<_> = stream::iter(&agents)
+        .map(|a| server.put(a))
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<_>>>()?;
+    server.wait_all(n, "Stopped").await?;
+    Ok(agents)
+}
+
+async fn api(args: &ApiArgs) -> Result<Vec<Row>> {
+    let server = Server::start(16).await?;
+    eprintln!("api: declaring {} stopped agents", args.agents);
+    let agents = declare_stopped(&server, args.agents).await?;
+    let (req, c) = (args.requests, args.concurrency);
+    let s = &server;
+    let mut rows = Vec::new();
+    let floor = load("GET /healthz (floor)", req, c, |_| {
+        ok(s.http.get(format!("{}/healthz", s.url)))
+    })
+    .await?;
+    let get = load("GET one agent", req, c, |i| {
+        ok(s.req(
+            reqwest::Method::GET,
+            &format!("/v1/agents/{}", agents[i % agents.len()].metadata.name),
+        ))
+    })
+    .await?;
+    let list = load(
+        &format!("LIST {} agents", agents.len()),
+        (req / 20).max(50),
+        c,
+        |_| ok(s.req(reqwest::Method::GET, "/v1/agents")),
+    )
+    .await?;
+    // Durable writes that change labels only: flushed to disk, no container churn.
+    let put = load("PUT (durable, label change)", req / 4, c, |i| {
+        let mut a = agents[i % agents.len()].clone();
+        a.metadata.labels.insert("bench".into(), i.to_string());
+        async move { s.put(&a).await }
+    })
+    .await?;
+    for (i, r) in get.into_iter().chain(list).chain(put).enumerate() {
+        let base = &floor[i % 3];
+        rows.push(r.against(base));
+    }
+    rows.splice(0..0, floor);
+    server.stop().await?;
+    Ok(rows)
+}
+
+async fn steady(args: &SteadyArgs) -> Result<Vec<Row>> {
+    let server = Server::start(16).await?;
+    eprintln!("steady: declaring {} stopped agents", args.agents);
+    declare_stopped(&server, args.agents).await?;
+    // Let the last events and the first resync settle, then measure an idle window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    eprintln!("steady: measuring {}s of idleness", args.seconds);
+    let (_, cpu0) = server.usage()?;
+    let mut peak_rss = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(args.seconds) {
+        peak_rss = peak_rss.max(server.usage()?.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (rss, cpu1) = server.usage()?;
+    let per_minute = (cpu1 - cpu0) * 60.0 / start.elapsed().as_secs_f64();
+    server.stop().await?;
+    Ok(vec![
+        Row::single(
+            "steady",
+            &format!("CPU while idle, {} agents", args.agents),
+            "s/min",
+            per_minute,
+        )
+        .target("< 1 s/min"),
+        Row::single(
+            "steady",
+            &format!("resident memory, {} agents", args.agents),
+            "MiB",
+            rss.max(peak_rss) as f64 / 1048576.0,
+        )
+        .target("< 64 MiB"),
+    ])
+}
+
+/// Waits until the container of `agent` is running again and is not `old_started`.
+async fn until_running_again(o: &DockerOrchestrator, agent: &str, start: Instant) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cs = o.list_agent(agent).await?;
+        if cs.iter().any(|c| c.state == ContainerState::Running) {
+            return Ok(start.elapsed().as_secs_f64() * 1000.0);
+        }
+        if Instant::now() > deadline {
+            bail!("{agent} did not run again within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until no container of `agent` runs.
+async fn until_down(o: &DockerOrchestrator, agent: &str) -> Result<()> {
+    loop {
+        let cs = o.list_agent(agent).await?;
+        if !cs.iter().any(|c| c.state == ContainerState::Running) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn docker_cli(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Kills a container's init process from the host: a crash, as far as the engine knows.
+fn crash(id: &str) -> Result<()> {
+    let pid = docker_cli(&["inspect", "-f", "{{.State.Pid}}", id])?;
+    let status = Command::new("kill").args(["-9", &pid]).status()?;
+    if !status.success() {
+        bail!("kill -9 {pid} failed");
+    }
+    Ok(())
+}
+
+async fn drift(args: &DriftArgs) -> Result<Vec<Row>> {
+    // Baseline: a container under the engine's own restart policy, crashed.
+    let o = DockerOrchestrator::new(None, &format!("base{}", token()));
+    let mut spec = agent("crash", false).container_spec()?;
+    spec.restart_policy = RestartPolicy::Always;
+    let id = o.create(&spec).await?;
+    o.start(&id).await?;
+    let mut engine_restart = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("drift: engine restart policy, round {round}");
+        until_running_again(&o, "crash", Instant::now()).await?;
+        // The engine's back-off grows with quick successive crashes; wait it out.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let start = Instant::now();
+        crash(&id)?;
+        until_down(&o, "crash").await?;
+        engine_restart.push(until_running_again(&o, "crash", start).await?);
+    }
+    remove_all(&o, 4).await?;
+
+    // Hive: an agent killed with `docker kill`, which the engine's policy leaves dead.
+    let server = Server::start(16).await?;
+    server.put(&agent("drift", false)).await?;
+    server.wait_all(1, "Running").await?;
+    let so = server.orchestrator();
+    let mut hive_repair = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("drift: hive repair after docker kill, round {round}");
+        let id = so
+            .list_agent("drift")
+            .await?
+            .first()
+            .context("the agent's container")?
+            .id
+            .clone();
+        let start = Instant::now();
+        docker_cli(&["kill", &id])?;
+        until_down(&so, "drift").await?;
+        hive_repair.push(until_running_again(&so, "drift", start).await?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    server.stop().await?;
+    let base = Row::from_samples(
+        "drift",
+        "engine restart policy after a crash",
+        "ms",
+        &engine_restart,
+    );
+    let hive = Row::from_samples(
+        "drift",
+        "hive repair after `docker kill`",
+        "ms",
+        &hive_repair,
+    )
+    .against(&base);
+    Ok(vec![base, hive])
+}
