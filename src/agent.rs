@@ -50,6 +50,9 @@ pub struct Metadata {
     /// Free-form key/value pairs clients select on (`?label=team=research`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Whose agent this is: set by the server from the caller's key (an admin may name one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Free-form notes for tools; never interpreted by the core.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -92,9 +95,12 @@ pub struct AgentSpec {
     /// What happens when the agent's process exits.
     #[serde(default)]
     pub restart_policy: RestartPolicy,
-    /// Limits on memory and CPU.
+    /// Limits on memory, CPU and processes.
     #[serde(default, skip_serializing_if = "Resources::is_empty")]
     pub resources: Resources,
+    /// Linux capabilities added back after all are dropped; the policy's allowlist decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
 }
 
 /// Environment variables. Its `Debug` shows names only, so a stray `?spec` in a log line
@@ -148,16 +154,21 @@ pub struct Resources {
         deserialize_with = "string_or_number"
     )]
     pub cpus: Option<String>,
+    /// Most processes the agent may run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<i64>,
 }
 
 impl Resources {
     fn is_empty(&self) -> bool {
-        self.memory.is_none() && self.cpus.is_none()
+        self.memory.is_none() && self.cpus.is_none() && self.pids.is_none()
     }
 }
 
 /// Accepts `cpus: "0.5"` as well as `cpus: 0.5`, keeping the text.
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn string_or_number<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Text {
@@ -246,7 +257,16 @@ impl Agent {
             ));
         }
         validate_name(&self.metadata.name).map_err(|m| Invalid::new("metadata.name", m))?;
+        if let Some(owner) = &self.metadata.owner {
+            validate_name(owner).map_err(|m| Invalid::new("metadata.owner", m))?;
+        }
         for (k, v) in &self.metadata.labels {
+            if k.starts_with("hive.") || k.starts_with("hive/") {
+                return Err(Invalid::new(
+                    format!("metadata.labels.{k}"),
+                    "labels under \"hive.\" are Hive's own and cannot be set",
+                ));
+            }
             validate_label_key(k).map_err(|m| Invalid::new(format!("metadata.labels.{k}"), m))?;
             validate_label_value(v).map_err(|m| Invalid::new(format!("metadata.labels.{k}"), m))?;
         }
@@ -263,6 +283,7 @@ impl Agent {
         Ok(ContainerSpec {
             agent: self.metadata.name.clone(),
             uid: self.metadata.uid.unwrap_or_default(),
+            owner: self.metadata.owner.clone().unwrap_or_default(),
             image: self.spec.image.clone(),
             command: self.spec.command.clone(),
             args: self.spec.args.clone(),
@@ -280,6 +301,8 @@ impl Agent {
                 .map(parse_cpus)
                 .transpose()
                 .map_err(|m| Invalid::new("spec.resources.cpus", m))?,
+            pids_limit: r.pids,
+            capabilities: self.spec.capabilities.clone().unwrap_or_default(),
         })
     }
 
@@ -325,6 +348,14 @@ impl AgentSpec {
         }
         if let Some(c) = &self.resources.cpus {
             parse_cpus(c).map_err(|e| Invalid::new("spec.resources.cpus", e))?;
+        }
+        if let Some(p) = self.resources.pids {
+            if !(1..=1 << 22).contains(&p) {
+                return Err(Invalid::new(
+                    "spec.resources.pids",
+                    format!("{p} is not between 1 and 4194304"),
+                ));
+            }
         }
         Ok(())
     }

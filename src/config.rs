@@ -34,6 +34,16 @@ pub struct Config {
     #[arg(long, env = "HIVE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
 
+    /// YAML file of further keys, each with an id, owner, role and SHA-256
+    /// (see `hive keys new`); re-read on SIGHUP and when it changes.
+    #[arg(long, env = "HIVE_KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
+
+    /// YAML admission policy (images, default and maximum limits, quotas, capabilities).
+    /// Without one every image is allowed, with default limits on every container.
+    #[arg(long, env = "HIVE_POLICY")]
+    pub policy: Option<PathBuf>,
+
     /// The API key itself; from the environment only, so it never shows in `ps`.
     #[arg(skip = std::env::var("AGENT_API_KEY").ok().map(Secret))]
     pub api_key: Option<Secret>,

@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`agent`]: the resource (metadata, spec, status), its validation, and the container it asks for.
 //! - [`store`]: desired state and status on disk (sled); durable before a write is answered.
-//! - [`api`]: the HTTP layer (axum): routes, auth, body parsing, one error type.
+//! - [`api`]: the HTTP layer (axum): routes, auth and audit middleware, body parsing, one error type.
+//! - [`access`]: keys, their owners and roles; [`policy`]: what an agent may be (admission).
 //! - [`controller`]: the runtime (queue, triggers, backoff) apart from `reconcile` and the pure `plan`.
 //! - [`orchestrator`]: the `Orchestrator` trait and its Docker implementation (the only bollard user).
 //! - [`config`]: the flags of `hive serve`.
@@ -23,17 +24,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub mod access;
 pub mod agent;
 pub mod api;
 pub mod config;
 pub mod controller;
 pub mod orchestrator;
+pub mod policy;
 pub mod shutdown;
 pub mod store;
 
 pub use config::Config;
 
-use api::auth::{ApiKey, KeySource};
+use access::{KeySource, Keys};
 use orchestrator::docker::DockerOrchestrator;
 use orchestrator::Orchestrator;
 use store::Store;
@@ -44,7 +47,9 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Key(#[from] api::auth::KeyError),
+    Key(#[from] access::KeyError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     #[error("invalid --instance {0:?}: {1}")]
     Instance(String, String),
     #[error("cannot use --data-dir {path}: {source}")]
@@ -71,11 +76,24 @@ pub async fn run(
         source,
     })?;
     let store = Arc::new(Store::open(&config.data_dir)?);
-    let (key, source) = ApiKey::load(
+    let (keys, source) = Keys::load(
         config.api_key.as_ref().map(|s| s.0.as_str()),
         config.api_key_file.as_deref(),
+        config.keys_file.as_deref(),
         &config.data_dir,
     )?;
+    let keys = Arc::new(keys);
+    let policy = match &config.policy {
+        Some(path) => {
+            let p = policy::Policy::load(path)?;
+            info!(path = %path.display(), rules = ?policy::describe(&p), "admission policy");
+            p
+        }
+        None => {
+            warn!("no --policy: every image is allowed (containers still get default limits)");
+            policy::Policy::default()
+        }
+    };
     match source {
         KeySource::Environment => info!("API key from AGENT_API_KEY"),
         KeySource::File(path) => info!(path = %path.display(), "API key from file"),
@@ -104,8 +122,13 @@ pub async fn run(
         store: store.clone(),
         orchestrator,
         controller: controller.handle(),
-        key: Arc::new(key),
+        keys: keys.clone(),
+        policy: Arc::new(policy),
+        admission: Arc::new(tokio::sync::Mutex::new(())),
     };
+    if keys.file().is_some() {
+        tokio::spawn(watch_keys(keys, stop.clone()));
+    }
     let controller_task = tokio::spawn(controller.run(stop.clone()));
 
     let addr = listener.local_addr().map_err(Error::Serve)?;
@@ -141,6 +164,53 @@ pub async fn run(
     served
         .map_err(|e| Error::Serve(std::io::Error::other(e)))?
         .map_err(Error::Serve)
+}
+
+/// Re-reads the keys file on SIGHUP and whenever its modification time or size changes
+/// (checked every two seconds). A file that does not parse leaves the keys as they were.
+async fn watch_keys(keys: Arc<Keys>, stop: CancellationToken) {
+    let Some(path) = keys.file().map(std::path::Path::to_path_buf) else {
+        return;
+    };
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().ok(), m.len()))
+    };
+    let mut last = stamp(&path);
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; the keys file is still watched");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let signalled = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = signalled => {}
+            _ = tick.tick() => {
+                let now = stamp(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+            }
+        }
+        match keys.reload() {
+            Ok(n) => info!(path = %path.display(), keys = n, "reloaded the keys file"),
+            Err(e) => {
+                warn!(error = %e, "the keys file does not load; the previous keys stay in force")
+            }
+        }
+    }
 }
 
 /// How long open requests may take to finish once shutdown begins.

@@ -15,6 +15,25 @@ struct Cli {
 enum Command {
     /// Run the API and the controller (the only process that talks to Docker).
     Serve(hive::Config),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random key, once, and the --keys-file entry that admits it.
+    New {
+        /// Whose agents the key sees and makes.
+        #[arg(long)]
+        owner: String,
+        /// admin, operator or viewer.
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+        /// The key's name in logs and audit (default: <owner>-<random>).
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -29,6 +48,22 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Keys(KeysCommand::New { owner, role, id }) => {
+            let role = match role.as_str() {
+                "admin" => hive::access::Role::Admin,
+                "operator" => hive::access::Role::Operator,
+                _ => hive::access::Role::Viewer,
+            };
+            let id =
+                id.unwrap_or_else(|| format!("{owner}-{}", &hive::access::generate_key()[..6]));
+            let (key, entry) =
+                hive::access::new_key(&id, &owner, role).map_err(anyhow::Error::msg)?;
+            println!("key: {key}");
+            println!(
+                "(shown once; give it to {owner}. Add this under `keys:` in the --keys-file:)"
+            );
+            print!("{entry}");
+        }
         Command::Serve(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await

@@ -38,6 +38,34 @@ pub struct Internal {
     pub repairs: u64,
 }
 
+/// Audit entries kept; older ones are dropped as new ones arrive.
+pub const AUDIT_KEEP: u64 = 100_000;
+
+/// One accepted or refused mutation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Sequence number, newest highest; `?before=` pages on it.
+    pub id: u64,
+    /// RFC 3339.
+    pub time: String,
+    /// The key's id, or "-" when no valid key was presented.
+    pub key_id: String,
+    /// The caller's owner ("-" when unknown).
+    pub owner: String,
+    /// create, apply, delete, start, stop, restart.
+    pub verb: String,
+    /// The agent's name ("-" when the request did not get as far as naming one).
+    pub agent: String,
+    /// accepted or refused.
+    pub outcome: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// What a PUT did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -86,6 +114,8 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     agents: sled::Tree,
+    /// Audit entries keyed by a big-endian sequence number.
+    audit: sled::Tree,
     /// Serializes read-modify-write cycles. Never held across an await.
     write: Mutex<()>,
     /// Requests for a flush, served by one flusher thread.
@@ -117,6 +147,7 @@ impl Store {
                 _ => StoreError::Sled(e),
             })?;
         let agents = db.open_tree("agents")?;
+        let audit = db.open_tree("audit")?;
         let (flushes, requests) = mpsc::unbounded_channel();
         let flusher_db = db.clone();
         std::thread::Builder::new()
@@ -126,6 +157,7 @@ impl Store {
         Ok(Store {
             db,
             agents,
+            audit,
             write: Mutex::new(()),
             flushes,
         })
@@ -192,7 +224,10 @@ impl Store {
             if old.agent.is_terminating() {
                 return Err(StoreError::Terminating(name.clone()));
             }
-            let spec_changed = old.agent.spec != agent.spec;
+            // A new owner relabels the container, so it counts as a change of spec.
+            let spec_changed = old.agent.spec != agent.spec
+                || (agent.metadata.owner.is_some()
+                    && old.agent.metadata.owner != agent.metadata.owner);
             let meta = &old.agent.metadata;
             let meta_changed = meta.labels != agent.metadata.labels
                 || meta.annotations != agent.metadata.annotations;
@@ -205,6 +240,9 @@ impl Store {
             if spec_changed {
                 r.agent.metadata.generation += 1;
                 r.agent.spec = agent.spec;
+                if agent.metadata.owner.is_some() {
+                    r.agent.metadata.owner = agent.metadata.owner;
+                }
             }
             Ok(Change::Put(Box::new(r), Applied::Updated))
         })?;
@@ -313,6 +351,44 @@ impl Store {
             })
         })?;
         Ok(r.expect("an existing record stays"))
+    }
+
+    /// Appends an audit entry, giving it the next id, and drops the oldest beyond
+    /// [`AUDIT_KEEP`]. Durable with the next flush.
+    pub fn record_audit(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let next = match self.audit.last()? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or_default()) + 1,
+            None => 1,
+        };
+        entry.id = next;
+        let bytes = serde_json::to_vec(&entry).expect("an audit entry always serializes");
+        self.audit.insert(next.to_be_bytes(), bytes)?;
+        if next > AUDIT_KEEP {
+            self.audit.remove((next - AUDIT_KEEP).to_be_bytes())?;
+        }
+        Ok(entry)
+    }
+
+    /// Up to `limit` audit entries older than `before` (all when None), newest first.
+    pub fn audit_page(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let end = before.unwrap_or(u64::MAX).to_be_bytes();
+        self.audit
+            .range(..end)
+            .rev()
+            .take(limit)
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    name: "audit".into(),
+                    source,
+                })
+            })
+            .collect()
     }
 
     /// Runs one read-modify-write of `name` under the write lock, stamping a fresh

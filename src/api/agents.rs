@@ -5,16 +5,19 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::auth::AuditNote;
 use super::body::{Document, Query};
 use super::error::ApiError;
 use super::AppState;
+use crate::access::{Principal, Role};
 use crate::agent::{validate_name, Agent, DesiredState, API_VERSION, LIST_KIND};
 use crate::orchestrator::LogOptions;
-use crate::store::{Applied, Record};
+use crate::store::{Applied, Record, StoreError};
 
 /// Makes the store durable and wakes the controller for `name`; every acknowledged
 /// write passes through here before its answer is sent.
@@ -28,23 +31,96 @@ fn path_name(name: &str) -> Result<(), ApiError> {
     validate_name(name).map_err(|m| ApiError::NotFound(format!("agent {name:?} not found ({m})")))
 }
 
+fn not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!("agent {name:?} not found"))
+}
+
+/// Refuses viewers any change.
+fn require_write(p: &Principal, verb: &str) -> Result<(), ApiError> {
+    if p.may_write() {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "key {:?} has role viewer, which may not {verb} agents",
+            p.key_id
+        )))
+    }
+}
+
+/// A response with the note the audit log names it by.
+fn noted(status: StatusCode, agent: Agent, verb: &'static str) -> Response {
+    let name = agent.metadata.name.clone();
+    let mut r = (status, Json(agent)).into_response();
+    r.extensions_mut().insert(AuditNote { verb, agent: name });
+    r
+}
+
+/// Sets the owner from the key (an admin may name one), validates, and runs the
+/// admission policy against the owner's other agents. Returns the agent as it will be
+/// stored. The caller holds the admission lock until the write is done.
+fn admit(
+    state: &AppState,
+    p: &Principal,
+    mut agent: Agent,
+    existing: Option<&Agent>,
+) -> Result<Agent, ApiError> {
+    let owner = match (&agent.metadata.owner, p.role) {
+        (Some(o), Role::Admin) => o.clone(),
+        (Some(o), _) if *o != p.owner => {
+            return Err(ApiError::Forbidden(
+                "only an admin key may set metadata.owner to another owner".into(),
+            ))
+        }
+        _ => existing
+            .and_then(|e| e.metadata.owner.clone())
+            .unwrap_or_else(|| p.owner.clone()),
+    };
+    agent.metadata.owner = Some(owner.clone());
+    agent.validate()?;
+    // The owner's other agents count only against a quota; without one, skip the scan.
+    let records = if state.policy.quota.is_set() {
+        state.store.list()?
+    } else {
+        Vec::new()
+    };
+    let others: Vec<&Agent> = records
+        .iter()
+        .map(|r| &r.agent)
+        .filter(|a| a.metadata.owner.as_deref() == Some(owner.as_str()))
+        .filter(|a| a.metadata.name != agent.metadata.name)
+        .collect();
+    state.policy.admit(&mut agent, &others)?;
+    Ok(agent)
+}
+
 /// `POST /v1/agents`
 pub async fn create(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Document(agent): Document<Agent>,
 ) -> Result<Response, ApiError> {
-    agent.validate()?;
-    let record = state.store.create(agent)?;
-    commit(&state, &record.agent.metadata.name).await?;
-    Ok((StatusCode::CREATED, Json(record.agent)).into_response())
+    require_write(&p, "create")?;
+    let name = agent.metadata.name.clone();
+    let record = {
+        let _admission = state.admission.lock().await;
+        if state.store.get(&name)?.is_some() {
+            return Err(StoreError::AlreadyExists(name).into());
+        }
+        let agent = admit(&state, &p, agent, None)?;
+        state.store.create(agent)?
+    };
+    commit(&state, &name).await?;
+    Ok(noted(StatusCode::CREATED, record.agent, "create"))
 }
 
 /// `PUT /v1/agents/{name}`: create or replace.
 pub async fn apply(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
     Document(mut agent): Document<Agent>,
 ) -> Result<Response, ApiError> {
+    require_write(&p, "change")?;
     if agent.metadata.name.is_empty() {
         agent.metadata.name = name.clone();
     } else if agent.metadata.name != name {
@@ -56,8 +132,21 @@ pub async fn apply(
             ),
         ));
     }
-    agent.validate()?;
-    let (record, applied) = state.store.apply(agent)?;
+    let (record, applied) = {
+        let _admission = state.admission.lock().await;
+        let existing = state.store.get(&name)?;
+        if let Some(e) = &existing {
+            if !p.sees(e.agent.metadata.owner.as_deref().unwrap_or_default()) {
+                // Names are global (they name containers), so the name cannot be given twice.
+                return Err(ApiError::Conflict {
+                    code: "already_exists",
+                    message: format!("the name {name:?} is in use; choose another"),
+                });
+            }
+        }
+        let agent = admit(&state, &p, agent, existing.as_ref().map(|r| &r.agent))?;
+        state.store.apply(agent)?
+    };
     let status = match applied {
         Applied::Created => StatusCode::CREATED,
         Applied::Updated | Applied::Unchanged => StatusCode::OK,
@@ -65,7 +154,7 @@ pub async fn apply(
     if applied != Applied::Unchanged {
         commit(&state, &name).await?;
     }
-    Ok((status, Json(record.agent)).into_response())
+    Ok(noted(status, record.agent, "apply"))
 }
 
 /// Query of `GET /v1/agents`.
@@ -88,6 +177,7 @@ pub struct AgentList {
 /// `GET /v1/agents`
 pub async fn list(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<AgentList>, ApiError> {
     let selector = match &query.label {
@@ -99,6 +189,7 @@ pub async fn list(
         .list()?
         .into_iter()
         .map(|r| r.agent)
+        .filter(|a| p.sees(a.metadata.owner.as_deref().unwrap_or_default()))
         .filter(|a| selector.matches(&a.metadata.labels))
         .collect();
     Ok(Json(AgentList {
@@ -108,32 +199,37 @@ pub async fn list(
     }))
 }
 
-fn found(state: &AppState, name: &str) -> Result<Record, ApiError> {
+/// The record of an agent the caller may see; another owner's agent is not found.
+fn found(state: &AppState, p: &Principal, name: &str) -> Result<Record, ApiError> {
     path_name(name)?;
     state
         .store
         .get(name)?
-        .ok_or_else(|| ApiError::NotFound(format!("agent {name:?} not found")))
+        .filter(|r| p.sees(r.agent.metadata.owner.as_deref().unwrap_or_default()))
+        .ok_or_else(|| not_found(name))
 }
 
 /// `GET /v1/agents/{name}`
 pub async fn get(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(found(&state, &name)?.agent))
+    Ok(Json(found(&state, &p, &name)?.agent))
 }
 
 /// `DELETE /v1/agents/{name}`: marks it Terminating; the controller removes the
 /// container, then the record.
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    path_name(&name)?;
+    found(&state, &p, &name)?;
+    require_write(&p, "delete")?;
     let record = state.store.mark_deleted(&name)?;
     commit(&state, &name).await?;
-    Ok((StatusCode::ACCEPTED, Json(record.agent)).into_response())
+    Ok(noted(StatusCode::ACCEPTED, record.agent, "delete"))
 }
 
 /// Body of `POST /v1/agents/{name}/action`.
@@ -142,6 +238,8 @@ pub async fn delete(
 pub struct ActionRequest {
     action: Action,
 }
+
+impl super::body::Screen for ActionRequest {}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -155,15 +253,22 @@ enum Action {
 /// one restart of the container.
 pub async fn action(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
     Document(request): Document<ActionRequest>,
 ) -> Result<Response, ApiError> {
-    path_name(&name)?;
+    let current = found(&state, &p, &name)?;
+    let verb = match request.action {
+        Action::Start => "start",
+        Action::Stop => "stop",
+        Action::Restart => "restart",
+    };
+    require_write(&p, verb)?;
     let record = match request.action {
         Action::Start => state.store.set_state(&name, DesiredState::Running)?,
         Action::Stop => state.store.set_state(&name, DesiredState::Stopped)?,
         Action::Restart => {
-            if found(&state, &name)?.agent.spec.state == DesiredState::Stopped {
+            if current.agent.spec.state == DesiredState::Stopped {
                 return Err(ApiError::Conflict {
                     code: "stopped",
                     message: format!("agent {name:?} is stopped; start it instead"),
@@ -173,7 +278,7 @@ pub async fn action(
         }
     };
     commit(&state, &name).await?;
-    Ok((StatusCode::ACCEPTED, Json(record.agent)).into_response())
+    Ok(noted(StatusCode::ACCEPTED, record.agent, verb))
 }
 
 /// Query of `GET /v1/agents/{name}/logs`.
@@ -190,10 +295,11 @@ pub struct LogsQuery {
 /// `GET /v1/agents/{name}/logs`: the container's output as text.
 pub async fn logs(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Path(name): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let record = found(&state, &name)?;
+    let record = found(&state, &p, &name)?;
     let Some(id) = record.agent.status.container_id else {
         return Err(ApiError::NotFound(format!(
             "agent {name:?} has no container yet"
@@ -212,6 +318,35 @@ pub async fn logs(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Entries per page (default 50, at most 1000).
+    limit: Option<usize>,
+    /// Only entries older than this id (the `next` of the previous page).
+    before: Option<u64>,
+}
+
+/// `GET /v1/audit`: newest first, for admins.
+pub async fn audit(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if p.role != Role::Admin {
+        return Err(ApiError::Forbidden(
+            "only an admin key may read the audit log".into(),
+        ));
+    }
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let items = state.store.audit_page(limit, query.before)?;
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(serde_json::json!({"items": items, "next": next})))
 }
 
 /// A parsed label selector.

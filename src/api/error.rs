@@ -25,9 +25,18 @@ pub enum ApiError {
     /// The document parsed but a field is wrong.
     #[error("{0}")]
     Invalid(Invalid),
+    /// The admission policy refused the agent as written (422).
+    #[error("{}", .invalid)]
+    Refused { rule: String, invalid: Invalid },
     /// No credentials, or wrong ones.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The caller's role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The owner's quota would be exceeded (403).
+    #[error("{message}")]
+    QuotaExceeded { rule: String, message: String },
     #[error("{0}")]
     NotFound(String),
     /// The request contradicts what is stored (exists, stale resourceVersion, being deleted).
@@ -50,7 +59,10 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_policy"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::QuotaExceeded { .. } => (StatusCode::FORBIDDEN, "quota_exceeded"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -60,6 +72,23 @@ impl ApiError {
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid(Invalid::new(field, message))
+    }
+}
+
+/// The message of an error response, for the audit log.
+#[derive(Clone, Debug)]
+pub struct AuditReason(pub String);
+
+impl From<crate::policy::Refusal> for ApiError {
+    fn from(r: crate::policy::Refusal) -> Self {
+        match r {
+            crate::policy::Refusal::Invalid { rule, invalid } => {
+                ApiError::Refused { rule, invalid }
+            }
+            crate::policy::Refusal::Quota { rule, message } => {
+                ApiError::QuotaExceeded { rule, message }
+            }
+        }
     }
 }
 
@@ -107,11 +136,22 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let mut body = json!({"code": code, "message": self.to_string()});
-        if let ApiError::Invalid(i) = &self {
-            body["field"] = json!(i.field);
-            body["message"] = json!(format!("{}: {}", i.field, i.message));
+        match &self {
+            ApiError::Invalid(i) => {
+                body["field"] = json!(i.field);
+                body["message"] = json!(format!("{}: {}", i.field, i.message));
+            }
+            ApiError::Refused { rule, invalid } => {
+                body["field"] = json!(invalid.field);
+                body["rule"] = json!(rule);
+                body["message"] = json!(format!("{}: {}", invalid.field, invalid.message));
+            }
+            ApiError::QuotaExceeded { rule, .. } => body["rule"] = json!(rule),
+            _ => {}
         }
+        let reason = body["message"].as_str().unwrap_or_default().to_string();
         let mut response = (status, Json(json!({ "error": body }))).into_response();
+        response.extensions_mut().insert(AuditReason(reason));
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was not read, so this connection cannot carry another request.
             response.headers_mut().insert(

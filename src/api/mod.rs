@@ -3,7 +3,7 @@
 //! Routes (all under /v1 demand the API key):
 //! - `POST /v1/agents`, `GET /v1/agents[?label=k=v]`
 //! - `GET|PUT|DELETE /v1/agents/{name}`, `POST /v1/agents/{name}/action`
-//! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`
+//! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`, `GET /v1/audit` (admins)
 //! - `GET /healthz`, `GET /readyz` (no key)
 
 use std::sync::Arc;
@@ -25,8 +25,10 @@ pub mod auth;
 pub mod body;
 pub mod error;
 
-pub use auth::ApiKey;
 pub use error::ApiError;
+
+use crate::access::Keys;
+use crate::policy::Policy;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -37,8 +39,12 @@ pub struct AppState {
     pub orchestrator: Arc<dyn Orchestrator>,
     /// Wakes the controller after a write.
     pub controller: controller::Handle,
-    /// The key every /v1 request must carry.
-    pub key: Arc<ApiKey>,
+    /// The keys /v1 requests may carry.
+    pub keys: Arc<Keys>,
+    /// What agents may be.
+    pub policy: Arc<Policy>,
+    /// Held from an admission check to its write, so quotas cannot be raced past.
+    pub admission: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The whole API.
@@ -51,9 +57,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/agents/{name}/action", post(agents::action))
         .route("/agents/{name}/logs", get(agents::logs))
+        .route("/audit", get(agents::audit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_key,
+            auth::authenticate,
         ));
     Router::new()
         .nest("/v1", v1)

@@ -39,6 +39,8 @@ pub const LABEL_INSTANCE: &str = "hive.instance";
 pub const LABEL_AGENT: &str = "hive.agent";
 /// Label with the agent's uid.
 pub const LABEL_UID: &str = "hive.uid";
+/// Label naming the agent's owner.
+pub const LABEL_OWNER: &str = "hive.owner";
 /// Label with the hash of the spec the container was created from.
 pub const LABEL_SPEC_HASH: &str = "hive.spec-hash";
 
@@ -46,7 +48,8 @@ pub const LABEL_SPEC_HASH: &str = "hive.spec-hash";
 const STOP_GRACE_SECS: i32 = 10;
 /// A request to the engine that takes longer than this is treated as the engine being gone.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
-/// Processes an agent may have unless told otherwise: enough for an agent, too few for a fork bomb.
+/// Processes an agent may have when neither spec nor policy says: enough for an agent,
+/// too few for a fork bomb.
 const DEFAULT_PIDS_LIMIT: i64 = 512;
 
 /// The Docker engine behind one Hive instance.
@@ -173,6 +176,7 @@ impl DockerOrchestrator {
             (LABEL_INSTANCE.to_string(), self.instance.clone()),
             (LABEL_AGENT.to_string(), spec.agent.clone()),
             (LABEL_UID.to_string(), spec.uid.to_string()),
+            (LABEL_OWNER.to_string(), spec.owner.clone()),
             (LABEL_SPEC_HASH.to_string(), spec.hash()),
         ]);
         let restart = match spec.restart_policy {
@@ -193,7 +197,7 @@ impl DockerOrchestrator {
             host_config: Some(HostConfig {
                 memory: spec.memory_bytes,
                 nano_cpus: spec.nano_cpus,
-                pids_limit: Some(DEFAULT_PIDS_LIMIT),
+                pids_limit: Some(spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
                 // An init as PID 1 forwards signals and reaps zombies, so agents stop promptly.
                 init: Some(true),
                 restart_policy: Some(DockerRestartPolicy {
@@ -203,6 +207,7 @@ impl DockerOrchestrator {
                 // Deny by default what a container could use to escape or escalate.
                 privileged: Some(false),
                 cap_drop: Some(vec!["ALL".to_string()]),
+                cap_add: (!spec.capabilities.is_empty()).then(|| spec.capabilities.clone()),
                 security_opt: Some(vec!["no-new-privileges:true".to_string()]),
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".to_string()),

@@ -24,6 +24,8 @@ pub struct ContainerSpec {
     pub agent: String,
     /// The agent's uid, so a deleted and re-created agent never adopts its predecessor's container.
     pub uid: Uuid,
+    /// The agent's owner, stamped as `hive.owner`.
+    pub owner: String,
     pub image: String,
     /// Replaces the image's entrypoint.
     pub command: Option<Vec<String>>,
@@ -33,6 +35,10 @@ pub struct ContainerSpec {
     pub restart_policy: RestartPolicy,
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
+    /// Most processes at once (Hive's default when None).
+    pub pids_limit: Option<i64>,
+    /// Capabilities added back after dropping all, already checked by the policy.
+    pub capabilities: Vec<String>,
 }
 
 impl ContainerSpec {

@@ -118,6 +118,8 @@ pub struct Hive {
     child: Option<Child>,
     /// Extra environment for the child (None removes the variable).
     env: HashMap<String, Option<String>>,
+    /// Extra flags for `hive serve`.
+    args: Vec<String>,
     starts: usize,
 }
 
@@ -128,6 +130,15 @@ impl Hive {
     }
 
     pub async fn start_with(env: HashMap<String, Option<String>>) -> Hive {
+        Hive::start_full(env, Vec::new()).await
+    }
+
+    /// Starts Hive with extra flags for `hive serve`.
+    pub async fn start_args(args: &[String]) -> Hive {
+        Hive::start_full(HashMap::new(), args.to_vec()).await
+    }
+
+    async fn start_full(env: HashMap<String, Option<String>>, args: Vec<String>) -> Hive {
         ensure_image().await;
         let mut hive = Hive {
             instance: format!("t{}", token()),
@@ -137,6 +148,7 @@ impl Hive {
             dir: tempfile::tempdir().unwrap(),
             child: None,
             env,
+            args,
             starts: 0,
         };
         hive.spawn().await;
@@ -166,6 +178,7 @@ impl Hive {
         .arg("--data-dir")
         .arg(self.data_dir())
         .args(["--instance", &self.instance])
+        .args(&self.args)
         .env("AGENT_API_KEY", &self.key)
         .env("RUST_LOG", "info,hive=debug")
         .stdout(Stdio::null())

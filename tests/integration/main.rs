@@ -10,3 +10,4 @@ mod drift;
 mod faults;
 mod lifecycle;
 mod restart;
+mod security;

@@ -1,0 +1,396 @@
+//! Who may call Hive: the admin key (AGENT_API_KEY, `--api-key-file`, or one generated
+//! into `<data-dir>/api-key`) and the keys of `--keys-file`, each with an owner and a
+//! role. Keys are held only as SHA-256 digests, compared in constant time, and never
+//! logged; a key is named in logs and audit by its id.
+//!
+//! The keys file is re-read on SIGHUP and when it changes; a file that does not parse
+//! leaves the previous keys in force.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::agent::validate_name;
+
+/// The owner of agents made with the admin key, unless it names another.
+pub const ADMIN_OWNER: &str = "admin";
+/// The id of the admin key in logs and audit.
+pub const ADMIN_KEY_ID: &str = "admin";
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, over every owner's agents.
+    Admin,
+    /// Create, change and delete its owner's agents.
+    Operator,
+    /// Read its owner's agents and their logs.
+    Viewer,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The key's id: what logs and audit show instead of the key.
+    pub key_id: String,
+    /// Whose agents it sees and makes.
+    pub owner: String,
+    pub role: Role,
+}
+
+impl Principal {
+    fn admin() -> Principal {
+        Principal {
+            key_id: ADMIN_KEY_ID.into(),
+            owner: ADMIN_OWNER.into(),
+            role: Role::Admin,
+        }
+    }
+
+    /// Whether this caller may see an agent of `owner`.
+    pub fn sees(&self, owner: &str) -> bool {
+        self.role == Role::Admin || self.owner == owner
+    }
+
+    /// Whether this caller may change agents at all.
+    pub fn may_write(&self) -> bool {
+        self.role != Role::Viewer
+    }
+}
+
+/// The keys file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<KeyEntry>,
+}
+
+/// One entry of the keys file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub id: String,
+    pub owner: String,
+    pub role: Role,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+}
+
+/// Why keys could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the API key in {0} is empty")]
+    Empty(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write a generated API key to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("keys file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Where the admin key came from, for the start-up log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Environment,
+    File(PathBuf),
+    Generated(PathBuf),
+}
+
+struct Entry {
+    digest: [u8; 32],
+    principal: Principal,
+}
+
+/// The keys Hive accepts.
+pub struct Keys {
+    admin: [u8; 32],
+    file: Option<PathBuf>,
+    entries: RwLock<Arc<Vec<Entry>>>,
+}
+
+impl Keys {
+    /// The admin key alone.
+    pub fn admin_only(key: &str) -> Keys {
+        Keys {
+            admin: digest(key),
+            file: None,
+            entries: RwLock::new(Arc::new(Vec::new())),
+        }
+    }
+
+    /// Loads the admin key (`--api-key-file`, else AGENT_API_KEY, else the generated key
+    /// under `data_dir`) and the keys file, if any.
+    pub fn load(
+        env_key: Option<&str>,
+        key_file: Option<&Path>,
+        keys_file: Option<&Path>,
+        data_dir: &Path,
+    ) -> Result<(Keys, KeySource), KeyError> {
+        let (admin, source) = admin_key(env_key, key_file, data_dir)?;
+        let keys = Keys {
+            admin: digest(&admin),
+            file: keys_file.map(Path::to_path_buf),
+            entries: RwLock::new(Arc::new(Vec::new())),
+        };
+        if keys_file.is_some() {
+            keys.reload()?;
+        }
+        Ok((keys, source))
+    }
+
+    /// The keys file, if one is in use.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Re-reads the keys file. On error the keys in force stay as they were.
+    pub fn reload(&self) -> Result<usize, KeyError> {
+        let Some(path) = &self.file else { return Ok(0) };
+        let entries = read_keys_file(path)?;
+        let n = entries.len();
+        *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(entries);
+        Ok(n)
+    }
+
+    /// The caller a presented key belongs to. Every entry is compared, in constant time,
+    /// whatever matches, so timing says nothing about which keys exist.
+    pub fn authenticate(&self, presented: &str) -> Option<Principal> {
+        let d = digest(presented);
+        let mut found = None;
+        if bool::from(d.ct_eq(&self.admin)) {
+            found = Some(Principal::admin());
+        }
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for e in entries.iter() {
+            if bool::from(d.ct_eq(&e.digest)) && found.is_none() {
+                found = Some(e.principal.clone());
+            }
+        }
+        found
+    }
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys(<redacted>)")
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn read_keys_file(path: &Path) -> Result<Vec<Entry>, KeyError> {
+    let invalid = |message: String| KeyError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let file: KeysFile = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let mut entries = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for (i, k) in file.keys.into_iter().enumerate() {
+        let at = format!("keys[{i}]");
+        if k.id.trim().is_empty() {
+            return Err(invalid(format!("{at}.id is empty")));
+        }
+        if !ids.insert(k.id.clone()) {
+            return Err(invalid(format!("{at}.id {:?} appears twice", k.id)));
+        }
+        validate_name(&k.owner).map_err(|m| invalid(format!("{at}.owner: {m}")))?;
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(k.sha256.trim(), &mut d).map_err(|_| {
+            invalid(format!(
+                "{at}.sha256 must be 64 hex digits (the SHA-256 of the key)"
+            ))
+        })?;
+        entries.push(Entry {
+            digest: d,
+            principal: Principal {
+                key_id: k.id,
+                owner: k.owner,
+                role: k.role,
+            },
+        });
+    }
+    Ok(entries)
+}
+
+fn admin_key(
+    env_key: Option<&str>,
+    key_file: Option<&Path>,
+    data_dir: &Path,
+) -> Result<(String, KeySource), KeyError> {
+    if let Some(path) = key_file {
+        return Ok((read_key(path)?, KeySource::File(path.to_path_buf())));
+    }
+    if let Some(key) = env_key {
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(KeyError::Empty("AGENT_API_KEY".into()));
+        }
+        return Ok((key.to_string(), KeySource::Environment));
+    }
+    let path = data_dir.join("api-key");
+    if path.exists() {
+        return Ok((read_key(&path)?, KeySource::File(path)));
+    }
+    let key = generate_key();
+    write_private(&path, &key).map_err(|source| KeyError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((key, KeySource::Generated(path)))
+}
+
+fn read_key(path: &Path) -> Result<String, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(KeyError::Empty(path.display().to_string()));
+    }
+    Ok(key.to_string())
+}
+
+/// 32 random bytes from the OS, hex-encoded.
+pub fn generate_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).expect("the OS random source works");
+    hex::encode(bytes)
+}
+
+/// A fresh key and the keys-file entry that admits it.
+pub fn new_key(id: &str, owner: &str, role: Role) -> Result<(String, String), String> {
+    validate_name(owner).map_err(|m| format!("--owner: {m}"))?;
+    let key = generate_key();
+    let entry = KeyEntry {
+        id: id.to_string(),
+        owner: owner.to_string(),
+        role,
+        sha256: hex::encode(digest(&key)),
+    };
+    let yaml = serde_yaml::to_string(&vec![entry]).map_err(|e| e.to_string())?;
+    Ok((key, yaml))
+}
+
+fn write_private(path: &Path, key: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{key}")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_is_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, src) = Keys::load(None, None, None, dir.path()).unwrap();
+        let path = dir.path().join("api-key");
+        assert_eq!(src, KeySource::Generated(path.clone()));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (k, src) = Keys::load(None, None, None, dir.path()).unwrap();
+        assert_eq!(src, KeySource::File(path));
+        assert_eq!(k.authenticate(text.trim()).unwrap().role, Role::Admin);
+    }
+
+    #[test]
+    fn the_admin_key_comes_from_the_file_then_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let (k, _) = Keys::load(Some("from-env"), Some(&file), None, dir.path()).unwrap();
+        assert!(k.authenticate("from-file").is_some() && k.authenticate("from-env").is_none());
+        let (k, src) = Keys::load(Some("from-env"), None, None, dir.path()).unwrap();
+        assert!(k.authenticate("from-env").is_some());
+        assert_eq!(src, KeySource::Environment);
+        assert!(Keys::load(Some("  "), None, None, dir.path()).is_err());
+    }
+
+    #[test]
+    fn keys_file_entries_authenticate_and_a_bad_reload_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, entry) = new_key("sol-1", "sol", Role::Operator).unwrap();
+        let file = dir.path().join("keys.yaml");
+        std::fs::write(&file, format!("keys:\n{}", indent(&entry))).unwrap();
+        let (k, _) = Keys::load(Some("admin-key"), None, Some(&file), dir.path()).unwrap();
+        let p = k.authenticate(&key).unwrap();
+        assert_eq!(
+            (p.key_id.as_str(), p.owner.as_str(), p.role),
+            ("sol-1", "sol", Role::Operator)
+        );
+        assert!(k.authenticate(&format!("{key}x")).is_none());
+        std::fs::write(&file, "keys: [{id: x").unwrap();
+        assert!(k.reload().is_err());
+        assert!(
+            k.authenticate(&key).is_some(),
+            "the previous keys stay in force"
+        );
+        std::fs::write(&file, "keys: []\n").unwrap();
+        assert_eq!(k.reload().unwrap(), 0);
+        assert!(k.authenticate(&key).is_none());
+    }
+
+    #[test]
+    fn bad_entries_are_refused_with_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.yaml");
+        for (text, want) in [
+            (
+                "keys: [{id: a, owner: sol, role: root, sha256: aa}]",
+                "role",
+            ),
+            (
+                "keys: [{id: a, owner: Sol, role: viewer, sha256: aa}]",
+                "keys[0].owner",
+            ),
+            (
+                "keys: [{id: a, owner: sol, role: viewer, sha256: aa}]",
+                "keys[0].sha256",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Keys::load(Some("k"), None, Some(&file), dir.path()).unwrap_err();
+            assert!(err.to_string().contains(want), "{err}");
+        }
+    }
+
+    fn indent(yaml: &str) -> String {
+        yaml.lines().map(|l| format!("  {l}\n")).collect()
+    }
+}
