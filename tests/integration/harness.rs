@@ -230,6 +230,17 @@ impl Hive {
         child.wait().unwrap()
     }
 
+    /// Sends SIGHUP.
+    pub fn sighup(&self) {
+        let pid = self.child.as_ref().expect("hive is running").id();
+        assert!(Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success());
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("hive is running");

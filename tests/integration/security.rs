@@ -258,12 +258,44 @@ async fn the_keys_file_reloads_on_change_and_a_broken_one_keeps_the_old_keys() {
     assert_eq!(status(first.clone()).await, 200);
     assert_eq!(status(second.clone()).await, 200);
 
-    // SIGHUP reloads too: a file without `second` revokes it.
-    write_keys(&keys, &[&first_entry]);
-    wait_for("the revoked key to stop working", || async {
-        (status(second.clone()).await == 401).then_some(())
+    // SIGHUP reloads too. The new file has the old one's size and modification time, so
+    // only the signal can make Hive notice it: `third` replaces `second`.
+    let reloads = || hive.logs().matches("reloaded the keys file").count();
+    let before = reloads();
+    write_keys(&keys, &[&first_entry, &second_entry]);
+    wait_for("the repaired file to be reloaded", || async {
+        (reloads() > before).then_some(())
     })
     .await;
+    let (third, third_entry) = new_key("sol", "viewer", "thirdd");
+    assert_eq!(third_entry.len(), second_entry.len());
+    let reference = dir.path().join("reference");
+    std::fs::copy(&keys, &reference).unwrap();
+    assert!(Command::new("touch")
+        .arg("-r")
+        .arg(&keys)
+        .arg(&reference)
+        .status()
+        .unwrap()
+        .success());
+    write_keys(&keys, &[&first_entry, &third_entry]);
+    assert!(Command::new("touch")
+        .arg("-r")
+        .arg(&reference)
+        .arg(&keys)
+        .status()
+        .unwrap()
+        .success());
+    hive.sighup();
+    wait_for("SIGHUP to load the new key", || async {
+        (status(third.clone()).await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        status(second.clone()).await,
+        401,
+        "the key left out is revoked"
+    );
 }
 
 #[tokio::test]
