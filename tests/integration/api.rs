@@ -54,14 +54,7 @@ async fn every_v1_route_refuses_a_missing_or_wrong_key() {
         }
     }
     // Nothing was created by the refused requests.
-    let list: Value = hive
-        .req(Method::GET, "/v1/agents")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = hive.list().await;
     assert_eq!(list["items"], json!([]));
     // X-API-Key with the right key works, as does the bearer form.
     let r = hive
@@ -79,19 +72,9 @@ async fn every_v1_route_refuses_a_missing_or_wrong_key() {
 #[tokio::test]
 async fn health_and_readiness_need_no_key() {
     let hive = Hive::start().await;
-    let r = hive
-        .http
-        .get(format!("{}/healthz", hive.url))
-        .send()
-        .await
-        .unwrap();
+    let r = hive.get_open("/healthz").await;
     assert_eq!(r.status(), 200);
-    let r = hive
-        .http
-        .get(format!("{}/readyz", hive.url))
-        .send()
-        .await
-        .unwrap();
+    let r = hive.get_open("/readyz").await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
@@ -176,14 +159,7 @@ async fn writes_answer_as_documented() {
     assert_eq!(r.status(), 201);
 
     // LIST sorted by name, with a label filter.
-    let list: Value = hive
-        .req(Method::GET, "/v1/agents")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = hive.list().await;
     assert_eq!(list["kind"], "AgentList");
     assert_eq!(list["apiVersion"], "hive/v1");
     let names: Vec<_> = list["items"]
@@ -349,14 +325,7 @@ async fn bad_inputs_get_clear_errors_and_change_nothing() {
     assert_eq!(before["spec"], after["spec"]);
 
     // Nothing but the one good agent exists, in the store or on the engine.
-    let list: Value = hive
-        .req(Method::GET, "/v1/agents")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = hive.list().await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     hive.wait_phase("good", "Stopped").await;
     assert_eq!(hive.containers().await.len(), 1);
@@ -369,19 +338,9 @@ async fn without_an_engine_hive_serves_but_is_not_ready() {
         Some("unix:///nonexistent/docker.sock".to_string()),
     )]))
     .await;
-    let r = hive
-        .http
-        .get(format!("{}/healthz", hive.url))
-        .send()
-        .await
-        .unwrap();
+    let r = hive.get_open("/healthz").await;
     assert_eq!(r.status(), 200);
-    let r = hive
-        .http
-        .get(format!("{}/readyz", hive.url))
-        .send()
-        .await
-        .unwrap();
+    let r = hive.get_open("/readyz").await;
     assert_eq!(r.status(), 503);
     let e: Value = r.json().await.unwrap();
     assert!(

@@ -288,6 +288,26 @@ impl Hive {
             .unwrap()
     }
 
+    /// GET a path without a key (health and readiness).
+    pub async fn get_open(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET /v1/agents with the admin key: the AgentList.
+    pub async fn list(&self) -> Value {
+        let r = self
+            .req(reqwest::Method::GET, "/v1/agents")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
     /// GET /v1/agents/{name}: the object, or None on 404.
     pub async fn get(&self, name: &str) -> Option<Value> {
         let r = self

@@ -164,11 +164,7 @@ async fn restart_restarts_the_container_once() {
 
     // Once: later passes do not restart it again.
     let started = after.state.unwrap().started_at;
-    hive.http
-        .get(format!("{}/readyz", hive.url))
-        .send()
-        .await
-        .unwrap();
+    hive.get_open("/readyz").await;
     let r = hive.put_yaml("rs2", &agent_yaml("rs2", "")).await; // a write wakes the controller
     assert_eq!(r.status(), 201);
     hive.wait_phase("rs2", "Running").await;

@@ -158,14 +158,7 @@ async fn owners_see_only_their_agents_and_roles_limit_verbs() {
     );
 
     // The admin sees everything.
-    let list: Value = hive
-        .req(Method::GET, "/v1/agents")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = hive.list().await;
     assert_eq!(list["items"].as_array().unwrap().len(), 2);
 
     // The audit log has it all, newest first, for admins only.
@@ -390,14 +383,7 @@ async fn the_admission_policy_is_enforced_before_anything_is_stored() {
     )
     .await;
 
-    let list: Value = hive
-        .req(Method::GET, "/v1/agents")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = hive.list().await;
     let names: Vec<_> = list["items"]
         .as_array()
         .unwrap()
@@ -533,14 +519,7 @@ async fn hostile_input_is_refused_and_nothing_is_stored_or_started() {
         .unwrap();
     assert_eq!(r.status(), 401);
 
-    let list: Value = hive
-        .req(Method::GET, "/v1/agents")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = hive.list().await;
     assert_eq!(list["items"], json!([]), "nothing was stored");
     assert!(hive.containers().await.is_empty(), "nothing was started");
 }
