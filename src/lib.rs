@@ -9,9 +9,11 @@
 //! - [`agent`]: the resource (metadata, spec, status), its validation, and the container it asks for.
 //! - [`store`]: desired state and status on disk (sled); durable before a write is answered.
 //! - [`api`]: the HTTP layer (axum): routes, auth and audit middleware, body parsing, one error type.
+//! - [`document`]: strict JSON/YAML parsing of one document or a stream, shared with the CLI.
 //! - [`access`]: keys, their owners and roles; [`policy`]: what an agent may be (admission).
 //! - [`controller`]: the runtime (queue, triggers, backoff) apart from `reconcile` and the pure `plan`.
 //! - [`orchestrator`]: the `Orchestrator` trait and its Docker implementation (the only bollard user).
+//! - [`cli`]: the client commands of the `hive` binary (apply, get, describe, delete, ...).
 //! - [`config`]: the flags of `hive serve`.
 //! - [`shutdown`]: the Ctrl-C / SIGTERM signal.
 //!
@@ -27,8 +29,10 @@ use tracing::{info, warn};
 pub mod access;
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod document;
 pub mod orchestrator;
 pub mod policy;
 pub mod shutdown;

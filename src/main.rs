@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(flatten)]
+    connection: hive::cli::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,6 +20,8 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    #[command(flatten)]
+    Client(hive::cli::ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -37,8 +41,38 @@ enum KeysCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Client(command) => hive::cli::run(&cli.connection, command)
+            .await
+            .map_err(anyhow::Error::from),
+        Command::Keys(command) => keys(command),
+        Command::Serve(config) => serve(config).await,
+    };
+    // One line on failure, and a non-zero exit.
+    if let Err(e) = result {
+        eprintln!("hive: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    let KeysCommand::New { owner, role, id } = command;
+    let role = match role.as_str() {
+        "admin" => hive::access::Role::Admin,
+        "operator" => hive::access::Role::Operator,
+        _ => hive::access::Role::Viewer,
+    };
+    let id = id.unwrap_or_else(|| format!("{owner}-{}", &hive::access::generate_key()[..6]));
+    let (key, entry) = hive::access::new_key(&id, &owner, role).map_err(anyhow::Error::msg)?;
+    println!("key: {key}");
+    println!("(shown once; give it to {owner}. Add this under `keys:` in the --keys-file:)");
+    print!("{entry}");
+    Ok(())
+}
+
+async fn serve(config: hive::Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -47,29 +81,9 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
-        Command::Keys(KeysCommand::New { owner, role, id }) => {
-            let role = match role.as_str() {
-                "admin" => hive::access::Role::Admin,
-                "operator" => hive::access::Role::Operator,
-                _ => hive::access::Role::Viewer,
-            };
-            let id =
-                id.unwrap_or_else(|| format!("{owner}-{}", &hive::access::generate_key()[..6]));
-            let (key, entry) =
-                hive::access::new_key(&id, &owner, role).map_err(anyhow::Error::msg)?;
-            println!("key: {key}");
-            println!(
-                "(shown once; give it to {owner}. Add this under `keys:` in the --keys-file:)"
-            );
-            print!("{entry}");
-        }
-        Command::Serve(config) => {
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.listen))?;
-            hive::run(config, listener, hive::shutdown::signal()).await?;
-        }
-    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    hive::run(config, listener, hive::shutdown::signal()).await?;
     Ok(())
 }

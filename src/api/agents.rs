@@ -21,9 +21,21 @@ use crate::store::{Applied, Record, StoreError};
 
 /// Makes the store durable and wakes the controller for `name`; every acknowledged
 /// write passes through here before its answer is sent.
-async fn commit(state: &AppState, name: &str) -> Result<(), ApiError> {
+pub(super) async fn commit(state: &AppState, name: &str) -> Result<(), ApiError> {
     state.store.flush().await?;
     state.controller.enqueue(name);
+    Ok(())
+}
+
+/// [`commit`] for several agents with one flush.
+pub(super) async fn commit_many(state: &AppState, names: &[String]) -> Result<(), ApiError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    state.store.flush().await?;
+    for name in names {
+        state.controller.enqueue(name);
+    }
     Ok(())
 }
 
@@ -36,7 +48,7 @@ fn not_found(name: &str) -> ApiError {
 }
 
 /// Refuses viewers any change.
-fn require_write(p: &Principal, verb: &str) -> Result<(), ApiError> {
+pub(super) fn require_write(p: &Principal, verb: &str) -> Result<(), ApiError> {
     if p.may_write() {
         Ok(())
     } else {
@@ -63,6 +75,7 @@ fn admit(
     p: &Principal,
     mut agent: Agent,
     existing: Option<&Agent>,
+    pending: &[Agent],
 ) -> Result<Agent, ApiError> {
     let owner = match (&agent.metadata.owner, p.role) {
         (Some(o), Role::Admin) => o.clone(),
@@ -83,14 +96,47 @@ fn admit(
     } else {
         Vec::new()
     };
+    // Agents admitted earlier in the same batch count as if stored already.
     let others: Vec<&Agent> = records
         .iter()
         .map(|r| &r.agent)
+        .filter(|a| !pending.iter().any(|p| p.metadata.name == a.metadata.name))
+        .chain(pending)
         .filter(|a| a.metadata.owner.as_deref() == Some(owner.as_str()))
         .filter(|a| a.metadata.name != agent.metadata.name)
         .collect();
     state.policy.admit(&mut agent, &others)?;
     Ok(agent)
+}
+
+/// Checks one agent for a create-or-replace without writing it: the caller may touch that
+/// name, and the policy admits it. Returns the agent as it would be stored and the record
+/// it would replace.
+pub(super) fn prepare(
+    state: &AppState,
+    p: &Principal,
+    agent: Agent,
+    pending: &[Agent],
+) -> Result<(Agent, Option<Record>), ApiError> {
+    let name = agent.metadata.name.clone();
+    let existing = state.store.get(&name)?;
+    if let Some(e) = &existing {
+        if !p.sees(e.agent.metadata.owner.as_deref().unwrap_or_default()) {
+            // Names are global (they name containers), so the name cannot be given twice.
+            return Err(ApiError::Conflict {
+                code: "already_exists",
+                message: format!("the name {name:?} is in use; choose another"),
+            });
+        }
+    }
+    let agent = admit(
+        state,
+        p,
+        agent,
+        existing.as_ref().map(|r| &r.agent),
+        pending,
+    )?;
+    Ok((agent, existing))
 }
 
 /// `POST /v1/agents`
@@ -106,7 +152,7 @@ pub async fn create(
         if state.store.get(&name)?.is_some() {
             return Err(StoreError::AlreadyExists(name).into());
         }
-        let agent = admit(&state, &p, agent, None)?;
+        let agent = admit(&state, &p, agent, None, &[])?;
         state.store.create(agent)?
     };
     commit(&state, &name).await?;
@@ -134,17 +180,7 @@ pub async fn apply(
     }
     let (record, applied) = {
         let _admission = state.admission.lock().await;
-        let existing = state.store.get(&name)?;
-        if let Some(e) = &existing {
-            if !p.sees(e.agent.metadata.owner.as_deref().unwrap_or_default()) {
-                // Names are global (they name containers), so the name cannot be given twice.
-                return Err(ApiError::Conflict {
-                    code: "already_exists",
-                    message: format!("the name {name:?} is in use; choose another"),
-                });
-            }
-        }
-        let agent = admit(&state, &p, agent, existing.as_ref().map(|r| &r.agent))?;
+        let (agent, _) = prepare(&state, &p, agent, &[])?;
         state.store.apply(agent)?
     };
     let status = match applied {
@@ -290,6 +326,8 @@ pub struct LogsQuery {
     /// Keep the response open and stream new output.
     #[serde(default)]
     follow: bool,
+    /// Only output newer than this: a duration such as `10m`, or an RFC 3339 time.
+    since: Option<String>,
 }
 
 /// `GET /v1/agents/{name}/logs`: the container's output as text.
@@ -305,9 +343,18 @@ pub async fn logs(
             "agent {name:?} has no container yet"
         )));
     };
+    let since = match query.since.as_deref() {
+        None => None,
+        Some(text) => Some(since_unix(text).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "since={text:?} is neither a duration such as 10m nor an RFC 3339 time"
+            ))
+        })?),
+    };
     let options = LogOptions {
         tail: query.tail,
         follow: query.follow,
+        since,
     };
     let stream = state
         .orchestrator
@@ -318,6 +365,17 @@ pub async fn logs(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// Unix seconds of `since`: a duration back from now, or an RFC 3339 time.
+fn since_unix(text: &str) -> Option<i64> {
+    let now = time::OffsetDateTime::now_utc();
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Some((now - d).unix_timestamp());
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// Query of `GET /v1/audit`.

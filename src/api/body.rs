@@ -54,6 +54,31 @@ impl<S: Send + Sync, T: DeserializeOwned + Screen> FromRequest<S> for Document<T
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let (format, bytes) = read_body(req).await?;
+        decode(format, &bytes).map(Document)
+    }
+}
+
+/// Every document of a body: a YAML stream (`---`) or a JSON array, parsed but not typed.
+pub struct Documents(pub Vec<serde_json::Value>);
+
+impl<S: Send + Sync> FromRequest<S> for Documents {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let (_, bytes) = read_body(req).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest("the body is empty".into()));
+        }
+        crate::document::stream(&bytes)
+            .map(Documents)
+            .map_err(|e| ApiError::BadRequest(format!("the body has a bad {e}")))
+    }
+}
+
+/// Checks the content type and reads the body, refusing more than [`MAX_BODY_BYTES`].
+async fn read_body(req: Request) -> Result<(Format, axum::body::Bytes), ApiError> {
+    {
         let format = format_of(req.headers().get(CONTENT_TYPE))?;
         let too_large = ApiError::PayloadTooLarge(MAX_BODY_BYTES);
         if let Some(len) = req
@@ -76,7 +101,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Screen> FromRequest<S> for Document<T
                 }
             })?
             .to_bytes();
-        decode(format, &bytes).map(Document)
+        Ok((format, bytes))
     }
 }
 
@@ -110,21 +135,19 @@ fn decode<T: DeserializeOwned + Screen>(format: Format, bytes: &[u8]) -> Result<
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::BadRequest("the body is empty".into()));
     }
-    let value: serde_json::Value = match format {
-        Format::Json => {
-            serde_json::from_slice::<Strict>(bytes)
-                .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?
-                .0
-        }
-        Format::Yaml => {
-            serde_yaml::from_slice::<Strict>(bytes)
-                .map_err(|e| ApiError::BadRequest(format!("the body is not valid YAML: {e}")))?
-                .0
-        }
-    };
+    let value = match format {
+        Format::Json => crate::document::json(bytes),
+        Format::Yaml => crate::document::yaml(bytes),
+    }
+    .map_err(|e| ApiError::BadRequest(format!("the body is {e}")))?;
+    typed(value)
+}
+
+/// Maps one parsed document onto `T`, screening it first and naming the field at fault.
+pub fn typed<T: DeserializeOwned + Screen>(value: serde_json::Value) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::BadRequest(
-            "the body must be a single object (a mapping)".into(),
+            "a document must be an object (a mapping)".into(),
         ));
     }
     T::screen(&value)?;
@@ -133,73 +156,6 @@ fn decode<T: DeserializeOwned + Screen>(format: Format, bytes: &[u8]) -> Result<
         let field = e.path().to_string();
         ApiError::invalid(field, e.into_inner().to_string())
     })
-}
-
-/// A JSON value read strictly: a key given twice in one mapping is an error, not a
-/// silent "last one wins" (which would let two readers see two different documents).
-struct Strict(serde_json::Value);
-
-impl<'de> serde::Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = serde_json::Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON or YAML value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        serde_json::Number::from_f64(v)
-            .map(serde_json::Value::Number)
-            .ok_or_else(|| E::custom("numbers must be finite"))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(v.into())
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(serde_json::Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(serde_json::Value::Null)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        <Strict as serde::Deserialize>::deserialize(d).map(|s| s.0)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(items.into())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            let Strict(v) = map.next_value()?;
-            out.insert(key, v);
-        }
-        Ok(out.into())
-    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,12 @@ pub enum ApiError {
     /// The request contradicts what is stored (exists, stale resourceVersion, being deleted).
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// Some documents of a bulk apply are bad; nothing was applied.
+    #[error("{} of {total} documents cannot be applied; nothing was applied", .documents.len())]
+    InvalidDocuments {
+        total: usize,
+        documents: Vec<DocumentError>,
+    },
     /// A dependency (store or engine) cannot serve the request now.
     #[error("{0}")]
     Unavailable(String),
@@ -65,14 +71,61 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => (StatusCode::FORBIDDEN, "quota_exceeded"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::InvalidDocuments { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_documents")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// This error as one entry of a bulk apply's answer.
+    pub fn for_document(&self, index: usize, name: Option<String>) -> DocumentError {
+        let (_, code) = self.status_and_code();
+        let (field, rule, message) = match self {
+            ApiError::Invalid(i) => (
+                Some(i.field.clone()),
+                None,
+                format!("{}: {}", i.field, i.message),
+            ),
+            ApiError::Refused { rule, invalid } => (
+                Some(invalid.field.clone()),
+                Some(rule.clone()),
+                format!("{}: {}", invalid.field, invalid.message),
+            ),
+            ApiError::QuotaExceeded { rule, message } => {
+                (None, Some(rule.clone()), message.clone())
+            }
+            other => (None, None, other.to_string()),
+        };
+        DocumentError {
+            index,
+            name,
+            code,
+            field,
+            rule,
+            message,
         }
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid(Invalid::new(field, message))
     }
+}
+
+/// Why one document of a bulk apply cannot be applied.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DocumentError {
+    /// Position in the body, from 0.
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub message: String,
 }
 
 /// The message of an error response, for the audit log.
@@ -147,6 +200,7 @@ impl IntoResponse for ApiError {
                 body["message"] = json!(format!("{}: {}", invalid.field, invalid.message));
             }
             ApiError::QuotaExceeded { rule, .. } => body["rule"] = json!(rule),
+            ApiError::InvalidDocuments { documents, .. } => body["documents"] = json!(documents),
             _ => {}
         }
         let reason = body["message"].as_str().unwrap_or_default().to_string();

@@ -4,6 +4,7 @@
 //! - `POST /v1/agents`, `GET /v1/agents[?label=k=v]`
 //! - `GET|PUT|DELETE /v1/agents/{name}`, `POST /v1/agents/{name}/action`
 //! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`, `GET /v1/audit` (admins)
+//! - `POST /v1/apply[?dryRun=true]` (many documents, all checked before any is written)
 //! - `GET /healthz`, `GET /readyz` (no key)
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::orchestrator::Orchestrator;
 use crate::store::Store;
 
 mod agents;
+mod apply;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}/action", post(agents::action))
         .route("/agents/{name}/logs", get(agents::logs))
         .route("/audit", get(agents::audit))
+        .route("/apply", post(apply::apply_many))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -363,6 +363,7 @@ impl Orchestrator for DockerOrchestrator {
             tail: options
                 .tail
                 .map_or_else(|| "all".to_string(), |n| n.to_string()),
+            since: options.since.unwrap_or(0).clamp(0, i32::MAX.into()) as i32,
             ..Default::default()
         };
         let id = id.to_string();

@@ -88,6 +88,8 @@ pub struct LogOptions {
     pub tail: Option<u64>,
     /// Keep streaming new output.
     pub follow: bool,
+    /// Only output after this time (Unix seconds).
+    pub since: Option<i64>,
 }
 
 /// Failures of the engine, in the orchestrator's words.

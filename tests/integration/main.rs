@@ -6,6 +6,7 @@
 mod harness;
 
 mod api;
+mod cli;
 mod drift;
 mod faults;
 mod lifecycle;

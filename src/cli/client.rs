@@ -1,0 +1,170 @@
+//! The command line's HTTP client: finds the server and the key, sends requests, and
+//! turns failures into one sentence that says what to do.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::Value;
+
+/// Where the server is and how to prove who we are.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Connection {
+    /// Hive's URL.
+    #[arg(
+        long,
+        env = "AGENT_API_URL",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
+    pub server: String,
+    /// The API key (default: AGENT_API_KEY, else the key a local `hive serve` generated in
+    /// $HIVE_DATA_DIR/api-key or ./data/api-key).
+    #[arg(long, env = "AGENT_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+}
+
+/// A failure of a command, as the one line the user sees.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        CliError(message.into())
+    }
+}
+
+/// A client bound to one server and key.
+pub struct Client {
+    base: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(c: &Connection) -> Result<Client, CliError> {
+        let key = match &c.api_key {
+            Some(k) if !k.trim().is_empty() => k.trim().to_string(),
+            _ => local_key().ok_or_else(|| {
+                CliError::new(
+                    "no API key: set --api-key or AGENT_API_KEY (a local `hive serve` keeps one in ./data/api-key)",
+                )
+            })?,
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| CliError::new(format!("cannot make an HTTP client: {e}")))?;
+        Ok(Client {
+            base: c.server.trim_end_matches('/').to_string(),
+            key,
+            http,
+        })
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+    }
+
+    /// Sends and reads a JSON answer; an error answer becomes its message.
+    pub async fn json(&self, req: RequestBuilder) -> Result<Value, CliError> {
+        let r = self.send(req).await?;
+        r.json()
+            .await
+            .map_err(|e| CliError::new(format!("the server's answer is not JSON: {e}")))
+    }
+
+    /// Reads the JSON of a successful answer, or turns an error answer into its sentence.
+    pub async fn json_of(&self, r: reqwest::Response) -> Result<Value, CliError> {
+        if !r.status().is_success() {
+            return Err(answer_error(r).await);
+        }
+        r.json()
+            .await
+            .map_err(|e| CliError::new(format!("the server's answer is not JSON: {e}")))
+    }
+
+    /// Sends; any answer but a success becomes an error sentence.
+    pub async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response, CliError> {
+        let r = req.send().await.map_err(|e| self.unreachable(e))?;
+        if r.status().is_success() {
+            return Ok(r);
+        }
+        Err(answer_error(r).await)
+    }
+
+    /// GET of one agent, None on 404.
+    pub async fn agent(&self, name: &str) -> Result<Option<Value>, CliError> {
+        let r = self
+            .request(Method::GET, &format!("/v1/agents/{name}"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if r.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !r.status().is_success() {
+            return Err(answer_error(r).await);
+        }
+        r.json()
+            .await
+            .map(Some)
+            .map_err(|e| CliError::new(e.to_string()))
+    }
+
+    /// A transport failure as a sentence (connection refused says so).
+    pub fn unreachable(&self, e: reqwest::Error) -> CliError {
+        if e.is_connect() {
+            CliError::new(format!(
+                "cannot reach Hive at {}: connection refused; is `hive serve` running? (set --server or AGENT_API_URL)",
+                self.base
+            ))
+        } else if e.is_timeout() {
+            CliError::new(format!("Hive at {} did not answer in time", self.base))
+        } else {
+            CliError::new(format!("request to {} failed: {e}", self.base))
+        }
+    }
+}
+
+/// An error answer as a sentence: the server's message, and for 401 what to do.
+async fn answer_error(r: reqwest::Response) -> CliError {
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let message = body["error"]["message"].as_str().unwrap_or("").to_string();
+    if status == StatusCode::UNAUTHORIZED {
+        return CliError::new(format!(
+            "the server refused the API key (401 {message}); set --api-key or AGENT_API_KEY"
+        ));
+    }
+    if let Some(docs) = body["error"]["documents"].as_array() {
+        let lines: Vec<String> = docs
+            .iter()
+            .map(|d| {
+                format!(
+                    "  document {}: {}",
+                    d["index"],
+                    d["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        return CliError::new(format!("{message}\n{}", lines.join("\n")));
+    }
+    if message.is_empty() {
+        CliError::new(format!("the server answered {status}"))
+    } else {
+        CliError::new(format!("{message} ({})", status.as_u16()))
+    }
+}
+
+/// The key a local `hive serve` generated, if readable here.
+fn local_key() -> Option<String> {
+    let dir =
+        std::env::var_os("HIVE_DATA_DIR").map_or_else(|| PathBuf::from("./data"), PathBuf::from);
+    let key = std::fs::read_to_string(dir.join("api-key")).ok()?;
+    let key = key.trim();
+    (!key.is_empty()).then(|| key.to_string())
+}

@@ -1,0 +1,575 @@
+//! The `hive` command line's client commands (apply, get, describe, delete, start, stop,
+//! restart, logs, wait), kubectl-like, all over the HTTP API. Each failure prints one line
+//! saying what failed and what to do, and exits non-zero.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+pub mod client;
+
+pub use client::{CliError, Client, Connection};
+
+/// Output formats of `hive get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
+/// The client commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Create or update agents from files (YAML streams or JSON), a directory, or - for stdin.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Show what would change, as a diff, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List agents, or show one.
+    Get {
+        name: Option<String>,
+        /// Label selector: k=v, k!=v, k, !k, comma-separated.
+        #[arg(short = 'l', long = "selector")]
+        selector: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show an agent's spec, status and container.
+    Describe { name: String },
+    /// Delete agents by name or by the files that declare them.
+    Delete {
+        names: Vec<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// Wait until they are gone.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "60s")]
+        timeout: humantime::Duration,
+    },
+    /// Declare an agent Running.
+    Start { name: String },
+    /// Declare an agent Stopped.
+    Stop { name: String },
+    /// Restart an agent's container once.
+    Restart { name: String },
+    /// Print an agent's output.
+    Logs {
+        name: String,
+        /// Keep following new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// Only output newer than this (e.g. 10m).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+    },
+    /// Wait until an agent reaches a phase (its current generation observed).
+    Wait {
+        name: String,
+        /// What to wait for: phase=<Phase>.
+        #[arg(long = "for")]
+        condition: String,
+        #[arg(long, default_value = "60s")]
+        timeout: humantime::Duration,
+    },
+}
+
+/// Runs a client command, printing its results to stdout.
+pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliError> {
+    let client = Client::new(conn)?;
+    match command {
+        ClientCommand::Apply { files, dry_run } => apply(&client, &files, dry_run).await,
+        ClientCommand::Get {
+            name,
+            selector,
+            output,
+        } => get(&client, name, selector, output).await,
+        ClientCommand::Describe { name } => describe(&client, &name).await,
+        ClientCommand::Delete {
+            names,
+            files,
+            wait,
+            timeout,
+        } => delete(&client, names, &files, wait.then_some(timeout.into())).await,
+        ClientCommand::Start { name } => action(&client, &name, "start").await,
+        ClientCommand::Stop { name } => action(&client, &name, "stop").await,
+        ClientCommand::Restart { name } => action(&client, &name, "restart").await,
+        ClientCommand::Logs {
+            name,
+            follow,
+            tail,
+            since,
+        } => logs(&client, &name, follow, tail, since.map(Into::into)).await,
+        ClientCommand::Wait {
+            name,
+            condition,
+            timeout,
+        } => wait(&client, &name, &condition, timeout.into()).await,
+    }
+}
+
+/// One document read from a file, and where it came from.
+struct Sourced {
+    source: String,
+    value: Value,
+}
+
+/// Reads every document of the given files (directories recursively: *.yaml, *.yml, *.json).
+fn read_documents(paths: &[PathBuf]) -> Result<Vec<Sourced>, CliError> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.as_os_str() == "-" {
+            files.push(p.clone());
+        } else if p.is_dir() {
+            collect_manifests(p, &mut files)?;
+        } else if p.exists() {
+            files.push(p.clone());
+        } else {
+            return Err(CliError::new(format!("{} does not exist", p.display())));
+        }
+    }
+    let mut docs = Vec::new();
+    for f in files {
+        let (name, bytes) = if f.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(|e| CliError::new(format!("cannot read stdin: {e}")))?;
+            ("stdin".to_string(), buf)
+        } else {
+            let bytes = std::fs::read(&f)
+                .map_err(|e| CliError::new(format!("cannot read {}: {e}", f.display())))?;
+            (f.display().to_string(), bytes)
+        };
+        let values =
+            crate::document::stream(&bytes).map_err(|e| CliError::new(format!("{name}: {e}")))?;
+        let many = values.len() > 1;
+        for (i, value) in values.into_iter().enumerate() {
+            let source = if many {
+                format!("{name} (document {})", i + 1)
+            } else {
+                name.clone()
+            };
+            docs.push(Sourced { source, value });
+        }
+    }
+    if docs.is_empty() {
+        return Err(CliError::new("no documents found in the given files"));
+    }
+    Ok(docs)
+}
+
+/// The manifest files under `dir`, sorted, skipping hidden and editor files.
+pub fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| CliError::new(format!("cannot read {}: {e}", dir.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
+            continue;
+        }
+        if p.is_dir() {
+            collect_manifests(&p, out)?;
+        } else if matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+async fn apply(client: &Client, files: &[PathBuf], dry_run: bool) -> Result<(), CliError> {
+    let docs = read_documents(files)?;
+    let body: Vec<&Value> = docs.iter().map(|d| &d.value).collect();
+    let path = if dry_run {
+        "/v1/apply?dryRun=true"
+    } else {
+        "/v1/apply"
+    };
+    let r = client
+        .request(Method::POST, path)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| client.unreachable(e))?;
+    if r.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+        let e: Value = r.json().await.unwrap_or(Value::Null);
+        if let Some(bad) = e["error"]["documents"].as_array() {
+            let lines: Vec<String> = bad
+                .iter()
+                .map(|d| {
+                    let i = d["index"].as_u64().unwrap_or(0) as usize;
+                    let at = docs.get(i).map_or("?", |d| d.source.as_str());
+                    format!("  {at}: {}", d["message"].as_str().unwrap_or(""))
+                })
+                .collect();
+            return Err(CliError::new(format!(
+                "{}\n{}",
+                e["error"]["message"]
+                    .as_str()
+                    .unwrap_or("invalid documents"),
+                lines.join("\n")
+            )));
+        }
+        return Err(CliError::new(
+            e["error"]["message"]
+                .as_str()
+                .unwrap_or("invalid")
+                .to_string(),
+        ));
+    }
+    let answer = client.json_of(r).await?;
+    let mut out = std::io::stdout().lock();
+    for item in answer["items"].as_array().into_iter().flatten() {
+        let suffix = if dry_run { " (dry run)" } else { "" };
+        let _ = writeln!(
+            out,
+            "agent/{} {}{suffix}",
+            item["name"].as_str().unwrap_or(""),
+            item["result"].as_str().unwrap_or("")
+        );
+        if let Some(diff) = item["diff"].as_str() {
+            for line in diff.lines() {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn get(
+    client: &Client,
+    name: Option<String>,
+    selector: Option<String>,
+    output: Output,
+) -> Result<(), CliError> {
+    let (items, single) = match &name {
+        Some(n) => {
+            let a = client
+                .agent(n)
+                .await?
+                .ok_or_else(|| CliError::new(format!("agent {n:?} not found")))?;
+            (vec![a], true)
+        }
+        None => {
+            let mut req = client.request(Method::GET, "/v1/agents");
+            if let Some(s) = &selector {
+                req = req.query(&[("label", s)]);
+            }
+            let list = client.json(req).await?;
+            (list["items"].as_array().cloned().unwrap_or_default(), false)
+        }
+    };
+    let doc = if single {
+        items[0].clone()
+    } else {
+        json!({"apiVersion": "hive/v1", "kind": "AgentList", "items": items})
+    };
+    let text = match output {
+        Output::Json => serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n",
+        Output::Yaml => serde_yaml::to_string(&doc).unwrap_or_default(),
+        Output::Table | Output::Wide => table(&items, output == Output::Wide),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Agents as an aligned table.
+pub fn table(items: &[Value], wide: bool) -> String {
+    let mut rows = vec![{
+        let mut h = vec!["NAME", "STATE", "PHASE", "IMAGE", "RESTARTS", "AGE"];
+        if wide {
+            h.extend(["OWNER", "GENERATION", "MESSAGE"]);
+        }
+        h.into_iter().map(String::from).collect::<Vec<_>>()
+    }];
+    for a in items {
+        let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+        let mut row = vec![
+            s(&a["metadata"]["name"]),
+            a["spec"]["state"].as_str().unwrap_or("Running").to_string(),
+            s(&a["status"]["phase"]),
+            s(&a["spec"]["image"]),
+            a["status"]["restartCount"]
+                .as_u64()
+                .unwrap_or(0)
+                .to_string(),
+            age(a["metadata"]["creationTimestamp"].as_str()),
+        ];
+        if wide {
+            row.push(s(&a["metadata"]["owner"]));
+            row.push(format!(
+                "{}/{}",
+                a["status"]["observedGeneration"].as_u64().unwrap_or(0),
+                a["metadata"]["generation"].as_u64().unwrap_or(0)
+            ));
+            row.push(s(&a["status"]["message"]));
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, v)| format!("{v:<w$}", w = widths[c]))
+            .collect();
+        out += cells.join("   ").trim_end();
+        out += "\n";
+    }
+    out
+}
+
+/// How long ago an RFC 3339 time was, in the largest whole unit (`45s`, `3m`, `2h`, `4d`).
+fn age(ts: Option<&str>) -> String {
+    let Some(t) = ts.and_then(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    }) else {
+        return "-".into();
+    };
+    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+async fn describe(client: &Client, name: &str) -> Result<(), CliError> {
+    let a = client
+        .agent(name)
+        .await?
+        .ok_or_else(|| CliError::new(format!("agent {name:?} not found")))?;
+    let m = &a["metadata"];
+    let st = &a["status"];
+    let s = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+    let labels = m["labels"]
+        .as_object()
+        .map(|l| {
+            l.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "-".into());
+    let mut out = String::new();
+    out += &format!("Name:         {}\n", s(&m["name"]));
+    out += &format!("Owner:        {}\n", s(&m["owner"]));
+    out += &format!("Labels:       {labels}\n");
+    out += &format!("UID:          {}\n", s(&m["uid"]));
+    out += &format!(
+        "Created:      {} ({} ago)\n",
+        s(&m["creationTimestamp"]),
+        age(m["creationTimestamp"].as_str())
+    );
+    out += &format!(
+        "Generation:   {} (observed {})\n",
+        m["generation"].as_u64().unwrap_or(0),
+        st["observedGeneration"].as_u64().unwrap_or(0)
+    );
+    out += "Spec:\n";
+    for line in serde_yaml::to_string(&a["spec"])
+        .unwrap_or_default()
+        .lines()
+    {
+        out += &format!("  {line}\n");
+    }
+    out += "Status:\n";
+    out += &format!(
+        "  Phase:      {} (since {})\n",
+        s(&st["phase"]),
+        s(&st["lastTransitionTime"])
+    );
+    out += &format!("  Message:    {}\n", s(&st["message"]));
+    out += &format!(
+        "  Container:  {}\n",
+        st["containerId"]
+            .as_str()
+            .map_or("-".into(), |c| c.chars().take(12).collect::<String>())
+    );
+    out += &format!(
+        "  Restarts:   {}\n",
+        st["restartCount"].as_u64().unwrap_or(0)
+    );
+    print!("{out}");
+    Ok(())
+}
+
+async fn delete(
+    client: &Client,
+    mut names: Vec<String>,
+    files: &[PathBuf],
+    wait_for: Option<Duration>,
+) -> Result<(), CliError> {
+    if !files.is_empty() {
+        for d in read_documents(files)? {
+            let name = d.value["metadata"]["name"]
+                .as_str()
+                .ok_or_else(|| CliError::new(format!("{}: no metadata.name", d.source)))?;
+            names.push(name.to_string());
+        }
+    }
+    if names.is_empty() {
+        return Err(CliError::new("name the agents to delete, or give -f FILE"));
+    }
+    for name in &names {
+        client
+            .send(client.request(Method::DELETE, &format!("/v1/agents/{name}")))
+            .await?;
+        println!("agent/{name} deleted");
+    }
+    if let Some(timeout) = wait_for {
+        let start = Instant::now();
+        for name in &names {
+            loop {
+                if client.agent(name).await?.is_none() {
+                    break;
+                }
+                if start.elapsed() > timeout {
+                    return Err(CliError::new(format!(
+                        "timed out after {} waiting for agent {name:?} to be gone",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                progress(&format!("waiting for {name} to be gone"), start);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        clear_progress();
+    }
+    Ok(())
+}
+
+async fn action(client: &Client, name: &str, verb: &str) -> Result<(), CliError> {
+    let req = client
+        .request(Method::POST, &format!("/v1/agents/{name}/action"))
+        .json(&json!({ "action": verb }));
+    client.send(req).await?;
+    println!("agent/{name} {verb} requested");
+    Ok(())
+}
+
+async fn logs(
+    client: &Client,
+    name: &str,
+    follow: bool,
+    tail: Option<u64>,
+    since: Option<Duration>,
+) -> Result<(), CliError> {
+    let mut query: Vec<(&str, String)> = vec![("follow", follow.to_string())];
+    if let Some(t) = tail {
+        query.push(("tail", t.to_string()));
+    }
+    if let Some(s) = since {
+        query.push((
+            "since",
+            humantime::format_duration(s).to_string().replace(' ', ""),
+        ));
+    }
+    let r = client
+        .send(
+            client
+                .request(Method::GET, &format!("/v1/agents/{name}/logs"))
+                .query(&query),
+        )
+        .await?;
+    let mut body = r.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| CliError::new(format!("the log stream broke: {e}")))?;
+        let _ = out.write_all(&chunk);
+        let _ = out.flush();
+    }
+    Ok(())
+}
+
+async fn wait(
+    client: &Client,
+    name: &str,
+    condition: &str,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let Some(phase) = condition.strip_prefix("phase=") else {
+        return Err(CliError::new(format!(
+            "--for {condition:?} is not understood; use --for phase=<Pending|Running|Stopped|Succeeded|Failed>"
+        )));
+    };
+    let start = Instant::now();
+    loop {
+        let last;
+        if let Some(a) = client.agent(name).await? {
+            let st = &a["status"];
+            let caught_up = st["observedGeneration"] == a["metadata"]["generation"];
+            let now = st["phase"].as_str().unwrap_or("");
+            last = format!(
+                "phase {now}{}{}",
+                if caught_up {
+                    ""
+                } else {
+                    " (generation not yet observed)"
+                },
+                st["message"]
+                    .as_str()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            );
+            if caught_up && now.eq_ignore_ascii_case(phase) {
+                clear_progress();
+                println!("agent/{name} phase={now}");
+                return Ok(());
+            }
+        } else {
+            last = "the agent does not exist".into();
+        }
+        if start.elapsed() >= timeout {
+            clear_progress();
+            return Err(CliError::new(format!(
+                "timed out after {} waiting for agent {name:?} to reach phase {phase}; last seen: {last}",
+                humantime::format_duration(timeout)
+            )));
+        }
+        progress(
+            &format!("waiting for {name} (phase {phase}): {last}"),
+            start,
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A one-line progress note on a terminal (nothing when stderr is not one).
+fn progress(what: &str, start: Instant) {
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[K{what} ({}s)", start.elapsed().as_secs());
+        let _ = err.flush();
+    }
+}
+
+fn clear_progress() {
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[K");
+    }
+}

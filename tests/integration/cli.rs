@@ -1,0 +1,297 @@
+//! The `hive` command line, run as a user would, and the bulk apply behind it.
+
+use std::process::Command;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::harness::{agent_yaml, wait_for, Hive, IMAGE};
+
+/// Runs `hive ARGS` against `hive`'s server; returns exit success, stdout and stderr.
+fn cli(hive: &Hive, args: &[&str]) -> (bool, String, String) {
+    cli_with(&hive.url, &hive.key, args)
+}
+
+fn cli_with(url: &str, key: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(args)
+        .env("AGENT_API_URL", url)
+        .env("AGENT_API_KEY", key)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn apply_get_wait_describe_and_delete_from_the_command_line() {
+    let hive = Hive::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.yaml");
+    let talker = format!(
+        "apiVersion: hive/v1\nkind: Agent\nmetadata: {{name: talker, labels: {{team: research}}}}\nspec:\n  image: {IMAGE}\n  command: [/bin/sh, -c, \"echo hello-from-talker; echo second-line; exec sleep 3600\"]\n"
+    );
+    std::fs::write(
+        &file,
+        format!("{talker}---\n{}", agent_yaml("quiet", "  state: Stopped\n")),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    let (ok, out, err) = cli(&hive, &["apply", "-f", f]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "agent/talker created\nagent/quiet created\n");
+    let (ok, out, _) = cli(&hive, &["apply", "-f", f]);
+    assert!(ok);
+    assert_eq!(out, "agent/talker unchanged\nagent/quiet unchanged\n");
+
+    let (ok, out, err) = cli(
+        &hive,
+        &[
+            "wait",
+            "talker",
+            "--for",
+            "phase=Running",
+            "--timeout",
+            "60s",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "agent/talker phase=Running\n");
+    let (ok, _, err) = cli(
+        &hive,
+        &["wait", "quiet", "--for", "phase=Running", "--timeout", "1s"],
+    );
+    assert!(!ok);
+    assert!(
+        err.starts_with("hive: timed out after 1s") && err.contains("last seen: phase Stopped"),
+        "{err}"
+    );
+
+    // get: a table, one row, selectors, JSON and YAML.
+    let (ok, out, _) = cli(&hive, &["get"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("PHASE") && lines[0].ends_with("AGE"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("quiet ") && lines[1].contains("Stopped"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("talker ") && lines[2].contains("Running") && lines[2].contains(IMAGE),
+        "{out}"
+    );
+    let (_, out, _) = cli(&hive, &["get", "-l", "team=research", "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let (_, out, _) = cli(&hive, &["get", "talker", "-o", "yaml"]);
+    let one: Value = serde_yaml::from_str(&out).unwrap();
+    assert_eq!(one["metadata"]["name"], "talker");
+    let (_, out, _) = cli(&hive, &["get", "-o", "wide"]);
+    assert!(out.lines().next().unwrap().contains("OWNER"));
+    let (ok, _, err) = cli(&hive, &["get", "nobody"]);
+    assert!(!ok);
+    assert_eq!(err, "hive: agent \"nobody\" not found\n");
+
+    let (ok, out, _) = cli(&hive, &["describe", "talker"]);
+    assert!(ok);
+    assert!(
+        out.contains("Name:         talker")
+            && out.contains("Phase:      Running")
+            && out.contains("image: "),
+        "{out}"
+    );
+
+    // logs: everything, and the tail.
+    let out = wait_for("the agent's output", || async {
+        let (ok, out, _) = cli(&hive, &["logs", "talker"]);
+        (ok && out.contains("second-line")).then_some(out)
+    })
+    .await;
+    assert_eq!(out, "hello-from-talker\nsecond-line\n");
+    let (_, out, _) = cli(&hive, &["logs", "talker", "--tail", "1"]);
+    assert_eq!(out, "second-line\n");
+    let (ok, out, _) = cli(&hive, &["logs", "talker", "--since", "10m"]);
+    assert!(ok && out.contains("hello-from-talker"));
+
+    // A dry run shows the diff and changes nothing; the real run configures.
+    let changed = talker.replace("team: research", "team: ops");
+    std::fs::write(&file, &changed).unwrap();
+    let (ok, out, _) = cli(&hive, &["apply", "-f", f, "--dry-run"]);
+    assert!(ok);
+    assert!(
+        out.starts_with("agent/talker configured (dry run)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    -     team: research\n    +     team: ops\n"),
+        "{out}"
+    );
+    assert_eq!(
+        hive.get("talker").await.unwrap()["metadata"]["labels"]["team"],
+        "research"
+    );
+    let (_, out, _) = cli(&hive, &["apply", "-f", f]);
+    assert_eq!(out, "agent/talker configured\n");
+
+    // stop, start, restart.
+    let (ok, out, _) = cli(&hive, &["stop", "talker"]);
+    assert!(ok);
+    assert_eq!(out, "agent/talker stop requested\n");
+    hive.wait_phase("talker", "Stopped").await;
+    let (_, out, _) = cli(&hive, &["start", "talker"]);
+    assert_eq!(out, "agent/talker start requested\n");
+    hive.wait_phase("talker", "Running").await;
+    let (ok, out, _) = cli(&hive, &["restart", "talker"]);
+    assert!(ok);
+    assert_eq!(out, "agent/talker restart requested\n");
+
+    // delete by file, and wait until gone.
+    std::fs::write(
+        &file,
+        format!("{talker}---\n{}", agent_yaml("quiet", "  state: Stopped\n")),
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&hive, &["delete", "-f", f, "--wait"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "agent/talker deleted\nagent/quiet deleted\n");
+    assert_eq!(hive.list().await["items"], json!([]));
+    assert!(hive.containers().await.is_empty());
+}
+
+#[tokio::test]
+async fn command_line_errors_are_one_clear_line() {
+    let hive = Hive::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            agent_yaml("fine", ""),
+            agent_yaml("broken", "").replace(&format!("  image: {IMAGE}\n"), "")
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = cli(&hive, &["apply", "-f", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("1 of 2 documents cannot be applied; nothing was applied"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml (document 2): spec.image: is required"),
+        "{err}"
+    );
+    assert_eq!(hive.list().await["items"], json!([]), "nothing was applied");
+
+    let (ok, _, err) = cli_with("http://127.0.0.1:1", "k", &["get"]);
+    assert!(!ok);
+    assert!(
+        err.starts_with("hive: cannot reach Hive at http://127.0.0.1:1: connection refused"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+    let (ok, _, err) = cli_with(&hive.url, "wrong", &["get"]);
+    assert!(!ok);
+    assert!(err.contains("refused the API key (401"), "{err}");
+    let (ok, _, err) = cli(&hive, &["apply", "-f", "/nonexistent.yaml"]);
+    assert!(!ok);
+    assert_eq!(err, "hive: /nonexistent.yaml does not exist\n");
+    let (ok, _, err) = cli(&hive, &["wait", "x", "--for", "ready"]);
+    assert!(!ok);
+    assert!(err.contains("use --for phase="), "{err}");
+}
+
+#[tokio::test]
+async fn bulk_apply_checks_every_document_before_writing_any() {
+    let hive = Hive::start().await;
+    let post = |path: &str, body: String| {
+        hive.req(Method::POST, path)
+            .header("content-type", "application/yaml")
+            .body(body)
+            .send()
+    };
+    let good = agent_yaml("b1", "  state: Stopped\n");
+    let bad_image = agent_yaml("b2", "").replace(&format!("  image: {IMAGE}\n"), "");
+    let bad_field = agent_yaml("b3", "  colour: blue\n");
+    let r = post(
+        "/v1/apply",
+        format!("{good}---\n{bad_image}---\n{bad_field}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 422);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "invalid_documents");
+    let docs = e["error"]["documents"].as_array().unwrap();
+    assert_eq!(docs.len(), 2);
+    assert_eq!(
+        (
+            docs[0]["index"].clone(),
+            docs[0]["name"].clone(),
+            docs[0]["field"].clone()
+        ),
+        (json!(1), json!("b2"), json!("spec.image"))
+    );
+    assert_eq!(
+        (docs[1]["index"].clone(), docs[1]["field"].clone()),
+        (json!(2), json!("spec.colour"))
+    );
+    assert_eq!(hive.list().await["items"], json!([]));
+
+    let twice = post("/v1/apply", format!("{good}---\n{good}"))
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 422, "a name twice in one apply");
+
+    let two = format!("{good}---\n{}", agent_yaml("b4", "  state: Stopped\n"));
+    let r: Value = post("/v1/apply?dryRun=true", two.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["dryRun"], true);
+    assert_eq!(r["items"][0]["result"], "created");
+    assert!(r["items"][0]["diff"].as_str().unwrap().contains("+ spec:"));
+    assert_eq!(
+        hive.list().await["items"],
+        json!([]),
+        "a dry run writes nothing"
+    );
+
+    let r: Value = post("/v1/apply", two.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let results: Vec<_> = r["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["result"].clone())
+        .collect();
+    assert_eq!(results, vec![json!("created"), json!("created")]);
+    let r: Value = post("/v1/apply", two).await.unwrap().json().await.unwrap();
+    assert_eq!(r["items"][1]["result"], "unchanged");
+    hive.wait_phase("b4", "Stopped").await;
+
+    // JSON arrays are accepted too.
+    let arr = json!([{"apiVersion": "hive/v1", "kind": "Agent", "metadata": {"name": "b5"}, "spec": {"image": IMAGE, "state": "Stopped"}}]);
+    let r = hive
+        .req(Method::POST, "/v1/apply")
+        .json(&arr)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
