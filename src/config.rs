@@ -44,6 +44,18 @@ pub struct Config {
     #[arg(long, env = "HIVE_POLICY")]
     pub policy: Option<PathBuf>,
 
+    /// Directory of manifests to keep applied (GitOps); see the README.
+    #[arg(long, env = "HIVE_MANIFESTS_DIR")]
+    pub manifests_dir: Option<PathBuf>,
+
+    /// Time between full rescans of --manifests-dir (changes are also picked up as they happen).
+    #[arg(long, env = "HIVE_MANIFESTS_RESCAN", default_value = "60s")]
+    pub manifests_rescan: humantime::Duration,
+
+    /// Follow filesystem events in --manifests-dir (false: rely on the rescan alone).
+    #[arg(long, env = "HIVE_MANIFESTS_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub manifests_watch: bool,
+
     /// The API key itself; from the environment only, so it never shows in `ps`.
     #[arg(skip = std::env::var("AGENT_API_KEY").ok().map(Secret))]
     pub api_key: Option<Secret>,

@@ -14,6 +14,7 @@
 //! - [`controller`]: the runtime (queue, triggers, backoff) apart from `reconcile` and the pure `plan`.
 //! - [`orchestrator`]: the `Orchestrator` trait and its Docker implementation (the only bollard user).
 //! - [`cli`]: the client commands of the `hive` binary (apply, get, describe, delete, ...).
+//! - [`manifests`]: GitOps, following a directory of manifests through the same apply path.
 //! - [`config`]: the flags of `hive serve`.
 //! - [`shutdown`]: the Ctrl-C / SIGTERM signal.
 //!
@@ -33,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod document;
+pub mod manifests;
 pub mod orchestrator;
 pub mod policy;
 pub mod shutdown;
@@ -129,7 +131,24 @@ pub async fn run(
         keys: keys.clone(),
         policy: Arc::new(policy),
         admission: Arc::new(tokio::sync::Mutex::new(())),
+        sync: config
+            .manifests_dir
+            .as_ref()
+            .map(|_| Arc::new(std::sync::Mutex::new(manifests::SyncStatus::default()))),
     };
+    if let (Some(dir), Some(status)) = (&config.manifests_dir, &state.sync) {
+        info!(dir = %dir.display(), rescan = %config.manifests_rescan, watch = config.manifests_watch, "following a manifests directory");
+        let syncer = manifests::Syncer::new(
+            manifests::Settings {
+                dir: dir.clone(),
+                rescan: config.manifests_rescan.into(),
+                watch: config.manifests_watch,
+            },
+            state.clone(),
+            status.clone(),
+        );
+        tokio::spawn(syncer.run(stop.clone()));
+    }
     if keys.file().is_some() {
         tokio::spawn(watch_keys(keys, stop.clone()));
     }

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::agents::{commit_many, prepare, require_write};
 use super::auth::AuditNote;
@@ -30,7 +30,8 @@ pub struct ApplyQuery {
 }
 
 /// What applying one document did (or would do).
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ApplyResult {
     pub name: String,
     /// created, configured or unchanged.
@@ -38,6 +39,9 @@ pub struct ApplyResult {
     /// The agent's generation after the apply (the current one on a dry run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The stored resourceVersion after the apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
     /// On a dry run: what would change, as `-`/`+` lines of YAML.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
@@ -51,6 +55,37 @@ pub async fn apply_many(
     Documents(values): Documents,
 ) -> Result<Response, ApiError> {
     require_write(&p, "apply")?;
+    let results = apply_documents(&state, &p, values, query.dry_run).await?;
+    let changed: Vec<&str> = results
+        .iter()
+        .filter(|r| r.result != "unchanged")
+        .map(|r| r.name.as_str())
+        .collect();
+    let agent = if changed.is_empty() {
+        "-".into()
+    } else {
+        changed.join(",")
+    };
+    let mut response = Json(json!({"dryRun": query.dry_run, "items": results})).into_response();
+    response.extensions_mut().insert(AuditNote {
+        verb: if query.dry_run {
+            "apply (dry run)"
+        } else {
+            "apply"
+        },
+        agent,
+    });
+    Ok(response)
+}
+
+/// Checks every document, then (unless `dry_run`) creates or replaces each one, as
+/// `p`. Nothing is written if any document fails. Used by the API and the manifests sync.
+pub async fn apply_documents(
+    state: &AppState,
+    p: &Principal,
+    values: Vec<Value>,
+    dry_run: bool,
+) -> Result<Vec<ApplyResult>, ApiError> {
     let total = values.len();
     let _admission = state.admission.lock().await;
 
@@ -70,7 +105,7 @@ pub async fn apply_many(
                 ));
             }
             let pending: Vec<Agent> = ready.iter().map(|(a, _)| a.clone()).collect();
-            prepare(&state, &p, agent, &pending)
+            prepare(state, p, agent, &pending)
         });
         match checked {
             Ok(r) => ready.push(r),
@@ -88,12 +123,13 @@ pub async fn apply_many(
     let mut changed = Vec::new();
     for (agent, existing) in ready {
         let name = agent.metadata.name.clone();
-        if query.dry_run {
+        if dry_run {
             let (result, diff) = would(&agent, existing.as_ref().map(|r| &r.agent));
             results.push(ApplyResult {
                 name,
                 result,
                 generation: existing.map(|r| r.agent.metadata.generation),
+                resource_version: None,
                 diff,
             });
             continue;
@@ -111,24 +147,12 @@ pub async fn apply_many(
             name,
             result,
             generation: Some(record.agent.metadata.generation),
+            resource_version: record.agent.metadata.resource_version,
             diff: None,
         });
     }
-    commit_many(&state, &changed).await?;
-    let mut response = Json(json!({"dryRun": query.dry_run, "items": results})).into_response();
-    response.extensions_mut().insert(AuditNote {
-        verb: if query.dry_run {
-            "apply (dry run)"
-        } else {
-            "apply"
-        },
-        agent: if changed.is_empty() {
-            "-".into()
-        } else {
-            changed.join(",")
-        },
-    });
-    Ok(response)
+    commit_many(state, &changed).await?;
+    Ok(results)
 }
 
 /// What an apply of `agent` over `old` would do, with the diff.

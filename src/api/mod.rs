@@ -5,6 +5,7 @@
 //! - `GET|PUT|DELETE /v1/agents/{name}`, `POST /v1/agents/{name}/action`
 //! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`, `GET /v1/audit` (admins)
 //! - `POST /v1/apply[?dryRun=true]` (many documents, all checked before any is written)
+//! - `GET /v1/sync` (the manifests directory's state)
 //! - `GET /healthz`, `GET /readyz` (no key)
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use crate::orchestrator::Orchestrator;
 use crate::store::Store;
 
 mod agents;
-mod apply;
+pub mod apply;
 pub mod auth;
 pub mod body;
 pub mod error;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub policy: Arc<Policy>,
     /// Held from an admission check to its write, so quotas cannot be raced past.
     pub admission: Arc<tokio::sync::Mutex<()>>,
+    /// The manifests directory's sync state, when one is followed.
+    pub sync: Option<Arc<std::sync::Mutex<crate::manifests::SyncStatus>>>,
 }
 
 /// The whole API.
@@ -61,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}/logs", get(agents::logs))
         .route("/audit", get(agents::audit))
         .route("/apply", post(apply::apply_many))
+        .route("/sync", get(sync))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -87,6 +91,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
         Err(e) => ApiError::Unavailable(e.to_string()).into_response(),
     }
+}
+
+/// `GET /v1/sync`: the state of the manifests directory sync.
+async fn sync(
+    State(state): State<AppState>,
+) -> Result<Json<crate::manifests::SyncStatus>, ApiError> {
+    let Some(status) = &state.sync else {
+        return Err(ApiError::NotFound(
+            "no manifests directory is followed (start hive serve with --manifests-dir)".into(),
+        ));
+    };
+    Ok(Json(
+        status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+    ))
 }
 
 async fn not_found() -> ApiError {

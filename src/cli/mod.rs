@@ -3,7 +3,7 @@
 //! saying what failed and what to do, and exits non-zero.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -33,6 +33,11 @@ pub enum ClientCommand {
         /// Show what would change, as a diff, and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// One-shot sync of a directory: also delete agents from manifests (those with a
+        /// `hive/source` annotation) that the directory no longer declares. Nothing is pruned
+        /// if any file is invalid or the directory holds no manifests.
+        #[arg(long)]
+        prune: bool,
     },
     /// List agents, or show one.
     Get {
@@ -90,7 +95,11 @@ pub enum ClientCommand {
 pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliError> {
     let client = Client::new(conn)?;
     match command {
-        ClientCommand::Apply { files, dry_run } => apply(&client, &files, dry_run).await,
+        ClientCommand::Apply {
+            files,
+            dry_run,
+            prune,
+        } => apply(&client, &files, dry_run, prune).await,
         ClientCommand::Get {
             name,
             selector,
@@ -133,7 +142,9 @@ fn read_documents(paths: &[PathBuf]) -> Result<Vec<Sourced>, CliError> {
         if p.as_os_str() == "-" {
             files.push(p.clone());
         } else if p.is_dir() {
-            collect_manifests(p, &mut files)?;
+            let found = crate::manifests::manifest_files(p)
+                .map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))?;
+            files.extend(found);
         } else if p.exists() {
             files.push(p.clone());
         } else {
@@ -170,33 +181,26 @@ fn read_documents(paths: &[PathBuf]) -> Result<Vec<Sourced>, CliError> {
     Ok(docs)
 }
 
-/// The manifest files under `dir`, sorted, skipping hidden and editor files.
-pub fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), CliError> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| CliError::new(format!("cannot read {}: {e}", dir.display())))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
-            continue;
+async fn apply(
+    client: &Client,
+    files: &[PathBuf],
+    dry_run: bool,
+    prune: bool,
+) -> Result<(), CliError> {
+    let docs = if prune {
+        let [dir] = files else {
+            return Err(CliError::new("--prune takes exactly one directory: -f DIR"));
+        };
+        if !dir.is_dir() {
+            return Err(CliError::new(format!(
+                "--prune takes a directory; {} is not one",
+                dir.display()
+            )));
         }
-        if p.is_dir() {
-            collect_manifests(&p, out)?;
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
-async fn apply(client: &Client, files: &[PathBuf], dry_run: bool) -> Result<(), CliError> {
-    let docs = read_documents(files)?;
+        read_sourced(dir)?
+    } else {
+        read_documents(files)?
+    };
     let body: Vec<&Value> = docs.iter().map(|d| &d.value).collect();
     let path = if dry_run {
         "/v1/apply?dryRun=true"
@@ -236,9 +240,9 @@ async fn apply(client: &Client, files: &[PathBuf], dry_run: bool) -> Result<(), 
         ));
     }
     let answer = client.json_of(r).await?;
+    let suffix = if dry_run { " (dry run)" } else { "" };
     let mut out = std::io::stdout().lock();
     for item in answer["items"].as_array().into_iter().flatten() {
-        let suffix = if dry_run { " (dry run)" } else { "" };
         let _ = writeln!(
             out,
             "agent/{} {}{suffix}",
@@ -251,7 +255,57 @@ async fn apply(client: &Client, files: &[PathBuf], dry_run: bool) -> Result<(), 
             }
         }
     }
+    drop(out);
+    if prune {
+        let declared: std::collections::BTreeSet<&str> = docs
+            .iter()
+            .filter_map(|d| d.value.pointer("/metadata/name")?.as_str())
+            .collect();
+        let list = client
+            .json(client.request(Method::GET, "/v1/agents"))
+            .await?;
+        for a in list["items"].as_array().into_iter().flatten() {
+            let name = a["metadata"]["name"].as_str().unwrap_or_default();
+            let from_manifest = a["metadata"]["annotations"][crate::manifests::SOURCE].is_string();
+            let deleting = a["metadata"]["deletionTimestamp"].is_string();
+            if !from_manifest || deleting || declared.contains(name) {
+                continue;
+            }
+            if !dry_run {
+                client
+                    .send(client.request(Method::DELETE, &format!("/v1/agents/{name}")))
+                    .await?;
+            }
+            println!("agent/{name} pruned{suffix}");
+        }
+    }
     Ok(())
+}
+
+/// Every document below `dir`, annotated with its source path as the manifests sync does.
+fn read_sourced(dir: &std::path::Path) -> Result<Vec<Sourced>, CliError> {
+    let files = crate::manifests::manifest_files(dir)
+        .map_err(|e| CliError::new(format!("cannot read {}: {e}", dir.display())))?;
+    if files.is_empty() {
+        return Err(CliError::new(format!(
+            "{} holds no manifests; nothing applied or pruned",
+            dir.display()
+        )));
+    }
+    let mut docs = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
+        for mut d in read_documents(std::slice::from_ref(&f))? {
+            if let Some(meta) = d.value.get_mut("metadata").and_then(Value::as_object_mut) {
+                let notes = meta.entry("annotations").or_insert_with(|| json!({}));
+                if let Some(n) = notes.as_object_mut() {
+                    n.insert(crate::manifests::SOURCE.into(), Value::String(rel.clone()));
+                }
+            }
+            docs.push(d);
+        }
+    }
+    Ok(docs)
 }
 
 async fn get(

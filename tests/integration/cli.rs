@@ -295,3 +295,67 @@ async fn bulk_apply_checks_every_document_before_writing_any() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn apply_prune_syncs_a_directory_once_with_the_same_safety() {
+    let hive = Hive::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dir_arg = d.to_str().unwrap();
+    std::fs::write(d.join("p1.yaml"), agent_yaml("p1", "  state: Stopped\n")).unwrap();
+    std::fs::write(d.join("p2.yaml"), agent_yaml("p2", "  state: Stopped\n")).unwrap();
+    assert_eq!(
+        hive.put_yaml("by-api", &agent_yaml("by-api", "  state: Stopped\n"))
+            .await
+            .status(),
+        201
+    );
+
+    let (ok, out, err) = cli(&hive, &["apply", "-f", dir_arg, "--prune"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "agent/p1 created\nagent/p2 created\n");
+    assert_eq!(
+        hive.get("p1").await.unwrap()["metadata"]["annotations"]["hive/source"],
+        "p1.yaml"
+    );
+
+    std::fs::remove_file(d.join("p2.yaml")).unwrap();
+    let (ok, out, _) = cli(&hive, &["apply", "-f", dir_arg, "--prune", "--dry-run"]);
+    assert!(ok);
+    assert_eq!(
+        out,
+        "agent/p1 unchanged (dry run)\nagent/p2 pruned (dry run)\n"
+    );
+    assert!(hive.get("p2").await.unwrap()["metadata"]
+        .get("deletionTimestamp")
+        .is_none());
+
+    // A broken file: nothing applied, nothing pruned.
+    std::fs::write(d.join("p3.yaml"), "metadata: [").unwrap();
+    let (ok, out, err) = cli(&hive, &["apply", "-f", dir_arg, "--prune"]);
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("p3.yaml"), "{err}");
+    assert!(hive.get("p2").await.unwrap()["metadata"]
+        .get("deletionTimestamp")
+        .is_none());
+    std::fs::remove_file(d.join("p3.yaml")).unwrap();
+
+    let (ok, out, _) = cli(&hive, &["apply", "-f", dir_arg, "--prune"]);
+    assert!(ok);
+    assert_eq!(out, "agent/p1 unchanged\nagent/p2 pruned\n");
+    wait_for("p2 to go", || async {
+        hive.get("p2").await.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        hive.get("by-api").await.is_some(),
+        "agents made through the API are never pruned"
+    );
+
+    // An empty directory prunes nothing.
+    std::fs::remove_file(d.join("p1.yaml")).unwrap();
+    let (ok, _, err) = cli(&hive, &["apply", "-f", dir_arg, "--prune"]);
+    assert!(!ok);
+    assert!(err.contains("holds no manifests"), "{err}");
+    assert!(hive.get("p1").await.is_some());
+}

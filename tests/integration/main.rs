@@ -9,6 +9,7 @@ mod api;
 mod cli;
 mod drift;
 mod faults;
+mod gitops;
 mod lifecycle;
 mod restart;
 mod security;
