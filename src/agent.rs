@@ -101,6 +101,35 @@ pub struct AgentSpec {
     /// Linux capabilities added back after all are dropped; the policy's allowlist decides.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<String>>,
+    /// Secrets whose keys become environment variables (`spec.env` wins on a clash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from: Option<Vec<EnvFrom>>,
+    /// Named volumes Hive creates and labels; never host paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Vec<Volume>>,
+    /// Delete the agent this long after its creation (humantime, e.g. `2h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// One entry of `spec.envFrom`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvFrom {
+    /// The name of a secret (`PUT /v1/secrets/{name}`) of the agent's owner.
+    pub secret_ref: String,
+}
+
+/// One entry of `spec.volumes`: a named volume, `hive-<agent>-<name>` on the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Volume {
+    pub name: String,
+    /// Absolute path inside the container.
+    pub mount_path: String,
+    /// Keep the volume when the agent is deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain: bool,
 }
 
 /// Environment variables. Its `Debug` shows names only, so a stray `?spec` in a log line
@@ -220,6 +249,9 @@ pub struct AgentStatus {
     /// RFC 3339 time the phase last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+    /// RFC 3339 time `spec.ttl` runs out and the agent is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 /// A validation failure: which field, and what is wrong with it.
@@ -287,7 +319,7 @@ impl Agent {
             image: self.spec.image.clone(),
             command: self.spec.command.clone(),
             args: self.spec.args.clone(),
-            env: self.spec.env.0.clone(),
+            env: self.spec.env.clone(),
             restart_policy: self.spec.restart_policy,
             memory_bytes: r
                 .memory
@@ -303,7 +335,19 @@ impl Agent {
                 .map_err(|m| Invalid::new("spec.resources.cpus", m))?,
             pids_limit: r.pids,
             capabilities: self.spec.capabilities.clone().unwrap_or_default(),
+            volumes: self.spec.volumes.clone().unwrap_or_default(),
         })
+    }
+
+    /// When `spec.ttl` runs out, if it is set (None also for a ttl that does not parse).
+    pub fn expires_at(&self) -> Option<time::OffsetDateTime> {
+        let ttl = humantime::parse_duration(self.spec.ttl.as_deref()?).ok()?;
+        let created = time::OffsetDateTime::parse(
+            self.metadata.creation_timestamp.as_deref()?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        Some(created + ttl)
     }
 
     /// True while a delete is in progress.
@@ -348,6 +392,46 @@ impl AgentSpec {
         }
         if let Some(c) = &self.resources.cpus {
             parse_cpus(c).map_err(|e| Invalid::new("spec.resources.cpus", e))?;
+        }
+        for (i, e) in self.env_from.iter().flatten().enumerate() {
+            validate_name(&e.secret_ref)
+                .map_err(|m| Invalid::new(format!("spec.envFrom[{i}].secretRef"), m))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, v) in self.volumes.iter().flatten().enumerate() {
+            let at = format!("spec.volumes[{i}]");
+            validate_name(&v.name).map_err(|m| Invalid::new(format!("{at}.name"), m))?;
+            if v.name.len() > 40 {
+                return Err(Invalid::new(
+                    format!("{at}.name"),
+                    "is longer than 40 characters",
+                ));
+            }
+            let p = &v.mount_path;
+            if !p.starts_with('/') || p == "/" || p.split('/').any(|c| c == "..") || p.contains(':')
+            {
+                return Err(Invalid::new(
+                    format!("{at}.mountPath"),
+                    format!("{p:?} must be an absolute path other than /, without '..' or ':'"),
+                ));
+            }
+            if !seen.insert(v.name.clone()) || !seen.insert(format!("path:{p}")) {
+                return Err(Invalid::new(
+                    at,
+                    "volume names and mount paths must be unique",
+                ));
+            }
+        }
+        if let Some(ttl) = &self.ttl {
+            match humantime::parse_duration(ttl) {
+                Ok(d) if !d.is_zero() => {}
+                _ => {
+                    return Err(Invalid::new(
+                        "spec.ttl",
+                        format!("{ttl:?} is not a positive duration such as 30m or 2h"),
+                    ))
+                }
+            }
         }
         if let Some(p) = self.resources.pids {
             if !(1..=1 << 22).contains(&p) {
@@ -430,7 +514,7 @@ fn label_chars(s: &str) -> bool {
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
-fn validate_env_name(name: &str) -> Result<(), String> {
+pub fn validate_env_name(name: &str) -> Result<(), String> {
     let b = name.as_bytes();
     let ok = !b.is_empty()
         && (b[0].is_ascii_alphabetic() || b[0] == b'_')

@@ -26,6 +26,11 @@ pub struct Config {
     #[arg(long, env = "HIVE_INSTANCE", default_value = "default")]
     pub instance: String,
 
+    /// The Docker network every agent joins (created, labelled, if missing); agents are
+    /// reachable on it by their names.
+    #[arg(long, env = "HIVE_AGENT_NETWORK", default_value = "hive-net")]
+    pub agent_network: String,
+
     /// Reconciles that may run at once.
     #[arg(long, env = "HIVE_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
     pub max_concurrent_reconciles: usize,

@@ -110,6 +110,7 @@ pub async fn run(
     let orchestrator: Arc<dyn Orchestrator> = Arc::new(DockerOrchestrator::new(
         config.docker_host.as_deref(),
         &config.instance,
+        &config.agent_network,
     ));
     if let Err(e) = orchestrator.ping().await {
         warn!(error = %e, "the container engine does not answer yet; serving anyway and retrying");

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API and the controller (the only process that talks to Docker).
-    Serve(hive::Config),
+    Serve(Box<hive::Config>),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -48,7 +48,7 @@ async fn main() {
             .await
             .map_err(anyhow::Error::from),
         Command::Keys(command) => keys(command),
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
     };
     // One line on failure, and a non-zero exit.
     if let Err(e) = result {

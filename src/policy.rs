@@ -202,8 +202,8 @@ const NEVER: &[(&str, &str)] = &[
     ("binds", "host paths are never mounted"),
     ("mounts", "host paths are never mounted"),
     (
-        "volumes",
-        "volumes are not supported yet, and host paths never will be",
+        "source",
+        "volumes are named by Hive; host paths are never mounted",
     ),
     ("securityOpt", "security options are Hive's to set"),
     (
@@ -628,7 +628,7 @@ mod tests {
             ),
             (
                 serde_json::json!({"spec": {"volumes": [{"hostPath": "/"}]}}),
-                "spec.volumes",
+                "spec.volumes[0].hostPath",
             ),
             (
                 serde_json::json!({"spec": {"env": {"X": "/var/run/docker.sock"}}}),

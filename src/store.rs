@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::agent::{now_rfc3339, Agent, AgentStatus, DesiredState, Phase};
+use crate::agent::{now_rfc3339, Agent, AgentStatus, DesiredState, Invalid, Phase};
+use crate::orchestrator::ContainerSpec;
 
 /// sled's page cache; the default of 1 GiB is far beyond what a fleet's records need.
 const CACHE_BYTES: u64 = 32 * 1024 * 1024;
@@ -66,6 +67,31 @@ pub struct AuditEntry {
     pub reason: Option<String>,
 }
 
+/// A named set of values for agents' environments (`spec.envFrom`). Write-only through
+/// the API: its values are never answered, logged or audited.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub name: String,
+    /// Only agents of this owner may use it.
+    pub owner: String,
+    pub data: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub resource_version: String,
+    #[serde(default)]
+    pub creation_timestamp: String,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("owner", &self.owner)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// What a PUT did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -116,6 +142,8 @@ pub struct Store {
     agents: sled::Tree,
     /// Audit entries keyed by a big-endian sequence number.
     audit: sled::Tree,
+    /// Secrets by name. Values never leave the store but into containers' environments.
+    secrets: sled::Tree,
     /// Serializes read-modify-write cycles. Never held across an await.
     write: Mutex<()>,
     /// Requests for a flush, served by one flusher thread.
@@ -148,6 +176,7 @@ impl Store {
             })?;
         let agents = db.open_tree("agents")?;
         let audit = db.open_tree("audit")?;
+        let secrets = db.open_tree("secrets")?;
         let (flushes, requests) = mpsc::unbounded_channel();
         let flusher_db = db.clone();
         std::thread::Builder::new()
@@ -158,6 +187,7 @@ impl Store {
             db,
             agents,
             audit,
+            secrets,
             write: Mutex::new(()),
             flushes,
         })
@@ -389,6 +419,87 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Creates or replaces a secret. Returns it and whether it was new; an identical
+    /// secret writes nothing.
+    pub fn put_secret(&self, mut secret: Secret) -> Result<(Secret, Applied), StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.secret(&secret.name)?;
+        if let Some(old) = &old {
+            if old.data == secret.data && old.owner == secret.owner {
+                return Ok((old.clone(), Applied::Unchanged));
+            }
+        }
+        secret.resource_version = (self.db.generate_id()? + 1).to_string();
+        secret.creation_timestamp = old
+            .as_ref()
+            .map_or_else(now_rfc3339, |o| o.creation_timestamp.clone());
+        let bytes = serde_json::to_vec(&secret).expect("a secret always serializes");
+        self.secrets.insert(secret.name.as_bytes(), bytes)?;
+        let applied = if old.is_some() {
+            Applied::Updated
+        } else {
+            Applied::Created
+        };
+        Ok((secret, applied))
+    }
+
+    pub fn secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        self.secrets
+            .get(name)?
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    name: format!("secret {name}"),
+                    source,
+                })
+            })
+            .transpose()
+    }
+
+    /// Every secret, sorted by name.
+    pub fn secrets(&self) -> Result<Vec<Secret>, StoreError> {
+        self.secrets
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    name: format!("secret {}", String::from_utf8_lossy(&k)),
+                    source,
+                })
+            })
+            .collect()
+    }
+
+    pub fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.secrets.remove(name)?.is_some())
+    }
+
+    /// The container an agent asks for, its `envFrom` secrets resolved (its own `env`
+    /// wins on a clash). A missing secret, or another owner's, is an error naming it.
+    pub fn container_spec(&self, agent: &Agent) -> Result<ContainerSpec, Invalid> {
+        let mut spec = agent.container_spec()?;
+        let mut env = std::collections::BTreeMap::new();
+        for (i, e) in agent.spec.env_from.iter().flatten().enumerate() {
+            let secret = self
+                .secret(&e.secret_ref)
+                .ok()
+                .flatten()
+                .filter(|s| Some(s.owner.as_str()) == agent.metadata.owner.as_deref());
+            let Some(secret) = secret else {
+                return Err(Invalid::new(
+                    format!("spec.envFrom[{i}].secretRef"),
+                    format!(
+                        "secret {:?} does not exist; create it with PUT /v1/secrets/{}",
+                        e.secret_ref, e.secret_ref
+                    ),
+                ));
+            };
+            env.extend(secret.data);
+        }
+        env.extend(std::mem::take(&mut spec.env.0));
+        spec.env.0 = env;
+        Ok(spec)
     }
 
     /// Runs one read-modify-write of `name` under the write lock, stamping a fresh

@@ -6,6 +6,7 @@
 //! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`, `GET /v1/audit` (admins)
 //! - `POST /v1/apply[?dryRun=true]` (many documents, all checked before any is written)
 //! - `GET /v1/sync` (the manifests directory's state)
+//! - `GET /v1/secrets`, `GET|PUT|DELETE /v1/secrets/{name}` (write-only values)
 //! - `GET /healthz`, `GET /readyz` (no key)
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub mod apply;
 pub mod auth;
 pub mod body;
 pub mod error;
+mod secrets;
 
 pub use error::ApiError;
 
@@ -65,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(agents::audit))
         .route("/apply", post(apply::apply_many))
         .route("/sync", get(sync))
+        .route("/secrets", get(secrets::list))
+        .route(
+            "/secrets/{name}",
+            get(secrets::get).put(secrets::put).delete(secrets::delete),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,

@@ -410,7 +410,7 @@ impl Server {
     }
 
     fn orchestrator(&self) -> DockerOrchestrator {
-        DockerOrchestrator::new(None, &self.instance)
+        DockerOrchestrator::new(None, &self.instance, "hive-net")
     }
 
     /// Resident memory (bytes) and CPU time (seconds) of the server process.
@@ -475,7 +475,11 @@ async fn converge(args: &ConvergeArgs) -> Result<Vec<Row>> {
     for round in 1..=args.rounds {
         eprintln!("converge: round {round}/{} with {n} agents", args.rounds);
         // Baseline: the same containers, straight through the orchestrator.
-        let o = Arc::new(DockerOrchestrator::new(None, &format!("base{}", token())));
+        let o = Arc::new(DockerOrchestrator::new(
+            None,
+            &format!("base{}", token()),
+            "hive-net",
+        ));
         let specs: Vec<_> = (0..n)
             .map(|i| agent(&format!("a{i:04}"), false).container_spec())
             .collect::<Result<_, _>>()?;
@@ -753,7 +757,7 @@ fn crash(id: &str) -> Result<()> {
 
 async fn drift(args: &DriftArgs) -> Result<Vec<Row>> {
     // Baseline: a container under the engine's own restart policy, crashed.
-    let o = DockerOrchestrator::new(None, &format!("base{}", token()));
+    let o = DockerOrchestrator::new(None, &format!("base{}", token()), "hive-net");
     let mut spec = agent("crash", false).container_spec()?;
     spec.restart_policy = RestartPolicy::Always;
     let id = o.create(&spec).await?;

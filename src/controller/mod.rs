@@ -108,7 +108,7 @@ impl Controller {
         ));
 
         let mut queue = Queue::default();
-        let mut passes: JoinSet<(String, bool)> = JoinSet::new();
+        let mut passes: JoinSet<(String, Result<Option<Duration>, ()>)> = JoinSet::new();
         loop {
             while passes.len() < settings.max_concurrent.max(1) {
                 let Some(name) = queue.pop() else { break };
@@ -120,7 +120,7 @@ impl Controller {
                         if let Err(e) = &result {
                             debug!(error = %e, "reconcile failed; will retry");
                         }
-                        (name, result.is_ok())
+                        (name, result.map_err(|_| ()))
                     }
                     .instrument(span),
                 );
@@ -130,8 +130,14 @@ impl Controller {
                 Some(name) = rx.recv() => queue.push(name),
                 () = queue.next_retry() => {}
                 Some(done) = passes.join_next() => match done {
-                    Ok((name, ok)) => {
-                        if let Some(delay) = queue.finish(&name, ok) {
+                    Ok((name, Ok(requeue))) => {
+                        queue.finish(&name, true);
+                        if let Some(after) = requeue {
+                            queue.push_after(name, after);
+                        }
+                    }
+                    Ok((name, Err(()))) => {
+                        if let Some(delay) = queue.finish(&name, false) {
                             debug!(agent = %name, ?delay, "retrying after backoff");
                         }
                     }
@@ -192,7 +198,7 @@ async fn resync_once(ctx: &Context, everything: bool) -> Result<BTreeSet<String>
     for r in &records {
         let name = r.agent.metadata.name.as_str();
         let mine = by_agent.remove(name).unwrap_or_default();
-        if everything || needs_work(r, &mine) {
+        if everything || needs_work(ctx, r, &mine) {
             names.insert(name.to_string());
         }
     }
@@ -203,11 +209,28 @@ async fn resync_once(ctx: &Context, everything: bool) -> Result<BTreeSet<String>
 
 /// Whether a pass over this agent would change anything, judged from a listing (which
 /// lacks restart counts, so those are not compared).
-fn needs_work(r: &crate::store::Record, containers: &[crate::orchestrator::Container]) -> bool {
-    let Ok(spec) = r.agent.container_spec() else {
-        return false;
+fn needs_work(
+    ctx: &Context,
+    r: &crate::store::Record,
+    containers: &[crate::orchestrator::Container],
+) -> bool {
+    if r.agent
+        .expires_at()
+        .is_some_and(|t| t <= time::OffsetDateTime::now_utc())
+    {
+        return true;
+    }
+    let spec = if r.agent.is_terminating() {
+        None
+    } else {
+        match ctx.store.container_spec(&r.agent) {
+            Ok(s) => Some(s),
+            // A missing secret: the pass that found it said so; writing the secret wakes it.
+            Err(_) => return false,
+        }
     };
-    let p = plan::plan(Some(r), &spec.hash(), containers);
+    let hash = spec.map(|s| s.hash()).unwrap_or_default();
+    let p = plan::plan(Some(r), &hash, containers);
     let status = &r.agent.status;
     !p.remove.is_empty()
         || p.action.is_some()

@@ -74,6 +74,20 @@ impl Queue {
         retry
     }
 
+    /// Asks for a reconcile of `name` after `delay` (sooner if it is pushed meanwhile).
+    pub fn push_after(&mut self, name: String, delay: Duration) {
+        if self.running.contains(&name) || self.queued.contains(&name) {
+            return;
+        }
+        match self.delayed_keys.get(&name) {
+            Some(key) => self.delayed.reset(key, delay),
+            None => {
+                let key = self.delayed.insert(name.clone(), delay);
+                self.delayed_keys.insert(name, key);
+            }
+        }
+    }
+
     /// Waits for the next retry to fall due and queues it. Pending forever when none is scheduled.
     pub async fn next_retry(&mut self) {
         match self.delayed.next().await {

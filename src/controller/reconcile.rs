@@ -3,6 +3,7 @@
 //! neither knows nor cares why it was called.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -27,30 +28,46 @@ pub enum ReconcileError {
     Orchestrator(#[from] OrchestratorError),
 }
 
-/// Converges one agent.
-pub async fn reconcile(name: &str, ctx: &Context) -> Result<(), ReconcileError> {
-    let record = ctx.store.get(name)?;
-    let spec = match record
+/// Converges one agent. Returns when to look again, if time alone will change something
+/// (a `spec.ttl` running out).
+pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, ReconcileError> {
+    let mut record = ctx.store.get(name)?;
+    // An expired ttl deletes the agent, as a DELETE would.
+    let mut requeue = None;
+    if let Some(expires) = record
         .as_ref()
-        .map(|r| r.agent.container_spec())
-        .transpose()
+        .filter(|r| !r.agent.is_terminating())
+        .and_then(|r| r.agent.expires_at())
     {
+        let left = expires - time::OffsetDateTime::now_utc();
+        if left.is_positive() {
+            requeue = Some(Duration::try_from(left).unwrap_or_default());
+        } else {
+            info!("spec.ttl ran out; deleting the agent");
+            ctx.store.mark_deleted(name)?;
+            record = ctx.store.get(name)?;
+        }
+    }
+    let live = record.as_ref().filter(|r| !r.agent.is_terminating());
+    let spec = match live.map(|r| ctx.store.container_spec(&r.agent)).transpose() {
         Ok(spec) => spec,
         Err(invalid) => {
-            // Only a record written by an older, laxer Hive can get here.
-            let r = record.as_ref().expect("a spec comes from a record");
-            return write_failure(ctx, r, &format!("stored spec is invalid: {invalid}"), false);
+            // A missing secret (or a record from an older, laxer Hive). Writing the secret
+            // wakes the agent again.
+            let r = live.expect("a spec comes from a record");
+            write_failure(ctx, r, &format!("{invalid}"), false)?;
+            return Ok(requeue);
         }
     };
     let hash = spec.as_ref().map(|s| s.hash()).unwrap_or_default();
     let containers = match ctx.orchestrator.list_agent(name).await {
         Ok(c) => c,
-        Err(e) => return fail(ctx, record.as_ref(), e),
+        Err(e) => return fail(ctx, record.as_ref(), e).map(|()| None),
     };
     let plan = plan(record.as_ref(), &hash, &containers);
     match execute(ctx, record.as_ref(), spec.as_ref(), &plan).await {
-        Ok(created) => finish(ctx, record, plan, created),
-        Err(e) => fail(ctx, record.as_ref(), e),
+        Ok(created) => finish(ctx, record, plan, created).map(|()| requeue),
+        Err(e) => fail(ctx, record.as_ref(), e).map(|()| None),
     }
 }
 
@@ -66,6 +83,13 @@ async fn execute(
     for (id, reason) in &plan.remove {
         info!(container = %short(id), reason, "removing container");
         o.remove(id).await?;
+    }
+    if plan.delete_record {
+        if let Some(r) = record {
+            ctx.orchestrator
+                .remove_volumes(&r.agent.metadata.name)
+                .await?;
+        }
     }
     let mut created = None;
     match &plan.action {
@@ -137,6 +161,10 @@ fn finish(
         restart_count: outcome.engine_restarts + internal.repairs,
         message: outcome.message,
         last_transition_time: None,
+        expires_at: agent.expires_at().and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        }),
     };
     ctx.store
         .update_status(&agent.metadata.name, uid, status, internal)?;

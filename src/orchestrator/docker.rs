@@ -15,12 +15,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, HostConfig,
-    HostConfigLogConfig, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, EndpointSettings,
+    HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest, NetworkingConfig,
+    RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, RestartContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    RestartContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
@@ -41,6 +43,10 @@ pub const LABEL_AGENT: &str = "hive.agent";
 pub const LABEL_UID: &str = "hive.uid";
 /// Label naming the agent's owner.
 pub const LABEL_OWNER: &str = "hive.owner";
+/// Label naming a volume within its agent.
+pub const LABEL_VOLUME: &str = "hive.volume";
+/// Label marking a volume kept when its agent is deleted.
+pub const LABEL_RETAIN: &str = "hive.retain";
 /// Label with the hash of the spec the container was created from.
 pub const LABEL_SPEC_HASH: &str = "hive.spec-hash";
 
@@ -58,6 +64,10 @@ pub struct DockerOrchestrator {
     client: Arc<Mutex<Client>>,
     /// This Hive's instance name, stamped on and filtered by.
     instance: String,
+    /// The network every agent joins, with its name as an alias.
+    network: String,
+    /// Set once the network is known to exist.
+    network_ready: tokio::sync::OnceCell<()>,
 }
 
 struct Client {
@@ -73,8 +83,10 @@ impl DockerOrchestrator {
     /// Prepares a client for `host` (`unix:///path`, a bare socket path, `tcp://` or
     /// `http://`; `None` means DOCKER_HOST or the local socket). Does no I/O: the
     /// connection is made, and the API version negotiated, when the engine first answers.
-    pub fn new(host: Option<&str>, instance: &str) -> Self {
+    pub fn new(host: Option<&str>, instance: &str, network: &str) -> Self {
         DockerOrchestrator {
+            network: network.to_string(),
+            network_ready: tokio::sync::OnceCell::new(),
             client: Arc::new(Mutex::new(Client {
                 host: host.map(str::to_string),
                 docker: None,
@@ -89,6 +101,65 @@ impl DockerOrchestrator {
         &self,
     ) -> impl std::future::Future<Output = Result<Docker, OrchestratorError>> + Send + 'static {
         negotiated(self.client.clone())
+    }
+
+    /// The engine's name of an agent's volume in this instance.
+    pub fn volume_name(&self, agent: &str, volume: &str) -> String {
+        format!("{}-{volume}", self.container_name(agent))
+    }
+
+    /// Creates the agents' network, labelled, unless it exists.
+    async fn ensure_network(&self) -> Result<(), OrchestratorError> {
+        self.network_ready
+            .get_or_try_init(|| async {
+                let docker = self.docker().await?;
+                match docker.inspect_network(&self.network, None).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if status_of(&e) == Some(404) => {}
+                    Err(e) => return Err(map_err(e)),
+                }
+                let request = NetworkCreateRequest {
+                    name: self.network.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(HashMap::from([(
+                        LABEL_MANAGED.to_string(),
+                        "true".to_string(),
+                    )])),
+                    ..Default::default()
+                };
+                match docker.create_network(request).await {
+                    Ok(_) => {
+                        tracing::info!(network = %self.network, "created the agents' network");
+                        Ok(())
+                    }
+                    // Someone made it meanwhile.
+                    Err(e) if status_of(&e) == Some(409) => Ok(()),
+                    Err(e) => Err(map_err(e)),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates (or finds) the agent's named volumes, labelled as Hive's.
+    async fn ensure_volumes(&self, spec: &ContainerSpec) -> Result<(), OrchestratorError> {
+        let docker = self.docker().await?;
+        for v in &spec.volumes {
+            let request = VolumeCreateRequest {
+                name: Some(self.volume_name(&spec.agent, &v.name)),
+                labels: Some(HashMap::from([
+                    (LABEL_MANAGED.to_string(), "true".to_string()),
+                    (LABEL_INSTANCE.to_string(), self.instance.clone()),
+                    (LABEL_AGENT.to_string(), spec.agent.clone()),
+                    (LABEL_VOLUME.to_string(), v.name.clone()),
+                    (LABEL_RETAIN.to_string(), v.retain.to_string()),
+                ])),
+                ..Default::default()
+            };
+            // Creating an existing volume returns it unchanged.
+            docker.create_volume(request).await.map_err(map_err)?;
+        }
+        Ok(())
     }
 
     /// The container name of an agent in this instance.
@@ -191,13 +262,34 @@ impl DockerOrchestrator {
             // default arguments), `args` replaces the default arguments.
             entrypoint: spec.command.clone(),
             cmd: spec.args.clone(),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            env: Some(spec.env.0.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
             stop_timeout: Some(STOP_GRACE_SECS.into()),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.network.clone(),
+                    EndpointSettings {
+                        aliases: Some(vec![spec.agent.clone()]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
             host_config: Some(HostConfig {
                 memory: spec.memory_bytes,
                 nano_cpus: spec.nano_cpus,
                 pids_limit: Some(spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
+                network_mode: Some(self.network.clone()),
+                mounts: Some(
+                    spec.volumes
+                        .iter()
+                        .map(|v| Mount {
+                            target: Some(v.mount_path.clone()),
+                            source: Some(self.volume_name(&spec.agent, &v.name)),
+                            typ: Some(MountType::VOLUME),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
                 // An init as PID 1 forwards signals and reaps zombies, so agents stop promptly.
                 init: Some(true),
                 restart_policy: Some(DockerRestartPolicy {
@@ -268,6 +360,8 @@ impl Orchestrator for DockerOrchestrator {
             name: Some(name.clone()),
             ..Default::default()
         };
+        self.ensure_network().await?;
+        self.ensure_volumes(spec).await?;
         let docker = self.docker().await?;
         let created = match docker
             .create_container(Some(options()), self.create_body(spec))
@@ -349,6 +443,29 @@ impl Orchestrator for DockerOrchestrator {
             Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(()),
             r => r.map_err(map_err),
         }
+    }
+
+    async fn remove_volumes(&self, agent: &str) -> Result<(), OrchestratorError> {
+        let docker = self.docker().await?;
+        let mut filters = self.label_filters(Some(agent));
+        filters
+            .get_mut("label")
+            .expect("label filters")
+            .push(format!("{LABEL_RETAIN}=false"));
+        let options = ListVolumesOptions {
+            filters: Some(filters),
+        };
+        let listed = docker.list_volumes(Some(options)).await.map_err(map_err)?;
+        for v in listed.volumes.unwrap_or_default() {
+            match docker
+                .remove_volume(&v.name, None::<RemoveVolumeOptions>)
+                .await
+            {
+                Err(e) if status_of(&e) != Some(404) => return Err(map_err(e)),
+                _ => tracing::info!(volume = %v.name, "removed volume"),
+            }
+        }
+        Ok(())
     }
 
     fn logs(
@@ -490,9 +607,9 @@ mod tests {
 
     #[test]
     fn container_names_carry_the_instance_unless_default() {
-        let d = DockerOrchestrator::new(Some("unix:///nonexistent.sock"), "default");
+        let d = DockerOrchestrator::new(Some("unix:///nonexistent.sock"), "default", "hive-net");
         assert_eq!(d.container_name("a"), "hive-a");
-        let s = DockerOrchestrator::new(Some("unix:///nonexistent.sock"), "staging");
+        let s = DockerOrchestrator::new(Some("unix:///nonexistent.sock"), "staging", "hive-net");
         assert_eq!(s.container_name("a"), "hive-staging-a");
     }
 }

@@ -206,6 +206,10 @@ impl Orchestrator for FakeOrchestrator {
         Ok(())
     }
 
+    async fn remove_volumes(&self, _agent: &str) -> Result<(), OrchestratorError> {
+        Ok(())
+    }
+
     fn logs(
         &self,
         _id: &str,

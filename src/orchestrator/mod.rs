@@ -4,15 +4,13 @@
 //! Every implementation is bound to one Hive *instance*: it stamps its instance on what it
 //! creates and lists, stops and removes only what carries that instance.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::agent::RestartPolicy;
+use crate::agent::{Env, RestartPolicy, Volume};
 
 pub mod docker;
 
@@ -31,7 +29,8 @@ pub struct ContainerSpec {
     pub command: Option<Vec<String>>,
     /// Replaces the image's default arguments.
     pub args: Option<Vec<String>>,
-    pub env: BTreeMap<String, String>,
+    /// Environment, secrets resolved; its `Debug` hides the values.
+    pub env: Env,
     pub restart_policy: RestartPolicy,
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
@@ -39,6 +38,8 @@ pub struct ContainerSpec {
     pub pids_limit: Option<i64>,
     /// Capabilities added back after dropping all, already checked by the policy.
     pub capabilities: Vec<String>,
+    /// Named volumes to mount.
+    pub volumes: Vec<Volume>,
 }
 
 impl ContainerSpec {
@@ -141,6 +142,8 @@ pub trait Orchestrator: Send + Sync + 'static {
     async fn unpause(&self, id: &str) -> Result<(), OrchestratorError>;
     /// Removes the container, killing it if it runs. Absent containers are not an error.
     async fn remove(&self, id: &str) -> Result<(), OrchestratorError>;
+    /// Removes an agent's volumes, except those marked to be retained.
+    async fn remove_volumes(&self, agent: &str) -> Result<(), OrchestratorError>;
     /// The container's output, stdout and stderr interleaved.
     fn logs(
         &self,

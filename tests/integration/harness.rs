@@ -26,6 +26,31 @@ pub const SLEEP: [&str; 2] = ["/bin/sleep", "3600"];
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 static IMAGE_READY: OnceCell<()> = OnceCell::const_new();
+static NETWORK_READY: OnceCell<()> = OnceCell::const_new();
+
+/// The network test agents join. Made once here, so that the many Hives of a test run do
+/// not race each other to create it.
+pub const NETWORK: &str = "hive-test-net";
+
+/// Creates the test network unless the engine has it.
+pub async fn ensure_network() {
+    NETWORK_READY
+        .get_or_init(|| async {
+            let d = engine().await;
+            if d.inspect_network(NETWORK, None).await.is_ok() {
+                return;
+            }
+            let request = bollard::models::NetworkCreateRequest {
+                name: NETWORK.into(),
+                driver: Some("bridge".into()),
+                ..Default::default()
+            };
+            d.create_network(request)
+                .await
+                .expect("creating the test network");
+        })
+        .await;
+}
 
 /// A client for the engine, as the tests see it (not through Hive).
 pub fn docker() -> Docker {
@@ -138,8 +163,12 @@ impl Hive {
         Hive::start_full(HashMap::new(), args.to_vec()).await
     }
 
-    async fn start_full(env: HashMap<String, Option<String>>, args: Vec<String>) -> Hive {
+    async fn start_full(env: HashMap<String, Option<String>>, mut args: Vec<String>) -> Hive {
         ensure_image().await;
+        ensure_network().await;
+        if !args.iter().any(|a| a == "--agent-network") {
+            args.extend(["--agent-network".to_string(), NETWORK.to_string()]);
+        }
         let mut hive = Hive {
             instance: format!("t{}", token()),
             key: token() + &token(),

@@ -13,3 +13,4 @@ mod gitops;
 mod lifecycle;
 mod restart;
 mod security;
+mod workloads;

@@ -471,7 +471,14 @@ async fn hostile_input_is_refused_and_nothing_is_stored_or_started() {
         ("  hostPID: true\n", "spec.hostPID"),
         ("  hostIPC: true\n", "spec.hostIPC"),
         ("  devices: [/dev/sda]\n", "spec.devices"),
-        ("  volumes: [{name: root, hostPath: /}]\n", "spec.volumes"),
+        (
+            "  volumes: [{name: root, hostPath: /}]\n",
+            "spec.volumes[0].hostPath",
+        ),
+        (
+            "  volumes: [{name: root, mountPath: /x, source: /var/run/docker.sock}]\n",
+            "spec.volumes[0].source",
+        ),
         ("  capabilities: [SYS_ADMIN]\n", "spec.capabilities[0]"),
         ("  env: {DOCKER: /var/run/docker.sock}\n", "spec.env.DOCKER"),
     ] {

@@ -1,0 +1,166 @@
+//! `/v1/secrets`: named sets of values that agents take into their environment through
+//! `spec.envFrom`. Write-only: answers name the keys, never the values, and neither logs
+//! nor the audit log carry them. A secret belongs to the owner of the key that wrote it and
+//! serves only that owner's agents. A change wakes the agents that use it, which are then
+//! recreated with the new values.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::agents::require_write;
+use super::body::{Document, Screen};
+use super::error::ApiError;
+use super::AppState;
+use crate::access::Principal;
+use crate::agent::{validate_name, Invalid};
+use crate::store::{Applied, Secret};
+
+/// Keys a secret may hold.
+const MAX_KEYS: usize = 128;
+/// Bytes of keys and values together.
+const MAX_BYTES: usize = 256 * 1024;
+
+/// The body of `PUT /v1/secrets/{name}`: keys to values.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct SecretData(BTreeMap<String, String>);
+
+impl Screen for SecretData {}
+
+/// What the API shows of a secret: never its values.
+fn shown(s: &Secret) -> Value {
+    json!({
+        "name": s.name,
+        "owner": s.owner,
+        "keys": s.data.keys().collect::<Vec<_>>(),
+        "resourceVersion": s.resource_version,
+        "creationTimestamp": s.creation_timestamp,
+    })
+}
+
+fn visible(state: &AppState, p: &Principal, name: &str) -> Result<Secret, ApiError> {
+    validate_name(name)
+        .map_err(|m| ApiError::NotFound(format!("secret {name:?} not found ({m})")))?;
+    state
+        .store
+        .secret(name)?
+        .filter(|s| p.sees(&s.owner))
+        .ok_or_else(|| ApiError::NotFound(format!("secret {name:?} not found")))
+}
+
+/// `PUT /v1/secrets/{name}`
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+    Document(SecretData(data)): Document<SecretData>,
+) -> Result<Response, ApiError> {
+    require_write(&p, "write secrets for")?;
+    validate_name(&name).map_err(|m| ApiError::Invalid(Invalid::new("name", m)))?;
+    if data.len() > MAX_KEYS {
+        return Err(ApiError::invalid(
+            "data",
+            format!("{} keys; at most {MAX_KEYS}", data.len()),
+        ));
+    }
+    let bytes: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_BYTES {
+        return Err(ApiError::invalid(
+            "data",
+            format!("{bytes} bytes; at most {MAX_BYTES}"),
+        ));
+    }
+    for (k, v) in &data {
+        crate::agent::validate_env_name(k).map_err(|m| ApiError::invalid(k.clone(), m))?;
+        if v.contains('\0') {
+            return Err(ApiError::invalid(
+                k.clone(),
+                "value must not contain a NUL byte",
+            ));
+        }
+    }
+    let owner = match state.store.secret(&name)? {
+        Some(old) if !p.sees(&old.owner) => {
+            return Err(ApiError::Conflict {
+                code: "already_exists",
+                message: format!("the secret name {name:?} is in use; choose another"),
+            })
+        }
+        Some(old) => old.owner,
+        None => p.owner.clone(),
+    };
+    let secret = Secret {
+        name: name.clone(),
+        owner: owner.clone(),
+        data,
+        resource_version: String::new(),
+        creation_timestamp: String::new(),
+    };
+    let (stored, applied) = state.store.put_secret(secret)?;
+    if applied != Applied::Unchanged {
+        state.store.flush().await?;
+        // Wake the agents that use it: their containers are recreated with the new values.
+        for r in state.store.list()? {
+            let a = &r.agent;
+            let uses = a
+                .spec
+                .env_from
+                .iter()
+                .flatten()
+                .any(|e| e.secret_ref == name);
+            if uses && a.metadata.owner.as_deref() == Some(owner.as_str()) {
+                state.controller.enqueue(&a.metadata.name);
+            }
+        }
+    }
+    let status = if applied == Applied::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(shown(&stored))).into_response())
+}
+
+/// `GET /v1/secrets`: names and keys.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = state
+        .store
+        .secrets()?
+        .iter()
+        .filter(|s| p.sees(&s.owner))
+        .map(shown)
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
+
+/// `GET /v1/secrets/{name}`: its name and keys.
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(shown(&visible(&state, &p, &name)?)))
+}
+
+/// `DELETE /v1/secrets/{name}`. Agents using it keep running; their status says the
+/// secret is missing until it is written again.
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let secret = visible(&state, &p, &name)?;
+    require_write(&p, "delete secrets for")?;
+    state.store.delete_secret(&name)?;
+    state.store.flush().await?;
+    Ok((StatusCode::OK, Json(shown(&secret))).into_response())
+}
