@@ -130,6 +130,23 @@ impl Client {
     }
 }
 
+/// `hive health`: whether the server answers /healthz.
+pub async fn health(c: &Connection) -> Result<(), CliError> {
+    let url = format!("{}/healthz", c.server.trim_end_matches('/'));
+    let r = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .map_err(|e| CliError::new(format!("{url} does not answer: {e}")))?;
+    if r.status().is_success() {
+        println!("ok");
+        Ok(())
+    } else {
+        Err(CliError::new(format!("{url} answered {}", r.status())))
+    }
+}
+
 /// An error answer as a sentence: the server's message, and for 401 what to do.
 async fn answer_error(r: reqwest::Response) -> CliError {
     let status = r.status();

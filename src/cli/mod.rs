@@ -80,6 +80,8 @@ pub enum ClientCommand {
         #[arg(long)]
         since: Option<humantime::Duration>,
     },
+    /// Exit 0 if the server answers /healthz (for container health checks; needs no key).
+    Health,
     /// Wait until an agent reaches a phase (its current generation observed).
     Wait {
         name: String,
@@ -93,6 +95,9 @@ pub enum ClientCommand {
 
 /// Runs a client command, printing its results to stdout.
 pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliError> {
+    if let ClientCommand::Health = command {
+        return client::health(conn).await;
+    }
     let client = Client::new(conn)?;
     match command {
         ClientCommand::Apply {
@@ -126,6 +131,7 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
             condition,
             timeout,
         } => wait(&client, &name, &condition, timeout.into()).await,
+        ClientCommand::Health => unreachable!("answered above"),
     }
 }
 

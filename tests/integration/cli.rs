@@ -205,6 +205,11 @@ async fn command_line_errors_are_one_clear_line() {
     let (ok, _, err) = cli(&hive, &["apply", "-f", "/nonexistent.yaml"]);
     assert!(!ok);
     assert_eq!(err, "hive: /nonexistent.yaml does not exist\n");
+    let (ok, out, _) = cli_with(&hive.url, "no-key-needed", &["health"]);
+    assert!(ok);
+    assert_eq!(out, "ok\n");
+    let (ok, _, err) = cli_with("http://127.0.0.1:1", "k", &["health"]);
+    assert!(!ok && err.contains("does not answer"), "{err}");
     let (ok, _, err) = cli(&hive, &["wait", "x", "--for", "ready"]);
     assert!(!ok);
     assert!(err.contains("use --for phase="), "{err}");

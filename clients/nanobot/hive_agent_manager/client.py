@@ -1,0 +1,89 @@
+"""An async HTTP client for Hive's agent API.
+
+Reads the server and key from AGENT_API_URL / AGENT_API_KEY, or from
+NANOBOT_AGENT_API_URL / NANOBOT_AGENT_API_KEY (the names Sol's compose service uses).
+Failures become :class:`HiveError` with a sentence a model can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://agent-api:8000"
+
+
+class HiveError(Exception):
+    """A request Hive refused or could not answer, as one sentence."""
+
+
+def _env(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+class HiveClient:
+    def __init__(self, url: str | None = None, key: str | None = None, timeout: float = 30.0):
+        self.url = (url or _env("AGENT_API_URL", "NANOBOT_AGENT_API_URL") or DEFAULT_URL).rstrip("/")
+        self.key = key or _env("AGENT_API_KEY", "NANOBOT_AGENT_API_KEY")
+        self.timeout = timeout
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if not self.key:
+            raise HiveError(
+                "no API key for Hive: set AGENT_API_KEY (or NANOBOT_AGENT_API_KEY) in this agent's environment"
+            )
+        headers = {"Authorization": f"Bearer {self.key}"}
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as http:
+                response = await http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
+        except httpx.ConnectError:
+            raise HiveError(f"cannot reach Hive at {self.url}: is the agent-api service running?") from None
+        except httpx.TimeoutException:
+            raise HiveError(f"Hive at {self.url} did not answer in time") from None
+        if response.status_code >= 400:
+            raise HiveError(_describe(response))
+        return response
+
+    async def apply(self, agent: dict[str, Any]) -> dict[str, Any]:
+        """Create or replace an agent (idempotent: the same document changes nothing)."""
+        name = agent["metadata"]["name"]
+        return (await self._request("PUT", f"/v1/agents/{name}", json=agent)).json()
+
+    async def list(self, label: str | None = None) -> list[dict[str, Any]]:
+        params = {"label": label} if label else None
+        return (await self._request("GET", "/v1/agents", params=params)).json()["items"]
+
+    async def get(self, name: str) -> dict[str, Any]:
+        return (await self._request("GET", f"/v1/agents/{name}")).json()
+
+    async def action(self, name: str, action: str) -> dict[str, Any]:
+        return (await self._request("POST", f"/v1/agents/{name}/action", json={"action": action})).json()
+
+    async def delete(self, name: str) -> dict[str, Any]:
+        return (await self._request("DELETE", f"/v1/agents/{name}")).json()
+
+    async def logs(self, name: str, tail: int = 100) -> str:
+        return (await self._request("GET", f"/v1/agents/{name}/logs", params={"tail": tail})).text
+
+
+def _describe(response: httpx.Response) -> str:
+    """Hive's error answer as a sentence: what is wrong, where, and which rule."""
+    try:
+        error = response.json().get("error", {})
+    except ValueError:
+        error = {}
+    message = error.get("message") or response.text or response.reason_phrase
+    if response.status_code == 401:
+        return f"Hive refused the API key ({message}); check AGENT_API_KEY"
+    parts = [f"Hive refused ({response.status_code}): {message}"]
+    if error.get("rule"):
+        parts.append(f"(policy rule {error['rule']})")
+    for doc in error.get("documents", []):
+        parts.append(f"document {doc.get('index')}: {doc.get('message')}")
+    return " ".join(parts)

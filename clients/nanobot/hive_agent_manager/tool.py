@@ -1,0 +1,163 @@
+"""The `agent_manager` nanobot tool: declare, list, inspect, start, stop, restart, remove
+and read the logs of sub-agents, all through Hive. Nothing here imports docker or starts
+a process; Hive alone holds the Docker socket.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from nanobot.agent.tools.base import Tool, ToolResult
+
+from .client import HiveClient, HiveError
+
+#: The image sub-agents run unless the model names another.
+DEFAULT_IMAGE = os.environ.get("HIVE_AGENT_IMAGE", "nanobot:latest")
+#: How Sol's sub-agents have always been started.
+DEFAULT_COMMAND = ["nanobot", "gateway", "--port", "18793"]
+
+ACTIONS = ["create", "start", "stop", "restart", "remove", "list", "status", "info", "logs"]
+
+
+class AgentManagerTool(Tool):
+    """Manage sub-agents by declaring them to Hive."""
+
+    def __init__(self, client: HiveClient | None = None):
+        self._client = client
+
+    @property
+    def client(self) -> HiveClient:
+        # Built on first use, so the environment is read when the tool runs.
+        if self._client is None:
+            self._client = HiveClient()
+        return self._client
+
+    @property
+    def name(self) -> str:
+        return "agent_manager"
+
+    @property
+    def description(self) -> str:
+        return (
+            "Create and manage sub-agents (each runs in its own container, managed by Hive). "
+            "Actions: create (declare an agent; repeating it is harmless), list, status/info, "
+            "start, stop, restart, remove, logs. Provider keys go in secrets (secret names), "
+            "never in env."
+        )
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "properties": {
+                "action": {"type": "string", "enum": ACTIONS, "description": "What to do."},
+                "name": {
+                    "type": "string",
+                    "description": "The agent's name: lower-case letters, digits and '-', at most 63.",
+                },
+                "image": {"type": "string", "description": f"Container image (default {DEFAULT_IMAGE})."},
+                "model": {"type": "string", "description": "The model the sub-agent uses, e.g. gpt-4o."},
+                "role": {"type": "string", "description": "What the sub-agent is for, in a sentence."},
+                "env": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "Extra environment variables (no secrets here).",
+                },
+                "secrets": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Names of Hive secrets whose keys become environment variables.",
+                },
+                "tail": {"type": "integer", "minimum": 1, "description": "For logs: how many lines."},
+            },
+            "required": ["action"],
+        }
+
+    async def execute(self, action: str, name: str | None = None, **kwargs: Any) -> Any:
+        try:
+            if action == "list":
+                return _listing(await self.client.list())
+            if not name:
+                return ToolResult.error(f"action {action!r} needs the agent's name")
+            if action == "create":
+                agent = await self.client.apply(self.declare(name, **kwargs))
+                return f"agent {name} declared (generation {agent['metadata']['generation']}); {_status(agent)}"
+            if action in ("status", "info"):
+                return _describe(await self.client.get(name))
+            if action in ("start", "stop", "restart"):
+                await self.client.action(name, action)
+                return f"{action} of agent {name} requested; check with action=status"
+            if action == "remove":
+                await self.client.delete(name)
+                return f"agent {name} is being removed"
+            if action == "logs":
+                text = await self.client.logs(name, tail=int(kwargs.get("tail") or 100))
+                return text or f"agent {name} has printed nothing yet"
+            return ToolResult.error(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+        except HiveError as e:
+            return ToolResult.error(str(e))
+
+    @staticmethod
+    def declare(
+        name: str,
+        image: str | None = None,
+        model: str | None = None,
+        role: str | None = None,
+        env: dict[str, str] | None = None,
+        secrets: list[str] | None = None,
+        command: list[str] | None = None,
+        **_ignored: Any,
+    ) -> dict[str, Any]:
+        """The Agent document for a sub-agent: nanobot's gateway, its workspace on a named
+        volume, its keys from secrets."""
+        environment = dict(env or {})
+        if model:
+            environment["NANOBOT_AGENTS__DEFAULTS__MODEL"] = model
+        if role:
+            environment["HIVE_AGENT_ROLE"] = role
+        spec: dict[str, Any] = {
+            "image": image or DEFAULT_IMAGE,
+            "command": command or DEFAULT_COMMAND,
+            "restartPolicy": "Always",
+            "volumes": [{"name": "workspace", "mountPath": "/root/.nanobot"}],
+        }
+        if environment:
+            spec["env"] = environment
+        if secrets:
+            spec["envFrom"] = [{"secretRef": s} for s in secrets]
+        return {
+            "apiVersion": "hive/v1",
+            "kind": "Agent",
+            "metadata": {"name": name, "labels": {"created-by": "agent-manager"}},
+            "spec": spec,
+        }
+
+
+def _status(agent: dict[str, Any]) -> str:
+    s = agent.get("status", {})
+    text = f"phase {s.get('phase', 'Pending')}"
+    if s.get("message"):
+        text += f" ({s['message']})"
+    return text
+
+
+def _describe(agent: dict[str, Any]) -> str:
+    m, spec, s = agent["metadata"], agent["spec"], agent.get("status", {})
+    lines = [
+        f"agent {m['name']}: {_status(agent)}",
+        f"image {spec.get('image')}, declared {spec.get('state', 'Running')}, restarts {s.get('restartCount', 0)}",
+        f"generation {m.get('generation')} (observed {s.get('observedGeneration', 0)})",
+    ]
+    if s.get("expiresAt"):
+        lines.append(f"expires at {s['expiresAt']}")
+    return "\n".join(lines)
+
+
+def _listing(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no agents"
+    return "\n".join(
+        f"{a['metadata']['name']}: {a.get('status', {}).get('phase', 'Pending')} ({a['spec'].get('image')})"
+        for a in items
+    )
