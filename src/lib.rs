@@ -77,10 +77,16 @@ pub async fn run(
 ) -> Result<(), Error> {
     agent::validate_name(&config.instance)
         .map_err(|m| Error::Instance(config.instance.clone(), m))?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    // The store holds secrets: only Hive's user may read the directory.
+    std::fs::create_dir_all(&config.data_dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|source| Error::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
     let store = Arc::new(Store::open(&config.data_dir)?);
     let (keys, source) = Keys::load(
         config.api_key.as_ref().map(|s| s.0.as_str()),
