@@ -252,6 +252,50 @@ pub struct AgentStatus {
     /// RFC 3339 time `spec.ttl` runs out and the agent is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// Ready and Progressing, in the Kubernetes shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One entry of `status.conditions`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    /// Ready or Progressing.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// "True" or "False".
+    pub status: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When `status` last flipped.
+    pub last_transition_time: String,
+}
+
+impl Condition {
+    /// The condition `kind` set to `status`, keeping its transition time from `previous`
+    /// unless the status flipped.
+    pub fn set(
+        previous: &[Condition],
+        kind: &str,
+        status: bool,
+        reason: &str,
+        message: Option<String>,
+    ) -> Condition {
+        let status = if status { "True" } else { "False" }.to_string();
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.kind == kind && c.status == status)
+            .map_or_else(now_rfc3339, |c| c.last_transition_time.clone());
+        Condition {
+            kind: kind.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            last_transition_time,
+        }
+    }
 }
 
 /// A validation failure: which field, and what is wrong with it.

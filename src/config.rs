@@ -31,6 +31,10 @@ pub struct Config {
     #[arg(long, env = "HIVE_AGENT_NETWORK", default_value = "hive-net")]
     pub agent_network: String,
 
+    /// Log lines as `text` or `json` (one object a line, with the span's agent and generation).
+    #[arg(long, env = "HIVE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Reconciles that may run at once.
     #[arg(long, env = "HIVE_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
     pub max_concurrent_reconciles: usize,
@@ -64,6 +68,13 @@ pub struct Config {
     /// The API key itself; from the environment only, so it never shows in `ps`.
     #[arg(skip = std::env::var("AGENT_API_KEY").ok().map(Secret))]
     pub api_key: Option<Secret>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A value that must never be printed; its `Debug` says so instead.

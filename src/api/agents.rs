@@ -378,6 +378,18 @@ fn since_unix(text: &str) -> Option<i64> {
         .map(|t| t.unix_timestamp())
 }
 
+/// `GET /v1/agents/{name}/events`: what the reconciler did to the agent and why, oldest first.
+pub async fn events(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    found(&state, &p, &name)?;
+    Ok(Json(
+        serde_json::json!({"items": state.store.events(&name)?}),
+    ))
+}
+
 /// Query of `GET /v1/audit`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -3,7 +3,7 @@
 //! Routes (all under /v1 demand the API key):
 //! - `POST /v1/agents`, `GET /v1/agents[?label=k=v]`
 //! - `GET|PUT|DELETE /v1/agents/{name}`, `POST /v1/agents/{name}/action`
-//! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`, `GET /v1/audit` (admins)
+//! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`, `GET /v1/agents/{name}/events`, `GET /v1/audit` (admins)
 //! - `POST /v1/apply[?dryRun=true]` (many documents, all checked before any is written)
 //! - `GET /v1/sync` (the manifests directory's state)
 //! - `GET /v1/secrets`, `GET|PUT|DELETE /v1/secrets/{name}` (write-only values)
@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/agents/{name}/action", post(agents::action))
         .route("/agents/{name}/logs", get(agents::logs))
+        .route("/agents/{name}/events", get(agents::events))
         .route("/audit", get(agents::audit))
         .route("/apply", post(apply::apply_many))
         .route("/sync", get(sync))

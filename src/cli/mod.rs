@@ -85,7 +85,7 @@ pub enum ClientCommand {
     /// Wait until an agent reaches a phase (its current generation observed).
     Wait {
         name: String,
-        /// What to wait for: phase=<Phase>.
+        /// What to wait for: phase=<Phase> or condition=<Ready|Progressing>.
         #[arg(long = "for")]
         condition: String,
         #[arg(long, default_value = "60s")]
@@ -473,6 +473,41 @@ async fn describe(client: &Client, name: &str) -> Result<(), CliError> {
         "  Restarts:   {}\n",
         st["restartCount"].as_u64().unwrap_or(0)
     );
+    for c in st["conditions"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  {:<11} {} ({}{})\n",
+            format!("{}:", s(&c["type"])),
+            s(&c["status"]),
+            s(&c["reason"]),
+            c["message"]
+                .as_str()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+    }
+    let events = client
+        .json(client.request(Method::GET, &format!("/v1/agents/{name}/events")))
+        .await?;
+    out += "Events:\n";
+    let items = events["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        out += "  <none>\n";
+    }
+    for e in items.iter().rev().take(15).rev() {
+        let count = e["count"].as_u64().unwrap_or(1);
+        out += &format!(
+            "  {:<8} {:<10} {:>5} ago  {}{}\n",
+            s(&e["type"]),
+            s(&e["reason"]),
+            age(e["lastTime"].as_str()),
+            s(&e["message"]),
+            if count > 1 {
+                format!(" (x{count})")
+            } else {
+                String::new()
+            }
+        );
+    }
     print!("{out}");
     Ok(())
 }
@@ -571,11 +606,16 @@ async fn wait(
     condition: &str,
     timeout: Duration,
 ) -> Result<(), CliError> {
-    let Some(phase) = condition.strip_prefix("phase=") else {
-        return Err(CliError::new(format!(
-            "--for {condition:?} is not understood; use --for phase=<Pending|Running|Stopped|Succeeded|Failed>"
-        )));
+    let (what, wanted) = match condition.split_once('=') {
+        Some(("phase", p)) => ("phase", p.to_string()),
+        Some(("condition", c)) => ("condition", c.to_string()),
+        _ => {
+            return Err(CliError::new(format!(
+                "--for {condition:?} is not understood; use --for phase=<Pending|Running|Stopped|Succeeded|Failed> or --for condition=<Ready|Progressing>"
+            )))
+        }
     };
+    let phase = wanted.as_str();
     let start = Instant::now();
     loop {
         let last;
@@ -583,6 +623,16 @@ async fn wait(
             let st = &a["status"];
             let caught_up = st["observedGeneration"] == a["metadata"]["generation"];
             let now = st["phase"].as_str().unwrap_or("");
+            let holds = if what == "phase" {
+                now.eq_ignore_ascii_case(phase)
+            } else {
+                st["conditions"].as_array().into_iter().flatten().any(|c| {
+                    c["type"]
+                        .as_str()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(phase))
+                        && c["status"] == "True"
+                })
+            };
             last = format!(
                 "phase {now}{}{}",
                 if caught_up {
@@ -595,9 +645,13 @@ async fn wait(
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default()
             );
-            if caught_up && now.eq_ignore_ascii_case(phase) {
+            if caught_up && holds {
                 clear_progress();
-                println!("agent/{name} phase={now}");
+                if what == "phase" {
+                    println!("agent/{name} phase={now}");
+                } else {
+                    println!("agent/{name} condition={phase}");
+                }
                 return Ok(());
             }
         } else {
@@ -606,7 +660,7 @@ async fn wait(
         if start.elapsed() >= timeout {
             clear_progress();
             return Err(CliError::new(format!(
-                "timed out after {} waiting for agent {name:?} to reach phase {phase}; last seen: {last}",
+                "timed out after {} waiting for agent {name:?} to reach {what} {phase}; last seen: {last}",
                 humantime::format_duration(timeout)
             )));
         }

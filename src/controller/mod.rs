@@ -113,7 +113,11 @@ impl Controller {
             while passes.len() < settings.max_concurrent.max(1) {
                 let Some(name) = queue.pop() else { break };
                 let ctx = ctx.clone();
-                let span = tracing::info_span!("reconcile", agent = %name);
+                let span = tracing::info_span!(
+                    "reconcile",
+                    agent = %name,
+                    generation = tracing::field::Empty
+                );
                 passes.spawn(
                     async move {
                         let result = reconcile(&name, &ctx).await;
@@ -139,6 +143,7 @@ impl Controller {
                     Ok((name, Err(()))) => {
                         if let Some(delay) = queue.finish(&name, false) {
                             debug!(agent = %name, ?delay, "retrying after backoff");
+                            back_off(&ctx, &name, delay);
                         }
                     }
                     Err(e) => warn!(error = %e, "a reconcile task panicked"),
@@ -151,6 +156,22 @@ impl Controller {
         );
         while passes.join_next().await.is_some() {}
         background.shutdown().await;
+    }
+}
+
+/// Notes a retry's delay in the agent's events.
+fn back_off(ctx: &Context, name: &str, delay: Duration) {
+    let Ok(Some(r)) = ctx.store.get(name) else {
+        return;
+    };
+    let event = crate::store::NewEvent {
+        kind: "Warning",
+        reason: "BackOff",
+        message: format!("retrying in {}", humantime::format_duration(delay)),
+        generation: r.agent.metadata.generation,
+    };
+    if let Err(e) = ctx.store.record_event(name, event) {
+        warn!(error = %e, "could not record an event");
     }
 }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::plan::{plan, ContainerAction, Plan};
-use crate::agent::{AgentStatus, Phase};
+use crate::agent::{AgentStatus, Condition, Phase};
 use crate::orchestrator::{Orchestrator, OrchestratorError};
-use crate::store::{Record, Store, StoreError};
+use crate::store::{NewEvent, Record, Store, StoreError};
 
 /// What a reconcile needs.
 #[derive(Clone)]
@@ -32,6 +32,9 @@ pub enum ReconcileError {
 /// (a `spec.ttl` running out).
 pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, ReconcileError> {
     let mut record = ctx.store.get(name)?;
+    if let Some(r) = &record {
+        tracing::Span::current().record("generation", r.agent.metadata.generation);
+    }
     // An expired ttl deletes the agent, as a DELETE would.
     let mut requeue = None;
     if let Some(expires) = record
@@ -43,7 +46,18 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, Re
         if left.is_positive() {
             requeue = Some(Duration::try_from(left).unwrap_or_default());
         } else {
-            info!("spec.ttl ran out; deleting the agent");
+            let mut done = Decisions::default();
+            done.normal(
+                "Expired",
+                format!(
+                    "spec.ttl ({}) ran out; deleting the agent",
+                    record
+                        .as_ref()
+                        .and_then(|r| r.agent.spec.ttl.clone())
+                        .unwrap_or_default()
+                ),
+            );
+            done.record(ctx, record.as_ref());
             ctx.store.mark_deleted(name)?;
             record = ctx.store.get(name)?;
         }
@@ -65,30 +79,82 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, Re
         Err(e) => return fail(ctx, record.as_ref(), e).map(|()| None),
     };
     let plan = plan(record.as_ref(), &hash, &containers);
-    match execute(ctx, record.as_ref(), spec.as_ref(), &plan).await {
-        Ok(created) => finish(ctx, record, plan, created).map(|()| requeue),
+    let mut done = Decisions::default();
+    let result = execute(
+        ctx,
+        record.as_ref(),
+        spec.as_ref(),
+        &plan,
+        &containers,
+        &mut done,
+    )
+    .await;
+    let acted = !done.0.is_empty();
+    if !plan.delete_record || result.is_err() {
+        done.record(ctx, record.as_ref());
+    }
+    match result {
+        Ok(created) => finish(ctx, record, plan, created, acted).map(|()| requeue),
         Err(e) => fail(ctx, record.as_ref(), e).map(|()| None),
     }
 }
 
-/// Carries out the plan's engine steps; returns the id of a container it created.
+/// What a pass decided and did, as events for the agent's history (and log lines).
+#[derive(Default)]
+struct Decisions(Vec<(&'static str, &'static str, String)>);
+
+impl Decisions {
+    fn normal(&mut self, reason: &'static str, message: String) {
+        info!(reason, "{message}");
+        self.0.push(("Normal", reason, message));
+    }
+
+    fn warning(&mut self, reason: &'static str, message: String) {
+        warn!(reason, "{message}");
+        self.0.push(("Warning", reason, message));
+    }
+
+    /// Stores them as the agent's events (not for an agent that is gone).
+    fn record(self, ctx: &Context, record: Option<&Record>) {
+        let Some(r) = record else { return };
+        for (kind, reason, message) in self.0 {
+            let event = NewEvent {
+                kind,
+                reason,
+                message,
+                generation: r.agent.metadata.generation,
+            };
+            if let Err(e) = ctx.store.record_event(&r.agent.metadata.name, event) {
+                warn!(error = %e, "could not record an event");
+            }
+        }
+    }
+}
+
+/// Carries out the plan's engine steps, noting each in `done`; returns the id of a
+/// container it created.
 async fn execute(
     ctx: &Context,
     record: Option<&Record>,
     spec: Option<&crate::orchestrator::ContainerSpec>,
     plan: &Plan,
+    containers: &[crate::orchestrator::Container],
+    done: &mut Decisions,
 ) -> Result<Option<String>, OrchestratorError> {
     let o = &ctx.orchestrator;
     let generation = record.map_or(0, |r| r.agent.metadata.generation);
+    let mut replaced = false;
     for (id, reason) in &plan.remove {
-        info!(container = %short(id), reason, "removing container");
         o.remove(id).await?;
+        replaced |= *reason == "the spec changed";
+        done.normal(
+            "Removed",
+            format!("removed container {} because {reason}", short(id)),
+        );
     }
     if plan.delete_record {
         if let Some(r) = record {
-            ctx.orchestrator
-                .remove_volumes(&r.agent.metadata.name)
-                .await?;
+            o.remove_volumes(&r.agent.metadata.name).await?;
         }
     }
     let mut created = None;
@@ -97,32 +163,71 @@ async fn execute(
         Some(ContainerAction::Create { start }) => {
             let spec = spec.expect("a create comes with a record");
             let id = o.create(spec).await?;
-            info!(container = %short(&id), generation, "created container");
+            let (reason, why) = if replaced {
+                ("Recreated", "because the spec changed")
+            } else {
+                ("Created", "")
+            };
+            done.normal(
+                reason,
+                format!(
+                    "created container {} for generation {generation} {why}",
+                    short(&id)
+                )
+                .trim_end()
+                .to_string(),
+            );
             created = Some(id.clone());
             if *start {
                 o.start(&id).await?;
-                info!(container = %short(&id), "started container");
+                done.normal("Started", format!("started container {}", short(&id)));
             }
         }
         Some(ContainerAction::Start { id, repair }) => {
             o.start(id).await?;
             if *repair {
-                info!(container = %short(id), "restarted a container that had stopped outside Hive");
+                let code = containers
+                    .iter()
+                    .find(|c| c.id == *id)
+                    .and_then(|c| match c.state {
+                        crate::orchestrator::ContainerState::Exited(code) => code,
+                        _ => None,
+                    });
+                let code = code.map_or("an unknown code".into(), |c| format!("code {c}"));
+                done.warning(
+                    "Repaired",
+                    format!(
+                        "started container {} again: it had stopped outside Hive (exit {code})",
+                        short(id)
+                    ),
+                );
             } else {
-                info!(container = %short(id), "started container");
+                done.normal("Started", format!("started container {}", short(id)));
             }
         }
         Some(ContainerAction::Stop { id }) => {
             o.stop(id).await?;
-            info!(container = %short(id), "stopped container");
+            done.normal(
+                "Stopped",
+                format!("stopped container {} as declared", short(id)),
+            );
         }
         Some(ContainerAction::Restart { id }) => {
             o.restart(id).await?;
-            info!(container = %short(id), "restarted container as asked");
+            done.normal(
+                "Restarted",
+                format!("restarted container {} as asked", short(id)),
+            );
         }
         Some(ContainerAction::Unpause { id }) => {
             o.unpause(id).await?;
-            info!(container = %short(id), "resumed a container paused outside Hive");
+            done.warning(
+                "Resumed",
+                format!(
+                    "resumed container {}: it was paused outside Hive",
+                    short(id)
+                ),
+            );
         }
     }
     Ok(created)
@@ -134,6 +239,7 @@ fn finish(
     record: Option<Record>,
     plan: Plan,
     created: Option<String>,
+    acted: bool,
 ) -> Result<(), ReconcileError> {
     let (Some(record), Some(outcome)) = (record, plan.outcome) else {
         return Ok(());
@@ -165,7 +271,14 @@ fn finish(
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         }),
+        conditions: Vec::new(),
     };
+    let status = with_conditions(&agent.status.conditions, status, acted);
+    if status.message.is_some() && status.message != agent.status.message {
+        let mut note = Decisions::default();
+        note.warning("NotReady", status.message.clone().unwrap_or_default());
+        note.record(ctx, Some(&record));
+    }
     ctx.store
         .update_status(&agent.metadata.name, uid, status, internal)?;
     Ok(())
@@ -199,6 +312,12 @@ fn write_failure(
         status.observed_generation = agent.metadata.generation;
     }
     status.message = Some(message.to_string());
+    let status = with_conditions(&agent.status.conditions, status, false);
+    if agent.status.message.as_deref() != Some(message) {
+        let mut note = Decisions::default();
+        note.warning("Failed", message.to_string());
+        note.record(ctx, Some(r));
+    }
     ctx.store.update_status(
         &agent.metadata.name,
         agent.metadata.uid.unwrap_or_default(),
@@ -206,6 +325,35 @@ fn write_failure(
         r.internal.clone(),
     )?;
     Ok(())
+}
+
+/// Sets Ready (running the current generation) and Progressing (this pass changed
+/// something, or the agent is still on its way) from the rest of the status.
+fn with_conditions(previous: &[Condition], mut status: AgentStatus, acted: bool) -> AgentStatus {
+    let phase = format!("{:?}", status.phase);
+    let ready = status.phase == Phase::Running && status.message.is_none();
+    let progressing = acted || status.phase == Phase::Pending;
+    status.conditions = vec![
+        Condition::set(
+            previous,
+            "Ready",
+            ready,
+            if ready { "Running" } else { &phase },
+            status.message.clone(),
+        ),
+        Condition::set(
+            previous,
+            "Progressing",
+            progressing,
+            if progressing {
+                "Reconciling"
+            } else {
+                "Converged"
+            },
+            None,
+        ),
+    ];
+    status
 }
 
 /// The short form of a container id, as `docker ps` shows it.

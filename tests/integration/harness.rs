@@ -228,10 +228,18 @@ impl Hive {
                 if let Some(status) = exited {
                     panic!("hive exited with {status} before listening:\n{text}");
                 }
+                // Text logs say `addr=HOST:PORT`; JSON logs `"addr":"HOST:PORT"`.
                 text.lines()
                     .find(|l| l.contains("listening"))
-                    .and_then(|l| l.split("addr=").nth(1))
-                    .map(|a| a.split_whitespace().next().unwrap().to_string())
+                    .and_then(|l| match l.split("addr=").nth(1) {
+                        Some(a) => a.split_whitespace().next().map(str::to_string),
+                        None => l
+                            .split("\"addr\":\"")
+                            .nth(1)?
+                            .split('"')
+                            .next()
+                            .map(str::to_string),
+                    })
             }
         })
         .await;

@@ -11,6 +11,7 @@ mod drift;
 mod faults;
 mod gitops;
 mod lifecycle;
+mod observe;
 mod restart;
 mod security;
 mod workloads;

@@ -99,7 +99,11 @@ async fn the_first_start_without_a_key_generates_one() {
     let hive = Hive::start_with(HashMap::from([("AGENT_API_KEY".to_string(), None)])).await;
     let path = hive.data_dir().join("api-key");
     assert_eq!(mode_of(&path), 0o600);
-    assert_eq!(mode_of(&hive.data_dir()), 0o700, "the store (secrets included) is private");
+    assert_eq!(
+        mode_of(&hive.data_dir()),
+        0o700,
+        "the store (secrets included) is private"
+    );
     let key = std::fs::read_to_string(&path).unwrap().trim().to_string();
     assert!(key.len() >= 32);
     assert!(hive.logs().contains("api-key"), "the path is logged");
