@@ -89,12 +89,11 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, Re
         &mut done,
     )
     .await;
-    let acted = !done.0.is_empty();
     if !plan.delete_record || result.is_err() {
         done.record(ctx, record.as_ref());
     }
     match result {
-        Ok(created) => finish(ctx, record, plan, created, acted).map(|()| requeue),
+        Ok(created) => finish(ctx, record, plan, created).map(|()| requeue),
         Err(e) => fail(ctx, record.as_ref(), e).map(|()| None),
     }
 }
@@ -239,7 +238,6 @@ fn finish(
     record: Option<Record>,
     plan: Plan,
     created: Option<String>,
-    acted: bool,
 ) -> Result<(), ReconcileError> {
     let (Some(record), Some(outcome)) = (record, plan.outcome) else {
         return Ok(());
@@ -273,7 +271,7 @@ fn finish(
         }),
         conditions: Vec::new(),
     };
-    let status = with_conditions(&agent.status.conditions, status, acted);
+    let status = with_conditions(&agent.status.conditions, status);
     if status.message.is_some() && status.message != agent.status.message {
         let mut note = Decisions::default();
         note.warning("NotReady", status.message.clone().unwrap_or_default());
@@ -312,7 +310,7 @@ fn write_failure(
         status.observed_generation = agent.metadata.generation;
     }
     status.message = Some(message.to_string());
-    let status = with_conditions(&agent.status.conditions, status, false);
+    let status = with_conditions(&agent.status.conditions, status);
     if agent.status.message.as_deref() != Some(message) {
         let mut note = Decisions::default();
         note.warning("Failed", message.to_string());
@@ -327,12 +325,13 @@ fn write_failure(
     Ok(())
 }
 
-/// Sets Ready (running the current generation) and Progressing (this pass changed
-/// something, or the agent is still on its way) from the rest of the status.
-fn with_conditions(previous: &[Condition], mut status: AgentStatus, acted: bool) -> AgentStatus {
+/// Sets Ready (running the current generation) and Progressing (still on its way: the
+/// engine has yet to run it) from the rest of the status. Both follow from the phase, so a
+/// settled agent's status does not change again.
+fn with_conditions(previous: &[Condition], mut status: AgentStatus) -> AgentStatus {
     let phase = format!("{:?}", status.phase);
     let ready = status.phase == Phase::Running && status.message.is_none();
-    let progressing = acted || status.phase == Phase::Pending;
+    let progressing = status.phase == Phase::Pending;
     status.conditions = vec![
         Condition::set(
             previous,
