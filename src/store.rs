@@ -92,6 +92,31 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Changes kept in memory for watches resuming from a resourceVersion.
+const WATCH_HISTORY: usize = 1000;
+/// Changes a watcher may fall behind by before it is told to list again.
+const WATCH_BUFFER: usize = 1024;
+
+/// One change of an agent, for watchers.
+#[derive(Clone, Debug)]
+pub struct WatchEvent {
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: &'static str,
+    /// The resourceVersion of the change.
+    pub seq: u64,
+    /// The agent after the change (before it, for DELETED).
+    pub agent: Agent,
+}
+
+/// The latest changes.
+struct History {
+    events: std::collections::VecDeque<WatchEvent>,
+    /// Changes at or before this version are no longer kept.
+    horizon: u64,
+    /// The newest change's version.
+    last: u64,
+}
+
 /// Events kept per agent.
 pub const EVENTS_KEPT: usize = 50;
 
@@ -176,6 +201,10 @@ pub struct Store {
     secrets: sled::Tree,
     /// The reconciler's recent decisions per agent, by name.
     events: sled::Tree,
+    /// Changes for watchers.
+    changes: tokio::sync::broadcast::Sender<WatchEvent>,
+    /// The latest changes, for watches that resume from a resourceVersion.
+    history: Mutex<History>,
     /// Serializes read-modify-write cycles. Never held across an await.
     write: Mutex<()>,
     /// Requests for a flush, served by one flusher thread.
@@ -216,7 +245,24 @@ impl Store {
             .name("hive-store-flush".into())
             .spawn(move || group_commit(flusher_db, requests))
             .map_err(|e| StoreError::Flush(format!("cannot start the flusher: {e}")))?;
+        // Changes before now are not in memory: a watch must start from here or later.
+        let newest = agents
+            .iter()
+            .values()
+            .filter_map(|v| v.ok())
+            .filter_map(|v| serde_json::from_slice::<Record>(&v).ok())
+            .filter_map(|r| r.agent.metadata.resource_version?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let history = Mutex::new(History {
+            events: std::collections::VecDeque::new(),
+            horizon: newest,
+            last: newest,
+        });
+        let (changes, _) = tokio::sync::broadcast::channel(WATCH_BUFFER);
         Ok(Store {
+            changes,
+            history,
             db,
             agents,
             audit,
@@ -579,6 +625,51 @@ impl Store {
         Ok(spec)
     }
 
+    /// Tells watchers of a change and keeps it in the history (called under the write lock,
+    /// so changes are published in the order they were stored).
+    fn publish(&self, kind: &'static str, seq: u64, agent: Agent) {
+        let event = WatchEvent { kind, seq, agent };
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.events.push_back(event.clone());
+        if h.events.len() > WATCH_HISTORY {
+            if let Some(dropped) = h.events.pop_front() {
+                h.horizon = dropped.seq;
+            }
+        }
+        h.last = seq;
+        // No receivers is fine.
+        let _ = self.changes.send(event);
+    }
+
+    /// Starts a watch: the changes after `since` (None: from now), and a receiver of those
+    /// to come, with nothing missed or repeated between them. `Err(horizon)` when `since`
+    /// is older than the history kept: list again.
+    pub fn watch(
+        &self,
+        since: Option<u64>,
+    ) -> Result<
+        (
+            Vec<WatchEvent>,
+            tokio::sync::broadcast::Receiver<WatchEvent>,
+        ),
+        u64,
+    > {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = self.changes.subscribe();
+        let past = match since {
+            None => Vec::new(),
+            Some(v) if v < h.horizon => return Err(h.horizon),
+            Some(v) => h.events.iter().filter(|e| e.seq > v).cloned().collect(),
+        };
+        Ok((past, rx))
+    }
+
+    /// The resourceVersion of the newest change (what a list reflects).
+    pub fn current_version(&self) -> u64 {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).last
+    }
+
     /// Runs one read-modify-write of `name` under the write lock, stamping a fresh
     /// resourceVersion on what it puts. Returns the record as it now stands.
     fn mutate<T>(
@@ -592,13 +683,21 @@ impl Store {
             Change::Keep(t) => Ok((old, t)),
             Change::Delete(t) => {
                 self.agents.remove(name)?;
+                if let Some(mut old) = old {
+                    // As in Kubernetes, the deleted object carries the deletion's version.
+                    let seq = self.db.generate_id()? + 1;
+                    old.agent.metadata.resource_version = Some(seq.to_string());
+                    self.publish("DELETED", seq, old.agent);
+                }
                 Ok((None, t))
             }
             Change::Put(mut r, t) => {
-                let version = (self.db.generate_id()? + 1).to_string();
-                r.agent.metadata.resource_version = Some(version);
+                let seq = self.db.generate_id()? + 1;
+                r.agent.metadata.resource_version = Some(seq.to_string());
                 let bytes = serde_json::to_vec(&r).expect("a record always serializes");
                 self.agents.insert(name, bytes)?;
+                let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+                self.publish(kind, seq, r.agent.clone());
                 Ok((Some(*r), t))
             }
         }

@@ -48,6 +48,9 @@ pub enum ApiError {
         total: usize,
         documents: Vec<DocumentError>,
     },
+    /// A watch asked for changes older than those kept (410): list again.
+    #[error("{0}")]
+    Gone(String),
     /// A dependency (store or engine) cannot serve the request now.
     #[error("{0}")]
     Unavailable(String),
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::InvalidDocuments { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_documents")
             }
+            ApiError::Gone(_) => (StatusCode::GONE, "gone"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

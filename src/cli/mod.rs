@@ -47,6 +47,9 @@ pub enum ClientCommand {
         selector: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Keep watching: print a line for every change (until interrupted).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Show an agent's spec, status and container.
     Describe { name: String },
@@ -108,7 +111,14 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
         ClientCommand::Get {
             name,
             selector,
+            watch: true,
+            ..
+        } => watch(&client, name, selector).await,
+        ClientCommand::Get {
+            name,
+            selector,
             output,
+            ..
         } => get(&client, name, selector, output).await,
         ClientCommand::Describe { name } => describe(&client, &name).await,
         ClientCommand::Delete {
@@ -348,6 +358,58 @@ async fn get(
         Output::Table | Output::Wide => table(&items, output == Output::Wide),
     };
     print!("{text}");
+    Ok(())
+}
+
+/// `hive get -w`: the agents now, then a line for every change.
+async fn watch(
+    client: &Client,
+    name: Option<String>,
+    selector: Option<String>,
+) -> Result<(), CliError> {
+    let mut req = client
+        .request(Method::GET, "/v1/agents")
+        .query(&[("watch", "true")]);
+    if let Some(s) = &selector {
+        req = req.query(&[("label", s)]);
+    }
+    let r = client.send(req).await?;
+    let mut body = r.bytes_stream();
+    let mut buf = Vec::new();
+    println!(
+        "{:<9} {:<24} {:<8} {:<11} RESTARTS",
+        "EVENT", "NAME", "STATE", "PHASE"
+    );
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| CliError::new(format!("the watch broke: {e}")))?;
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let event: Value = serde_json::from_slice(&line).map_err(|e| {
+                CliError::new(format!("the server sent a line that is not JSON: {e}"))
+            })?;
+            let a = &event["object"];
+            if event["type"] == "ERROR" {
+                return Err(CliError::new(format!(
+                    "the watch ended: {}",
+                    a["message"].as_str().unwrap_or("")
+                )));
+            }
+            let agent = a["metadata"]["name"].as_str().unwrap_or("");
+            if name.as_deref().is_some_and(|n| n != agent) {
+                continue;
+            }
+            println!(
+                "{:<9} {:<24} {:<8} {:<11} {}",
+                event["type"].as_str().unwrap_or(""),
+                agent,
+                a["spec"]["state"].as_str().unwrap_or("Running"),
+                a["status"]["phase"].as_str().unwrap_or(""),
+                a["status"]["restartCount"].as_u64().unwrap_or(0)
+            );
+            let _ = std::io::stdout().flush();
+        }
+    }
     Ok(())
 }
 

@@ -195,3 +195,154 @@ async fn hive_wait_and_describe_use_conditions_and_events() {
         "{text}"
     );
 }
+
+/// Reads a watch stream line by line until `until` holds for the lines so far.
+async fn read_watch(r: reqwest::Response, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let mut body = r.bytes_stream();
+    let mut buf = Vec::new();
+    let mut lines = Vec::new();
+    let read = async {
+        while let Some(chunk) = body.next().await {
+            buf.extend_from_slice(&chunk.unwrap());
+            while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                lines.push(serde_json::from_slice::<Value>(&line).unwrap());
+                if until(&lines) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(crate::harness::DEADLINE, read)
+        .await
+        .expect("the watch delivered in time");
+    lines
+}
+
+fn kinds_of<'a>(lines: &'a [Value], name: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter(|l| l["object"]["metadata"]["name"] == name)
+        .map(|l| l["type"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn watches_stream_every_change_and_resume_from_a_version() {
+    let mut hive = Hive::start().await;
+    hive.put_yaml("before", &agent_yaml("before", "  state: Stopped\n"))
+        .await;
+    hive.wait_phase("before", "Stopped").await;
+    let list = hive.list().await;
+    let version = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // From the list's version: only what changes afterwards.
+    let resumed = hive
+        .req(
+            Method::GET,
+            &format!("/v1/agents?watch=true&resourceVersion={version}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.headers()["content-type"], "application/x-ndjson");
+    // Without a version: the agents now, then changes.
+    let fresh = hive
+        .req(Method::GET, "/v1/agents?watch=true")
+        .send()
+        .await
+        .unwrap();
+
+    hive.put_yaml("w1", &agent_yaml("w1", "  state: Stopped\n"))
+        .await;
+    hive.wait_phase("w1", "Stopped").await;
+    hive.req(Method::DELETE, "/v1/agents/w1")
+        .send()
+        .await
+        .unwrap();
+
+    let lines = read_watch(resumed, |l| kinds_of(l, "w1").contains(&"DELETED")).await;
+    assert!(
+        kinds_of(&lines, "before").is_empty(),
+        "nothing from before the version"
+    );
+    let w1 = kinds_of(&lines, "w1");
+    assert_eq!(w1.first(), Some(&"ADDED"));
+    assert!(
+        w1.contains(&"MODIFIED"),
+        "status changes are modifications: {w1:?}"
+    );
+    let versions: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            l["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {versions:?}"
+    );
+
+    let lines = read_watch(fresh, |l| kinds_of(l, "w1").contains(&"DELETED")).await;
+    assert_eq!(
+        kinds_of(&lines, "before"),
+        vec!["ADDED"],
+        "the current agents come first"
+    );
+
+    // hive get -w prints a line per change.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["get", "-w"])
+        .env("AGENT_API_URL", &hive.url)
+        .env("AGENT_API_KEY", &hive.key)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    hive.put_yaml("w2", &agent_yaml("w2", "  state: Stopped\n"))
+        .await;
+    wait_for("hive get -w to show w2", || async {
+        let text = seen.lock().unwrap().clone();
+        (text
+            .lines()
+            .any(|l| l.starts_with("ADDED") && l.contains(" w2 "))
+            && text.contains("before"))
+        .then_some(())
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.lock().unwrap().starts_with("EVENT"));
+
+    // After a restart the old versions are gone: 410, list again.
+    hive.restart().await;
+    let r = hive
+        .req(Method::GET, "/v1/agents?watch=true&resourceVersion=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
+    assert!(r.json::<Value>().await.unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("list again"));
+}
