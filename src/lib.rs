@@ -15,6 +15,7 @@
 //! - [`orchestrator`]: the `Orchestrator` trait and its Docker implementation (the only bollard user).
 //! - [`cli`]: the client commands of the `hive` binary (apply, get, describe, delete, ...).
 //! - [`manifests`]: GitOps, following a directory of manifests through the same apply path.
+//! - [`metrics`]: Prometheus metrics of the controller and the API.
 //! - [`config`]: the flags of `hive serve`.
 //! - [`shutdown`]: the Ctrl-C / SIGTERM signal.
 //!
@@ -35,6 +36,7 @@ pub mod config;
 pub mod controller;
 pub mod document;
 pub mod manifests;
+pub mod metrics;
 pub mod orchestrator;
 pub mod policy;
 pub mod shutdown;
@@ -123,9 +125,11 @@ pub async fn run(
     }
 
     let stop = CancellationToken::new();
+    let metrics = Arc::new(metrics::Metrics::default());
     let controller = controller::Controller::new(
         store.clone(),
         orchestrator.clone(),
+        metrics.clone(),
         controller::Settings {
             resync_interval: config.resync_interval.into(),
             max_concurrent: config.max_concurrent_reconciles,
@@ -138,6 +142,7 @@ pub async fn run(
         keys: keys.clone(),
         policy: Arc::new(policy),
         admission: Arc::new(tokio::sync::Mutex::new(())),
+        metrics,
         sync: config
             .manifests_dir
             .as_ref()

@@ -7,6 +7,7 @@
 //! - `POST /v1/apply[?dryRun=true]` (many documents, all checked before any is written)
 //! - `GET /v1/sync` (the manifests directory's state)
 //! - `GET /v1/secrets`, `GET|PUT|DELETE /v1/secrets/{name}` (write-only values)
+//! - `GET /metrics` (Prometheus text; needs a key)
 //! - `GET /healthz`, `GET /readyz` (no key)
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub policy: Arc<Policy>,
     /// Held from an admission check to its write, so quotas cannot be raced past.
     pub admission: Arc<tokio::sync::Mutex<()>>,
+    /// Counters and timings for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The manifests directory's sync state, when one is followed.
     pub sync: Option<Arc<std::sync::Mutex<crate::manifests::SyncStatus>>>,
 }
@@ -77,13 +80,45 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    // Metrics tell how many agents there are: a key is needed, as for /v1.
+    let metrics =
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                auth::authenticate,
+            ));
     Router::new()
         .nest("/v1", v1)
+        .merge(metrics)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::track,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let phases: Vec<_> = state
+        .store
+        .list()?
+        .into_iter()
+        .map(|r| r.agent.status.phase)
+        .collect();
+    state.metrics.set_phases(phases.into_iter());
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response())
 }
 
 async fn healthz() -> Json<serde_json::Value> {

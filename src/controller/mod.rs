@@ -65,12 +65,18 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(store: Arc<Store>, orchestrator: Arc<dyn Orchestrator>, settings: Settings) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        orchestrator: Arc<dyn Orchestrator>,
+        metrics: Arc<crate::metrics::Metrics>,
+        settings: Settings,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Controller {
             ctx: Context {
                 store,
                 orchestrator,
+                metrics,
             },
             settings,
             handle: Handle {
@@ -120,15 +126,27 @@ impl Controller {
                 );
                 passes.spawn(
                     async move {
+                        let start = std::time::Instant::now();
                         let result = reconcile(&name, &ctx).await;
+                        let m = &ctx.metrics;
+                        m.reconcile_seconds.observe(start.elapsed().as_secs_f64());
+                        let label = crate::metrics::ResultLabel {
+                            result: if result.is_ok() { "ok" } else { "error" },
+                        };
+                        m.reconciles.get_or_create(&label).inc();
                         if let Err(e) = &result {
                             debug!(error = %e, "reconcile failed; will retry");
+                            if let ReconcileError::Orchestrator(e) = e {
+                                let kind = crate::metrics::KindLabel { kind: e.kind() };
+                                m.engine_errors.get_or_create(&kind).inc();
+                            }
                         }
                         (name, result.map_err(|_| ()))
                     }
                     .instrument(span),
                 );
             }
+            ctx.metrics.queue_depth.set(queue.len() as i64);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(name) = rx.recv() => queue.push(name),

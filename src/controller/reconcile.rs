@@ -17,6 +17,7 @@ use crate::store::{NewEvent, Record, Store, StoreError};
 pub struct Context {
     pub store: Arc<Store>,
     pub orchestrator: Arc<dyn Orchestrator>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a pass did not finish. The runtime retries with backoff.

@@ -37,6 +37,7 @@ fn start(fake: FakeOrchestrator, max_concurrent: usize) -> Harness {
     let controller = Controller::new(
         store.clone(),
         fake.clone(),
+        Arc::new(crate::metrics::Metrics::default()),
         Settings {
             resync_interval: Duration::from_secs(3600),
             max_concurrent,

@@ -114,6 +114,17 @@ pub enum OrchestratorError {
 }
 
 impl OrchestratorError {
+    /// A short name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OrchestratorError::Unavailable(_) => "unavailable",
+            OrchestratorError::ImageNotFound { .. } => "image_not_found",
+            OrchestratorError::NameTaken { .. } => "name_taken",
+            OrchestratorError::NotFound(_) => "not_found",
+            OrchestratorError::Refused(_) => "refused",
+        }
+    }
+
     /// Whether trying again soon may help without anyone changing anything.
     pub fn is_transient(&self) -> bool {
         matches!(

@@ -346,3 +346,60 @@ async fn watches_stream_every_change_and_resume_from_a_version() {
         .unwrap()
         .contains("list again"));
 }
+
+#[tokio::test]
+async fn metrics_count_reconciles_agents_engine_errors_and_requests() {
+    let hive = Hive::start().await;
+    hive.put_yaml("m1", &agent_yaml("m1", "")).await;
+    hive.wait_phase("m1", "Running").await;
+    hive.put_yaml(
+        "m2",
+        &agent_yaml("m2", "").replace(IMAGE, "hive-test-missing:2"),
+    )
+    .await;
+    hive.wait_phase("m2", "Failed").await;
+    assert_eq!(
+        hive.get_open("/metrics").await.status(),
+        401,
+        "metrics need a key"
+    );
+    let text = wait_for("the engine error to be counted", || async {
+        let text = hive
+            .req(Method::GET, "/metrics")
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains("hive_engine_errors_total{kind=\"image_not_found\"}")
+            .then_some(text)
+    })
+    .await;
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(value("hive_reconciles_total{result=\"ok\"}") >= 2.0);
+    assert!(value("hive_reconciles_total{result=\"error\"}") >= 1.0);
+    assert!(value("hive_reconcile_duration_seconds_count") >= 3.0);
+    assert_eq!(value("hive_agents{phase=\"Running\"}"), 1.0);
+    assert_eq!(value("hive_agents{phase=\"Failed\"}"), 1.0);
+    assert!(text.contains("hive_queue_depth"));
+    assert!(
+        value(
+            "hive_http_requests_total{method=\"PUT\",route=\"/v1/agents/{name}\",status=\"201\"}"
+        ) >= 2.0
+    );
+    assert!(value("hive_http_request_duration_seconds_count{route=\"/v1/agents/{name}\"}") >= 2.0);
+    assert!(
+        !text.contains("route=\"/v1/agents/m1\""),
+        "agent names never become labels"
+    );
+}
