@@ -21,7 +21,7 @@ pub const LIST_KIND: &str = "AgentList";
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 
 /// One agent: what a client declared (`metadata`, `spec`) and what Hive observed (`status`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Agent {
     /// Always `hive/v1`.
@@ -41,7 +41,7 @@ pub struct Agent {
 }
 
 /// Identity of an agent, in the shape of Kubernetes' ObjectMeta.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
     /// DNS-1123 label; the key of the agent and the stem of its container's name.
@@ -74,7 +74,7 @@ pub struct Metadata {
 }
 
 /// What a client wants to run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentSpec {
     /// Image reference; must be on the engine or pullable by it.
@@ -113,7 +113,7 @@ pub struct AgentSpec {
 }
 
 /// One entry of `spec.envFrom`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvFrom {
     /// The name of a secret (`PUT /v1/secrets/{name}`) of the agent's owner.
@@ -121,7 +121,7 @@ pub struct EnvFrom {
 }
 
 /// One entry of `spec.volumes`: a named volume, `hive-<agent>-<name>` on the engine.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Volume {
     pub name: String,
@@ -134,7 +134,7 @@ pub struct Volume {
 
 /// Environment variables. Its `Debug` shows names only, so a stray `?spec` in a log line
 /// cannot leak a secret.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct Env(pub BTreeMap<String, String>);
 
@@ -153,7 +153,7 @@ impl fmt::Debug for Env {
 }
 
 /// `spec.state`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum DesiredState {
     #[default]
     Running,
@@ -161,7 +161,7 @@ pub enum DesiredState {
 }
 
 /// `spec.restartPolicy`, as in Kubernetes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RestartPolicy {
     #[default]
     Always,
@@ -170,7 +170,7 @@ pub enum RestartPolicy {
 }
 
 /// `spec.resources`: limits in Kubernetes quantity notation.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Resources {
     /// Memory limit: `512Mi`, `1Gi`, `500M`, or bytes.
@@ -213,7 +213,7 @@ pub(crate) fn string_or_number<'de, D: Deserializer<'de>>(
 }
 
 /// `status.phase`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Phase {
     /// Accepted; its container is not running yet.
     #[default]
@@ -231,7 +231,7 @@ pub enum Phase {
 }
 
 /// What Hive observed of an agent.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentStatus {
     pub phase: Phase,
@@ -258,7 +258,7 @@ pub struct AgentStatus {
 }
 
 /// One entry of `status.conditions`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
     /// Ready or Progressing.

@@ -44,7 +44,7 @@ pub struct Settings {
 }
 
 /// What `GET /v1/sync` shows.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncStatus {
     pub dir: String,
@@ -59,7 +59,7 @@ pub struct SyncStatus {
 }
 
 /// The sync state of one file.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FileStatus {
     /// RFC 3339 time it was last applied without error.

@@ -43,7 +43,7 @@ pub struct Internal {
 pub const AUDIT_KEEP: u64 = 100_000;
 
 /// One accepted or refused mutation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     /// Sequence number, newest highest; `?before=` pages on it.
@@ -121,7 +121,7 @@ struct History {
 pub const EVENTS_KEPT: usize = 50;
 
 /// A decision of the reconciler about one agent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Normal or Warning.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::AuditNote;
 use super::body::{Document, Query};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::access::{Principal, Role};
 use crate::agent::{validate_name, Agent, DesiredState, API_VERSION, LIST_KIND};
@@ -139,6 +139,8 @@ pub(super) fn prepare(
     Ok((agent, existing))
 }
 
+#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body(content((Agent = "application/json"), (Agent = "application/yaml"))),
+    responses((status = 201, body = Agent), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 /// `POST /v1/agents`
 pub async fn create(
     State(state): State<AppState>,
@@ -159,6 +161,8 @@ pub async fn create(
     Ok(noted(StatusCode::CREATED, record.agent, "create"))
 }
 
+#[utoipa::path(put, path = "/v1/agents/{name}", tag = "agents", params(("name" = String, Path)), request_body(content((Agent = "application/json"), (Agent = "application/yaml"))),
+    responses((status = 200, body = Agent), (status = 201, body = Agent), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 /// `PUT /v1/agents/{name}`: create or replace.
 pub async fn apply(
     State(state): State<AppState>,
@@ -208,16 +212,20 @@ pub struct ListQuery {
 }
 
 /// The body of `GET /v1/agents`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentList {
     api_version: &'static str,
     kind: &'static str,
     /// `resourceVersion`: the version this list reflects, to watch from.
+    #[schema(value_type = Object)]
     metadata: serde_json::Value,
     items: Vec<Agent>,
 }
 
+#[utoipa::path(get, path = "/v1/agents", tag = "agents",
+    params(("label" = Option<String>, Query, description = "label selector: k=v, k!=v, k, !k"), ("watch" = Option<bool>, Query, description = "stream changes as NDJSON"), ("resourceVersion" = Option<String>, Query, description = "with watch: changes after this version")),
+    responses((status = 200, description = "an AgentList, or with watch=true a stream of {type, object} lines", body = AgentList), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody)))]
 /// `GET /v1/agents`
 pub async fn list(
     State(state): State<AppState>,
@@ -356,6 +364,8 @@ fn found(state: &AppState, p: &Principal, name: &str) -> Result<Record, ApiError
         .ok_or_else(|| not_found(name))
 }
 
+#[utoipa::path(get, path = "/v1/agents/{name}", tag = "agents", params(("name" = String, Path)),
+    responses((status = 200, body = Agent), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/agents/{name}`
 pub async fn get(
     State(state): State<AppState>,
@@ -365,6 +375,8 @@ pub async fn get(
     Ok(Json(found(&state, &p, &name)?.agent))
 }
 
+#[utoipa::path(delete, path = "/v1/agents/{name}", tag = "agents", params(("name" = String, Path)),
+    responses((status = 202, body = Agent), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `DELETE /v1/agents/{name}`: marks it Terminating; the controller removes the
 /// container, then the record.
 pub async fn delete(
@@ -380,22 +392,24 @@ pub async fn delete(
 }
 
 /// Body of `POST /v1/agents/{name}/action`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
-    action: Action,
+    pub action: Action,
 }
 
 impl super::body::Screen for ActionRequest {}
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-enum Action {
+pub enum Action {
     Start,
     Stop,
     Restart,
 }
 
+#[utoipa::path(post, path = "/v1/agents/{name}/action", tag = "agents", params(("name" = String, Path)), request_body = ActionRequest,
+    responses((status = 202, body = Agent), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 /// `POST /v1/agents/{name}/action`: start and stop set spec.state; restart asks for
 /// one restart of the container.
 pub async fn action(
@@ -441,6 +455,9 @@ pub struct LogsQuery {
     since: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/agents/{name}/logs", tag = "agents",
+    params(("name" = String, Path), ("tail" = Option<u64>, Query), ("follow" = Option<bool>, Query), ("since" = Option<String>, Query, description = "a duration such as 10m, or an RFC 3339 time")),
+    responses((status = 200, description = "the container's output", content_type = "text/plain", body = String), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/agents/{name}/logs`: the container's output as text.
 pub async fn logs(
     State(state): State<AppState>,
@@ -489,16 +506,34 @@ fn since_unix(text: &str) -> Option<i64> {
         .map(|t| t.unix_timestamp())
 }
 
+#[utoipa::path(get, path = "/v1/agents/{name}/events", tag = "agents", params(("name" = String, Path)),
+    responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/agents/{name}/events`: what the reconciler did to the agent and why, oldest first.
 pub async fn events(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EventList>, ApiError> {
     found(&state, &p, &name)?;
-    Ok(Json(
-        serde_json::json!({"items": state.store.events(&name)?}),
-    ))
+    Ok(Json(EventList {
+        items: state.store.events(&name)?,
+    }))
+}
+
+/// The body of `GET /v1/agents/{name}/events`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventList {
+    /// Oldest first.
+    pub items: Vec<crate::store::Event>,
+}
+
+/// The body of `GET /v1/audit`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// Newest first.
+    pub items: Vec<crate::store::AuditEntry>,
+    /// Pass as `before` for the next page (absent on the last).
+    pub next: Option<u64>,
 }
 
 /// Query of `GET /v1/audit`.
@@ -511,12 +546,14 @@ pub struct AuditQuery {
     before: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(("limit" = Option<usize>, Query), ("before" = Option<u64>, Query)),
+    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 /// `GET /v1/audit`: newest first, for admins.
 pub async fn audit(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Query(query): Query<AuditQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     if p.role != Role::Admin {
         return Err(ApiError::Forbidden(
             "only an admin key may read the audit log".into(),
@@ -527,7 +564,7 @@ pub async fn audit(
     let next = (items.len() == limit)
         .then(|| items.last().map(|e| e.id))
         .flatten();
-    Ok(Json(serde_json::json!({"items": items, "next": next})))
+    Ok(Json(AuditPage { items, next }))
 }
 
 /// A parsed label selector.

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::agents::{commit_many, prepare, require_write};
 use super::auth::AuditNote;
 use super::body::{typed, Documents, Query};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::access::Principal;
 use crate::agent::Agent;
@@ -30,7 +30,7 @@ pub struct ApplyQuery {
 }
 
 /// What applying one document did (or would do).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplyResult {
     pub name: String,
@@ -47,6 +47,17 @@ pub struct ApplyResult {
     pub diff: Option<String>,
 }
 
+/// The body of a successful `POST /v1/apply`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyAnswer {
+    pub dry_run: bool,
+    pub items: Vec<ApplyResult>,
+}
+
+#[utoipa::path(post, path = "/v1/apply", tag = "agents", params(("dryRun" = Option<bool>, Query)),
+    request_body(content((Vec<Agent> = "application/json"), (Vec<Agent> = "application/yaml")), description = "a JSON array, or YAML documents separated by ---"),
+    responses((status = 200, body = ApplyAnswer), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
 /// `POST /v1/apply[?dryRun=true]`
 pub async fn apply_many(
     State(state): State<AppState>,
@@ -66,7 +77,11 @@ pub async fn apply_many(
     } else {
         changed.join(",")
     };
-    let mut response = Json(json!({"dryRun": query.dry_run, "items": results})).into_response();
+    let mut response = Json(ApplyAnswer {
+        dry_run: query.dry_run,
+        items: results,
+    })
+    .into_response();
     response.extensions_mut().insert(AuditNote {
         verb: if query.dry_run {
             "apply (dry run)"

@@ -4,7 +4,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::agent::Invalid;
 use crate::orchestrator::OrchestratorError;
@@ -117,8 +116,33 @@ impl ApiError {
     }
 }
 
+/// Every error answer: `{"error": {...}}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable word: bad_request, invalid, refused_by_policy, unauthorized, forbidden,
+    /// not_found, already_exists, conflict, terminating, quota_exceeded, gone, ...
+    pub code: &'static str,
+    /// What is wrong and what to do, in words.
+    pub message: String,
+    /// The field at fault, such as `spec.image`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The admission policy's rule that refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// For a bulk apply: each document that cannot be applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub documents: Option<Vec<DocumentError>>,
+}
+
 /// Why one document of a bulk apply cannot be applied.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct DocumentError {
     /// Position in the body, from 0.
     pub index: usize,
@@ -192,23 +216,31 @@ impl From<OrchestratorError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut body = json!({"code": code, "message": self.to_string()});
+        let mut detail = ErrorDetail {
+            code,
+            message: self.to_string(),
+            field: None,
+            rule: None,
+            documents: None,
+        };
         match &self {
             ApiError::Invalid(i) => {
-                body["field"] = json!(i.field);
-                body["message"] = json!(format!("{}: {}", i.field, i.message));
+                detail.field = Some(i.field.clone());
+                detail.message = format!("{}: {}", i.field, i.message);
             }
             ApiError::Refused { rule, invalid } => {
-                body["field"] = json!(invalid.field);
-                body["rule"] = json!(rule);
-                body["message"] = json!(format!("{}: {}", invalid.field, invalid.message));
+                detail.field = Some(invalid.field.clone());
+                detail.rule = Some(rule.clone());
+                detail.message = format!("{}: {}", invalid.field, invalid.message);
             }
-            ApiError::QuotaExceeded { rule, .. } => body["rule"] = json!(rule),
-            ApiError::InvalidDocuments { documents, .. } => body["documents"] = json!(documents),
+            ApiError::QuotaExceeded { rule, .. } => detail.rule = Some(rule.clone()),
+            ApiError::InvalidDocuments { documents, .. } => {
+                detail.documents = Some(documents.clone())
+            }
             _ => {}
         }
-        let reason = body["message"].as_str().unwrap_or_default().to_string();
-        let mut response = (status, Json(json!({ "error": body }))).into_response();
+        let reason = detail.message.clone();
+        let mut response = (status, Json(ErrorBody { error: detail })).into_response();
         response.extensions_mut().insert(AuditReason(reason));
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was not read, so this connection cannot carry another request.

@@ -8,14 +8,13 @@
 //! - `GET /v1/sync` (the manifests directory's state)
 //! - `GET /v1/secrets`, `GET|PUT|DELETE /v1/secrets/{name}` (write-only values)
 //! - `GET /metrics` (Prometheus text; needs a key)
-//! - `GET /healthz`, `GET /readyz` (no key)
+//! - `GET /healthz`, `GET /readyz`, `GET /openapi.json` (no key)
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
@@ -29,9 +28,11 @@ pub mod apply;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod openapi;
 mod secrets;
 
 pub use error::ApiError;
+use error::ErrorBody;
 
 use crate::access::Keys;
 use crate::policy::Policy;
@@ -57,42 +58,72 @@ pub struct AppState {
     pub sync: Option<Arc<std::sync::Mutex<crate::manifests::SyncStatus>>>,
 }
 
+/// Adds routes to a router and lists them (method, path), so that what is served and what
+/// the OpenAPI document describes can be compared by a test.
+macro_rules! routes {
+    ($router:expr, $prefix:literal; $($path:literal => $first:ident($fh:expr) $(. $more:ident($mh:expr))*;)*) => {{
+        let mut router = $router;
+        let mut served: Vec<(&'static str, String)> = Vec::new();
+        $(
+            router = router.route($path, axum::routing::$first($fh)$(.$more($mh))*);
+            served.push((stringify!($first), format!("{}{}", $prefix, $path)));
+            $( served.push((stringify!($more), format!("{}{}", $prefix, $path))); )*
+        )*
+        (router, served)
+    }};
+}
+
+/// The routes that need a key: /v1, and /metrics.
+fn keyed_routes() -> (
+    Router<AppState>,
+    Router<AppState>,
+    Vec<(&'static str, String)>,
+) {
+    let (v1, mut served) = routes!(Router::new(), "/v1";
+        "/agents" => post(agents::create).get(agents::list);
+        "/agents/{name}" => get(agents::get).put(agents::apply).delete(agents::delete);
+        "/agents/{name}/action" => post(agents::action);
+        "/agents/{name}/logs" => get(agents::logs);
+        "/agents/{name}/events" => get(agents::events);
+        "/audit" => get(agents::audit);
+        "/apply" => post(apply::apply_many);
+        "/sync" => get(sync);
+        "/secrets" => get(secrets::list);
+        "/secrets/{name}" => get(secrets::get).put(secrets::put).delete(secrets::delete);
+    );
+    // Metrics tell how many agents there are: a key is needed, as for /v1.
+    let (metrics, more) = routes!(Router::new(), "";
+        "/metrics" => get(metrics);
+    );
+    served.extend(more);
+    (v1, metrics, served)
+}
+
+/// The routes anyone may call.
+fn open_routes() -> (Router<AppState>, Vec<(&'static str, String)>) {
+    routes!(Router::new(), "";
+        "/healthz" => get(healthz);
+        "/readyz" => get(readyz);
+        "/openapi.json" => get(openapi::document);
+    )
+}
+
+/// Every route served, as (method, path).
+pub fn served_routes() -> Vec<(&'static str, String)> {
+    let (_, _, mut served) = keyed_routes();
+    served.extend(open_routes().1);
+    served
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/agents", post(agents::create).get(agents::list))
-        .route(
-            "/agents/{name}",
-            get(agents::get).put(agents::apply).delete(agents::delete),
-        )
-        .route("/agents/{name}/action", post(agents::action))
-        .route("/agents/{name}/logs", get(agents::logs))
-        .route("/agents/{name}/events", get(agents::events))
-        .route("/audit", get(agents::audit))
-        .route("/apply", post(apply::apply_many))
-        .route("/sync", get(sync))
-        .route("/secrets", get(secrets::list))
-        .route(
-            "/secrets/{name}",
-            get(secrets::get).put(secrets::put).delete(secrets::delete),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
-    // Metrics tell how many agents there are: a key is needed, as for /v1.
-    let metrics =
-        Router::new()
-            .route("/metrics", get(metrics))
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::authenticate,
-            ));
+    let (v1, metrics, _) = keyed_routes();
+    let auth = || middleware::from_fn_with_state(state.clone(), auth::authenticate);
+    let (open, _) = open_routes();
     Router::new()
-        .nest("/v1", v1)
-        .merge(metrics)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .nest("/v1", v1.route_layer(auth()))
+        .merge(metrics.route_layer(auth()))
+        .merge(open)
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -102,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "application/openmetrics-text", body = String), (status = 401, body = ErrorBody)))]
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let phases: Vec<_> = state
@@ -121,10 +153,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "serving")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "the store reads and the engine answers"), (status = 503, body = ErrorBody)))]
 /// 200 only while the store reads and the engine answers; otherwise 503 saying which.
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.store.is_healthy() {
@@ -136,6 +170,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/v1/sync", tag = "gitops", responses((status = 200, body = crate::manifests::SyncStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/sync`: the state of the manifests directory sync.
 async fn sync(
     State(state): State<AppState>,

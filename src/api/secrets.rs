@@ -10,12 +10,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::agents::require_write;
 use super::body::{Document, Screen};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::access::Principal;
 use crate::agent::{validate_name, Invalid};
@@ -27,21 +26,37 @@ const MAX_KEYS: usize = 128;
 const MAX_BYTES: usize = 256 * 1024;
 
 /// The body of `PUT /v1/secrets/{name}`: keys to values.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(transparent)]
 pub struct SecretData(BTreeMap<String, String>);
 
 impl Screen for SecretData {}
 
 /// What the API shows of a secret: never its values.
-fn shown(s: &Secret) -> Value {
-    json!({
-        "name": s.name,
-        "owner": s.owner,
-        "keys": s.data.keys().collect::<Vec<_>>(),
-        "resourceVersion": s.resource_version,
-        "creationTimestamp": s.creation_timestamp,
-    })
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretShown {
+    pub name: String,
+    pub owner: String,
+    pub keys: Vec<String>,
+    pub resource_version: String,
+    pub creation_timestamp: String,
+}
+
+/// The body of `GET /v1/secrets`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SecretList {
+    pub items: Vec<SecretShown>,
+}
+
+fn shown(s: &Secret) -> SecretShown {
+    SecretShown {
+        name: s.name.clone(),
+        owner: s.owner.clone(),
+        keys: s.data.keys().cloned().collect(),
+        resource_version: s.resource_version.clone(),
+        creation_timestamp: s.creation_timestamp.clone(),
+    }
 }
 
 fn visible(state: &AppState, p: &Principal, name: &str) -> Result<Secret, ApiError> {
@@ -54,6 +69,8 @@ fn visible(state: &AppState, p: &Principal, name: &str) -> Result<Secret, ApiErr
         .ok_or_else(|| ApiError::NotFound(format!("secret {name:?} not found")))
 }
 
+#[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)), request_body(content((SecretData = "application/json"), (SecretData = "application/yaml"))),
+    responses((status = 200, body = SecretShown), (status = 201, body = SecretShown), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 /// `PUT /v1/secrets/{name}`
 pub async fn put(
     State(state): State<AppState>,
@@ -127,30 +144,33 @@ pub async fn put(
     Ok((status, Json(shown(&stored))).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/secrets", tag = "secrets", responses((status = 200, body = SecretList), (status = 401, body = ErrorBody)))]
 /// `GET /v1/secrets`: names and keys.
 pub async fn list(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
-    let items: Vec<Value> = state
+) -> Result<Json<SecretList>, ApiError> {
+    let items: Vec<SecretShown> = state
         .store
         .secrets()?
         .iter()
         .filter(|s| p.sees(&s.owner))
         .map(shown)
         .collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(SecretList { items }))
 }
 
+#[utoipa::path(get, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)), responses((status = 200, body = SecretShown), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/secrets/{name}`: its name and keys.
 pub async fn get(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretShown>, ApiError> {
     Ok(Json(shown(&visible(&state, &p, &name)?)))
 }
 
+#[utoipa::path(delete, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)), responses((status = 200, body = SecretShown), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `DELETE /v1/secrets/{name}`. Agents using it keep running; their status says the
 /// secret is missing until it is written again.
 pub async fn delete(

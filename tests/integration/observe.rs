@@ -403,3 +403,26 @@ async fn metrics_count_reconciles_agents_engine_errors_and_requests() {
         "agent names never become labels"
     );
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_describes_the_api() {
+    let hive = Hive::start().await;
+    let r = hive.get_open("/openapi.json").await;
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["info"]["title"], "Hive");
+    for (method, path) in [
+        ("post", "/v1/agents"),
+        ("get", "/v1/agents"),
+        ("put", "/v1/agents/{name}"),
+        ("post", "/v1/agents/{name}/action"),
+        ("get", "/v1/agents/{name}/events"),
+        ("post", "/v1/apply"),
+        ("put", "/v1/secrets/{name}"),
+        ("get", "/metrics"),
+        ("get", "/readyz"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
