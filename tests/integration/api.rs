@@ -169,14 +169,7 @@ async fn writes_answer_as_documented() {
         .map(|a| a["metadata"]["name"].clone())
         .collect();
     assert_eq!(names, vec![json!("w1"), json!("w2")]);
-    let list: Value = hive
-        .req(Method::GET, "/v1/agents?label=team=research")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = hive.get_json("/v1/agents?label=team=research").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     assert_eq!(list["items"][0]["metadata"]["name"], "w1");
     assert!(list["items"][0]["status"]["phase"].is_string());

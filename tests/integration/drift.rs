@@ -9,7 +9,8 @@ use bollard::query_parameters::{
 };
 
 use crate::harness::{
-    containers_with_label, engine, remove_instance_containers, token, wait_for, Hive, IMAGE, SLEEP,
+    container_id, containers_with_label, engine, remove_instance_containers, token, wait_for, Hive,
+    IMAGE, SLEEP,
 };
 
 #[tokio::test]
@@ -18,7 +19,7 @@ async fn a_container_killed_out_of_band_is_restarted() {
     hive.put_yaml("k", &crate::harness::agent_yaml("k", ""))
         .await;
     let agent = hive.wait_phase("k", "Running").await;
-    let id = agent["status"]["containerId"].as_str().unwrap().to_string();
+    let id = container_id(&agent);
     engine()
         .await
         .kill_container(
@@ -51,7 +52,7 @@ async fn a_container_removed_out_of_band_is_recreated() {
     hive.put_yaml("r", &crate::harness::agent_yaml("r", ""))
         .await;
     let agent = hive.wait_phase("r", "Running").await;
-    let id = agent["status"]["containerId"].as_str().unwrap().to_string();
+    let id = container_id(&agent);
     let options = RemoveContainerOptions {
         force: true,
         ..Default::default()
@@ -161,7 +162,7 @@ async fn a_container_paused_out_of_band_is_resumed() {
     hive.put_yaml("p", &crate::harness::agent_yaml("p", ""))
         .await;
     let agent = hive.wait_phase("p", "Running").await;
-    let id = agent["status"]["containerId"].as_str().unwrap().to_string();
+    let id = container_id(&agent);
     engine().await.pause_container(&id).await.unwrap();
     wait_for("the paused container to run again", || async {
         let s = hive.inspect("p").await?.state?;

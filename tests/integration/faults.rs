@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
-use crate::harness::{agent_yaml, engine, wait_for, Hive};
+use crate::harness::{agent_yaml, container_id, engine, wait_for, Hive};
 
 #[tokio::test]
 async fn kill_9_mid_converge_then_restart_converges_with_one_container_each() {
@@ -124,12 +124,8 @@ async fn the_engine_cut_off_and_restored_is_caught_up_without_a_restart() {
         async move { r.send().await.unwrap().status().as_u16() }
     };
     assert_eq!(ready(&hive).await, 200);
-    hive.put_yaml("before", &agent_yaml("before", "")).await;
-    let before = hive.wait_phase("before", "Running").await;
-    let before_id = before["status"]["containerId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let before = hive.running("before", "").await;
+    let before_id = container_id(&before);
 
     proxy.cut();
     wait_for("readyz to go 503", || async {
@@ -220,9 +216,8 @@ async fn racing_puts_with_a_resource_version_have_exactly_one_winner() {
 #[tokio::test]
 async fn a_container_stopped_out_of_band_is_started_again() {
     let hive = Hive::start().await;
-    hive.put_yaml("st", &agent_yaml("st", "")).await;
-    let agent = hive.wait_phase("st", "Running").await;
-    let id = agent["status"]["containerId"].as_str().unwrap().to_string();
+    let agent = hive.running("st", "").await;
+    let id = container_id(&agent);
     let options = bollard::query_parameters::StopContainerOptions {
         t: Some(1),
         ..Default::default()

@@ -3,19 +3,12 @@
 
 use std::path::Path;
 
-use reqwest::Method;
 use serde_json::Value;
 
 use crate::harness::{agent_yaml, wait_for, Hive};
 
 async fn sync_status(hive: &Hive) -> Value {
-    hive.req(Method::GET, "/v1/sync")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    hive.get_json("/v1/sync").await
 }
 
 /// Hive following `dir`, either by events (rescan an hour apart) or by rescans alone.

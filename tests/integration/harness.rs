@@ -334,6 +334,17 @@ impl Hive {
             .unwrap()
     }
 
+    /// GET `path` with the admin key, as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// GET /v1/agents with the admin key: the AgentList.
     pub async fn list(&self) -> Value {
         let r = self
@@ -357,6 +368,13 @@ impl Hive {
             404 => None,
             s => panic!("GET {name}: {s} {}", r.text().await.unwrap()),
         }
+    }
+
+    /// Declares a sleeping agent (with `extra_spec` lines) and waits until it runs.
+    pub async fn running(&self, name: &str, extra_spec: &str) -> Value {
+        let r = self.put_yaml(name, &agent_yaml(name, extra_spec)).await;
+        assert!(r.status().is_success(), "PUT {name}: {}", r.status());
+        self.wait_phase(name, "Running").await
     }
 
     /// Waits until the agent reports `phase` for its current generation.
@@ -409,6 +427,14 @@ pub async fn containers_with_label(label: &str) -> Vec<bollard::models::Containe
         ..Default::default()
     };
     engine().await.list_containers(Some(options)).await.unwrap()
+}
+
+/// The container id an agent's status names.
+pub fn container_id(agent: &Value) -> String {
+    agent["status"]["containerId"]
+        .as_str()
+        .expect("a container id")
+        .to_string()
 }
 
 /// A minimal agent document in YAML.

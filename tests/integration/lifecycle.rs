@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{agent_yaml, engine, wait_for, Hive};
+use crate::harness::{agent_yaml, container_id, engine, wait_for, Hive};
 
 #[tokio::test]
 async fn create_gives_a_running_confined_container_with_the_labels() {
@@ -56,7 +56,7 @@ async fn a_spec_change_recreates_the_container() {
     hive.put_yaml("chg", &agent_yaml("chg", "  env: {V: \"1\"}\n"))
         .await;
     let first = hive.wait_phase("chg", "Running").await;
-    let old_id = first["status"]["containerId"].as_str().unwrap().to_string();
+    let old_id = container_id(&first);
 
     let r = hive
         .put_yaml("chg", &agent_yaml("chg", "  env: {V: \"2\"}\n"))
@@ -102,12 +102,8 @@ async fn a_spec_change_recreates_the_container() {
 #[tokio::test]
 async fn stop_and_start_are_declarative() {
     let hive = Hive::start().await;
-    hive.put_yaml("ss", &agent_yaml("ss", "")).await;
-    let running = hive.wait_phase("ss", "Running").await;
-    let id = running["status"]["containerId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let running = hive.running("ss", "").await;
+    let id = container_id(&running);
 
     let r = hive
         .post_json("/v1/agents/ss/action", &json!({"action": "stop"}))

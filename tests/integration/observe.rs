@@ -7,14 +7,7 @@ use serde_json::{json, Value};
 use crate::harness::{agent_yaml, engine, wait_for, Hive, IMAGE};
 
 async fn events(hive: &Hive, name: &str) -> Vec<Value> {
-    let v: Value = hive
-        .req(Method::GET, &format!("/v1/agents/{name}/events"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = hive.get_json(&format!("/v1/agents/{name}/events")).await;
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
@@ -28,8 +21,7 @@ fn reasons(events: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn the_reconcilers_decisions_are_events_and_conditions_follow_the_agent() {
     let hive = Hive::start().await;
-    hive.put_yaml("ev", &agent_yaml("ev", "")).await;
-    let a = hive.wait_phase("ev", "Running").await;
+    let a = hive.running("ev", "").await;
     let conditions = a["status"]["conditions"].as_array().unwrap();
     let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(ready["status"], "True");

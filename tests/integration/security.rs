@@ -167,14 +167,7 @@ async fn owners_see_only_their_agents_and_roles_limit_verbs() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let audit: Value = hive
-        .req(Method::GET, "/v1/audit?limit=100")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = hive.get_json("/v1/audit?limit=100").await;
     let items = audit["items"].as_array().unwrap();
     let ids: Vec<u64> = items.iter().map(|e| e["id"].as_u64().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
@@ -195,23 +188,11 @@ async fn owners_see_only_their_agents_and_roles_limit_verbs() {
         items.iter().all(|e| !e.to_string().contains(&sol)),
         "no key in the audit log"
     );
-    let page: Value = hive
-        .req(Method::GET, "/v1/audit?limit=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = hive.get_json("/v1/audit?limit=2").await;
     let next = page["next"].as_u64().unwrap();
     let rest: Value = hive
-        .req(Method::GET, &format!("/v1/audit?limit=2&before={next}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/audit?limit=2&before={next}"))
+        .await;
     assert!(rest["items"][0]["id"].as_u64().unwrap() < next);
     // And no key reached the logs.
     let logs = hive.logs();

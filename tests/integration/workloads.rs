@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{agent_yaml, engine, token, wait_for, Hive, IMAGE, NETWORK};
+use crate::harness::{agent_yaml, container_id, engine, token, wait_for, Hive, IMAGE, NETWORK};
 
 async fn put_secret(hive: &Hive, name: &str, data: Value) -> reqwest::Response {
     hive.req(Method::PUT, &format!("/v1/secrets/{name}"))
@@ -28,14 +28,7 @@ async fn secrets_are_write_only_and_reach_the_environment_through_env_from() {
     let shown: Value = r.json().await.unwrap();
     assert_eq!(shown["keys"], json!(["OTHER", "PROVIDER_API_KEY"]));
     assert!(!shown.to_string().contains(&value));
-    let listed: Value = hive
-        .req(Method::GET, "/v1/secrets")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = hive.get_json("/v1/secrets").await;
     assert_eq!(listed["items"][0]["name"], "llm-keys");
     assert!(!listed.to_string().contains(&value));
 
@@ -64,7 +57,7 @@ async fn secrets_are_write_only_and_reach_the_environment_through_env_from() {
     );
 
     // A change of the secret recreates the agents that use it.
-    let old_id = agent["status"]["containerId"].as_str().unwrap().to_string();
+    let old_id = container_id(&agent);
     let rotated = format!("sk-{}", token());
     assert_eq!(
         put_secret(&hive, "llm-keys", json!({"PROVIDER_API_KEY": rotated}))
@@ -97,14 +90,7 @@ async fn secrets_are_write_only_and_reach_the_environment_through_env_from() {
     hive.wait_phase("lacks", "Running").await;
 
     // Values never reach the logs or the audit log.
-    let audit: Value = hive
-        .req(Method::GET, "/v1/audit?limit=100")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = hive.get_json("/v1/audit?limit=100").await;
     assert!(!audit.to_string().contains(&value) && !audit.to_string().contains(&rotated));
     let logs = hive.logs();
     assert!(!logs.contains(&value) && !logs.contains(&rotated));
