@@ -435,14 +435,14 @@ impl Server {
     }
 
     async fn stop(mut self) -> Result<()> {
-        // Remove what this instance made, then stop the server.
-        let o = self.orchestrator();
-        remove_all(&o, 16).await?;
+        // Stop the server first (or it would recreate what is removed), then remove what
+        // this instance made.
         Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status()?;
         self.child.wait()?;
+        remove_all(&self.orchestrator(), 16).await?;
         std::fs::remove_dir_all(&self.dir).ok();
         Ok(())
     }
