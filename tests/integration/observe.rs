@@ -418,3 +418,31 @@ async fn the_served_openapi_document_describes_the_api() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
+
+#[tokio::test]
+async fn logs_follow_streams_new_output() {
+    use futures_util::StreamExt;
+    let hive = Hive::start().await;
+    let talker = format!(
+        "apiVersion: hive/v1\nkind: Agent\nmetadata: {{name: ticker}}\nspec:\n  image: {IMAGE}\n  command: [/bin/sh, -c, \"while true; do echo tick; sleep 0.2; done\"]\n"
+    );
+    assert_eq!(hive.put_yaml("ticker", &talker).await.status(), 201);
+    hive.wait_phase("ticker", "Running").await;
+    let r = hive
+        .req(Method::GET, "/v1/agents/ticker/logs?follow=true&tail=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let followed = tokio::time::timeout(crate::harness::DEADLINE, async {
+        // Following keeps delivering: more ticks than the one asked for with tail=1.
+        while text.matches("tick").count() < 4 {
+            let chunk = body.next().await.expect("the stream stays open").unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(followed.is_ok(), "only got {text:?}");
+}
