@@ -141,7 +141,7 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
             condition,
             timeout,
         } => wait(&client, &name, &condition, timeout.into()).await,
-        ClientCommand::Health => unreachable!("answered above"),
+        ClientCommand::Health => client::health(conn).await,
     }
 }
 
