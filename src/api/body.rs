@@ -11,6 +11,9 @@ use super::error::ApiError;
 
 /// The largest body the API reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// A body declared larger than [`MAX_BODY_BYTES`] but at most this is read and dropped
+/// before the 413; a larger one is refused at once and the connection closed.
+const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Query parameters, with bad ones answered in the API's error shape.
 #[derive(axum::extract::FromRequestParts)]
@@ -87,6 +90,12 @@ async fn read_body(req: Request) -> Result<(Format, axum::body::Bytes), ApiError
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         {
             if len > MAX_BODY_BYTES {
+                // Read (and drop) a moderately large body before answering, so that a client
+                // still sending it gets the 413 rather than a broken connection.
+                if len <= DRAIN_MAX_BYTES {
+                    let mut body = req.into_body().into_data_stream();
+                    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}
+                }
                 return Err(too_large);
             }
         }
