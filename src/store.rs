@@ -418,6 +418,13 @@ impl Store {
             } else {
                 Some(now_rfc3339())
             };
+            // A restart asked for after the pass read the record stays asked for: the pass
+            // may only mark as done what it saw requested.
+            let internal = Internal {
+                restarts_requested: old.internal.restarts_requested,
+                restarts_done: internal.restarts_done.min(old.internal.restarts_requested),
+                repairs: internal.repairs,
+            };
             if old.agent.status == status && old.internal == internal {
                 return Ok(Change::Keep(()));
             }
@@ -829,6 +836,28 @@ mod tests {
             store.apply(stale),
             Err(StoreError::Conflict { .. })
         ));
+    }
+
+    #[test]
+    fn a_restart_asked_for_during_a_pass_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let seen = store.create(agent("a")).unwrap();
+        // The API asks for a restart while a pass that read `seen` is under way...
+        store.request_restart("a").unwrap();
+        // ...and the pass writes its status with what it saw.
+        let mut done = seen.internal.clone();
+        done.restarts_done = done.restarts_requested;
+        let uid = seen.agent.metadata.uid.unwrap();
+        store
+            .update_status("a", uid, seen.agent.status.clone(), done)
+            .unwrap();
+        let now = store.get("a").unwrap().unwrap().internal;
+        assert_eq!(
+            (now.restarts_requested, now.restarts_done),
+            (1, 0),
+            "still pending"
+        );
     }
 
     #[test]
