@@ -1,30 +1,9 @@
 //! The `hive` command line, run as a user would, and the bulk apply behind it.
 
-use std::process::Command;
-
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{agent_yaml, wait_for, Hive, IMAGE};
-
-/// Runs `hive ARGS` against `hive`'s server; returns exit success, stdout and stderr.
-fn cli(hive: &Hive, args: &[&str]) -> (bool, String, String) {
-    cli_with(&hive.url, &hive.key, args)
-}
-
-fn cli_with(url: &str, key: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hive"))
-        .args(args)
-        .env("AGENT_API_URL", url)
-        .env("AGENT_API_KEY", key)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::harness::{agent_yaml, cli_with, wait_for, Hive, IMAGE};
 
 #[tokio::test]
 async fn apply_get_wait_describe_and_delete_from_the_command_line() {
@@ -41,30 +20,24 @@ async fn apply_get_wait_describe_and_delete_from_the_command_line() {
     .unwrap();
     let f = file.to_str().unwrap();
 
-    let (ok, out, err) = cli(&hive, &["apply", "-f", f]);
+    let (ok, out, err) = hive.cli(&["apply", "-f", f]);
     assert!(ok, "{err}");
     assert_eq!(out, "agent/talker created\nagent/quiet created\n");
-    let (ok, out, _) = cli(&hive, &["apply", "-f", f]);
+    let (ok, out, _) = hive.cli(&["apply", "-f", f]);
     assert!(ok);
     assert_eq!(out, "agent/talker unchanged\nagent/quiet unchanged\n");
 
-    let (ok, out, err) = cli(
-        &hive,
-        &[
-            "wait",
-            "talker",
-            "--for",
-            "phase=Running",
-            "--timeout",
-            "60s",
-        ],
-    );
+    let (ok, out, err) = hive.cli(&[
+        "wait",
+        "talker",
+        "--for",
+        "phase=Running",
+        "--timeout",
+        "60s",
+    ]);
     assert!(ok, "{err}");
     assert_eq!(out, "agent/talker phase=Running\n");
-    let (ok, _, err) = cli(
-        &hive,
-        &["wait", "quiet", "--for", "phase=Running", "--timeout", "1s"],
-    );
+    let (ok, _, err) = hive.cli(&["wait", "quiet", "--for", "phase=Running", "--timeout", "1s"]);
     assert!(!ok);
     assert!(
         err.starts_with("hive: timed out after 1s") && err.contains("last seen: phase Stopped"),
@@ -72,7 +45,7 @@ async fn apply_get_wait_describe_and_delete_from_the_command_line() {
     );
 
     // get: a table, one row, selectors, JSON and YAML.
-    let (ok, out, _) = cli(&hive, &["get"]);
+    let (ok, out, _) = hive.cli(&["get"]);
     assert!(ok);
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -87,19 +60,19 @@ async fn apply_get_wait_describe_and_delete_from_the_command_line() {
         lines[2].starts_with("talker ") && lines[2].contains("Running") && lines[2].contains(IMAGE),
         "{out}"
     );
-    let (_, out, _) = cli(&hive, &["get", "-l", "team=research", "-o", "json"]);
+    let (_, out, _) = hive.cli(&["get", "-l", "team=research", "-o", "json"]);
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
-    let (_, out, _) = cli(&hive, &["get", "talker", "-o", "yaml"]);
+    let (_, out, _) = hive.cli(&["get", "talker", "-o", "yaml"]);
     let one: Value = serde_yaml::from_str(&out).unwrap();
     assert_eq!(one["metadata"]["name"], "talker");
-    let (_, out, _) = cli(&hive, &["get", "-o", "wide"]);
+    let (_, out, _) = hive.cli(&["get", "-o", "wide"]);
     assert!(out.lines().next().unwrap().contains("OWNER"));
-    let (ok, _, err) = cli(&hive, &["get", "nobody"]);
+    let (ok, _, err) = hive.cli(&["get", "nobody"]);
     assert!(!ok);
     assert_eq!(err, "hive: agent \"nobody\" not found\n");
 
-    let (ok, out, _) = cli(&hive, &["describe", "talker"]);
+    let (ok, out, _) = hive.cli(&["describe", "talker"]);
     assert!(ok);
     assert!(
         out.contains("Name:         talker")
@@ -110,20 +83,20 @@ async fn apply_get_wait_describe_and_delete_from_the_command_line() {
 
     // logs: everything, and the tail.
     let out = wait_for("the agent's output", || async {
-        let (ok, out, _) = cli(&hive, &["logs", "talker"]);
+        let (ok, out, _) = hive.cli(&["logs", "talker"]);
         (ok && out.contains("second-line")).then_some(out)
     })
     .await;
     assert_eq!(out, "hello-from-talker\nsecond-line\n");
-    let (_, out, _) = cli(&hive, &["logs", "talker", "--tail", "1"]);
+    let (_, out, _) = hive.cli(&["logs", "talker", "--tail", "1"]);
     assert_eq!(out, "second-line\n");
-    let (ok, out, _) = cli(&hive, &["logs", "talker", "--since", "10m"]);
+    let (ok, out, _) = hive.cli(&["logs", "talker", "--since", "10m"]);
     assert!(ok && out.contains("hello-from-talker"));
 
     // A dry run shows the diff and changes nothing; the real run configures.
     let changed = talker.replace("team: research", "team: ops");
     std::fs::write(&file, &changed).unwrap();
-    let (ok, out, _) = cli(&hive, &["apply", "-f", f, "--dry-run"]);
+    let (ok, out, _) = hive.cli(&["apply", "-f", f, "--dry-run"]);
     assert!(ok);
     assert!(
         out.starts_with("agent/talker configured (dry run)\n"),
@@ -137,18 +110,18 @@ async fn apply_get_wait_describe_and_delete_from_the_command_line() {
         hive.get("talker").await.unwrap()["metadata"]["labels"]["team"],
         "research"
     );
-    let (_, out, _) = cli(&hive, &["apply", "-f", f]);
+    let (_, out, _) = hive.cli(&["apply", "-f", f]);
     assert_eq!(out, "agent/talker configured\n");
 
     // stop, start, restart.
-    let (ok, out, _) = cli(&hive, &["stop", "talker"]);
+    let (ok, out, _) = hive.cli(&["stop", "talker"]);
     assert!(ok);
     assert_eq!(out, "agent/talker stop requested\n");
     hive.wait_phase("talker", "Stopped").await;
-    let (_, out, _) = cli(&hive, &["start", "talker"]);
+    let (_, out, _) = hive.cli(&["start", "talker"]);
     assert_eq!(out, "agent/talker start requested\n");
     hive.wait_phase("talker", "Running").await;
-    let (ok, out, _) = cli(&hive, &["restart", "talker"]);
+    let (ok, out, _) = hive.cli(&["restart", "talker"]);
     assert!(ok);
     assert_eq!(out, "agent/talker restart requested\n");
 
@@ -158,7 +131,7 @@ async fn apply_get_wait_describe_and_delete_from_the_command_line() {
         format!("{talker}---\n{}", agent_yaml("quiet", "  state: Stopped\n")),
     )
     .unwrap();
-    let (ok, out, err) = cli(&hive, &["delete", "-f", f, "--wait"]);
+    let (ok, out, err) = hive.cli(&["delete", "-f", f, "--wait"]);
     assert!(ok, "{err}");
     assert_eq!(out, "agent/talker deleted\nagent/quiet deleted\n");
     assert_eq!(hive.list().await["items"], json!([]));
@@ -179,7 +152,7 @@ async fn command_line_errors_are_one_clear_line() {
         ),
     )
     .unwrap();
-    let (ok, out, err) = cli(&hive, &["apply", "-f", file.to_str().unwrap()]);
+    let (ok, out, err) = hive.cli(&["apply", "-f", file.to_str().unwrap()]);
     assert!(!ok);
     assert!(out.is_empty());
     assert!(
@@ -202,7 +175,7 @@ async fn command_line_errors_are_one_clear_line() {
     let (ok, _, err) = cli_with(&hive.url, "wrong", &["get"]);
     assert!(!ok);
     assert!(err.contains("refused the API key (401"), "{err}");
-    let (ok, _, err) = cli(&hive, &["apply", "-f", "/nonexistent.yaml"]);
+    let (ok, _, err) = hive.cli(&["apply", "-f", "/nonexistent.yaml"]);
     assert!(!ok);
     assert_eq!(err, "hive: /nonexistent.yaml does not exist\n");
     let (ok, out, _) = cli_with(&hive.url, "no-key-needed", &["health"]);
@@ -210,7 +183,7 @@ async fn command_line_errors_are_one_clear_line() {
     assert_eq!(out, "ok\n");
     let (ok, _, err) = cli_with("http://127.0.0.1:1", "k", &["health"]);
     assert!(!ok && err.contains("does not answer"), "{err}");
-    let (ok, _, err) = cli(&hive, &["wait", "x", "--for", "ready"]);
+    let (ok, _, err) = hive.cli(&["wait", "x", "--for", "ready"]);
     assert!(!ok);
     assert!(err.contains("use --for phase="), "{err}");
 }
@@ -316,7 +289,7 @@ async fn apply_prune_syncs_a_directory_once_with_the_same_safety() {
         201
     );
 
-    let (ok, out, err) = cli(&hive, &["apply", "-f", dir_arg, "--prune"]);
+    let (ok, out, err) = hive.cli(&["apply", "-f", dir_arg, "--prune"]);
     assert!(ok, "{err}");
     assert_eq!(out, "agent/p1 created\nagent/p2 created\n");
     assert_eq!(
@@ -325,7 +298,7 @@ async fn apply_prune_syncs_a_directory_once_with_the_same_safety() {
     );
 
     std::fs::remove_file(d.join("p2.yaml")).unwrap();
-    let (ok, out, _) = cli(&hive, &["apply", "-f", dir_arg, "--prune", "--dry-run"]);
+    let (ok, out, _) = hive.cli(&["apply", "-f", dir_arg, "--prune", "--dry-run"]);
     assert!(ok);
     assert_eq!(
         out,
@@ -337,7 +310,7 @@ async fn apply_prune_syncs_a_directory_once_with_the_same_safety() {
 
     // A broken file: nothing applied, nothing pruned.
     std::fs::write(d.join("p3.yaml"), "metadata: [").unwrap();
-    let (ok, out, err) = cli(&hive, &["apply", "-f", dir_arg, "--prune"]);
+    let (ok, out, err) = hive.cli(&["apply", "-f", dir_arg, "--prune"]);
     assert!(!ok && out.is_empty(), "{out}");
     assert!(err.contains("p3.yaml"), "{err}");
     assert!(hive.get("p2").await.unwrap()["metadata"]
@@ -345,7 +318,7 @@ async fn apply_prune_syncs_a_directory_once_with_the_same_safety() {
         .is_none());
     std::fs::remove_file(d.join("p3.yaml")).unwrap();
 
-    let (ok, out, _) = cli(&hive, &["apply", "-f", dir_arg, "--prune"]);
+    let (ok, out, _) = hive.cli(&["apply", "-f", dir_arg, "--prune"]);
     assert!(ok);
     assert_eq!(out, "agent/p1 unchanged\nagent/p2 pruned\n");
     wait_for("p2 to go", || async {
@@ -359,7 +332,7 @@ async fn apply_prune_syncs_a_directory_once_with_the_same_safety() {
 
     // An empty directory prunes nothing.
     std::fs::remove_file(d.join("p1.yaml")).unwrap();
-    let (ok, _, err) = cli(&hive, &["apply", "-f", dir_arg, "--prune"]);
+    let (ok, _, err) = hive.cli(&["apply", "-f", dir_arg, "--prune"]);
     assert!(!ok);
     assert!(err.contains("holds no manifests"), "{err}");
     assert!(hive.get("p1").await.is_some());

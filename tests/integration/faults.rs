@@ -199,14 +199,7 @@ async fn racing_puts_with_a_resource_version_have_exactly_one_winner() {
     let agent = hive.wait_phase("race", "Running").await;
     assert_eq!(agent["metadata"]["generation"], 2);
     assert_eq!(agent["spec"]["env"]["WHO"], winner);
-    let env = hive
-        .inspect("race")
-        .await
-        .unwrap()
-        .config
-        .unwrap()
-        .env
-        .unwrap();
+    let env = hive.container_env("race").await;
     assert!(
         env.contains(&format!("WHO={winner}")),
         "the container runs the winner's spec: {env:?}"

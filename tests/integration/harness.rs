@@ -403,6 +403,17 @@ impl Hive {
         })
     }
 
+    /// The environment of an agent's container, as the engine has it.
+    pub async fn container_env(&self, agent: &str) -> Vec<String> {
+        let c = self.inspect(agent).await.expect("the agent's container");
+        c.config.and_then(|c| c.env).unwrap_or_default()
+    }
+
+    /// Runs `hive ARGS` against this server with its key; returns success, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        cli_with(&self.url, &self.key, args)
+    }
+
     /// The engine's containers of this instance (all states).
     pub async fn containers(&self) -> Vec<bollard::models::ContainerSummary> {
         containers_with_label(&format!("hive.instance={}", self.instance)).await
@@ -427,6 +438,22 @@ pub async fn containers_with_label(label: &str) -> Vec<bollard::models::Containe
         ..Default::default()
     };
     engine().await.list_containers(Some(options)).await.unwrap()
+}
+
+/// Runs `hive ARGS` as a user would, with a server and key in the environment; returns
+/// exit success, stdout and stderr.
+pub fn cli_with(url: &str, key: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(args)
+        .env("AGENT_API_URL", url)
+        .env("AGENT_API_KEY", key)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// The container id an agent's status names.

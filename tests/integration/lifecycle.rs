@@ -75,14 +75,7 @@ async fn a_spec_change_recreates_the_container() {
             .is_err(),
         "the old container is gone"
     );
-    let env = hive
-        .inspect("chg")
-        .await
-        .unwrap()
-        .config
-        .unwrap()
-        .env
-        .unwrap();
+    let env = hive.container_env("chg").await;
     assert!(env.contains(&"V=2".to_string()));
     assert_eq!(hive.containers().await.len(), 1);
 

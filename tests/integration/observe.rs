@@ -153,35 +153,17 @@ async fn json_logs_carry_the_agent_and_its_generation_on_every_reconcile_line() 
 async fn hive_wait_and_describe_use_conditions_and_events() {
     let hive = Hive::start().await;
     hive.put_yaml("cond", &agent_yaml("cond", "")).await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
-        .args([
-            "wait",
-            "cond",
-            "--for",
-            "condition=Ready",
-            "--timeout",
-            "60s",
-        ])
-        .env("AGENT_API_URL", &hive.url)
-        .env("AGENT_API_KEY", &hive.key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "agent/cond condition=Ready\n"
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
-        .args(["describe", "cond"])
-        .env("AGENT_API_URL", &hive.url)
-        .env("AGENT_API_KEY", &hive.key)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (ok, out, err) = hive.cli(&[
+        "wait",
+        "cond",
+        "--for",
+        "condition=Ready",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "agent/cond condition=Ready\n");
+    let (_, text, _) = hive.cli(&["describe", "cond"]);
     assert!(
         text.contains("Ready:") && text.contains("Events:") && text.contains("Created"),
         "{text}"

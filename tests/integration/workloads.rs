@@ -42,14 +42,7 @@ async fn secrets_are_write_only_and_reach_the_environment_through_env_from() {
         !agent.to_string().contains(&value),
         "the agent shows no values"
     );
-    let env = hive
-        .inspect("uses")
-        .await
-        .unwrap()
-        .config
-        .unwrap()
-        .env
-        .unwrap();
+    let env = hive.container_env("uses").await;
     assert!(env.contains(&format!("PROVIDER_API_KEY={value}")));
     assert!(
         env.contains(&"OTHER=mine".to_string()),
