@@ -39,6 +39,26 @@ pub struct Config {
     #[arg(long, env = "HIVE_MAX_CONCURRENT_RECONCILES", default_value_t = 16)]
     pub max_concurrent_reconciles: usize,
 
+    /// The deadline of every call to the container engine (a stop's grace is added where
+    /// the engine waits for a process to stop).
+    #[arg(long, env = "HIVE_ENGINE_TIMEOUT", default_value = "30s")]
+    pub engine_timeout: humantime::Duration,
+
+    /// How long the instance's lease stays valid without a renewal; a dead holder's lease
+    /// is taken over after this long. Renewed every third of it.
+    #[arg(long, env = "HIVE_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: humantime::Duration,
+
+    /// If another Hive holds the instance, wait (answering 503 on /readyz) and take over
+    /// when its lease expires, instead of exiting.
+    #[arg(long, env = "HIVE_STANDBY")]
+    pub standby: bool,
+
+    /// Treat containers of this instance that another store declared as this store's:
+    /// replace them or remove them as orphans. Without it they are left alone.
+    #[arg(long, env = "HIVE_ADOPT_FOREIGN")]
+    pub adopt_foreign: bool,
+
     /// File holding the API key (takes precedence over AGENT_API_KEY).
     #[arg(long, env = "HIVE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,

@@ -12,6 +12,7 @@
 //! - [`document`]: strict JSON/YAML parsing of one document or a stream, shared with the CLI.
 //! - [`access`]: keys, their owners and roles; [`policy`]: what an agent may be (admission).
 //! - [`controller`]: the runtime (queue, triggers, backoff) apart from `reconcile` and the pure `plan`.
+//! - [`lease`]: leader election, so that one Hive at a time reconciles an instance.
 //! - [`orchestrator`]: the `Orchestrator` trait and its Docker implementation (the only bollard user).
 //! - [`cli`]: the client commands of the `hive` binary (apply, get, describe, delete, ...).
 //! - [`manifests`]: GitOps, following a directory of manifests through the same apply path.
@@ -35,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod document;
+pub mod lease;
 pub mod manifests;
 pub mod metrics;
 pub mod orchestrator;
@@ -45,7 +47,7 @@ pub mod store;
 pub use config::Config;
 
 use access::{KeySource, Keys};
-use orchestrator::docker::DockerOrchestrator;
+use orchestrator::docker::{DockerOrchestrator, DockerSettings};
 use orchestrator::Orchestrator;
 use store::Store;
 
@@ -67,6 +69,9 @@ pub enum Error {
     },
     #[error("serving HTTP failed: {0}")]
     Serve(std::io::Error),
+    /// Another Hive holds the instance (and this one is not a standby).
+    #[error(transparent)]
+    Held(#[from] lease::InstanceHeld),
 }
 
 /// Runs Hive on `listener` until `shutdown` completes: opens the store, connects to the
@@ -115,13 +120,43 @@ pub async fn run(
             info!(path = %path.display(), "generated an API key (mode 0600); clients need its contents")
         }
     }
-    let orchestrator: Arc<dyn Orchestrator> = Arc::new(DockerOrchestrator::new(
-        config.docker_host.as_deref(),
-        &config.instance,
-        &config.agent_network,
-    ));
+    let orchestrator: Arc<dyn Orchestrator> = Arc::new(DockerOrchestrator::new(DockerSettings {
+        host: config.docker_host.clone(),
+        instance: config.instance.clone(),
+        network: config.agent_network.clone(),
+        store: store.id().to_string(),
+        timeout: config.engine_timeout.into(),
+    }));
     if let Err(e) = orchestrator.ping().await {
         warn!(error = %e, "the container engine does not answer yet; serving anyway and retrying");
+    }
+
+    // One Hive reconciles an instance: take its lease, or stop here if another holds it.
+    let lease_settings = lease::Settings {
+        instance: config.instance.clone(),
+        duration: config.lease_duration.into(),
+        standby: config.standby,
+    };
+    let first_look = lease_settings.duration + std::time::Duration::from(config.engine_timeout);
+    let (mut elector, leadership) = lease::Elector::new(
+        orchestrator.clone(),
+        lease::this_process(&config.data_dir, store.id()),
+        lease_settings,
+    );
+    match tokio::time::timeout(first_look, elector.start()).await {
+        Ok(Err(held)) => return Err(held.into()),
+        Ok(Ok(())) => {}
+        Err(_) => warn!("the instance's lease is not settled yet; not reconciling until it is"),
+    }
+    match &*leadership.borrow() {
+        lease::Leadership::Leading { .. } => {}
+        lease::Leadership::Standby { holder } => info!(
+            instance = %config.instance, holder = %holder.holder,
+            "standing by: another Hive holds the instance; taking over when its lease expires"
+        ),
+        lease::Leadership::Unknown { reason } => {
+            warn!(%reason, "not reconciling until the instance's lease is held")
+        }
     }
 
     let stop = CancellationToken::new();
@@ -133,8 +168,13 @@ pub async fn run(
         controller::Settings {
             resync_interval: config.resync_interval.into(),
             max_concurrent: config.max_concurrent_reconciles,
+            adopt_foreign: config.adopt_foreign,
+            shutdown_grace: SHUTDOWN_GRACE,
         },
     );
+    if config.adopt_foreign {
+        warn!("--adopt-foreign: containers of this instance from other stores are replaced or removed as this store's own");
+    }
     let state = api::AppState {
         store: store.clone(),
         orchestrator,
@@ -147,6 +187,8 @@ pub async fn run(
             .manifests_dir
             .as_ref()
             .map(|_| Arc::new(std::sync::Mutex::new(manifests::SyncStatus::default()))),
+        leadership: leadership.clone(),
+        instance: config.instance.clone(),
     };
     if let (Some(dir), Some(status)) = (&config.manifests_dir, &state.sync) {
         info!(dir = %dir.display(), rescan = %config.manifests_rescan, watch = config.manifests_watch, "following a manifests directory");
@@ -164,38 +206,61 @@ pub async fn run(
     if keys.file().is_some() {
         tokio::spawn(watch_keys(keys, stop.clone()));
     }
-    let controller_task = tokio::spawn(controller.run(stop.clone()));
+    let controller_task = tokio::spawn(controller.run(stop.clone(), leadership));
+    // The lease is given up last, once nothing reconciles any more.
+    let stop_lease = CancellationToken::new();
+    let (fatal_tx, mut fatal) = tokio::sync::mpsc::channel(1);
+    let elector_task = tokio::spawn(elector.run(stop_lease.clone(), fatal_tx));
 
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    info!(%addr, instance = %config.instance, "listening");
+    info!(%addr, instance = %config.instance, store = %store.id(), "listening");
     let mut server = tokio::spawn(
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(stop.clone().cancelled_owned())
             .into_future(),
     );
+    let mut held = None;
     let served = tokio::select! {
         () = shutdown => None,
         r = &mut server => Some(r),
+        Some(h) = fatal.recv() => {
+            held = Some(h);
+            None
+        }
     };
-    info!("shutting down: no new requests");
+    match &held {
+        Some(h) => warn!("{h}; shutting down"),
+        None => info!("shutting down: no new requests"),
+    }
     stop.cancel();
-    if controller_task.await.is_err() {
+    // Reconciles in flight and open requests get the same grace, at the same time.
+    let server_done = async {
+        match served {
+            Some(r) => r,
+            // A client following logs does not hold Hive up.
+            None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(grace = ?SHUTDOWN_GRACE, "closing connections still open after the grace period");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            },
+        }
+    };
+    let (controller_done, served) = tokio::join!(controller_task, server_done);
+    if controller_done.is_err() {
         warn!("the controller task panicked");
     }
-    let served = match served {
-        Some(r) => r,
-        // Requests in flight get a grace period; a client following logs does not hold Hive up.
-        None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-            Ok(r) => r,
-            Err(_) => {
-                warn!(grace = ?SHUTDOWN_GRACE, "closing connections still open after the grace period");
-                server.abort();
-                Ok(Ok(()))
-            }
-        },
-    };
+    stop_lease.cancel();
+    if elector_task.await.is_err() {
+        warn!("the lease task panicked");
+    }
     store.flush().await?;
     info!("stopped; agents keep running");
+    if let Some(h) = held {
+        return Err(h.into());
+    }
     served
         .map_err(|e| Error::Serve(std::io::Error::other(e)))?
         .map_err(Error::Serve)
@@ -248,5 +313,7 @@ async fn watch_keys(keys: Arc<Keys>, stop: CancellationToken) {
     }
 }
 
-/// How long open requests may take to finish once shutdown begins.
+/// How long open requests and reconciles in flight may take to finish once shutdown
+/// begins. With the lease given up and the store flushed after it, Hive exits within 15 s
+/// of a SIGTERM even while the engine hangs.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

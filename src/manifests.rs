@@ -87,8 +87,14 @@ impl Syncer {
         }
     }
 
-    /// Scans now, then on every change and rescan tick, until `stop`.
+    /// Scans once this Hive holds its instance, then on every change and rescan tick,
+    /// until `stop`.
     pub async fn run(self, stop: CancellationToken) {
+        let mut leadership = self.state.leadership.clone();
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = leadership.wait_for(|l| l.is_leading()) => if r.is_err() { return },
+        }
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let _watcher = if self.settings.watch {
             match watch(&self.settings.dir, tx) {
@@ -117,7 +123,10 @@ impl Syncer {
                     }
                 }
             }
-            self.scan().await;
+            // Only the Hive that reconciles the instance applies its manifests.
+            if self.state.leadership.borrow().is_leading() {
+                self.scan().await;
+            }
         }
     }
 

@@ -61,6 +61,12 @@ pub struct Metrics {
     pub engine_errors: Family<KindLabel, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_seconds: HistogramFamily<RouteLabel>,
+    /// 1 while this Hive holds its instance's lease.
+    pub leader: Gauge<i64, AtomicI64>,
+    /// Containers of this instance that another store declared (left alone).
+    pub foreign_containers: Gauge<i64, AtomicI64>,
+    /// Times the storm guard held an agent's create back.
+    pub create_backoffs: Counter,
 }
 
 impl Default for Metrics {
@@ -104,7 +110,28 @@ impl Default for Metrics {
             "HTTP request latency by route",
             http_seconds.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this Hive holds its instance's lease and reconciles",
+            leader.clone(),
+        );
+        let foreign_containers = Gauge::default();
+        registry.register(
+            "foreign_containers",
+            "Containers of this instance declared by another store, left alone",
+            foreign_containers.clone(),
+        );
+        let create_backoffs = Counter::default();
+        registry.register(
+            "create_backoffs",
+            "Times an agent's container create was held back because its containers keep disappearing or were created too often",
+            create_backoffs.clone(),
+        );
         Metrics {
+            leader,
+            foreign_containers,
+            create_backoffs,
             registry,
             reconciles,
             reconcile_seconds,

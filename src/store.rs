@@ -39,6 +39,9 @@ pub struct Internal {
     pub repairs: u64,
 }
 
+/// The key of the store's identity in the `meta` tree.
+const STORE_ID: &str = "store-id";
+
 /// Audit entries kept; older ones are dropped as new ones arrive.
 pub const AUDIT_KEEP: u64 = 100_000;
 
@@ -207,8 +210,12 @@ pub struct Store {
     history: Mutex<History>,
     /// Serializes read-modify-write cycles. Never held across an await.
     write: Mutex<()>,
-    /// Requests for a flush, served by one flusher thread.
-    flushes: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    /// Requests for a flush, served by one flusher thread (None once dropping).
+    flushes: Option<mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>>,
+    /// The flusher thread, joined on drop so that the store's lock is released.
+    flusher: Option<std::thread::JoinHandle<()>>,
+    /// This store's identity, made with it and stamped on every container it declares.
+    id: String,
 }
 
 /// What a read-modify-write decided, with what it tells its caller.
@@ -239,9 +246,19 @@ impl Store {
         let audit = db.open_tree("audit")?;
         let secrets = db.open_tree("secrets")?;
         let events = db.open_tree("events")?;
+        let meta = db.open_tree("meta")?;
+        let id = match meta.get(STORE_ID)? {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => {
+                let id = Uuid::new_v4().simple().to_string();
+                meta.insert(STORE_ID, id.as_bytes())?;
+                db.flush()?;
+                id
+            }
+        };
         let (flushes, requests) = mpsc::unbounded_channel();
         let flusher_db = db.clone();
-        std::thread::Builder::new()
+        let flusher = std::thread::Builder::new()
             .name("hive-store-flush".into())
             .spawn(move || group_commit(flusher_db, requests))
             .map_err(|e| StoreError::Flush(format!("cannot start the flusher: {e}")))?;
@@ -269,8 +286,16 @@ impl Store {
             secrets,
             events,
             write: Mutex::new(()),
-            flushes,
+            flushes: Some(flushes),
+            flusher: Some(flusher),
+            id,
         })
+    }
+
+    /// This store's identity: containers it declared carry it, so that a Hive never
+    /// takes another store's containers for its own.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Makes every write so far durable. Concurrent callers share one fsync (group
@@ -278,8 +303,9 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.flushes
-            .send(tx)
-            .map_err(|_| StoreError::Flush("the store is closed".into()))?;
+            .as_ref()
+            .and_then(|f| f.send(tx).ok())
+            .ok_or_else(|| StoreError::Flush("the store is closed".into()))?;
         rx.await
             .map_err(|_| StoreError::Flush("the flusher stopped".into()))?
             .map_err(StoreError::Flush)
@@ -711,6 +737,16 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    /// Ends the flusher and waits for it, so that the store can be opened again at once.
+    fn drop(&mut self) {
+        self.flushes.take();
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The flusher: takes every waiting request, fsyncs once, answers them all, repeats.
 /// (sled's own `flush_async` was seen to hang under concurrent callers.) Ends when the
 /// store is dropped.
@@ -858,6 +894,16 @@ mod tests {
             (1, 0),
             "still pending"
         );
+    }
+
+    #[test]
+    fn a_store_keeps_its_identity_and_a_new_store_gets_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Store::open(dir.path()).unwrap().id().to_string();
+        assert_eq!(id.len(), 32);
+        assert_eq!(Store::open(dir.path()).unwrap().id(), id);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(Store::open(other.path()).unwrap().id(), id);
     }
 
     #[test]

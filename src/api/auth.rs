@@ -88,7 +88,12 @@ pub async fn authenticate(
         }
     };
     request.extensions_mut().insert(principal.clone());
-    let response = next.run(request).await;
+    // A standby stores nothing: what it stored would not be what runs.
+    let standby = mutation.then(|| state.standby_reason()).flatten();
+    let response = match standby {
+        Some(reason) => ApiError::Unavailable(reason).into_response(),
+        None => next.run(request).await,
+    };
     if mutation {
         audit(&state, Some(&principal), &method, &path, &response);
     }

@@ -56,6 +56,26 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The manifests directory's sync state, when one is followed.
     pub sync: Option<Arc<std::sync::Mutex<crate::manifests::SyncStatus>>>,
+    /// Whether this Hive holds its instance's lease; a standby refuses writes.
+    pub leadership: tokio::sync::watch::Receiver<crate::lease::Leadership>,
+    /// This Hive's instance, for answers that name it.
+    pub instance: String,
+}
+
+impl AppState {
+    /// Why this Hive takes no writes now: another Hive holds its instance.
+    pub fn standby_reason(&self) -> Option<String> {
+        match &*self.leadership.borrow() {
+            crate::lease::Leadership::Standby { holder } => Some(format!(
+                "this Hive is a standby: instance {:?} is held by another Hive ({}) since {}; \
+                 send writes to that one",
+                self.instance,
+                holder.holder,
+                crate::lease::rfc3339_ms(holder.acquired_ms)
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Adds routes to a router and lists them (method, path), so that what is served and what
@@ -158,16 +178,48 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "the store reads and the engine answers"), (status = 503, body = ErrorBody)))]
-/// 200 only while the store reads and the engine answers; otherwise 503 saying which.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "the store reads, the engine answers and this Hive holds its instance", body = Readiness), (status = 503, body = ErrorBody)))]
+/// 200 only while the store reads, the engine answers and this Hive holds its instance's
+/// lease; otherwise 503 saying which. Containers of other stores are reported either way.
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.store.is_healthy() {
         return ApiError::Unavailable("the store cannot be read".into()).into_response();
     }
-    match state.orchestrator.ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),
-        Err(e) => ApiError::Unavailable(e.to_string()).into_response(),
+    if let Some(reason) = state.standby_reason() {
+        return ApiError::Unavailable(reason).into_response();
     }
+    if let Err(e) = state.orchestrator.ping().await {
+        return ApiError::Unavailable(e.to_string()).into_response();
+    }
+    let leadership = state.leadership.borrow().clone();
+    if let crate::lease::Leadership::Unknown { reason } = leadership {
+        return ApiError::Unavailable(format!("not reconciling: {reason}")).into_response();
+    }
+    let foreign = state.controller.foreign();
+    (
+        StatusCode::OK,
+        Json(Readiness {
+            status: "ready",
+            instance: state.instance.clone(),
+            store: state.store.id().to_string(),
+            foreign_containers: foreign,
+        }),
+    )
+        .into_response()
+}
+
+/// The body of a ready `/readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// "ready".
+    pub status: &'static str,
+    /// The instance this Hive reconciles.
+    pub instance: String,
+    /// The id of this Hive's store, stamped on the containers it declares.
+    pub store: String,
+    /// Containers of this instance declared by another store: left alone.
+    pub foreign_containers: Vec<crate::controller::ForeignContainer>,
 }
 
 #[utoipa::path(get, path = "/v1/sync", tag = "gitops", responses((status = 200, body = crate::manifests::SyncStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]

@@ -410,7 +410,7 @@ impl Server {
     }
 
     fn orchestrator(&self) -> DockerOrchestrator {
-        DockerOrchestrator::new(None, &self.instance, "hive-net")
+        engine(&self.instance)
     }
 
     /// Resident memory (bytes) and CPU time (seconds) of the server process.
@@ -469,17 +469,24 @@ async fn remove_all(o: &DockerOrchestrator, parallelism: usize) -> Result<()> {
     Ok(())
 }
 
+/// The Docker backend on its own for `instance`: the baseline every ratio is taken against.
+fn engine(instance: &str) -> DockerOrchestrator {
+    DockerOrchestrator::new(hive::orchestrator::docker::DockerSettings {
+        host: None,
+        instance: instance.to_string(),
+        network: "hive-net".into(),
+        store: "hive-bench-baseline".into(),
+        timeout: Duration::from_secs(30),
+    })
+}
+
 async fn converge(args: &ConvergeArgs) -> Result<Vec<Row>> {
     let n = args.agents;
     let (mut base_up, mut base_down, mut hive_up, mut hive_down) = (vec![], vec![], vec![], vec![]);
     for round in 1..=args.rounds {
         eprintln!("converge: round {round}/{} with {n} agents", args.rounds);
         // Baseline: the same containers, straight through the orchestrator.
-        let o = Arc::new(DockerOrchestrator::new(
-            None,
-            &format!("base{}", token()),
-            "hive-net",
-        ));
+        let o = Arc::new(engine(&format!("base{}", token())));
         let specs: Vec<_> = (0..n)
             .map(|i| agent(&format!("a{i:04}"), false).container_spec())
             .collect::<Result<_, _>>()?;
@@ -757,7 +764,7 @@ fn crash(id: &str) -> Result<()> {
 
 async fn drift(args: &DriftArgs) -> Result<Vec<Row>> {
     // Baseline: a container under the engine's own restart policy, crashed.
-    let o = DockerOrchestrator::new(None, &format!("base{}", token()), "hive-net");
+    let o = engine(&format!("base{}", token()));
     let mut spec = agent("crash", false).container_spec()?;
     spec.restart_policy = RestartPolicy::Always;
     let id = o.create(&spec).await?;

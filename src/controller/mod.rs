@@ -4,26 +4,33 @@
 //! Three sources wake it: store writes (through [`Handle::enqueue`]), the engine's event
 //! stream for this instance's containers, and a periodic resync that compares the whole
 //! store with one listing of the engine and queues only the agents that need work. The
-//! runtime runs at most `max_concurrent` passes at once and never two for one agent.
+//! runtime runs at most `max_concurrent` passes at once and never two for one agent, and
+//! none at all while this Hive does not hold its instance's lease ([`crate::lease`]).
+//!
+//! Only containers this store declared are the controller's: containers of the instance
+//! that another store stamped are reported ([`Handle::foreign`]) and left alone, unless
+//! `adopt_foreign` says to take them over.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::orchestrator::Orchestrator;
+use crate::lease::Leadership;
+use crate::orchestrator::{Container, Orchestrator};
 use crate::store::Store;
 
+pub mod churn;
 pub mod plan;
 pub mod queue;
 pub mod reconcile;
 
-pub use reconcile::{reconcile, Context, ReconcileError};
+pub use reconcile::{reconcile, Context, Ownership, ReconcileError};
 
 use queue::Queue;
 
@@ -34,13 +41,29 @@ pub struct Settings {
     pub resync_interval: Duration,
     /// Reconciles allowed in flight at once.
     pub max_concurrent: usize,
+    /// Treat containers of this instance from other stores as this store's own.
+    pub adopt_foreign: bool,
+    /// How long passes in flight may take to finish once shutdown begins.
+    pub shutdown_grace: Duration,
 }
 
-/// What the rest of Hive holds to wake the controller.
+/// A container of this instance that another store declared.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForeignContainer {
+    pub id: String,
+    pub agent: String,
+    /// The store that declared it ("unknown" for a container without a store stamp).
+    pub store: String,
+}
+
+/// What the rest of Hive holds to wake the controller and to read what it found.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<String>,
     resync: Arc<Notify>,
+    /// Containers of this instance from other stores, as of the last resync.
+    foreign: Arc<std::sync::Mutex<Vec<ForeignContainer>>>,
 }
 
 impl Handle {
@@ -53,6 +76,14 @@ impl Handle {
     /// Asks for a full resync now.
     pub fn resync(&self) {
         self.resync.notify_one();
+    }
+
+    /// Containers of this instance that another store declared (left alone).
+    pub fn foreign(&self) -> Vec<ForeignContainer> {
+        self.foreign
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -74,14 +105,21 @@ impl Controller {
         let (tx, rx) = mpsc::unbounded_channel();
         Controller {
             ctx: Context {
+                ownership: Ownership {
+                    store: store.id().to_string(),
+                    adopt_foreign: settings.adopt_foreign,
+                },
                 store,
                 orchestrator,
                 metrics,
+                churn: Default::default(),
+                removed: Default::default(),
             },
             settings,
             handle: Handle {
                 tx,
                 resync: Arc::new(Notify::new()),
+                foreign: Default::default(),
             },
             rx,
         }
@@ -92,8 +130,13 @@ impl Controller {
         self.handle.clone()
     }
 
-    /// Runs until `shutdown` fires, then lets the passes in flight finish.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown` fires, then lets the passes in flight finish (for at most
+    /// the shutdown grace). Passes start only while `leadership` says this Hive leads.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        mut leadership: watch::Receiver<Leadership>,
+    ) {
         let Controller {
             ctx,
             settings,
@@ -105,6 +148,7 @@ impl Controller {
             ctx.clone(),
             handle.clone(),
             settings.resync_interval,
+            leadership.clone(),
             shutdown.clone(),
         ));
         background.spawn(event_loop(
@@ -115,8 +159,11 @@ impl Controller {
 
         let mut queue = Queue::default();
         let mut passes: JoinSet<(String, Result<Option<Duration>, ()>)> = JoinSet::new();
+        let mut leading = leadership.borrow().is_leading();
+        ctx.metrics.leader.set(i64::from(leading));
+        let mut electing = true;
         loop {
-            while passes.len() < settings.max_concurrent.max(1) {
+            while leading && passes.len() < settings.max_concurrent.max(1) {
                 let Some(name) = queue.pop() else { break };
                 let ctx = ctx.clone();
                 let span = tracing::info_span!(
@@ -146,9 +193,35 @@ impl Controller {
                     .instrument(span),
                 );
             }
+            if !leading {
+                // Nothing reaches the engine; the agents' statuses say why.
+                let reason = leadership_reason(&leadership.borrow());
+                while let Some(name) = queue.pop() {
+                    if let Err(e) = reconcile::explain_waiting(&name, &ctx, &reason) {
+                        warn!(agent = %name, error = %e, "could not write a status");
+                    }
+                    queue.finish(&name, true);
+                }
+            }
             ctx.metrics.queue_depth.set(queue.len() as i64);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                changed = leadership.changed(), if electing => {
+                    if changed.is_err() {
+                        // The election is gone: nothing may be reconciled any more.
+                        electing = false;
+                        leading = false;
+                        continue;
+                    }
+                    let now = leadership.borrow().is_leading();
+                    ctx.metrics.leader.set(i64::from(now));
+                    if now && !leading {
+                        info!("holding the instance's lease: reconciling");
+                    } else if !now && leading {
+                        warn!("not holding the instance's lease: reconciling paused");
+                    }
+                    leading = now;
+                }
                 Some(name) = rx.recv() => queue.push(name),
                 () = queue.next_retry() => {}
                 Some(done) = passes.join_next() => match done {
@@ -172,8 +245,32 @@ impl Controller {
             in_flight = passes.len(),
             "controller stopping; finishing reconciles in flight"
         );
-        while passes.join_next().await.is_some() {}
+        let drain = async { while passes.join_next().await.is_some() {} };
+        if tokio::time::timeout(settings.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            warn!(
+                grace = ?settings.shutdown_grace,
+                in_flight = passes.len(),
+                "abandoning reconciles still waiting for the engine; the next start picks them up"
+            );
+            passes.abort_all();
+            while passes.join_next().await.is_some() {}
+        }
         background.shutdown().await;
+    }
+}
+
+/// Why this Hive does not reconcile now, for agents' statuses.
+fn leadership_reason(l: &Leadership) -> String {
+    match l {
+        Leadership::Leading { .. } => String::new(),
+        Leadership::Unknown { reason } => reason.clone(),
+        Leadership::Standby { holder } => format!(
+            "another Hive holds this instance ({}); this one is a standby",
+            holder.holder
+        ),
     }
 }
 
@@ -195,43 +292,105 @@ fn back_off(ctx: &Context, name: &str, delay: Duration) {
 
 /// Every `interval` (or when asked), compares the store with one listing of the engine
 /// and queues the agents whose plan has work or whose status would change. The first
-/// pass queues everything, so a restarted Hive refreshes every status.
+/// pass after this Hive comes to lead queues everything, so a restarted Hive (or one that
+/// takes over) refreshes every status. Nothing is listed while it does not lead.
 async fn resync_loop(
     ctx: Context,
     handle: Handle,
     interval: Duration,
+    mut leadership: watch::Receiver<Leadership>,
     shutdown: CancellationToken,
 ) {
     let mut first = true;
     loop {
-        match resync_once(&ctx, first).await {
-            Ok(names) => {
-                debug!(queued = names.len(), "resync");
-                first = false;
-                for name in names {
-                    handle.enqueue(&name);
+        if leadership.borrow().is_leading() {
+            match resync_once(&ctx, first).await {
+                Ok(resync) => {
+                    debug!(queued = resync.names.len(), "resync");
+                    first = false;
+                    report_foreign(&ctx, &handle, resync.foreign);
+                    for name in resync.names {
+                        handle.enqueue(&name);
+                    }
                 }
+                Err(e) => warn!(error = %e, "resync failed; will try again"),
             }
-            Err(e) => warn!(error = %e, "resync failed; will try again"),
+        } else {
+            first = true;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
             _ = handle.resync.notified() => {}
+            changed = leadership.changed() => if changed.is_err() { return },
         }
     }
 }
 
-/// The names one resync must queue.
-async fn resync_once(ctx: &Context, everything: bool) -> Result<BTreeSet<String>, ReconcileError> {
+/// Publishes the containers of other stores, with one log line when they change.
+fn report_foreign(ctx: &Context, handle: &Handle, mut found: Vec<ForeignContainer>) {
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    ctx.metrics.foreign_containers.set(found.len() as i64);
+    let mut known = handle.foreign.lock().unwrap_or_else(|p| p.into_inner());
+    if *known == found {
+        return;
+    }
+    if !found.is_empty() {
+        let stores: BTreeSet<&str> = found.iter().map(|f| f.store.as_str()).collect();
+        let agents: BTreeSet<&str> = found.iter().map(|f| f.agent.as_str()).collect();
+        warn!(
+            containers = found.len(),
+            stores = ?stores,
+            agents = ?agents,
+            "containers of this instance belong to another store: they are left alone (start \
+             the Hive of that store, or this one with --adopt-foreign to take them over)"
+        );
+    }
+    *known = found;
+}
+
+/// What one resync found.
+struct Resync {
+    /// The agents to queue.
+    names: BTreeSet<String>,
+    /// Containers of other stores.
+    foreign: Vec<ForeignContainer>,
+}
+
+/// The names one resync must queue, and the other stores' containers it saw.
+async fn resync_once(ctx: &Context, everything: bool) -> Result<Resync, ReconcileError> {
     let records = ctx.store.list()?;
     let containers = ctx.orchestrator.list_all().await?;
-    let mut by_agent: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+    let uids: BTreeMap<&str, String> = records
+        .iter()
+        .map(|r| {
+            let uid = r
+                .agent
+                .metadata
+                .uid
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            (r.agent.metadata.name.as_str(), uid)
+        })
+        .collect();
+    let mut by_agent: BTreeMap<&str, Vec<Container>> = BTreeMap::new();
+    let mut foreign = Vec::new();
     for c in &containers {
-        by_agent
-            .entry(c.agent.as_str())
-            .or_default()
-            .push(c.clone());
+        if ctx
+            .ownership
+            .owns(c, uids.get(c.agent.as_str()).map(String::as_str))
+        {
+            by_agent
+                .entry(c.agent.as_str())
+                .or_default()
+                .push(c.clone());
+        } else {
+            foreign.push(ForeignContainer {
+                id: c.id.clone(),
+                agent: c.agent.clone(),
+                store: c.store.clone().unwrap_or_else(|| "unknown".into()),
+            });
+        }
     }
     let mut names = BTreeSet::new();
     for r in &records {
@@ -241,18 +400,14 @@ async fn resync_once(ctx: &Context, everything: bool) -> Result<BTreeSet<String>
             names.insert(name.to_string());
         }
     }
-    // What is left has no record: orphans to remove.
+    // What is left has no record: this store's orphans, to remove.
     names.extend(by_agent.into_keys().map(str::to_string));
-    Ok(names)
+    Ok(Resync { names, foreign })
 }
 
 /// Whether a pass over this agent would change anything, judged from a listing (which
 /// lacks restart counts, so those are not compared).
-fn needs_work(
-    ctx: &Context,
-    r: &crate::store::Record,
-    containers: &[crate::orchestrator::Container],
-) -> bool {
+fn needs_work(ctx: &Context, r: &crate::store::Record, containers: &[Container]) -> bool {
     if r.agent
         .expires_at()
         .is_some_and(|t| t <= time::OffsetDateTime::now_utc())

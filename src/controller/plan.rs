@@ -253,6 +253,7 @@ mod tests {
             state,
             restart_count: 0,
             created: 1,
+            store: None,
         }
     }
 

@@ -2,14 +2,16 @@
 //! [`plan`], carry the plan out, and write the status. Level-based and idempotent: it
 //! neither knows nor cares why it was called.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::churn;
 use super::plan::{plan, ContainerAction, Plan};
 use crate::agent::{AgentStatus, Condition, Phase};
-use crate::orchestrator::{Orchestrator, OrchestratorError};
+use crate::orchestrator::{Container, Orchestrator, OrchestratorError, Removal};
 use crate::store::{NewEvent, Record, Store, StoreError};
 
 /// What a reconcile needs.
@@ -18,6 +20,44 @@ pub struct Context {
     pub store: Arc<Store>,
     pub orchestrator: Arc<dyn Orchestrator>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Which containers are this store's.
+    pub ownership: Ownership,
+    /// The storm guard's create histories.
+    pub churn: Arc<Mutex<churn::Guard>>,
+    /// Containers this Hive removed lately, to notice one that survives its removal.
+    pub removed: Arc<Mutex<HashMap<String, Removed>>>,
+}
+
+/// How long a removal is remembered.
+const REMEMBER_REMOVALS: Duration = Duration::from_secs(600);
+
+/// A container this Hive had the engine remove.
+#[derive(Clone, Debug)]
+pub struct Removed {
+    pub at: Instant,
+    /// Whether its surviving the removal was reported already.
+    pub reported: bool,
+}
+
+/// Which containers of the instance belong to this store.
+#[derive(Clone, Debug)]
+pub struct Ownership {
+    /// This store's id.
+    pub store: String,
+    /// Take every container of the instance for this store's (`--adopt-foreign`).
+    pub adopt_foreign: bool,
+}
+
+impl Ownership {
+    /// Whether `c` is this store's: stamped with its id, or made before containers were
+    /// stamped and carrying the uid of the agent this store declares by that name.
+    pub fn owns(&self, c: &Container, agent_uid: Option<&str>) -> bool {
+        self.adopt_foreign
+            || match &c.store {
+                Some(s) => *s == self.store,
+                None => agent_uid.is_some_and(|u| u == c.uid),
+            }
+    }
 }
 
 /// Why a pass did not finish. The runtime retries with backoff.
@@ -75,11 +115,44 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, Re
         }
     };
     let hash = spec.as_ref().map(|s| s.hash()).unwrap_or_default();
-    let containers = match ctx.orchestrator.list_agent(name).await {
+    let listed = match ctx.orchestrator.list_agent(name).await {
         Ok(c) => c,
         Err(e) => return fail(ctx, record.as_ref(), e).map(|()| None),
     };
+    let uid = record
+        .as_ref()
+        .and_then(|r| r.agent.metadata.uid)
+        .map(|u| u.to_string());
+    let (containers, foreign): (Vec<Container>, Vec<Container>) = listed
+        .into_iter()
+        .partition(|c| ctx.ownership.owns(c, uid.as_deref()));
     let plan = plan(record.as_ref(), &hash, &containers);
+    if let (Some(ContainerAction::Create { .. }), Some(r)) = (&plan.action, live) {
+        // Another store's container holds the name: leave it alone and say so.
+        if let Some(f) = foreign
+            .iter()
+            .find(|c| c.state != crate::orchestrator::ContainerState::Removing)
+        {
+            let message = format!(
+                "a container of another Hive store ({}) runs agent {name:?} on this instance; \
+                 it is left alone (stop using that store, remove the container, or start this \
+                 Hive with --adopt-foreign to replace it)",
+                f.store.as_deref().unwrap_or("unknown")
+            );
+            write_failure(ctx, r, &message, false)?;
+            return Ok(requeue);
+        }
+        let what = format!("{}/{hash}", uid.as_deref().unwrap_or_default());
+        let verdict =
+            ctx.churn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(name, &what, Instant::now());
+        if let Err(throttled) = verdict {
+            held_back(ctx, r, &throttled)?;
+            return Ok(Some(throttled.wait));
+        }
+    }
     let mut done = Decisions::default();
     let result = execute(
         ctx,
@@ -92,11 +165,37 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, Re
     .await;
     if !plan.delete_record || result.is_err() {
         done.record(ctx, record.as_ref());
+    } else if plan.delete_record {
+        ctx.churn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(name);
     }
     match result {
         Ok(created) => finish(ctx, record, plan, created).map(|()| requeue),
         Err(e) => fail(ctx, record.as_ref(), e).map(|()| None),
     }
+}
+
+/// The pass of a Hive that does not hold its instance's lease: nothing reaches the
+/// engine, and a live agent's status says why nothing happens.
+pub fn explain_waiting(name: &str, ctx: &Context, reason: &str) -> Result<(), ReconcileError> {
+    let Some(r) = ctx.store.get(name)? else {
+        return Ok(());
+    };
+    if r.agent.is_terminating() {
+        return Ok(());
+    }
+    let mut status = r.agent.status.clone();
+    status.message = Some(format!("not reconciled: {reason}"));
+    let status = with_conditions(&r.agent.status.conditions, status, Some("NotReconciling"));
+    ctx.store.update_status(
+        name,
+        r.agent.metadata.uid.unwrap_or_default(),
+        status,
+        r.internal.clone(),
+    )?;
+    Ok(())
 }
 
 /// What a pass decided and did, as events for the agent's history (and log lines).
@@ -145,12 +244,45 @@ async fn execute(
     let generation = record.map_or(0, |r| r.agent.metadata.generation);
     let mut replaced = false;
     for (id, reason) in &plan.remove {
-        o.remove(id).await?;
         replaced |= *reason == "the spec changed";
-        done.normal(
-            "Removed",
-            format!("removed container {} because {reason}", short(id)),
-        );
+        let earlier = ctx
+            .removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(earlier) = &earlier {
+            // Removed before, yet listed again: say so once, then stop announcing it.
+            if !earlier.reported {
+                done.warning(
+                    "RemovalFailed",
+                    format!(
+                        "container {} survived its removal {} ago; the engine still lists it",
+                        short(id),
+                        humantime::format_duration(Duration::from_secs(
+                            earlier.at.elapsed().as_secs()
+                        ))
+                    ),
+                );
+                remember_removal(ctx, id, true);
+            }
+        }
+        match o.remove(id).await? {
+            Removal::Removed if earlier.is_none() => {
+                remember_removal(ctx, id, false);
+                done.normal(
+                    "Removed",
+                    format!("removed container {} because {reason}", short(id)),
+                );
+            }
+            Removal::Removed => debug!(container = %short(id), "removed again"),
+            Removal::AlreadyGone => {
+                debug!(container = %short(id), "was already gone when it was to be removed")
+            }
+            Removal::InProgress => {
+                debug!(container = %short(id), "the engine is removing it already")
+            }
+        }
     }
     if plan.delete_record {
         if let Some(r) = record {
@@ -272,7 +404,7 @@ fn finish(
         }),
         conditions: Vec::new(),
     };
-    let status = with_conditions(&agent.status.conditions, status);
+    let status = with_conditions(&agent.status.conditions, status, None);
     if status.message.is_some() && status.message != agent.status.message {
         let mut note = Decisions::default();
         note.warning("NotReady", status.message.clone().unwrap_or_default());
@@ -280,6 +412,53 @@ fn finish(
     }
     ctx.store
         .update_status(&agent.metadata.name, uid, status, internal)?;
+    Ok(())
+}
+
+/// Notes that this Hive had `id` removed (`reported`: its survival was reported).
+fn remember_removal(ctx: &Context, id: &str, reported: bool) {
+    let mut removed = ctx.removed.lock().unwrap_or_else(|p| p.into_inner());
+    removed.retain(|_, r| r.at.elapsed() < REMEMBER_REMOVALS);
+    let at = removed.get(id).map_or_else(Instant::now, |r| r.at);
+    removed.insert(id.to_string(), Removed { at, reported });
+}
+
+/// Writes the status of an agent whose create the storm guard holds back, and says why
+/// in an event when that is news.
+fn held_back(
+    ctx: &Context,
+    r: &Record,
+    throttled: &churn::Throttled,
+) -> Result<(), ReconcileError> {
+    let agent = &r.agent;
+    let mut status = agent.status.clone();
+    status.phase = Phase::Pending;
+    status.observed_generation = agent.metadata.generation;
+    status.container_id = None;
+    status.message = Some(throttled.message.clone());
+    let reason = if throttled.vanishing {
+        "ContainerChurn"
+    } else {
+        "CreateRateLimited"
+    };
+    let status = with_conditions(&agent.status.conditions, status, Some(reason));
+    let news = agent
+        .status
+        .conditions
+        .iter()
+        .all(|c| c.kind != "Ready" || c.reason != reason);
+    if news {
+        ctx.metrics.create_backoffs.inc();
+        let mut note = Decisions::default();
+        note.warning(reason, throttled.message.clone());
+        note.record(ctx, Some(r));
+    }
+    ctx.store.update_status(
+        &agent.metadata.name,
+        agent.metadata.uid.unwrap_or_default(),
+        status,
+        r.internal.clone(),
+    )?;
     Ok(())
 }
 
@@ -311,7 +490,7 @@ fn write_failure(
         status.observed_generation = agent.metadata.generation;
     }
     status.message = Some(message.to_string());
-    let status = with_conditions(&agent.status.conditions, status);
+    let status = with_conditions(&agent.status.conditions, status, None);
     if agent.status.message.as_deref() != Some(message) {
         let mut note = Decisions::default();
         note.warning("Failed", message.to_string());
@@ -328,8 +507,13 @@ fn write_failure(
 
 /// Sets Ready (running the current generation) and Progressing (still on its way: the
 /// engine has yet to run it) from the rest of the status. Both follow from the phase, so a
-/// settled agent's status does not change again.
-fn with_conditions(previous: &[Condition], mut status: AgentStatus) -> AgentStatus {
+/// settled agent's status does not change again. `reason` names why it is not ready
+/// when the phase alone does not say.
+fn with_conditions(
+    previous: &[Condition],
+    mut status: AgentStatus,
+    reason: Option<&str>,
+) -> AgentStatus {
     let phase = format!("{:?}", status.phase);
     let ready = status.phase == Phase::Running && status.message.is_none();
     let progressing = status.phase == Phase::Pending;
@@ -338,7 +522,11 @@ fn with_conditions(previous: &[Condition], mut status: AgentStatus) -> AgentStat
             previous,
             "Ready",
             ready,
-            if ready { "Running" } else { &phase },
+            if ready {
+                "Running"
+            } else {
+                reason.unwrap_or(&phase)
+            },
             status.message.clone(),
         ),
         Condition::set(

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::agent::{Agent, Phase};
+use crate::lease::Leadership;
 use crate::orchestrator::fake::FakeOrchestrator;
 use crate::orchestrator::ContainerState;
 
@@ -22,6 +23,8 @@ fn agent(name: &str) -> Agent {
 }
 
 struct Harness {
+    /// Says whether the controller holds the lease.
+    leadership: watch::Sender<Leadership>,
     store: Arc<Store>,
     fake: Arc<FakeOrchestrator>,
     handle: Handle,
@@ -30,9 +33,27 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
+/// A lease held by this test's Hive.
+fn lease() -> crate::orchestrator::Lease {
+    crate::orchestrator::Lease {
+        holder: crate::lease::this_process(std::path::Path::new("/tmp"), "test"),
+        acquired_ms: 0,
+        renewed_ms: 0,
+        duration: Duration::from_secs(15),
+        transitions: 0,
+        handle: "l".into(),
+    }
+}
+
 fn start(fake: FakeOrchestrator, max_concurrent: usize) -> Harness {
+    start_with(fake, max_concurrent, true)
+}
+
+/// Starts a controller; `leading` says whether it holds the lease at first.
+fn start_with(fake: FakeOrchestrator, max_concurrent: usize, leading: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
+    fake.stamp_as(store.id());
     let fake = Arc::new(fake);
     let controller = Controller::new(
         store.clone(),
@@ -41,12 +62,23 @@ fn start(fake: FakeOrchestrator, max_concurrent: usize) -> Harness {
         Settings {
             resync_interval: Duration::from_secs(3600),
             max_concurrent,
+            adopt_foreign: false,
+            shutdown_grace: Duration::from_secs(2),
         },
     );
     let handle = controller.handle();
     let stop = CancellationToken::new();
-    let task = tokio::spawn(controller.run(stop.clone()));
+    let initial = if leading {
+        Leadership::Leading { lease: lease() }
+    } else {
+        Leadership::Unknown {
+            reason: "test".into(),
+        }
+    };
+    let (tx, rx) = watch::channel(initial);
+    let task = tokio::spawn(controller.run(stop.clone(), rx));
     Harness {
+        leadership: tx,
         store,
         fake,
         handle,
@@ -199,6 +231,125 @@ async fn a_resync_removes_orphans_and_replaces_foreign_containers() {
     .await;
     assert_eq!(h.fake.containers().len(), 1);
     h.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_is_reconciled_without_the_lease_and_everything_once_it_is_held() {
+    let h = start_with(FakeOrchestrator::default(), 2, false);
+    let leadership = &h.leadership;
+    h.add("a");
+    h.add("b");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(h.fake.calls().is_empty(), "{:?}", h.fake.calls());
+    leadership
+        .send(Leadership::Leading { lease: lease() })
+        .unwrap();
+    h.until("both running", |h| {
+        h.phase("a") == Some(Phase::Running) && h.phase("b") == Some(Phase::Running)
+    })
+    .await;
+    // Losing the lease pauses reconciling again.
+    leadership
+        .send(Leadership::Unknown {
+            reason: "lost".into(),
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = h.fake.calls().len();
+    h.store
+        .set_state("a", crate::agent::DesiredState::Stopped)
+        .unwrap();
+    h.handle.enqueue("a");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.fake.calls().len(), before, "a pass ran without the lease");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn another_stores_containers_are_left_alone_and_reported() {
+    let h = start(FakeOrchestrator::default(), 2);
+    h.add("mine");
+    h.until("running", |h| h.phase("mine") == Some(Phase::Running))
+        .await;
+    let theirs = h.fake.add_foreign("theirs", ContainerState::Running);
+    let shadow = h.fake.add_foreign("mine", ContainerState::Running);
+    let orphan = h.fake.add_out_of_band("nobody", ContainerState::Running);
+    h.handle.resync();
+    h.until("the own orphan removed", |h| {
+        !h.fake.containers().iter().any(|c| c.id == orphan)
+    })
+    .await;
+    h.until("the others reported", |h| h.handle.foreign().len() == 2)
+        .await;
+    let ids: Vec<_> = h.fake.containers().into_iter().map(|c| c.id).collect();
+    assert!(ids.contains(&theirs) && ids.contains(&shadow), "{ids:?}");
+    assert!(!h.fake.calls().iter().any(|c| c == "remove theirs"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn containers_removed_out_of_band_in_a_loop_are_recreated_at_a_bounded_rate() {
+    let h = start(FakeOrchestrator::default(), 2);
+    h.add("storm");
+    h.until("running", |h| h.phase("storm") == Some(Phase::Running))
+        .await;
+    // Something removes the container whenever it appears, for two seconds.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        for c in h.fake.containers() {
+            h.fake.remove_out_of_band(&c.id);
+            h.handle.enqueue("storm");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let creates = h
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("create"))
+        .count();
+    assert!(
+        creates <= 1 + churn::MAX_VANISHED,
+        "{creates} creates in two seconds"
+    );
+    let r = h.store.get("storm").unwrap().unwrap();
+    let ready = r
+        .agent
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.kind == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "ContainerChurn");
+    assert!(r
+        .agent
+        .status
+        .message
+        .unwrap()
+        .contains("keeps disappearing"));
+    let events = h.store.events("storm").unwrap();
+    assert!(
+        events.iter().any(|e| e.reason == "ContainerChurn"),
+        "{events:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_abandons_reconciles_that_outlast_the_grace() {
+    let h = start(FakeOrchestrator::with_latency(Duration::from_secs(60)), 2);
+    h.add("hung");
+    h.until("create started", |h| {
+        h.fake.calls().iter().any(|c| c == "create hung")
+    })
+    .await;
+    let started = std::time::Instant::now();
+    h.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopping took {:?} with an engine call hanging",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

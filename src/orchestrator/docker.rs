@@ -1,35 +1,53 @@
 //! The Docker implementation of [`Orchestrator`], and the only file that knows bollard.
 //!
 //! Containers are named `hive-<agent>` (`hive-<instance>-<agent>` for an instance other
-//! than `default`) and carry `hive.managed`, `hive.instance`, `hive.agent`, `hive.uid`
-//! and `hive.spec-hash` labels; every listing filters on this instance's label, so this
-//! type never sees, let alone touches, a container that is not its own.
+//! than `default`) and carry `hive.managed`, `hive.instance`, `hive.store`, `hive.agent`,
+//! `hive.uid` and `hive.spec-hash` labels; every listing filters on this instance's label,
+//! so this type never sees, let alone touches, a container that is not its instance's.
+//!
+//! Every call to the engine has a deadline (the `--engine-timeout`, plus the stop grace
+//! where the engine waits for a process to stop), so a hung engine turns into errors the
+//! controller backs off from, never into a Hive that cannot stop.
 //!
 //! The client connects lazily and negotiates the API version on first contact, so Hive
 //! starts while the engine is down and talks to engines older than bollard's default.
+//!
+//! # The lease
+//! The instance's lease (see [`crate::lease`]) is kept on the engine as two containers
+//! that are created and never started, from a one-file image Hive imports itself
+//! (`hive-lease:1`; nothing is pulled):
+//! - `hive-lease_<instance>`: the lease. Container names are unique on an engine and a
+//!   create of a taken name fails, so creating it is an atomic compare-and-set; a
+//!   takeover removes the old one *by id* first, so two Hives replacing the same expired
+//!   lease cannot both win. Its labels name the holder (host, pid, data dir, store), the
+//!   acquire time, the duration and the number of transitions.
+//! - `hive-lease_<instance>_<token>_<unix-ms>`: the renewal stamp. Labels cannot change,
+//!   but names can: each renewal renames the stamp to the current time.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, EndpointSettings,
-    HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest, NetworkingConfig,
-    RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummary, ContainerSummaryStateEnum,
+    EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest,
+    NetworkingConfig, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
     ListVolumesOptions, LogsOptions, RemoveContainerOptions, RemoveVolumeOptions,
-    RestartContainerOptions, StopContainerOptions,
+    RenameContainerOptions, RestartContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use tokio::sync::Mutex;
 
 use super::{
-    Container, ContainerSpec, ContainerState, LogOptions, Orchestrator, OrchestratorError,
+    Container, ContainerSpec, ContainerState, Holder, Lease, LogOptions, Orchestrator,
+    OrchestratorError, Removal,
 };
 use crate::agent::RestartPolicy;
 
@@ -37,6 +55,8 @@ use crate::agent::RestartPolicy;
 pub const LABEL_MANAGED: &str = "hive.managed";
 /// Label naming the Hive instance that owns a container.
 pub const LABEL_INSTANCE: &str = "hive.instance";
+/// Label naming the store that declared a container.
+pub const LABEL_STORE: &str = "hive.store";
 /// Label naming the agent a container runs.
 pub const LABEL_AGENT: &str = "hive.agent";
 /// Label with the agent's uid.
@@ -49,50 +69,82 @@ pub const LABEL_VOLUME: &str = "hive.volume";
 pub const LABEL_RETAIN: &str = "hive.retain";
 /// Label with the hash of the spec the container was created from.
 pub const LABEL_SPEC_HASH: &str = "hive.spec-hash";
+/// Label naming the instance a lease (or its renewal stamp) belongs to.
+pub const LABEL_LEASE: &str = "hive.lease";
+/// Prefix of the lease's other labels.
+const LEASE: &str = "hive.lease.";
+/// Label of a renewal stamp: the token of the lease it renews.
+const LABEL_STAMP: &str = "hive.lease.stamp";
+/// The image lease containers are made from (imported by Hive, never pulled).
+const LEASE_IMAGE: &str = "hive-lease:1";
 
 /// Seconds an agent gets between the stop signal and the kill.
 const STOP_GRACE_SECS: i32 = 10;
-/// A request to the engine that takes longer than this is treated as the engine being gone.
-const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// Processes an agent may have when neither spec nor policy says: enough for an agent,
 /// too few for a fork bomb.
 const DEFAULT_PIDS_LIMIT: i64 = 512;
+/// The longest a ping may take before the engine counts as not answering.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// A pull may take this much longer than other calls: images are large.
+const PULL_EXTRA: Duration = Duration::from_secs(600);
+/// How often the API version negotiation is tried again while the engine does not answer.
+const NEGOTIATE_EVERY: Duration = Duration::from_secs(5);
+
+/// How to reach the engine and what to stamp on containers.
+#[derive(Clone, Debug)]
+pub struct DockerSettings {
+    /// `unix:///path`, a bare socket path, `tcp://` or `http://`; None means DOCKER_HOST
+    /// or the local socket.
+    pub host: Option<String>,
+    /// This Hive's instance name, stamped on and filtered by.
+    pub instance: String,
+    /// The network every agent joins, with its name as an alias.
+    pub network: String,
+    /// The id of the store whose agents this backend runs, stamped on each container.
+    pub store: String,
+    /// The deadline of every engine call (a stop's grace is added where it applies).
+    pub timeout: Duration,
+}
 
 /// The Docker engine behind one Hive instance.
 pub struct DockerOrchestrator {
     /// The client; replaced once by the version-negotiated one.
-    client: Arc<Mutex<Client>>,
-    /// This Hive's instance name, stamped on and filtered by.
-    instance: String,
-    /// The network every agent joins, with its name as an alias.
-    network: String,
+    client: Arc<std::sync::Mutex<Client>>,
+    settings: DockerSettings,
     /// Set once the network is known to exist.
     network_ready: tokio::sync::OnceCell<()>,
+    /// Set once the lease image is known to exist.
+    lease_image_ready: tokio::sync::OnceCell<()>,
 }
 
 struct Client {
     /// Where the engine is (None: DOCKER_HOST or the local socket).
     host: Option<String>,
+    /// bollard's own per-request timeout, a backstop behind [`DockerOrchestrator::call`].
+    timeout: Duration,
     /// Made on first use; bollard refuses to make one while the socket is missing.
     docker: Option<Docker>,
     /// Whether `docker` speaks the engine's API version.
     negotiated: bool,
+    /// When a negotiation was last tried, so a silent engine is not asked on every call.
+    last_attempt: Option<Instant>,
 }
 
 impl DockerOrchestrator {
-    /// Prepares a client for `host` (`unix:///path`, a bare socket path, `tcp://` or
-    /// `http://`; `None` means DOCKER_HOST or the local socket). Does no I/O: the
-    /// connection is made, and the API version negotiated, when the engine first answers.
-    pub fn new(host: Option<&str>, instance: &str, network: &str) -> Self {
+    /// Prepares a client. Does no I/O: the connection is made, and the API version
+    /// negotiated, when the engine first answers.
+    pub fn new(settings: DockerSettings) -> Self {
         DockerOrchestrator {
-            network: network.to_string(),
-            network_ready: tokio::sync::OnceCell::new(),
-            client: Arc::new(Mutex::new(Client {
-                host: host.map(str::to_string),
+            client: Arc::new(std::sync::Mutex::new(Client {
+                host: settings.host.clone(),
+                timeout: settings.timeout + Duration::from_secs(STOP_GRACE_SECS as u64),
                 docker: None,
                 negotiated: false,
+                last_attempt: None,
             })),
-            instance: instance.to_string(),
+            settings,
+            network_ready: tokio::sync::OnceCell::new(),
+            lease_image_ready: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -101,6 +153,23 @@ impl DockerOrchestrator {
         &self,
     ) -> impl std::future::Future<Output = Result<Docker, OrchestratorError>> + Send + 'static {
         negotiated(self.client.clone())
+    }
+
+    /// Runs one engine call under the deadline (plus `extra` where the engine itself
+    /// waits, as for a stop), and hands back the engine's answer.
+    async fn call<T>(
+        &self,
+        call: &'static str,
+        extra: Duration,
+        f: impl Future<Output = Result<T, BollardError>>,
+    ) -> Result<Result<T, BollardError>, OrchestratorError> {
+        let limit = self.settings.timeout + extra;
+        tokio::time::timeout(limit, f)
+            .await
+            .map_err(|_| OrchestratorError::Timeout {
+                call,
+                secs: limit.as_secs(),
+            })
     }
 
     /// The engine's name of an agent's volume in this instance.
@@ -113,13 +182,21 @@ impl DockerOrchestrator {
         self.network_ready
             .get_or_try_init(|| async {
                 let docker = self.docker().await?;
-                match docker.inspect_network(&self.network, None).await {
+                let network = &self.settings.network;
+                match self
+                    .call(
+                        "inspect network",
+                        Duration::ZERO,
+                        docker.inspect_network(network, None),
+                    )
+                    .await?
+                {
                     Ok(_) => return Ok(()),
                     Err(e) if status_of(&e) == Some(404) => {}
                     Err(e) => return Err(map_err(e)),
                 }
                 let request = NetworkCreateRequest {
-                    name: self.network.clone(),
+                    name: network.clone(),
                     driver: Some("bridge".into()),
                     labels: Some(HashMap::from([(
                         LABEL_MANAGED.to_string(),
@@ -127,9 +204,16 @@ impl DockerOrchestrator {
                     )])),
                     ..Default::default()
                 };
-                match docker.create_network(request).await {
+                match self
+                    .call(
+                        "create network",
+                        Duration::ZERO,
+                        docker.create_network(request),
+                    )
+                    .await?
+                {
                     Ok(_) => {
-                        tracing::info!(network = %self.network, "created the agents' network");
+                        tracing::info!(network = %network, "created the agents' network");
                         Ok(())
                     }
                     // Someone made it meanwhile.
@@ -149,7 +233,7 @@ impl DockerOrchestrator {
                 name: Some(self.volume_name(&spec.agent, &v.name)),
                 labels: Some(HashMap::from([
                     (LABEL_MANAGED.to_string(), "true".to_string()),
-                    (LABEL_INSTANCE.to_string(), self.instance.clone()),
+                    (LABEL_INSTANCE.to_string(), self.settings.instance.clone()),
                     (LABEL_AGENT.to_string(), spec.agent.clone()),
                     (LABEL_VOLUME.to_string(), v.name.clone()),
                     (LABEL_RETAIN.to_string(), v.retain.to_string()),
@@ -157,24 +241,30 @@ impl DockerOrchestrator {
                 ..Default::default()
             };
             // Creating an existing volume returns it unchanged.
-            docker.create_volume(request).await.map_err(map_err)?;
+            self.call(
+                "create volume",
+                Duration::ZERO,
+                docker.create_volume(request),
+            )
+            .await?
+            .map_err(map_err)?;
         }
         Ok(())
     }
 
     /// The container name of an agent in this instance.
     pub fn container_name(&self, agent: &str) -> String {
-        if self.instance == "default" {
+        if self.settings.instance == "default" {
             format!("hive-{agent}")
         } else {
-            format!("hive-{}-{agent}", self.instance)
+            format!("hive-{}-{agent}", self.settings.instance)
         }
     }
 
     fn label_filters(&self, agent: Option<&str>) -> HashMap<String, Vec<String>> {
         let mut labels = vec![
             format!("{LABEL_MANAGED}=true"),
-            format!("{LABEL_INSTANCE}={}", self.instance),
+            format!("{LABEL_INSTANCE}={}", self.settings.instance),
         ];
         if let Some(a) = agent {
             labels.push(format!("{LABEL_AGENT}={a}"));
@@ -182,18 +272,28 @@ impl DockerOrchestrator {
         HashMap::from([("label".to_string(), labels)])
     }
 
-    async fn list(&self, agent: Option<&str>) -> Result<Vec<Container>, OrchestratorError> {
+    /// Every container (any state) carrying these label filters.
+    async fn list_summaries(
+        &self,
+        filters: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<ContainerSummary>, OrchestratorError> {
         let options = ListContainersOptions {
             all: true,
-            filters: Some(self.label_filters(agent)),
+            filters: Some(filters),
             ..Default::default()
         };
-        let summaries = self
-            .docker()
-            .await?
-            .list_containers(Some(options))
-            .await
-            .map_err(map_err)?;
+        let docker = self.docker().await?;
+        self.call(
+            "list containers",
+            Duration::ZERO,
+            docker.list_containers(Some(options)),
+        )
+        .await?
+        .map_err(map_err)
+    }
+
+    async fn list(&self, agent: Option<&str>) -> Result<Vec<Container>, OrchestratorError> {
+        let summaries = self.list_summaries(self.label_filters(agent)).await?;
         Ok(summaries
             .into_iter()
             .filter_map(|s| {
@@ -219,6 +319,7 @@ impl DockerOrchestrator {
                     state,
                     restart_count: 0,
                     created: s.created.unwrap_or_default(),
+                    store: labels.get(LABEL_STORE).cloned(),
                 })
             })
             .collect())
@@ -229,11 +330,12 @@ impl DockerOrchestrator {
             from_image: Some(image.to_string()),
             ..Default::default()
         };
-        self.docker()
-            .await?
+        let docker = self.docker().await?;
+        let pulled = docker
             .create_image(Some(options), None, None)
-            .try_collect::<Vec<_>>()
-            .await
+            .try_collect::<Vec<_>>();
+        self.call("pull image", PULL_EXTRA, pulled)
+            .await?
             .map(|_| ())
             .map_err(|e| OrchestratorError::ImageNotFound {
                 image: image.to_string(),
@@ -244,7 +346,8 @@ impl DockerOrchestrator {
     fn create_body(&self, spec: &ContainerSpec) -> ContainerCreateBody {
         let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (LABEL_INSTANCE.to_string(), self.settings.instance.clone()),
+            (LABEL_STORE.to_string(), self.settings.store.clone()),
             (LABEL_AGENT.to_string(), spec.agent.clone()),
             (LABEL_UID.to_string(), spec.uid.to_string()),
             (LABEL_OWNER.to_string(), spec.owner.clone()),
@@ -267,7 +370,7 @@ impl DockerOrchestrator {
             stop_timeout: Some(STOP_GRACE_SECS.into()),
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
-                    self.network.clone(),
+                    self.settings.network.clone(),
                     EndpointSettings {
                         aliases: Some(vec![spec.agent.clone()]),
                         ..Default::default()
@@ -278,7 +381,7 @@ impl DockerOrchestrator {
                 memory: spec.memory_bytes,
                 nano_cpus: spec.nano_cpus,
                 pids_limit: Some(spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
-                network_mode: Some(self.network.clone()),
+                network_mode: Some(self.settings.network.clone()),
                 mounts: Some(
                     spec.volumes
                         .iter()
@@ -300,7 +403,8 @@ impl DockerOrchestrator {
                 privileged: Some(false),
                 cap_drop: Some(vec!["ALL".to_string()]),
                 cap_add: (!spec.capabilities.is_empty()).then(|| spec.capabilities.clone()),
-                security_opt: Some(vec!["no-new-privileges:true".to_string()]),
+                // The bare form: the engine deprecates `no-new-privileges:true`.
+                security_opt: Some(vec!["no-new-privileges".to_string()]),
                 log_config: Some(HostConfigLogConfig {
                     typ: Some("json-file".to_string()),
                     config: Some(HashMap::from([
@@ -313,17 +417,178 @@ impl DockerOrchestrator {
             ..Default::default()
         }
     }
+
+    /// The name of this instance's lease container.
+    fn lease_name(&self) -> String {
+        format!("hive-lease_{}", self.settings.instance)
+    }
+
+    /// The name of a renewal stamp of the lease `token`, renewed at `ms`.
+    fn stamp_name(&self, token: &str, ms: i64) -> String {
+        format!("hive-lease_{}_{token}_{ms}", self.settings.instance)
+    }
+
+    /// Imports the image lease containers are made from, unless the engine has it: a
+    /// one-file layer, so nothing needs to be pulled.
+    async fn ensure_lease_image(&self) -> Result<(), OrchestratorError> {
+        self.lease_image_ready
+            .get_or_try_init(|| async {
+                let docker = self.docker().await?;
+                match self
+                    .call(
+                        "inspect image",
+                        Duration::ZERO,
+                        docker.inspect_image(LEASE_IMAGE),
+                    )
+                    .await?
+                {
+                    Ok(_) => return Ok(()),
+                    Err(e) if status_of(&e) == Some(404) => {}
+                    Err(e) => return Err(map_err(e)),
+                }
+                let (repo, tag) = LEASE_IMAGE.split_once(':').expect("a tagged name");
+                let options = CreateImageOptions {
+                    from_src: Some("-".into()),
+                    repo: Some(repo.into()),
+                    tag: Some(tag.into()),
+                    changes: vec![
+                        format!("LABEL {LABEL_MANAGED}=true"),
+                        "CMD [\"/hive-lease\"]".into(),
+                    ],
+                    ..Default::default()
+                };
+                let imported = docker
+                    .create_image(
+                        Some(options),
+                        Some(bollard::body_full(one_empty_file_tar().into())),
+                        None,
+                    )
+                    .try_collect::<Vec<_>>();
+                self.call("import the lease image", Duration::ZERO, imported)
+                    .await?
+                    .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The lease container and the renewal stamps of this instance.
+    async fn lease_objects(&self) -> Result<LeaseObjects, OrchestratorError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_LEASE}={}", self.settings.instance)],
+        )]);
+        let wanted = format!("/{}", self.lease_name());
+        let mut objects = LeaseObjects::default();
+        for s in self.list_summaries(filters).await? {
+            let (Some(id), Some(names)) = (s.id.clone(), s.names.clone()) else {
+                continue;
+            };
+            let labels = s.labels.clone().unwrap_or_default();
+            if names.contains(&wanted) {
+                objects.lease = Some((id, labels));
+            } else if let Some(token) = labels.get(LABEL_STAMP) {
+                let ms = names
+                    .first()
+                    .and_then(|n| n.rsplit('_').next())
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0);
+                objects.stamps.push((id, token.clone(), ms));
+            }
+        }
+        Ok(objects)
+    }
+
+    /// Removes a lease object by id; one that is already gone is fine.
+    async fn remove_lease_object(&self, id: &str) -> Result<(), OrchestratorError> {
+        self.remove(id).await.map(|_| ())
+    }
+
+    /// Creates a never-started lease container.
+    async fn create_lease_object(
+        &self,
+        name: String,
+        labels: HashMap<String, String>,
+    ) -> Result<Result<String, BollardError>, OrchestratorError> {
+        let docker = self.docker().await?;
+        let body = ContainerCreateBody {
+            image: Some(LEASE_IMAGE.into()),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name),
+            ..Default::default()
+        };
+        Ok(self
+            .call(
+                "create the lease",
+                Duration::ZERO,
+                docker.create_container(Some(options), body),
+            )
+            .await?
+            .map(|r| r.id))
+    }
+}
+
+/// What the engine holds of one instance's lease.
+#[derive(Default)]
+struct LeaseObjects {
+    /// The lease container: id and labels.
+    lease: Option<(String, HashMap<String, String>)>,
+    /// Renewal stamps: id, the token they renew, and the renewal time (Unix ms).
+    stamps: Vec<(String, String, i64)>,
+}
+
+impl LeaseObjects {
+    /// The lease as a value, if there is one.
+    fn lease(&self) -> Option<Lease> {
+        let (id, labels) = self.lease.as_ref()?;
+        let label = |k: &str| labels.get(&format!("{LEASE}{k}")).cloned();
+        let number = |k: &str| label(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let holder = Holder {
+            token: label("token").unwrap_or_default(),
+            host: label("host").unwrap_or_else(|| "?".into()),
+            pid: number("pid") as u32,
+            data_dir: label("data-dir").unwrap_or_else(|| "?".into()),
+            store: label("store").unwrap_or_default(),
+        };
+        let acquired_ms = number("acquired");
+        let renewed_ms = self
+            .stamps
+            .iter()
+            .filter(|(_, token, _)| *token == holder.token)
+            .map(|(_, _, ms)| *ms)
+            .max()
+            .unwrap_or(acquired_ms)
+            .max(acquired_ms);
+        Some(Lease {
+            holder,
+            acquired_ms,
+            renewed_ms,
+            duration: Duration::from_millis(number("duration").max(0) as u64),
+            transitions: number("transitions").max(0) as u64,
+            handle: id.clone(),
+        })
+    }
 }
 
 #[async_trait]
 impl Orchestrator for DockerOrchestrator {
     async fn ping(&self) -> Result<(), OrchestratorError> {
         let docker = self.docker().await?;
-        match tokio::time::timeout(Duration::from_secs(3), docker.ping()).await {
+        match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
             Ok(r) => r.map(|_| ()).map_err(map_err),
-            Err(_) => Err(OrchestratorError::Unavailable(
-                "the engine did not answer a ping within 3s".into(),
-            )),
+            Err(_) => Err(OrchestratorError::Unavailable(format!(
+                "the engine did not answer a ping within {}s",
+                PING_TIMEOUT.as_secs()
+            ))),
         }
     }
 
@@ -335,7 +600,14 @@ impl Orchestrator for DockerOrchestrator {
         let mut containers = self.list(Some(agent)).await?;
         let docker = self.docker().await?;
         for c in &mut containers {
-            match docker.inspect_container(&c.id, None).await {
+            match self
+                .call(
+                    "inspect container",
+                    Duration::ZERO,
+                    docker.inspect_container(&c.id, None),
+                )
+                .await?
+            {
                 Ok(detail) => {
                     c.restart_count = detail.restart_count.unwrap_or_default().max(0) as u64;
                     if let Some(state) = detail.state {
@@ -363,16 +635,21 @@ impl Orchestrator for DockerOrchestrator {
         self.ensure_network().await?;
         self.ensure_volumes(spec).await?;
         let docker = self.docker().await?;
-        let created = match docker
-            .create_container(Some(options()), self.create_body(spec))
-            .await
+        let create = |docker: &Docker| {
+            let docker = docker.clone();
+            let body = self.create_body(spec);
+            let options = options();
+            async move { docker.create_container(Some(options), body).await }
+        };
+        let created = match self
+            .call("create container", Duration::ZERO, create(&docker))
+            .await?
         {
             Err(e) if status_of(&e) == Some(404) => {
                 tracing::info!(agent = %spec.agent, image = %spec.image, "image missing on the engine; pulling it");
                 self.pull(&spec.image).await?;
-                docker
-                    .create_container(Some(options()), self.create_body(spec))
-                    .await
+                self.call("create container", Duration::ZERO, create(&docker))
+                    .await?
             }
             other => other,
         };
@@ -388,7 +665,15 @@ impl Orchestrator for DockerOrchestrator {
     }
 
     async fn start(&self, id: &str) -> Result<(), OrchestratorError> {
-        match self.docker().await?.start_container(id, None).await {
+        let docker = self.docker().await?;
+        match self
+            .call(
+                "start container",
+                Duration::ZERO,
+                docker.start_container(id, None),
+            )
+            .await?
+        {
             // 304: already started.
             Err(e) if status_of(&e) == Some(304) => Ok(()),
             r => r.map_err(|e| map_err_for(e, id)),
@@ -400,7 +685,15 @@ impl Orchestrator for DockerOrchestrator {
             t: Some(STOP_GRACE_SECS),
             ..Default::default()
         };
-        match self.docker().await?.stop_container(id, Some(options)).await {
+        let docker = self.docker().await?;
+        match self
+            .call(
+                "stop container",
+                grace(),
+                docker.stop_container(id, Some(options)),
+            )
+            .await?
+        {
             // 304: already stopped.
             Err(e) if status_of(&e) == Some(304) => Ok(()),
             r => r.map_err(|e| map_err_for(e, id)),
@@ -412,36 +705,47 @@ impl Orchestrator for DockerOrchestrator {
             t: Some(STOP_GRACE_SECS),
             ..Default::default()
         };
-        self.docker()
-            .await?
-            .restart_container(id, Some(options))
-            .await
-            .map_err(|e| map_err_for(e, id))
+        let docker = self.docker().await?;
+        self.call(
+            "restart container",
+            grace(),
+            docker.restart_container(id, Some(options)),
+        )
+        .await?
+        .map_err(|e| map_err_for(e, id))
     }
 
     async fn unpause(&self, id: &str) -> Result<(), OrchestratorError> {
-        self.docker()
-            .await?
-            .unpause_container(id)
-            .await
-            .map_err(|e| map_err_for(e, id))
+        let docker = self.docker().await?;
+        self.call(
+            "unpause container",
+            Duration::ZERO,
+            docker.unpause_container(id),
+        )
+        .await?
+        .map_err(|e| map_err_for(e, id))
     }
 
-    async fn remove(&self, id: &str) -> Result<(), OrchestratorError> {
+    async fn remove(&self, id: &str) -> Result<Removal, OrchestratorError> {
         let options = RemoveContainerOptions {
             force: true,
             v: true,
             ..Default::default()
         };
+        let docker = self.docker().await?;
         match self
-            .docker()
+            .call(
+                "remove container",
+                grace(),
+                docker.remove_container(id, Some(options)),
+            )
             .await?
-            .remove_container(id, Some(options))
-            .await
         {
-            // 404: already gone; 409: a removal is already under way.
-            Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(()),
-            r => r.map_err(map_err),
+            Ok(()) => Ok(Removal::Removed),
+            Err(e) if status_of(&e) == Some(404) => Ok(Removal::AlreadyGone),
+            // 409: a removal is already under way.
+            Err(e) if status_of(&e) == Some(409) => Ok(Removal::InProgress),
+            Err(e) => Err(map_err(e)),
         }
     }
 
@@ -455,14 +759,26 @@ impl Orchestrator for DockerOrchestrator {
         let options = ListVolumesOptions {
             filters: Some(filters),
         };
-        let listed = docker.list_volumes(Some(options)).await.map_err(map_err)?;
+        let listed = self
+            .call(
+                "list volumes",
+                Duration::ZERO,
+                docker.list_volumes(Some(options)),
+            )
+            .await?
+            .map_err(map_err)?;
         for v in listed.volumes.unwrap_or_default() {
-            match docker
-                .remove_volume(&v.name, None::<RemoveVolumeOptions>)
-                .await
+            match self
+                .call(
+                    "remove volume",
+                    Duration::ZERO,
+                    docker.remove_volume(&v.name, None::<RemoveVolumeOptions>),
+                )
+                .await?
             {
                 Err(e) if status_of(&e) != Some(404) => return Err(map_err(e)),
-                _ => tracing::info!(volume = %v.name, "removed volume"),
+                Err(_) => tracing::info!(volume = %v.name, "volume was already gone"),
+                Ok(()) => tracing::info!(volume = %v.name, "removed volume"),
             }
         }
         Ok(())
@@ -512,43 +828,221 @@ impl Orchestrator for DockerOrchestrator {
             })
             .boxed()
     }
+
+    async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError> {
+        Ok(self.lease_objects().await?.lease())
+    }
+
+    async fn acquire_lease(
+        &self,
+        me: &Holder,
+        duration: Duration,
+        current: Option<&Lease>,
+    ) -> Result<Lease, OrchestratorError> {
+        self.ensure_lease_image().await?;
+        if let Some(old) = current {
+            // By id: if someone replaced it meanwhile, theirs stays and our create fails.
+            self.remove_lease_object(&old.handle).await?;
+        }
+        let objects = self.lease_objects().await?;
+        for (id, token, _) in &objects.stamps {
+            if *token != me.token && objects.lease().map(|l| l.holder.token) != Some(token.clone())
+            {
+                // A stamp of a holder gone before us.
+                let _ = self.remove_lease_object(id).await;
+            }
+        }
+        let now = unix_ms();
+        let transitions = current.map_or(0, |l| l.transitions + 1);
+        let labels = HashMap::from([
+            (LABEL_LEASE.to_string(), self.settings.instance.clone()),
+            (format!("{LEASE}token"), me.token.clone()),
+            (format!("{LEASE}host"), me.host.clone()),
+            (format!("{LEASE}pid"), me.pid.to_string()),
+            (format!("{LEASE}data-dir"), me.data_dir.clone()),
+            (format!("{LEASE}store"), me.store.clone()),
+            (format!("{LEASE}acquired"), now.to_string()),
+            (format!("{LEASE}duration"), duration.as_millis().to_string()),
+            (format!("{LEASE}transitions"), transitions.to_string()),
+        ]);
+        let id = match self.create_lease_object(self.lease_name(), labels).await? {
+            Ok(id) => id,
+            Err(e) if status_of(&e) == Some(409) => {
+                return Err(OrchestratorError::LeaseConflict(format!(
+                    "another Hive took the lease of instance {:?} first",
+                    self.settings.instance
+                )))
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        let stamp = HashMap::from([
+            (LABEL_LEASE.to_string(), self.settings.instance.clone()),
+            (LABEL_STAMP.to_string(), me.token.clone()),
+        ]);
+        // Without a stamp the lease reads as renewed at its acquisition; the next renewal
+        // makes one.
+        if let Ok(Err(e)) = self
+            .create_lease_object(self.stamp_name(&me.token, now), stamp)
+            .await
+        {
+            tracing::debug!(error = %e, "could not stamp the lease; the next renewal will");
+        }
+        Ok(Lease {
+            holder: me.clone(),
+            acquired_ms: now,
+            renewed_ms: now,
+            duration,
+            transitions,
+            handle: id,
+        })
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, OrchestratorError> {
+        let objects = self.lease_objects().await?;
+        match objects.lease() {
+            Some(l) if l.holder.token == lease.holder.token && l.handle == lease.handle => {}
+            Some(l) => {
+                return Err(OrchestratorError::LeaseConflict(format!(
+                    "the lease of instance {:?} is now held by {}",
+                    self.settings.instance, l.holder
+                )))
+            }
+            None => {
+                return Err(OrchestratorError::LeaseConflict(format!(
+                    "the lease of instance {:?} was removed",
+                    self.settings.instance
+                )))
+            }
+        }
+        let now = unix_ms();
+        let name = self.stamp_name(&lease.holder.token, now);
+        let mine = objects
+            .stamps
+            .iter()
+            .find(|(_, token, _)| *token == lease.holder.token);
+        let docker = self.docker().await?;
+        match mine {
+            Some((id, _, _)) => {
+                let options = RenameContainerOptions { name };
+                self.call(
+                    "renew the lease",
+                    Duration::ZERO,
+                    docker.rename_container(id, options),
+                )
+                .await?
+                .map_err(map_err)?;
+            }
+            None => {
+                let stamp = HashMap::from([
+                    (LABEL_LEASE.to_string(), self.settings.instance.clone()),
+                    (LABEL_STAMP.to_string(), lease.holder.token.clone()),
+                ]);
+                self.create_lease_object(name, stamp)
+                    .await?
+                    .map_err(map_err)?;
+            }
+        }
+        Ok(Lease {
+            renewed_ms: now,
+            ..lease.clone()
+        })
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), OrchestratorError> {
+        let objects = self.lease_objects().await?;
+        for (id, token, _) in &objects.stamps {
+            if *token == lease.holder.token {
+                self.remove_lease_object(id).await?;
+            }
+        }
+        if objects
+            .lease()
+            .is_some_and(|l| l.holder.token == lease.holder.token)
+        {
+            self.remove_lease_object(&lease.handle).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The extra time a call gets when the engine first waits for a process to stop.
+fn grace() -> Duration {
+    Duration::from_secs(STOP_GRACE_SECS as u64)
+}
+
+fn unix_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A tar archive holding one empty file, `hive-lease`: the lease image's only layer.
+fn one_empty_file_tar() -> Vec<u8> {
+    let mut header = [0u8; 512];
+    let field =
+        |h: &mut [u8; 512], at: usize, text: &[u8]| h[at..at + text.len()].copy_from_slice(text);
+    field(&mut header, 0, b"hive-lease");
+    field(&mut header, 100, b"0000444\0"); // mode
+    field(&mut header, 108, b"0000000\0"); // uid
+    field(&mut header, 116, b"0000000\0"); // gid
+    field(&mut header, 124, b"00000000000\0"); // size
+    field(&mut header, 136, b"00000000000\0"); // mtime
+    field(&mut header, 156, b"0"); // a regular file
+    field(&mut header, 257, b"ustar\0");
+    field(&mut header, 263, b"00");
+    // The checksum is computed with its own field as spaces.
+    field(&mut header, 148, b"        ");
+    let sum: u32 = header.iter().map(|b| u32::from(*b)).sum();
+    field(&mut header, 148, format!("{sum:06o}\0 ").as_bytes());
+    let mut tar = header.to_vec();
+    tar.extend_from_slice(&[0u8; 1024]); // the end-of-archive marker
+    tar
 }
 
 /// The shared client: made on first use, and moved to the engine's API version the
-/// first time the engine answers (until then bollard's default version is used).
-async fn negotiated(client: Arc<Mutex<Client>>) -> Result<Docker, OrchestratorError> {
-    let mut client = client.lock().await;
-    let docker = match &client.docker {
-        Some(d) => d.clone(),
-        None => {
-            let version = bollard::API_DEFAULT_VERSION;
-            let d = match client.host.as_deref() {
-                None => Docker::connect_with_local_defaults(),
-                Some(h) if h.starts_with("tcp://") || h.starts_with("http://") => {
-                    Docker::connect_with_http(h, REQUEST_TIMEOUT_SECS, version)
+/// first time the engine answers (until then bollard's default version is used). While
+/// the engine does not answer, negotiation is tried at most every [`NEGOTIATE_EVERY`].
+async fn negotiated(client: Arc<std::sync::Mutex<Client>>) -> Result<Docker, OrchestratorError> {
+    let docker = {
+        let mut c = client.lock().unwrap_or_else(|p| p.into_inner());
+        let docker = match &c.docker {
+            Some(d) => d.clone(),
+            None => {
+                let version = bollard::API_DEFAULT_VERSION;
+                let secs = c.timeout.as_secs();
+                let d = match c.host.as_deref() {
+                    None => Docker::connect_with_local_defaults()
+                        .map(|d| d.with_timeout(Duration::from_secs(secs))),
+                    Some(h) if h.starts_with("tcp://") || h.starts_with("http://") => {
+                        Docker::connect_with_http(h, secs, version)
+                    }
+                    Some(h) => Docker::connect_with_unix(
+                        h.strip_prefix("unix://").unwrap_or(h),
+                        secs,
+                        version,
+                    ),
                 }
-                Some(h) => Docker::connect_with_unix(
-                    h.strip_prefix("unix://").unwrap_or(h),
-                    REQUEST_TIMEOUT_SECS,
-                    version,
-                ),
+                .map_err(|e| OrchestratorError::Unavailable(e.to_string()))?;
+                c.docker = Some(d.clone());
+                d
             }
-            .map_err(|e| OrchestratorError::Unavailable(e.to_string()))?;
-            client.docker = Some(d.clone());
-            d
+        };
+        let due = c
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= NEGOTIATE_EVERY);
+        if c.negotiated || !due {
+            return Ok(docker);
         }
+        c.last_attempt = Some(Instant::now());
+        docker
     };
-    if !client.negotiated {
-        if let Ok(Ok(d)) =
-            tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version()).await
-        {
-            tracing::info!(api_version = %d.client_version(), "connected to the docker engine");
-            client.docker = Some(d.clone());
-            client.negotiated = true;
-            return Ok(d);
-        }
+    if let Ok(Ok(d)) = tokio::time::timeout(PING_TIMEOUT, docker.clone().negotiate_version()).await
+    {
+        tracing::info!(api_version = %d.client_version(), "connected to the docker engine");
+        let mut c = client.lock().unwrap_or_else(|p| p.into_inner());
+        c.docker = Some(d.clone());
+        c.negotiated = true;
+        return Ok(d);
     }
-    Ok(client.docker.clone().expect("set above"))
+    Ok(docker)
 }
 
 /// The exit code in a listing's status text, such as `Exited (137) 5 seconds ago`.
@@ -579,6 +1073,10 @@ fn map_err(e: BollardError) -> OrchestratorError {
         BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. } => {
             OrchestratorError::Refused(e.to_string())
         }
+        BollardError::RequestTimeoutError => OrchestratorError::Timeout {
+            call: "a request",
+            secs: 0,
+        },
         other => OrchestratorError::Unavailable(other.to_string()),
     }
 }
@@ -595,6 +1093,16 @@ fn map_err_for(e: BollardError, id: &str) -> OrchestratorError {
 mod tests {
     use super::*;
 
+    fn docker(instance: &str) -> DockerOrchestrator {
+        DockerOrchestrator::new(DockerSettings {
+            host: Some("unix:///nonexistent.sock".into()),
+            instance: instance.into(),
+            network: "hive-net".into(),
+            store: "s".into(),
+            timeout: Duration::from_secs(1),
+        })
+    }
+
     #[test]
     fn exit_codes_are_read_from_the_status_text() {
         assert_eq!(exit_code_of_status("Exited (137) 5 seconds ago"), Some(137));
@@ -607,9 +1115,49 @@ mod tests {
 
     #[test]
     fn container_names_carry_the_instance_unless_default() {
-        let d = DockerOrchestrator::new(Some("unix:///nonexistent.sock"), "default", "hive-net");
-        assert_eq!(d.container_name("a"), "hive-a");
-        let s = DockerOrchestrator::new(Some("unix:///nonexistent.sock"), "staging", "hive-net");
-        assert_eq!(s.container_name("a"), "hive-staging-a");
+        assert_eq!(docker("default").container_name("a"), "hive-a");
+        assert_eq!(docker("staging").container_name("a"), "hive-staging-a");
+    }
+
+    #[test]
+    fn the_lease_image_layer_is_a_valid_tar() {
+        let tar = one_empty_file_tar();
+        assert_eq!(tar.len(), 512 * 3);
+        let sum: u32 = tar[..512]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(*b)
+                }
+            })
+            .sum();
+        let stored = std::str::from_utf8(&tar[148..154]).unwrap();
+        assert_eq!(u32::from_str_radix(stored, 8).unwrap(), sum);
+    }
+
+    #[test]
+    fn a_lease_reads_its_latest_stamp_of_its_own_token() {
+        let labels = HashMap::from([
+            (format!("{LEASE}token"), "t1".to_string()),
+            (format!("{LEASE}host"), "h".to_string()),
+            (format!("{LEASE}pid"), "42".to_string()),
+            (format!("{LEASE}acquired"), "1000".to_string()),
+            (format!("{LEASE}duration"), "15000".to_string()),
+            (format!("{LEASE}transitions"), "2".to_string()),
+        ]);
+        let objects = LeaseObjects {
+            lease: Some(("id".into(), labels)),
+            stamps: vec![
+                ("a".into(), "t1".into(), 5000),
+                ("b".into(), "t0".into(), 9000),
+            ],
+        };
+        let l = objects.lease().unwrap();
+        assert_eq!(l.renewed_ms, 5000, "another token's stamp does not count");
+        assert_eq!((l.holder.pid, l.transitions), (42, 2));
+        assert_eq!(l.duration, Duration::from_secs(15));
     }
 }

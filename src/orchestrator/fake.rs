@@ -10,8 +10,12 @@ use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::{
-    Container, ContainerSpec, ContainerState, LogOptions, Orchestrator, OrchestratorError,
+    Container, ContainerSpec, ContainerState, Holder, Lease, LogOptions, Orchestrator,
+    OrchestratorError, Removal,
 };
+
+/// The store id the fake stamps on what it creates.
+pub const FAKE_STORE: &str = "fake-store";
 
 /// Containers in memory, with a configurable delay per call and injectable failures.
 #[derive(Default)]
@@ -36,6 +40,12 @@ struct FakeState {
     overlapped: bool,
     /// Creates that fail before one succeeds.
     failing_creates: u32,
+    /// The store id stamped on what it creates (FAKE_STORE unless set).
+    store: Option<String>,
+    /// The instance's lease.
+    lease: Option<Lease>,
+    /// Lease handles handed out so far.
+    lease_serial: u64,
 }
 
 impl FakeOrchestrator {
@@ -44,6 +54,20 @@ impl FakeOrchestrator {
             latency,
             ..Default::default()
         }
+    }
+
+    /// Stamps what it creates with `store` from now on, as a backend bound to that store.
+    pub fn stamp_as(&self, store: &str) {
+        self.state.lock().unwrap().store = Some(store.to_string());
+    }
+
+    fn store(&self) -> String {
+        self.state
+            .lock()
+            .unwrap()
+            .store
+            .clone()
+            .unwrap_or_else(|| FAKE_STORE.into())
     }
 
     /// Makes the next `n` creates fail as if the image were missing.
@@ -70,8 +94,23 @@ impl FakeOrchestrator {
         self.state.lock().unwrap().overlapped
     }
 
-    /// Adds a container as if someone had run it by hand with Hive's labels.
+    /// Adds a container as if someone had run it by hand with Hive's labels and store.
     pub fn add_out_of_band(&self, agent: &str, state: ContainerState) -> String {
+        let store = self.store();
+        self.add_stamped(agent, state, Some(&store))
+    }
+
+    /// Adds a container as if another Hive store had declared it.
+    pub fn add_foreign(&self, agent: &str, state: ContainerState) -> String {
+        self.add_stamped(agent, state, Some("another-store"))
+    }
+
+    /// Removes a container behind Hive's back.
+    pub fn remove_out_of_band(&self, id: &str) {
+        self.state.lock().unwrap().containers.remove(id);
+    }
+
+    fn add_stamped(&self, agent: &str, state: ContainerState, store: Option<&str>) -> String {
         let mut s = self.state.lock().unwrap();
         s.next_id += 1;
         let id = format!("c{}", s.next_id);
@@ -86,6 +125,7 @@ impl FakeOrchestrator {
                 state,
                 restart_count: 0,
                 created,
+                store: store.map(str::to_string),
             },
         );
         id
@@ -143,6 +183,7 @@ impl Orchestrator for FakeOrchestrator {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, OrchestratorError> {
         self.op("create", &spec.agent).await;
+        let store = self.store();
         let mut s = self.state.lock().unwrap();
         if s.failing_creates > 0 {
             s.failing_creates -= 1;
@@ -164,6 +205,7 @@ impl Orchestrator for FakeOrchestrator {
                 state: ContainerState::Created,
                 restart_count: 0,
                 created,
+                store: Some(store),
             },
         );
         Ok(id)
@@ -197,13 +239,13 @@ impl Orchestrator for FakeOrchestrator {
         Ok(())
     }
 
-    async fn remove(&self, id: &str) -> Result<(), OrchestratorError> {
+    async fn remove(&self, id: &str) -> Result<Removal, OrchestratorError> {
         let Ok(agent) = self.agent_of(id) else {
-            return Ok(());
+            return Ok(Removal::AlreadyGone);
         };
         self.op("remove", &agent).await;
         self.state.lock().unwrap().containers.remove(id);
-        Ok(())
+        Ok(Removal::Removed)
     }
 
     async fn remove_volumes(&self, _agent: &str) -> Result<(), OrchestratorError> {
@@ -221,4 +263,55 @@ impl Orchestrator for FakeOrchestrator {
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {
         stream::pending().boxed()
     }
+
+    async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError> {
+        Ok(self.state.lock().unwrap().lease.clone())
+    }
+
+    async fn acquire_lease(
+        &self,
+        me: &Holder,
+        duration: Duration,
+        current: Option<&Lease>,
+    ) -> Result<Lease, OrchestratorError> {
+        let mut s = self.state.lock().unwrap();
+        if s.lease.as_ref().map(|l| &l.handle) != current.map(|l| &l.handle) {
+            return Err(OrchestratorError::LeaseConflict("taken meanwhile".into()));
+        }
+        s.lease_serial += 1;
+        let now = now_ms();
+        let lease = Lease {
+            holder: me.clone(),
+            acquired_ms: now,
+            renewed_ms: now,
+            duration,
+            transitions: current.map_or(0, |l| l.transitions + 1),
+            handle: format!("lease{}", s.lease_serial),
+        };
+        s.lease = Some(lease.clone());
+        Ok(lease)
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, OrchestratorError> {
+        let mut s = self.state.lock().unwrap();
+        match &mut s.lease {
+            Some(l) if l.handle == lease.handle => {
+                l.renewed_ms = now_ms();
+                Ok(l.clone())
+            }
+            _ => Err(OrchestratorError::LeaseConflict("lost".into())),
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), OrchestratorError> {
+        let mut s = self.state.lock().unwrap();
+        if s.lease.as_ref().is_some_and(|l| l.handle == lease.handle) {
+            s.lease = None;
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

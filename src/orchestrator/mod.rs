@@ -1,8 +1,14 @@
 //! The one door to the container engine. The controller speaks only these types; no
 //! Docker type crosses this trait, so a Kubernetes backend can stand beside [`docker`].
 //!
-//! Every implementation is bound to one Hive *instance*: it stamps its instance on what it
-//! creates and lists, stops and removes only what carries that instance.
+//! Every implementation is bound to one Hive *instance* and one *store*: it stamps both on
+//! what it creates, and lists, stops and removes only what carries that instance. Which
+//! store declared a container is reported ([`Container::store`]); the controller leaves
+//! another store's containers alone.
+//!
+//! The backend also keeps the instance's [`Lease`] (Kubernetes' leader election, kept on
+//! the engine itself), so that only one Hive reconciles an instance at a time, across
+//! hosts sharing an engine.
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
@@ -80,6 +86,61 @@ pub struct Container {
     pub restart_count: u64,
     /// Unix seconds of creation; used to keep the newest of duplicates.
     pub created: i64,
+    /// The id of the store that declared it (None on containers made before stores were
+    /// stamped, or by hand).
+    pub store: Option<String>,
+}
+
+/// What a removal did, as the engine confirmed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The engine removed it.
+    Removed,
+    /// It was gone already (removed by someone else).
+    AlreadyGone,
+    /// The engine is removing it already; not confirmed yet.
+    InProgress,
+}
+
+/// Who holds (or asks for) an instance's lease: enough to name the process to a person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Unique per process start (a UUID): the lease's identity.
+    pub token: String,
+    /// The host the Hive runs on.
+    pub host: String,
+    pub pid: u32,
+    /// The Hive's `--data-dir`, made absolute.
+    pub data_dir: String,
+    /// The id of the Hive's store.
+    pub store: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host {}, pid {}, data dir {} (store {})",
+            self.host, self.pid, self.data_dir, self.store
+        )
+    }
+}
+
+/// The lease of one instance, as Kubernetes' coordination Lease: holder identity, acquire
+/// time, renew time and duration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: Holder,
+    /// When the holder took it (Unix milliseconds).
+    pub acquired_ms: i64,
+    /// When the holder last renewed it (Unix milliseconds, the holder's clock).
+    pub renewed_ms: i64,
+    /// How long it stays valid after a renewal.
+    pub duration: std::time::Duration,
+    /// How often the lease has changed hands.
+    pub transitions: u64,
+    /// The backend's handle on the lease object (a container id on Docker).
+    pub handle: String,
 }
 
 /// Options for reading a container's output.
@@ -111,6 +172,12 @@ pub enum OrchestratorError {
     /// The engine refused the request.
     #[error("container engine refused: {0}")]
     Refused(String),
+    /// The engine accepted the request but did not answer in time.
+    #[error("the container engine did not answer {call} within {secs}s")]
+    Timeout { call: &'static str, secs: u64 },
+    /// A lease changed under us: someone else took or holds it.
+    #[error("{0}")]
+    LeaseConflict(String),
 }
 
 impl OrchestratorError {
@@ -122,6 +189,8 @@ impl OrchestratorError {
             OrchestratorError::NameTaken { .. } => "name_taken",
             OrchestratorError::NotFound(_) => "not_found",
             OrchestratorError::Refused(_) => "refused",
+            OrchestratorError::Timeout { .. } => "timeout",
+            OrchestratorError::LeaseConflict(_) => "lease_conflict",
         }
     }
 
@@ -129,7 +198,9 @@ impl OrchestratorError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            OrchestratorError::Unavailable(_) | OrchestratorError::NotFound(_)
+            OrchestratorError::Unavailable(_)
+                | OrchestratorError::NotFound(_)
+                | OrchestratorError::Timeout { .. }
         )
     }
 }
@@ -151,8 +222,8 @@ pub trait Orchestrator: Send + Sync + 'static {
     async fn restart(&self, id: &str) -> Result<(), OrchestratorError>;
     /// Resumes a container paused outside Hive.
     async fn unpause(&self, id: &str) -> Result<(), OrchestratorError>;
-    /// Removes the container, killing it if it runs. Absent containers are not an error.
-    async fn remove(&self, id: &str) -> Result<(), OrchestratorError>;
+    /// Removes the container, killing it if it runs, and says what the engine confirmed.
+    async fn remove(&self, id: &str) -> Result<Removal, OrchestratorError>;
     /// Removes an agent's volumes, except those marked to be retained.
     async fn remove_volumes(&self, agent: &str) -> Result<(), OrchestratorError>;
     /// The container's output, stdout and stderr interleaved.
@@ -164,6 +235,22 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Names of agents whose containers changed (created, started, died, removed, ...).
     /// The stream ends or errs when the engine goes away; callers re-subscribe.
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>>;
+
+    /// The instance's lease as the engine has it (None: nobody holds it).
+    async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError>;
+    /// Takes the lease for `me`, replacing `current` (None: there is none). Fails with
+    /// [`OrchestratorError::LeaseConflict`] if someone else changed it first.
+    async fn acquire_lease(
+        &self,
+        me: &Holder,
+        duration: std::time::Duration,
+        current: Option<&Lease>,
+    ) -> Result<Lease, OrchestratorError>;
+    /// Renews a lease this process holds; [`OrchestratorError::LeaseConflict`] if it is
+    /// no longer ours.
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, OrchestratorError>;
+    /// Gives the lease up, so that another Hive may take it at once.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), OrchestratorError>;
 }
 
 #[cfg(test)]

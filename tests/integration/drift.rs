@@ -76,7 +76,9 @@ async fn a_container_removed_out_of_band_is_recreated() {
     assert_eq!(hive.containers().await.len(), 1);
 }
 
-/// Creates a running container with the given labels, as someone might by hand.
+/// Creates and starts a container with the given labels, as someone might by hand.
+/// Hive may remove it between the two steps (it may be an orphan of its own): a start
+/// that finds it gone is fine.
 async fn run_by_hand(name: &str, labels: HashMap<String, String>) -> String {
     let d = engine().await;
     let body = ContainerCreateBody {
@@ -90,25 +92,43 @@ async fn run_by_hand(name: &str, labels: HashMap<String, String>) -> String {
         ..Default::default()
     };
     let id = d.create_container(Some(options), body).await.unwrap().id;
-    d.start_container(&id, None).await.unwrap();
+    let _ = d.start_container(&id, None).await;
     id
 }
 
 #[tokio::test]
 async fn orphans_go_and_foreign_containers_stay() {
     let hive = Hive::start().await;
+    let store = hive
+        .get_open("/readyz")
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["store"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let label = |k: &str, v: &str| (k.to_string(), v.to_string());
-    // Hive's labels and instance, but no agent of that name: an orphan.
-    let orphan = run_by_hand(
-        &format!("orphan-{}", token()),
+    let ours = |agent: &str, store: &str| {
         HashMap::from([
             label("hive.managed", "true"),
             label("hive.instance", &hive.instance),
-            label("hive.agent", "ghost"),
-        ]),
+            label("hive.store", store),
+            label("hive.agent", agent),
+        ])
+    };
+    // This store's labels, but no agent of that name: an orphan.
+    let orphan = run_by_hand(&format!("orphan-{}", token()), ours("ghost", &store)).await;
+    // Another store's container on this instance, another instance's, an unstamped one
+    // and an unlabelled one: none are Hive's to touch.
+    let other_store = run_by_hand(
+        &format!("theirs-{}", token()),
+        ours("ghost", "another-store"),
     )
     .await;
-    // Another instance's container and an unlabelled one: not Hive's to touch.
+    let mut unstamped_labels = ours("ghost", "");
+    unstamped_labels.remove("hive.store");
+    let unstamped = run_by_hand(&format!("unstamped-{}", token()), unstamped_labels).await;
     let other_instance = format!("t{}", token());
     let foreign = run_by_hand(
         &format!("foreign-{}", token()),
@@ -123,7 +143,6 @@ async fn orphans_go_and_foreign_containers_stay() {
     let (k, v) = plain_label.split_once('=').unwrap();
     let plain = run_by_hand(&format!("plain-{}", token()), HashMap::from([label(k, v)])).await;
 
-    // A write wakes the controller too; the orphan must go on the resync or its event.
     wait_for("the orphan to be removed", || async {
         engine()
             .await
@@ -133,14 +152,32 @@ async fn orphans_go_and_foreign_containers_stay() {
             .then_some(())
     })
     .await;
-    // Let a full resync pass after the orphan went, then check the others stand.
-    let start_logs = hive.logs().matches("resync").count();
-    wait_for("another resync", || async {
-        (hive.logs().matches("resync").count() > start_logs).then_some(())
+    // The resync that removed the orphan reports the other store's containers.
+    let reported = wait_for("the other stores' containers to be reported", || async {
+        let ready: serde_json::Value = hive.get_open("/readyz").await.json().await.ok()?;
+        let ids: Vec<String> = ready["foreignContainers"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(str::to_string))
+            .collect();
+        (ids.len() == 2).then_some(ids)
     })
     .await;
+    assert!(
+        reported.contains(&other_store) && reported.contains(&unstamped),
+        "{reported:?}"
+    );
+    let metrics = hive
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("hive_foreign_containers 2"), "{metrics}");
     let d = engine().await;
-    for id in [&foreign, &plain] {
+    for id in [&other_store, &unstamped, &foreign, &plain] {
         let c = d
             .inspect_container(id, None)
             .await

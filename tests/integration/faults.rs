@@ -2,16 +2,13 @@
 //! writers, and out-of-band changes to what Hive runs.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
 use crate::harness::{agent_yaml, container_id, engine, wait_for, Hive};
+use crate::proxy::{Mode, SocketProxy};
 
 #[tokio::test]
 async fn kill_9_mid_converge_then_restart_converges_with_one_container_each() {
@@ -59,64 +56,13 @@ async fn kill_9_mid_converge_then_restart_converges_with_one_container_each() {
     assert!(per_agent.values().all(|n| *n == 1), "{per_agent:?}");
 }
 
-/// A proxy in front of the Docker socket that can cut every connection and refuse new ones.
-struct SocketProxy {
-    path: PathBuf,
-    cut: Arc<AtomicBool>,
-    /// Dropped to end all connections.
-    epoch: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl SocketProxy {
-    fn start(dir: &Path) -> SocketProxy {
-        let path = dir.join("docker.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let (tx, _) = tokio::sync::watch::channel(0u64);
-        let epoch = Arc::new(tx);
-        let (cut2, epoch2) = (cut.clone(), epoch.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                if cut2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let mut cancelled = epoch2.subscribe();
-                tokio::spawn(async move {
-                    let Ok(upstream) = UnixStream::connect("/var/run/docker.sock").await else {
-                        return;
-                    };
-                    let (mut a, mut b) = (client, upstream);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                        _ = cancelled.changed() => {}
-                    }
-                });
-            }
-        });
-        SocketProxy { path, cut, epoch }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.epoch.send_modify(|e| *e += 1);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_cut_off_and_restored_is_caught_up_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = SocketProxy::start(dir.path());
     let hive = Hive::start_with(HashMap::from([(
         "DOCKER_HOST".to_string(),
-        Some(format!("unix://{}", proxy.path.display())),
+        Some(proxy.url()),
     )]))
     .await;
     let ready = |hive: &Hive| {
@@ -127,7 +73,7 @@ async fn the_engine_cut_off_and_restored_is_caught_up_without_a_restart() {
     let before = hive.running("before", "").await;
     let before_id = container_id(&before);
 
-    proxy.cut();
+    proxy.set(Mode::Cut);
     wait_for("readyz to go 503", || async {
         (ready(&hive).await == 503).then_some(())
     })
@@ -155,7 +101,7 @@ async fn the_engine_cut_off_and_restored_is_caught_up_without_a_restart() {
         .unwrap();
     assert_eq!(c.state.unwrap().running, Some(true));
 
-    proxy.restore();
+    proxy.set(Mode::Pass);
     wait_for("readyz to come back", || async {
         (ready(&hive).await == 200).then_some(())
     })

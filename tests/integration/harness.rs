@@ -146,6 +146,8 @@ pub struct Hive {
     /// Extra flags for `hive serve`.
     args: Vec<String>,
     starts: usize,
+    /// Whether dropping this Hive removes its instance's containers.
+    cleanup: bool,
 }
 
 impl Hive {
@@ -163,14 +165,30 @@ impl Hive {
         Hive::start_full(HashMap::new(), args.to_vec()).await
     }
 
-    async fn start_full(env: HashMap<String, Option<String>>, mut args: Vec<String>) -> Hive {
+    /// Starts Hive with a fresh store on a given instance (another Hive's, say).
+    pub async fn start_on(instance: &str, args: &[&str]) -> Hive {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--instance".to_string(), instance.to_string()]);
+        Hive::start_full(HashMap::new(), args).await
+    }
+
+    /// Starts Hive with extra environment and flags.
+    pub async fn start_full(env: HashMap<String, Option<String>>, mut args: Vec<String>) -> Hive {
         ensure_image().await;
         ensure_network().await;
         if !args.iter().any(|a| a == "--agent-network") {
             args.extend(["--agent-network".to_string(), NETWORK.to_string()]);
         }
+        let instance = match args.iter().position(|a| a == "--instance") {
+            Some(i) => {
+                let name = args[i + 1].clone();
+                args.drain(i..=i + 1);
+                name
+            }
+            None => format!("t{}", token()),
+        };
         let mut hive = Hive {
-            instance: format!("t{}", token()),
+            instance,
             key: token() + &token(),
             url: String::new(),
             http: reqwest::Client::new(),
@@ -179,6 +197,7 @@ impl Hive {
             env,
             args,
             starts: 0,
+            cleanup: true,
         };
         hive.spawn().await;
         hive
@@ -255,6 +274,17 @@ impl Hive {
             }
         }
         all
+    }
+
+    /// Leaves the instance's containers in place when this Hive is dropped (another Hive
+    /// of the test shares the instance and cleans up).
+    pub fn leave_containers(&mut self) {
+        self.cleanup = false;
+    }
+
+    /// The process id of the running Hive.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("hive is running").id()
     }
 
     /// SIGTERM, and wait for a clean exit.
@@ -491,14 +521,19 @@ impl Drop for Hive {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        remove_instance_containers(&self.instance);
+        if self.cleanup {
+            remove_instance_containers(&self.instance);
+        }
     }
 }
 
-/// Removes every container of a test instance, from a thread of its own so it works
-/// inside or outside a runtime (Drop runs in both).
+/// Removes every container of a test instance, its lease included, from a thread of its
+/// own so it works inside or outside a runtime (Drop runs in both).
 pub fn remove_instance_containers(instance: &str) {
-    let label = format!("hive.instance={instance}");
+    let labels = [
+        format!("hive.instance={instance}"),
+        format!("hive.lease={instance}"),
+    ];
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -506,17 +541,50 @@ pub fn remove_instance_containers(instance: &str) {
             .unwrap();
         rt.block_on(async {
             let d = engine().await;
-            for c in containers_with_label(&label).await {
-                let options = RemoveContainerOptions {
-                    force: true,
-                    ..Default::default()
-                };
-                let _ = d.remove_container(&c.id.unwrap(), Some(options)).await;
+            for label in &labels {
+                for c in containers_with_label(label).await {
+                    let options = RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    };
+                    let _ = d.remove_container(&c.id.unwrap(), Some(options)).await;
+                }
             }
         });
     })
     .join()
     .unwrap();
+}
+
+/// Runs `hive serve ARGS` (a fresh data directory, this test's key) until it exits on its
+/// own, failing if it is still running after [`DEADLINE`]; returns its exit status and
+/// what it printed on stderr.
+pub async fn serve_until_exit(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--agent-network",
+                NETWORK,
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(args)
+            .env("AGENT_API_KEY", token())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("hive exits instead of serving")
+    .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Whether a path's permission bits are exactly `mode`.

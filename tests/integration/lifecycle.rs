@@ -33,6 +33,12 @@ async fn create_gives_a_running_confined_container_with_the_labels() {
     assert_eq!(labels["hive.agent"], "researcher-1");
     assert_eq!(labels["hive.uid"], uid);
     assert_eq!(labels["hive.spec-hash"].len(), 32);
+    let ready: serde_json::Value = hive.get_open("/readyz").await.json().await.unwrap();
+    assert_eq!(
+        labels["hive.store"],
+        ready["store"].as_str().unwrap(),
+        "the container names the store that declared it"
+    );
     let env = c.config.as_ref().unwrap().env.clone().unwrap();
     assert!(env.contains(&"MODEL=gpt-4o".to_string()));
 
@@ -44,7 +50,7 @@ async fn create_gives_a_running_confined_container_with_the_labels() {
     assert!(host
         .security_opt
         .unwrap()
-        .contains(&"no-new-privileges:true".to_string()));
+        .contains(&"no-new-privileges".to_string()));
     assert!(host.pids_limit.unwrap() > 0);
     assert!(host.binds.unwrap_or_default().is_empty());
     assert_ne!(host.network_mode.as_deref(), Some("host"));

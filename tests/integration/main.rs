@@ -4,12 +4,14 @@
 //! one engine without seeing each other's containers.
 
 mod harness;
+mod proxy;
 
 mod api;
 mod cli;
 mod drift;
 mod faults;
 mod gitops;
+mod leases;
 mod lifecycle;
 mod observe;
 mod restart;
