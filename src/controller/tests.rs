@@ -336,6 +336,33 @@ async fn containers_removed_out_of_band_in_a_loop_are_recreated_at_a_bounded_rat
 }
 
 #[tokio::test]
+async fn a_container_that_survives_its_removal_is_reported_once_and_not_announced_again() {
+    let h = start(FakeOrchestrator::default(), 2);
+    h.add("a");
+    h.until("running", |h| h.phase("a") == Some(Phase::Running))
+        .await;
+    let stray = h.fake.add_out_of_band("a", ContainerState::Running);
+    h.fake.survive_removal(&stray);
+    // Every pass tries again (the stray is still listed) but says nothing new.
+    h.until("several removals tried", |h| {
+        h.handle.enqueue("a");
+        h.fake.calls().iter().filter(|c| *c == "remove a").count() >= 3
+    })
+    .await;
+    let events = h.store.events("a").unwrap();
+    let count = |reason: &str| {
+        events
+            .iter()
+            .filter(|e| e.reason == reason)
+            .map(|e| e.count)
+            .sum::<u32>()
+    };
+    assert_eq!(count("Removed"), 1, "{events:?}");
+    assert_eq!(count("RemovalFailed"), 1, "{events:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_abandons_reconciles_that_outlast_the_grace() {
     let h = start(FakeOrchestrator::with_latency(Duration::from_secs(60)), 2);
     h.add("hung");

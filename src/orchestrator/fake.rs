@@ -40,6 +40,8 @@ struct FakeState {
     overlapped: bool,
     /// Creates that fail before one succeeds.
     failing_creates: u32,
+    /// Containers whose removal the engine confirms but which stay listed.
+    survivors: Vec<String>,
     /// The store id stamped on what it creates (FAKE_STORE unless set).
     store: Option<String>,
     /// The instance's lease.
@@ -103,6 +105,11 @@ impl FakeOrchestrator {
     /// Adds a container as if another Hive store had declared it.
     pub fn add_foreign(&self, agent: &str, state: ContainerState) -> String {
         self.add_stamped(agent, state, Some("another-store"))
+    }
+
+    /// Makes the engine confirm removals of `id` that do not happen.
+    pub fn survive_removal(&self, id: &str) {
+        self.state.lock().unwrap().survivors.push(id.to_string());
     }
 
     /// Removes a container behind Hive's back.
@@ -244,7 +251,10 @@ impl Orchestrator for FakeOrchestrator {
             return Ok(Removal::AlreadyGone);
         };
         self.op("remove", &agent).await;
-        self.state.lock().unwrap().containers.remove(id);
+        let mut s = self.state.lock().unwrap();
+        if !s.survivors.iter().any(|x| x == id) {
+            s.containers.remove(id);
+        }
         Ok(Removal::Removed)
     }
 
