@@ -120,7 +120,8 @@ pub struct EnvFrom {
     pub secret_ref: String,
 }
 
-/// One entry of `spec.volumes`: a named volume, `hive-<agent>-<name>` on the engine.
+/// One entry of `spec.volumes`: a named volume, `hive_<instance>_<agent>_<name>` on the
+/// engine, labelled with the agent's owner and uid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Volume {
@@ -130,6 +131,10 @@ pub struct Volume {
     /// Keep the volume when the agent is deleted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retain: bool,
+    /// Mount the volume a deleted agent of this name and owner retained. Without it, a
+    /// retained volume is never handed to a new agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt_retained: bool,
 }
 
 /// Environment variables. Its `Debug` shows names only, so a stray `?spec` in a log line
@@ -572,33 +577,9 @@ pub fn validate_env_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// A light check of a Docker image reference: no whitespace or control characters, no
-/// upper case in the repository part, and at most 255 characters before a digest.
+/// A Docker image reference, parsed as the engine reads it.
 fn validate_image(image: &str) -> Result<(), String> {
-    if image.len() > 512 {
-        return Err("is longer than 512 characters".into());
-    }
-    if image
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || !c.is_ascii())
-    {
-        return Err(format!(
-            "{image:?} is not an image reference: it has whitespace or non-ASCII characters"
-        ));
-    }
-    let repo = image.split('@').next().unwrap_or_default();
-    let last_slash = repo.rfind('/').map_or(0, |i| i + 1);
-    let path = match repo[last_slash..].find(':') {
-        Some(i) => &repo[..last_slash + i],
-        None => repo,
-    };
-    let path_after_registry = path.split_once('/').map_or(path, |(_, rest)| rest);
-    if path.is_empty() || path_after_registry.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(format!(
-            "{image:?} is not an image reference: repository names are lower case"
-        ));
-    }
-    Ok(())
+    crate::image::Reference::parse(image).map(|_| ())
 }
 
 /// Parses a memory quantity into bytes: `512Mi`, `1Gi`, `500M`, `1.5G`, `1024`.

@@ -36,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod document;
+pub mod image;
 pub mod lease;
 pub mod manifests;
 pub mod metrics;
@@ -161,10 +162,12 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let metrics = Arc::new(metrics::Metrics::default());
+    let policy = Arc::new(policy);
     let controller = controller::Controller::new(
         store.clone(),
         orchestrator.clone(),
         metrics.clone(),
+        policy.clone(),
         controller::Settings {
             resync_interval: config.resync_interval.into(),
             max_concurrent: config.max_concurrent_reconciles,
@@ -180,7 +183,7 @@ pub async fn run(
         orchestrator,
         controller: controller.handle(),
         keys: keys.clone(),
-        policy: Arc::new(policy),
+        policy,
         admission: Arc::new(tokio::sync::Mutex::new(())),
         metrics,
         sync: config

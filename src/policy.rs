@@ -13,30 +13,42 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::agent::{parse_cpus, parse_memory, Agent, Invalid};
+use crate::image::{Pattern, Reference};
 
-/// The policy file (`--policy`). Absent parts take the safe defaults of [`Policy::default`].
+/// The policy file (`--policy`). What it leaves out, down to a single limit, keeps the
+/// built-in value of [`Policy::default`]: a file that sets `defaults: {pids: 64}` still
+/// gives every container the built-in memory and CPU limits and ceilings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
-    /// Image patterns that may run; None allows every image.
-    pub images: Option<Images>,
+    /// Which images may run, and which private registries they may come from.
+    pub images: Images,
     /// Limits applied when a spec sets none.
     pub defaults: Limits,
     /// Limits no agent may exceed.
     pub max: Limits,
-    /// Totals per owner.
+    /// Totals per owner, counted on effective values (the defaults included).
     pub quota: Quota,
     /// Capabilities an agent may add back after all are dropped.
     pub capabilities: Capabilities,
-    /// Bounds on the environment.
+    /// Bounds on the environment, `envFrom` secrets included.
     pub env: EnvLimits,
+    /// Whose agents the manifests directory declares.
+    pub gitops: GitOps,
+    /// `images.allow`, parsed (None: every image).
+    #[serde(skip)]
+    patterns: Option<Vec<Pattern>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct Images {
-    /// Patterns where `*` matches anything, such as `nanobot:*` or `registry.example/agents/*`.
-    pub allow: Vec<String>,
+    /// Image patterns that may run (see [`crate::image`] for their syntax); absent: any.
+    pub allow: Option<Vec<String>>,
+    /// Registries on loopback, link-local or private addresses that images may still come
+    /// from (`host:port` as in the reference). Any other such registry is refused, so that
+    /// a pull cannot make the engine reach into the host or its network.
+    pub private_registries: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -46,6 +58,17 @@ pub struct Limits {
     #[serde(default, deserialize_with = "crate::agent::string_or_number")]
     pub cpus: Option<String>,
     pub pids: Option<i64>,
+}
+
+impl Limits {
+    /// These limits, with what they leave out taken from `base`.
+    fn or(self, base: &Limits) -> Limits {
+        Limits {
+            memory: self.memory.or_else(|| base.memory.clone()),
+            cpus: self.cpus.or_else(|| base.cpus.clone()),
+            pids: self.pids.or(base.pids),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -73,9 +96,9 @@ pub struct Capabilities {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct EnvLimits {
-    /// Variables per agent.
+    /// Variables per agent, `envFrom` secrets' keys included.
     pub max_count: usize,
-    /// Bytes of names and values together, per agent.
+    /// Bytes of names and values together, per agent, `envFrom` secrets included.
     pub max_bytes: usize,
 }
 
@@ -88,11 +111,32 @@ impl Default for EnvLimits {
     }
 }
 
+/// Whose agents the manifests directory declares.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct GitOps {
+    /// The owner of agents from manifests that name none.
+    pub owner: String,
+    /// Owners a manifest may name in `metadata.owner` (none by default: anyone who can
+    /// write the directory could otherwise make agents that read another owner's secrets).
+    pub allow_owners: Vec<String>,
+}
+
+impl Default for GitOps {
+    fn default() -> Self {
+        GitOps {
+            owner: crate::access::ADMIN_OWNER.into(),
+            allow_owners: Vec::new(),
+        }
+    }
+}
+
 impl Default for Policy {
-    /// The policy in force without a file: every image, but every container limited.
+    /// The policy in force without a file: every image (from public registries), and every
+    /// container limited.
     fn default() -> Self {
         Policy {
-            images: None,
+            images: Images::default(),
             defaults: Limits {
                 memory: Some("512Mi".into()),
                 cpus: Some("1".into()),
@@ -100,12 +144,14 @@ impl Default for Policy {
             },
             max: Limits {
                 memory: Some("16Gi".into()),
-                cpus: None,
+                cpus: Some("16".into()),
                 pids: Some(4096),
             },
             quota: Quota::default(),
             capabilities: Capabilities::default(),
             env: EnvLimits::default(),
+            gitops: GitOps::default(),
+            patterns: None,
         }
     }
 }
@@ -253,15 +299,49 @@ pub fn screen(document: &Value) -> Result<(), Invalid> {
 }
 
 impl Policy {
-    /// Reads a policy file; every limit in it must parse.
+    /// Reads a policy file; every limit and pattern in it must parse.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let err = |message: String| PolicyError {
             path: path.display().to_string(),
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let policy: Policy = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        policy.check().map_err(err)?;
+        Policy::from_yaml(&text).map_err(err)
+    }
+
+    /// A policy from its YAML text, with the built-in limits filled in where it is silent.
+    pub fn from_yaml(text: &str) -> Result<Policy, String> {
+        let mut policy: Policy = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let builtin = Policy::default();
+        policy.defaults = std::mem::take(&mut policy.defaults).or(&builtin.defaults);
+        policy.max = std::mem::take(&mut policy.max).or(&builtin.max);
+        policy.check()?;
+        // A default above the policy's own maximum would refuse every spec that sets none.
+        let d = &mut policy.defaults;
+        let m = &policy.max;
+        if let (Some(dv), Some(mv)) = (&d.memory, &m.memory) {
+            if parse_memory(dv)? > parse_memory(mv)? {
+                d.memory = Some(mv.clone());
+            }
+        }
+        if let (Some(dv), Some(mv)) = (&d.cpus, &m.cpus) {
+            if parse_cpus(dv)? > parse_cpus(mv)? {
+                d.cpus = Some(mv.clone());
+            }
+        }
+        if let (Some(dv), Some(mv)) = (d.pids, m.pids) {
+            d.pids = Some(dv.min(mv));
+        }
+        policy.patterns = match &policy.images.allow {
+            None => None,
+            Some(allow) => Some(
+                allow
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| Pattern::parse(p).map_err(|e| format!("images.allow[{i}] {e}")))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
         Ok(policy)
     }
 
@@ -272,6 +352,11 @@ impl Policy {
             }
             if let Some(c) = &l.cpus {
                 parse_cpus(c).map_err(|e| format!("{name}.cpus: {e}"))?;
+            }
+            if let Some(p) = l.pids {
+                if !(1..=1 << 22).contains(&p) {
+                    return Err(format!("{name}.pids: must be between 1 and 4194304"));
+                }
             }
         }
         if let Some(m) = &self.quota.memory {
@@ -284,30 +369,25 @@ impl Policy {
             normalize_cap(c)
                 .ok_or_else(|| format!("capabilities.allow: unknown capability {c:?}"))?;
         }
+        crate::agent::validate_name(&self.gitops.owner)
+            .map_err(|e| format!("gitops.owner: {e}"))?;
+        for o in &self.gitops.allow_owners {
+            crate::agent::validate_name(o).map_err(|e| format!("gitops.allowOwners: {e}"))?;
+        }
         Ok(())
     }
 
     /// Checks an agent (already validated) against the policy and fills in the default
-    /// limits. `others` are the owner's other agents, for the quota.
-    pub fn admit(&self, agent: &mut Agent, others: &[&Agent]) -> Result<(), Refusal> {
+    /// limits. `others` are the owner's other agents, for the quota; `env_from` the
+    /// variables its `envFrom` secrets add (those `spec.env` does not override).
+    pub fn admit(
+        &self,
+        agent: &mut Agent,
+        others: &[&Agent],
+        env_from: &BTreeMap<String, String>,
+    ) -> Result<(), Refusal> {
         let spec = &mut agent.spec;
-        if let Some(images) = &self.images {
-            let image = normalize_image(&spec.image);
-            if !images
-                .allow
-                .iter()
-                .any(|p| glob(&normalize_image(p), &image) || glob(p, &spec.image))
-            {
-                return Err(Refusal::invalid(
-                    "images.allow",
-                    "spec.image",
-                    format!(
-                        "{:?} matches none of the allowed images {:?}",
-                        spec.image, images.allow
-                    ),
-                ));
-            }
-        }
+        self.admit_image(&spec.image)?;
 
         let r = &mut spec.resources;
         if r.memory.is_none() {
@@ -324,7 +404,7 @@ impl Policy {
                 return Err(Refusal::invalid(
                     "max.memory",
                     "spec.resources.memory",
-                    format!("{m} is above the maximum of {max}"),
+                    format!("is above the maximum of {max}"),
                 ));
             }
         }
@@ -333,7 +413,7 @@ impl Policy {
                 return Err(Refusal::invalid(
                     "max.cpus",
                     "spec.resources.cpus",
-                    format!("{c} is above the maximum of {max}"),
+                    format!("is above the maximum of {max}"),
                 ));
             }
         }
@@ -342,7 +422,7 @@ impl Policy {
                 return Err(Refusal::invalid(
                     "max.pids",
                     "spec.resources.pids",
-                    format!("{p} is above the maximum of {max}"),
+                    format!("is above the maximum of {max}"),
                 ));
             }
         }
@@ -354,7 +434,7 @@ impl Policy {
                     return Err(Refusal::invalid(
                         "capabilities",
                         &field,
-                        format!("{c:?} is not a Linux capability"),
+                        "is not a Linux capability".into(),
                     ));
                 };
                 if !self
@@ -376,13 +456,71 @@ impl Policy {
             }
         }
 
-        let env = &spec.env.0;
+        let mut env = env_from.clone();
+        env.extend(spec.env.0.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.admit_env(&env, !env_from.is_empty())?;
+        self.check_quota(agent, others)
+    }
+
+    /// Whether an image may run: its registry is not a private one the policy does not
+    /// name, and it matches an allowed pattern.
+    pub fn admit_image(&self, image: &str) -> Result<(), Refusal> {
+        let reference = Reference::parse(image).map_err(|e| Refusal::Invalid {
+            rule: "images".into(),
+            invalid: Invalid::new("spec.image", e),
+        })?;
+        if reference.is_private_registry()
+            && !self
+                .images
+                .private_registries
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(&reference.registry))
+        {
+            return Err(Refusal::invalid(
+                "images.privateRegistries",
+                "spec.image",
+                format!(
+                    "names registry {} on a loopback, link-local or private address; images come \
+                     from such a registry only if the policy lists it",
+                    reference.registry
+                ),
+            ));
+        }
+        if let (Some(patterns), Some(allow)) = (&self.patterns, &self.images.allow) {
+            if !patterns.iter().any(|p| p.admits(&reference)) {
+                return Err(Refusal::invalid(
+                    "images.allow",
+                    "spec.image",
+                    format!("matches none of the allowed images {allow:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the whole environment an agent gets. `from_secrets` says part of it comes
+    /// from `envFrom`, to name the right field.
+    pub fn admit_env(
+        &self,
+        env: &BTreeMap<String, String>,
+        from_secrets: bool,
+    ) -> Result<(), Refusal> {
+        let field = if from_secrets {
+            "spec.envFrom"
+        } else {
+            "spec.env"
+        };
+        let with = if from_secrets {
+            " (spec.env and its envFrom secrets together)"
+        } else {
+            ""
+        };
         if env.len() > self.env.max_count {
             return Err(Refusal::invalid(
                 "env.maxCount",
-                "spec.env",
+                field,
                 format!(
-                    "{} variables; at most {} are allowed",
+                    "{} variables{with}; at most {} are allowed",
                     env.len(),
                     self.env.max_count
                 ),
@@ -392,12 +530,37 @@ impl Policy {
         if bytes > self.env.max_bytes {
             return Err(Refusal::invalid(
                 "env.maxBytes",
-                "spec.env",
-                format!("{bytes} bytes; at most {} are allowed", self.env.max_bytes),
+                field,
+                format!(
+                    "{bytes} bytes{with}; at most {} are allowed",
+                    self.env.max_bytes
+                ),
             ));
         }
+        Ok(())
+    }
 
-        self.check_quota(agent, others)
+    /// Whether the manifests directory may name `owner` for its agents.
+    pub fn gitops_may_name(&self, owner: &str) -> bool {
+        owner == self.gitops.owner || self.gitops.allow_owners.iter().any(|o| o == owner)
+    }
+
+    /// An agent's memory, CPU and PID limits as they apply: its own, else the defaults.
+    fn effective(&self, a: &Agent) -> (i64, i64) {
+        let r = &a.spec.resources;
+        let memory = r
+            .memory
+            .as_deref()
+            .or(self.defaults.memory.as_deref())
+            .and_then(|m| parse_memory(m).ok())
+            .unwrap_or(0);
+        let cpus = r
+            .cpus
+            .as_deref()
+            .or(self.defaults.cpus.as_deref())
+            .and_then(|c| parse_cpus(c).ok())
+            .unwrap_or(0);
+        (memory, cpus)
     }
 
     fn check_quota(&self, agent: &Agent, others: &[&Agent]) -> Result<(), Refusal> {
@@ -411,36 +574,24 @@ impl Policy {
                 });
             }
         }
-        let total = |f: &dyn Fn(&Agent) -> Option<i64>| -> i64 {
-            others.iter().map(|a| f(a).unwrap_or(0)).sum::<i64>() + f(agent).unwrap_or(0)
-        };
+        let (memory, cpus) = others
+            .iter()
+            .chain(std::iter::once(&agent))
+            .map(|a| self.effective(a))
+            .fold((0i64, 0i64), |(m, c), (am, ac)| (m + am, c + ac));
         if let Some(max) = &q.memory {
-            let used = total(&|a| {
-                a.spec
-                    .resources
-                    .memory
-                    .as_deref()
-                    .and_then(|m| parse_memory(m).ok())
-            });
-            if used > parse_memory(max).unwrap_or(i64::MAX) {
+            if memory > parse_memory(max).unwrap_or(i64::MAX) {
                 return Err(Refusal::Quota {
                     rule: "quota.memory".into(),
-                    message: format!("owner {owner:?} would use {} MiB of memory; the quota is {max} (policy rule quota.memory)", used >> 20),
+                    message: format!("owner {owner:?} would use {} MiB of memory; the quota is {max} (policy rule quota.memory)", memory >> 20),
                 });
             }
         }
         if let Some(max) = &q.cpus {
-            let used = total(&|a| {
-                a.spec
-                    .resources
-                    .cpus
-                    .as_deref()
-                    .and_then(|c| parse_cpus(c).ok())
-            });
-            if used > parse_cpus(max).unwrap_or(i64::MAX) {
+            if cpus > parse_cpus(max).unwrap_or(i64::MAX) {
                 return Err(Refusal::Quota {
                     rule: "quota.cpus".into(),
-                    message: format!("owner {owner:?} would use {:.2} CPUs; the quota is {max} (policy rule quota.cpus)", used as f64 / 1e9),
+                    message: format!("owner {owner:?} would use {:.2} CPUs; the quota is {max} (policy rule quota.cpus)", cpus as f64 / 1e9),
                 });
             }
         }
@@ -455,47 +606,15 @@ fn normalize_cap(c: &str) -> Option<&'static str> {
     KNOWN_CAPS.iter().copied().find(|k| *k == bare)
 }
 
-/// An image reference with its implied `:latest` tag.
-fn normalize_image(image: &str) -> String {
-    let last = image.rsplit('/').next().unwrap_or(image);
-    if last.contains(':') || image.contains('@') || image.ends_with('*') {
-        image.to_string()
-    } else {
-        format!("{image}:latest")
-    }
-}
-
-/// Whether `text` matches `pattern`, where `*` matches any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first)
-        || !text[first.len()..].ends_with(last)
-        || text.len() < first.len() + last.len()
-    {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 /// The policy's limits, for the start-up log.
 pub fn describe(p: &Policy) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
         (
             "images",
             p.images
+                .allow
                 .as_ref()
-                .map_or("any".into(), |i| format!("{:?}", i.allow)),
+                .map_or("any".into(), |a| format!("{a:?}")),
         ),
         ("defaults", format!("{:?}", p.defaults)),
         ("max", format!("{:?}", p.max)),
@@ -517,9 +636,11 @@ mod tests {
     }
 
     fn policy(yaml: &str) -> Policy {
-        let p: Policy = serde_yaml::from_str(yaml).unwrap();
-        p.check().unwrap();
-        p
+        Policy::from_yaml(yaml).unwrap()
+    }
+
+    fn admit(p: &Policy, a: &mut Agent, others: &[&Agent]) -> Result<(), Refusal> {
+        p.admit(a, others, &BTreeMap::new())
     }
 
     fn rule(r: Result<(), Refusal>) -> String {
@@ -529,30 +650,33 @@ mod tests {
     }
 
     #[test]
-    fn globs_match_like_shells() {
-        assert!(glob("nanobot:*", "nanobot:latest"));
-        assert!(glob(
-            "registry.example/agents/*",
-            "registry.example/agents/x:1"
-        ));
-        assert!(!glob("nanobot:*", "evil/nanobot:latest"));
-        assert!(glob("*", "anything"));
-        assert!(glob("a*b*c", "aXbYc") && !glob("a*b*c", "aXcYb"));
-    }
-
-    #[test]
     fn images_outside_the_allowlist_are_refused() {
         let p = policy("images: {allow: [\"nanobot:*\"]}");
-        assert!(p
-            .admit(&mut agent(serde_json::json!({"image": "nanobot:1"})), &[])
-            .is_ok());
+        assert_eq!(
+            rule(admit(
+                &p,
+                &mut agent(serde_json::json!({"image": "nanobot:5000/evil:1"})),
+                &[]
+            )),
+            "images.allow",
+            "a star does not cross into a registry"
+        );
+        assert!(admit(
+            &p,
+            &mut agent(serde_json::json!({"image": "nanobot:1"})),
+            &[]
+        )
+        .is_ok());
         assert!(
-            p.admit(&mut agent(serde_json::json!({"image": "nanobot"})), &[])
-                .is_ok(),
+            admit(&p, &mut agent(serde_json::json!({"image": "nanobot"})), &[]).is_ok(),
             "implied :latest"
         );
         assert_eq!(
-            rule(p.admit(&mut agent(serde_json::json!({"image": "alpine:3"})), &[])),
+            rule(admit(
+                &p,
+                &mut agent(serde_json::json!({"image": "alpine:3"})),
+                &[]
+            )),
             "images.allow"
         );
     }
@@ -562,14 +686,14 @@ mod tests {
         let p =
             policy("defaults: {memory: 256Mi, cpus: 0.5, pids: 100}\nmax: {memory: 1Gi, cpus: 1}");
         let mut a = agent(serde_json::json!({"image": "x"}));
-        p.admit(&mut a, &[]).unwrap();
+        admit(&p, &mut a, &[]).unwrap();
         assert_eq!(a.spec.resources.memory.as_deref(), Some("256Mi"));
         assert_eq!(a.spec.resources.cpus.as_deref(), Some("0.5"));
         assert_eq!(a.spec.resources.pids, Some(100));
         let mut big = agent(serde_json::json!({"image": "x", "resources": {"memory": "2Gi"}}));
-        assert_eq!(rule(p.admit(&mut big, &[])), "max.memory");
+        assert_eq!(rule(admit(&p, &mut big, &[])), "max.memory");
         let mut fast = agent(serde_json::json!({"image": "x", "resources": {"cpus": 2}}));
-        assert_eq!(rule(p.admit(&mut fast, &[])), "max.cpus");
+        assert_eq!(rule(admit(&p, &mut fast, &[])), "max.cpus");
     }
 
     #[test]
@@ -577,15 +701,16 @@ mod tests {
         let p = policy("capabilities: {allow: [NET_BIND_SERVICE]}");
         let mut ok =
             agent(serde_json::json!({"image": "x", "capabilities": ["cap_net_bind_service"]}));
-        p.admit(&mut ok, &[]).unwrap();
+        admit(&p, &mut ok, &[]).unwrap();
         assert_eq!(
             ok.spec.capabilities,
             Some(vec!["NET_BIND_SERVICE".to_string()])
         );
         let mut bad = agent(serde_json::json!({"image": "x", "capabilities": ["SYS_ADMIN"]}));
-        assert_eq!(rule(p.admit(&mut bad, &[])), "capabilities.allow");
+        assert_eq!(rule(admit(&p, &mut bad, &[])), "capabilities.allow");
         assert_eq!(
-            rule(Policy::default().admit(
+            rule(admit(
+                &Policy::default(),
                 &mut agent(serde_json::json!({"image": "x", "capabilities": ["NET_RAW"]})),
                 &[]
             )),
@@ -598,11 +723,11 @@ mod tests {
         let p = policy("quota: {agents: 2, memory: 1Gi}");
         let one = agent(serde_json::json!({"image": "x", "resources": {"memory": "512Mi"}}));
         let mut two = one.clone();
-        p.admit(&mut two, &[&one]).unwrap();
+        admit(&p, &mut two, &[&one]).unwrap();
         let mut three = one.clone();
-        assert_eq!(rule(p.admit(&mut three, &[&one, &two])), "quota.agents");
+        assert_eq!(rule(admit(&p, &mut three, &[&one, &two])), "quota.agents");
         let mut fat = agent(serde_json::json!({"image": "x", "resources": {"memory": "768Mi"}}));
-        assert_eq!(rule(p.admit(&mut fat, &[&one])), "quota.memory");
+        assert_eq!(rule(admit(&p, &mut fat, &[&one])), "quota.memory");
     }
 
     #[test]
@@ -610,9 +735,67 @@ mod tests {
         let p = policy("env: {maxCount: 2, maxBytes: 10}");
         let mut many =
             agent(serde_json::json!({"image": "x", "env": {"A": "1", "B": "2", "C": "3"}}));
-        assert_eq!(rule(p.admit(&mut many, &[])), "env.maxCount");
+        assert_eq!(rule(admit(&p, &mut many, &[])), "env.maxCount");
         let mut big = agent(serde_json::json!({"image": "x", "env": {"A": "0123456789"}}));
-        assert_eq!(rule(p.admit(&mut big, &[])), "env.maxBytes");
+        assert_eq!(rule(admit(&p, &mut big, &[])), "env.maxBytes");
+    }
+
+    #[test]
+    fn a_partial_policy_keeps_the_builtin_limits_and_ceilings() {
+        let p = policy("defaults: {pids: 64}\nmax: {memory: 256Mi}");
+        let mut a = agent(serde_json::json!({"image": "x"}));
+        admit(&p, &mut a, &[]).unwrap();
+        let r = &a.spec.resources;
+        // The built-in default memory (512Mi) is above this policy's maximum: capped.
+        assert_eq!(r.memory.as_deref(), Some("256Mi"));
+        assert_eq!(r.cpus.as_deref(), Some("1"));
+        assert_eq!(r.pids, Some(64));
+        let mut many = agent(serde_json::json!({"image": "x", "resources": {"pids": 4_000_000}}));
+        assert_eq!(rule(admit(&p, &mut many, &[])), "max.pids");
+        let mut fast = agent(serde_json::json!({"image": "x", "resources": {"cpus": 64}}));
+        assert_eq!(rule(admit(&p, &mut fast, &[])), "max.cpus");
+    }
+
+    #[test]
+    fn quotas_count_effective_values() {
+        let p = policy("quota: {memory: 1Gi}\ndefaults: {memory: 512Mi}");
+        // Stored without limits (an older record): counts as the default, not as nothing.
+        let old = agent(serde_json::json!({"image": "x"}));
+        let mut second = agent(serde_json::json!({"image": "x"}));
+        admit(&p, &mut second, &[&old]).unwrap();
+        let mut third = agent(serde_json::json!({"image": "x"}));
+        assert_eq!(
+            rule(admit(&p, &mut third, &[&old, &second])),
+            "quota.memory"
+        );
+    }
+
+    #[test]
+    fn private_registries_are_refused_unless_listed() {
+        let mut a = agent(serde_json::json!({"image": "127.0.0.1:5999/x"}));
+        assert_eq!(
+            rule(admit(&Policy::default(), &mut a, &[])),
+            "images.privateRegistries"
+        );
+        let p = policy("images: {privateRegistries: [\"127.0.0.1:5999\"]}");
+        admit(&p, &mut a, &[]).unwrap();
+    }
+
+    #[test]
+    fn env_from_counts_against_the_env_limits() {
+        let p = policy("env: {maxCount: 3}");
+        let secrets: BTreeMap<String, String> =
+            (0..3).map(|i| (format!("S{i}"), "v".to_string())).collect();
+        let mut a = agent(serde_json::json!({"image": "x", "env": {"A": "1"}}));
+        match p.admit(&mut a, &[], &secrets).unwrap_err() {
+            Refusal::Invalid { rule, invalid } => {
+                assert_eq!(
+                    (rule.as_str(), invalid.field.as_str()),
+                    ("env.maxCount", "spec.envFrom")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

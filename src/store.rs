@@ -185,6 +185,13 @@ pub enum StoreError {
     /// The agent is being deleted and cannot be changed.
     #[error("agent {0:?} is being deleted; wait until it is gone")]
     Terminating(String),
+    /// The object belongs to another owner, and the write did not take it over.
+    #[error("{kind} {name:?} belongs to owner {owner:?}; a write of another owner is never applied to it (an admin may write it on that owner's behalf by naming the owner, or take it over by naming another)")]
+    OwnedBy {
+        kind: &'static str,
+        name: String,
+        owner: String,
+    },
     /// The resourceVersion precondition failed.
     #[error("agent {name:?} has resourceVersion {current}, not {given}: it changed since it was read; get it again and reapply")]
     Conflict {
@@ -342,8 +349,14 @@ impl Store {
     }
 
     /// Creates or replaces an agent's declared state (PUT). A resourceVersion in the body is
-    /// a precondition. A spec identical to the stored one writes nothing.
-    pub fn apply(&self, agent: Agent) -> Result<(Record, Applied), StoreError> {
+    /// a precondition. A spec identical to the stored one writes nothing. The agent's owner
+    /// must be the stored one's, unless `take_over` names the stored owner (an admin taking
+    /// the agent over, explicitly).
+    pub fn apply(
+        &self,
+        agent: Agent,
+        take_over: Option<&str>,
+    ) -> Result<(Record, Applied), StoreError> {
         let name = agent.metadata.name.clone();
         let (r, applied) = self.mutate(&name, |old| {
             let Some(old) = old else {
@@ -359,6 +372,16 @@ impl Store {
             check_version(old, agent.metadata.resource_version.as_deref())?;
             if old.agent.is_terminating() {
                 return Err(StoreError::Terminating(name.clone()));
+            }
+            let owner = old.agent.metadata.owner.as_deref().unwrap_or_default();
+            if agent.metadata.owner.as_deref().is_some_and(|o| o != owner)
+                && take_over != Some(owner)
+            {
+                return Err(StoreError::OwnedBy {
+                    kind: "agent",
+                    name: name.clone(),
+                    owner: owner.to_string(),
+                });
             }
             // A new owner relabels the container, so it counts as a change of spec.
             let spec_changed = old.agent.spec != agent.spec
@@ -578,11 +601,24 @@ impl Store {
     }
 
     /// Creates or replaces a secret. Returns it and whether it was new; an identical
-    /// secret writes nothing.
-    pub fn put_secret(&self, mut secret: Secret) -> Result<(Secret, Applied), StoreError> {
+    /// secret writes nothing. A secret of another owner is refused unless `take_over`
+    /// names that owner (an admin taking it over, explicitly); the check and the write are
+    /// one step under the write lock, so two owners racing for a name cannot both win.
+    pub fn put_secret(
+        &self,
+        mut secret: Secret,
+        take_over: Option<&str>,
+    ) -> Result<(Secret, Applied), StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.secret(&secret.name)?;
         if let Some(old) = &old {
+            if old.owner != secret.owner && take_over != Some(old.owner.as_str()) {
+                return Err(StoreError::OwnedBy {
+                    kind: "secret",
+                    name: secret.name.clone(),
+                    owner: old.owner.clone(),
+                });
+            }
             if old.data == secret.data && old.owner == secret.owner {
                 return Ok((old.clone(), Applied::Unchanged));
             }
@@ -627,14 +663,39 @@ impl Store {
             .collect()
     }
 
-    pub fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.secrets.remove(name)?.is_some())
+    /// Deletes a secret if it is still `owner`'s (under the write lock, so a secret
+    /// taken over meanwhile is not deleted by its former owner).
+    pub fn delete_secret(&self, name: &str, owner: &str) -> Result<bool, StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        match self.secret(name)? {
+            Some(s) if s.owner != owner => Err(StoreError::OwnedBy {
+                kind: "secret",
+                name: name.to_string(),
+                owner: s.owner,
+            }),
+            Some(_) => Ok(self.secrets.remove(name)?.is_some()),
+            None => Ok(false),
+        }
     }
 
     /// The container an agent asks for, its `envFrom` secrets resolved (its own `env`
     /// wins on a clash). A missing secret, or another owner's, is an error naming it.
     pub fn container_spec(&self, agent: &Agent) -> Result<ContainerSpec, Invalid> {
         let mut spec = agent.container_spec()?;
+        let mut env = self.env_from(agent, true)?;
+        env.extend(std::mem::take(&mut spec.env.0));
+        spec.env.0 = env;
+        Ok(spec)
+    }
+
+    /// The variables an agent's `envFrom` secrets give it (before its own `env`). Only
+    /// secrets of the agent's owner count; with `strict`, a missing one is an error naming
+    /// it, else it is skipped.
+    pub fn env_from(
+        &self,
+        agent: &Agent,
+        strict: bool,
+    ) -> Result<std::collections::BTreeMap<String, String>, Invalid> {
         let mut env = std::collections::BTreeMap::new();
         for (i, e) in agent.spec.env_from.iter().flatten().enumerate() {
             let secret = self
@@ -642,20 +703,21 @@ impl Store {
                 .ok()
                 .flatten()
                 .filter(|s| Some(s.owner.as_str()) == agent.metadata.owner.as_deref());
-            let Some(secret) = secret else {
-                return Err(Invalid::new(
-                    format!("spec.envFrom[{i}].secretRef"),
-                    format!(
-                        "secret {:?} does not exist; create it with PUT /v1/secrets/{}",
-                        e.secret_ref, e.secret_ref
-                    ),
-                ));
-            };
-            env.extend(secret.data);
+            match secret {
+                Some(secret) => env.extend(secret.data),
+                None if strict => {
+                    return Err(Invalid::new(
+                        format!("spec.envFrom[{i}].secretRef"),
+                        format!(
+                            "secret {:?} does not exist; create it with PUT /v1/secrets/{}",
+                            e.secret_ref, e.secret_ref
+                        ),
+                    ))
+                }
+                None => {}
+            }
         }
-        env.extend(std::mem::take(&mut spec.env.0));
-        spec.env.0 = env;
-        Ok(spec)
+        Ok(env)
     }
 
     /// Tells watchers of a change and keeps it in the history (called under the write lock,
@@ -844,7 +906,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let created = store.create(agent("a")).unwrap();
         assert_eq!(created.agent.metadata.generation, 1);
-        let (same, applied) = store.apply(agent("a")).unwrap();
+        let (same, applied) = store.apply(agent("a"), None).unwrap();
         assert_eq!(applied, Applied::Unchanged);
         assert_eq!(
             same.agent.metadata.resource_version,
@@ -852,7 +914,7 @@ mod tests {
         );
         let mut changed = agent("a");
         changed.spec.image = "other".into();
-        let (updated, applied) = store.apply(changed).unwrap();
+        let (updated, applied) = store.apply(changed, None).unwrap();
         assert_eq!(applied, Applied::Updated);
         assert_eq!(updated.agent.metadata.generation, 2);
         assert_ne!(
@@ -869,9 +931,83 @@ mod tests {
         let mut stale = agent("a");
         stale.metadata.resource_version = created.agent.metadata.resource_version.clone();
         assert!(matches!(
-            store.apply(stale),
+            store.apply(stale, None),
             Err(StoreError::Conflict { .. })
         ));
+    }
+
+    #[test]
+    fn another_owners_object_is_written_only_when_taken_over_explicitly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owned = |owner: &str| {
+            let mut a = agent("a");
+            a.metadata.owner = Some(owner.into());
+            a.spec.image = format!("img-{owner}");
+            a
+        };
+        store.create(owned("bob")).unwrap();
+        assert!(matches!(
+            store.apply(owned("admin"), None),
+            Err(StoreError::OwnedBy { .. })
+        ));
+        let (r, _) = store.apply(owned("admin"), Some("bob")).unwrap();
+        assert_eq!(r.agent.metadata.owner.as_deref(), Some("admin"));
+
+        let secret = |owner: &str, value: &str| Secret {
+            name: "keys".into(),
+            owner: owner.into(),
+            data: [("K".to_string(), value.to_string())].into(),
+            resource_version: String::new(),
+            creation_timestamp: String::new(),
+        };
+        store.put_secret(secret("bob", "1"), None).unwrap();
+        let refused = store.put_secret(secret("admin", "2"), None).unwrap_err();
+        assert!(
+            refused.to_string().contains("belongs to owner \"bob\""),
+            "{refused}"
+        );
+        assert_eq!(store.secret("keys").unwrap().unwrap().data["K"], "1");
+        assert!(store.delete_secret("keys", "admin").is_err());
+        store.put_secret(secret("admin", "2"), Some("bob")).unwrap();
+        assert!(
+            store.delete_secret("keys", "bob").is_err(),
+            "no longer bob's"
+        );
+        assert!(store.delete_secret("keys", "admin").unwrap());
+    }
+
+    #[test]
+    fn two_owners_racing_for_a_secret_name_have_exactly_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = ["alice", "bob"]
+            .into_iter()
+            .map(|owner| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    store.put_secret(
+                        Secret {
+                            name: "race".into(),
+                            owner: owner.into(),
+                            data: [("K".to_string(), owner.to_string())].into(),
+                            resource_version: String::new(),
+                            creation_timestamp: String::new(),
+                        },
+                        None,
+                    )
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        let winner = store.secret("race").unwrap().unwrap();
+        assert_eq!(
+            winner.data["K"], winner.owner,
+            "the winner's value, the winner's owner"
+        );
     }
 
     #[test]

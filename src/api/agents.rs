@@ -67,27 +67,48 @@ fn noted(status: StatusCode, agent: Agent, verb: &'static str) -> Response {
     r
 }
 
-/// Sets the owner from the key (an admin may name one), validates, and runs the
-/// admission policy against the owner's other agents. Returns the agent as it will be
-/// stored. The caller holds the admission lock until the write is done.
+/// An agent admitted for a write: as it will be stored, and, when an admin takes
+/// another owner's agent over, that owner.
+pub(super) struct Admitted {
+    pub agent: Agent,
+    pub existing: Option<Record>,
+    pub take_over: Option<String>,
+}
+
+/// Sets the owner (the key's, or the one an admin names), refuses a write to another
+/// owner's agent unless an admin takes it over by naming its new owner, validates, and
+/// runs the admission policy against the owner's other agents. The caller holds the
+/// admission lock until the write is done.
 fn admit(
     state: &AppState,
     p: &Principal,
     mut agent: Agent,
     existing: Option<&Agent>,
     pending: &[Agent],
-) -> Result<Agent, ApiError> {
-    let owner = match (&agent.metadata.owner, p.role) {
-        (Some(o), Role::Admin) => o.clone(),
+) -> Result<(Agent, Option<String>), ApiError> {
+    let (owner, named) = match (&agent.metadata.owner, p.role) {
+        (Some(o), Role::Admin) => (o.clone(), true),
         (Some(o), _) if *o != p.owner => {
             return Err(ApiError::Forbidden(
                 "only an admin key may set metadata.owner to another owner".into(),
             ))
         }
-        _ => existing
-            .and_then(|e| e.metadata.owner.clone())
-            .unwrap_or_else(|| p.owner.clone()),
+        _ => (p.owner.clone(), false),
     };
+    let mut take_over = None;
+    if let Some(current) = existing.and_then(|e| e.metadata.owner.as_deref()) {
+        if current != owner {
+            if !named {
+                return Err(crate::store::StoreError::OwnedBy {
+                    kind: "agent",
+                    name: agent.metadata.name.clone(),
+                    owner: current.to_string(),
+                }
+                .into());
+            }
+            take_over = Some(current.to_string());
+        }
+    }
     agent.metadata.owner = Some(owner.clone());
     agent.validate()?;
     // The owner's other agents count only against a quota; without one, skip the scan.
@@ -105,19 +126,20 @@ fn admit(
         .filter(|a| a.metadata.owner.as_deref() == Some(owner.as_str()))
         .filter(|a| a.metadata.name != agent.metadata.name)
         .collect();
-    state.policy.admit(&mut agent, &others)?;
-    Ok(agent)
+    // The secrets it takes its environment from count against the env limits too.
+    let env_from = state.store.env_from(&agent, false)?;
+    state.policy.admit(&mut agent, &others, &env_from)?;
+    Ok((agent, take_over))
 }
 
 /// Checks one agent for a create-or-replace without writing it: the caller may touch that
-/// name, and the policy admits it. Returns the agent as it would be stored and the record
-/// it would replace.
+/// name, and the policy admits it.
 pub(super) fn prepare(
     state: &AppState,
     p: &Principal,
     agent: Agent,
     pending: &[Agent],
-) -> Result<(Agent, Option<Record>), ApiError> {
+) -> Result<Admitted, ApiError> {
     let name = agent.metadata.name.clone();
     let existing = state.store.get(&name)?;
     if let Some(e) = &existing {
@@ -129,14 +151,27 @@ pub(super) fn prepare(
             });
         }
     }
-    let agent = admit(
+    let (agent, take_over) = admit(
         state,
         p,
         agent,
         existing.as_ref().map(|r| &r.agent),
         pending,
     )?;
-    Ok((agent, existing))
+    Ok(Admitted {
+        agent,
+        existing,
+        take_over,
+    })
+}
+
+/// A warning header (as Kubernetes sends) for an admin's take-over of another owner's object.
+pub(super) fn took_over(response: &mut Response, kind: &str, name: &str, from: &str) {
+    let text = format!("299 hive \"{kind} {name} was taken over from owner {from}\"");
+    if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+        response.headers_mut().append(header::WARNING, v);
+    }
+    tracing::warn!(%kind, %name, previous_owner = %from, "an admin took over another owner's object");
 }
 
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body(content((Agent = "application/json"), (Agent = "application/yaml"))),
@@ -154,7 +189,7 @@ pub async fn create(
         if state.store.get(&name)?.is_some() {
             return Err(StoreError::AlreadyExists(name).into());
         }
-        let agent = admit(&state, &p, agent, None, &[])?;
+        let (agent, _) = admit(&state, &p, agent, None, &[])?;
         state.store.create(agent)?
     };
     commit(&state, &name).await?;
@@ -182,10 +217,13 @@ pub async fn apply(
             ),
         ));
     }
-    let (record, applied) = {
+    let (record, applied, take_over) = {
         let _admission = state.admission.lock().await;
-        let (agent, _) = prepare(&state, &p, agent, &[])?;
-        state.store.apply(agent)?
+        let admitted = prepare(&state, &p, agent, &[])?;
+        let (record, applied) = state
+            .store
+            .apply(admitted.agent, admitted.take_over.as_deref())?;
+        (record, applied, admitted.take_over)
     };
     let status = match applied {
         Applied::Created => StatusCode::CREATED,
@@ -194,7 +232,11 @@ pub async fn apply(
     if applied != Applied::Unchanged {
         commit(&state, &name).await?;
     }
-    Ok(noted(status, record.agent, "apply"))
+    let mut response = noted(status, record.agent, "apply");
+    if let Some(from) = take_over {
+        took_over(&mut response, "agent", &name, &from);
+    }
+    Ok(response)
 }
 
 /// Query of `GET /v1/agents`.

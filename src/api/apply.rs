@@ -12,14 +12,14 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::agents::{commit_many, prepare, require_write};
+use super::agents::{commit_many, prepare, require_write, Admitted};
 use super::auth::AuditNote;
 use super::body::{typed, Documents, Query};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::access::Principal;
 use crate::agent::Agent;
-use crate::store::{Applied, Record};
+use crate::store::Applied;
 
 /// Query of `POST /v1/apply`.
 #[derive(Debug, Default, Deserialize)]
@@ -104,7 +104,7 @@ pub async fn apply_documents(
     let total = values.len();
     let _admission = state.admission.lock().await;
 
-    let mut ready: Vec<(Agent, Option<Record>)> = Vec::new();
+    let mut ready: Vec<Admitted> = Vec::new();
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
     for (index, value) in values.into_iter().enumerate() {
@@ -119,7 +119,7 @@ pub async fn apply_documents(
                     format!("{:?} appears twice in this apply", agent.metadata.name),
                 ));
             }
-            let pending: Vec<Agent> = ready.iter().map(|(a, _)| a.clone()).collect();
+            let pending: Vec<Agent> = ready.iter().map(|a| a.agent.clone()).collect();
             prepare(state, p, agent, &pending)
         });
         match checked {
@@ -136,7 +136,12 @@ pub async fn apply_documents(
 
     let mut results = Vec::new();
     let mut changed = Vec::new();
-    for (agent, existing) in ready {
+    for Admitted {
+        agent,
+        existing,
+        take_over,
+    } in ready
+    {
         let name = agent.metadata.name.clone();
         if dry_run {
             let (result, diff) = would(&agent, existing.as_ref().map(|r| &r.agent));
@@ -149,7 +154,10 @@ pub async fn apply_documents(
             });
             continue;
         }
-        let (record, applied) = state.store.apply(agent)?;
+        let (record, applied) = state.store.apply(agent, take_over.as_deref())?;
+        if let Some(from) = &take_over {
+            tracing::warn!(agent = %name, previous_owner = %from, "an admin took over another owner's agent");
+        }
         let result = match applied {
             Applied::Created => "created",
             Applied::Updated => "configured",

@@ -196,6 +196,10 @@ impl From<StoreError> for ApiError {
                 code: "terminating",
                 message,
             },
+            StoreError::OwnedBy { .. } => ApiError::Conflict {
+                code: "owned_by_another",
+                message,
+            },
             StoreError::Locked(_)
             | StoreError::Sled(_)
             | StoreError::Corrupt { .. }

@@ -13,10 +13,10 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::agents::require_write;
-use super::body::{Document, Screen};
+use super::body::{Document, Query, Screen};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
-use crate::access::Principal;
+use crate::access::{Principal, Role};
 use crate::agent::{validate_name, Invalid};
 use crate::store::{Applied, Secret};
 
@@ -69,17 +69,41 @@ fn visible(state: &AppState, p: &Principal, name: &str) -> Result<Secret, ApiErr
         .ok_or_else(|| ApiError::NotFound(format!("secret {name:?} not found")))
 }
 
-#[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)), request_body(content((SecretData = "application/json"), (SecretData = "application/yaml"))),
-    responses((status = 200, body = SecretShown), (status = 201, body = SecretShown), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-/// `PUT /v1/secrets/{name}`
+/// Query of `PUT /v1/secrets/{name}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutQuery {
+    /// The owner the secret is written for (admins only; default: the key's owner). Naming
+    /// an owner other than the secret's takes it over.
+    owner: Option<String>,
+}
+
+#[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path), ("owner" = Option<String>, Query, description = "admins: the owner to write it for; naming another than the secret's takes it over")), request_body(content((SecretData = "application/json"), (SecretData = "application/yaml"))),
+    responses((status = 200, body = SecretShown), (status = 201, body = SecretShown), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+/// `PUT /v1/secrets/{name}[?owner=]`. A secret of another owner is never written (409)
+/// unless an admin names the owner: the secret's own (writing on its behalf) or another
+/// (taking it over, which the answer's `Warning` header says).
 pub async fn put(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
+    Query(query): Query<PutQuery>,
     Document(SecretData(data)): Document<SecretData>,
 ) -> Result<Response, ApiError> {
     require_write(&p, "write secrets for")?;
     validate_name(&name).map_err(|m| ApiError::Invalid(Invalid::new("name", m)))?;
+    let owner = match query.owner {
+        Some(o) if p.role == Role::Admin => {
+            validate_name(&o).map_err(|m| ApiError::Invalid(Invalid::new("owner", m)))?;
+            Some(o)
+        }
+        Some(o) if o != p.owner => {
+            return Err(ApiError::Forbidden(
+                "only an admin key may write a secret for another owner".into(),
+            ))
+        }
+        other => other,
+    };
     if data.len() > MAX_KEYS {
         return Err(ApiError::invalid(
             "data",
@@ -102,16 +126,20 @@ pub async fn put(
             ));
         }
     }
-    let owner = match state.store.secret(&name)? {
-        Some(old) if !p.sees(&old.owner) => {
-            return Err(ApiError::Conflict {
-                code: "already_exists",
-                message: format!("the secret name {name:?} is in use; choose another"),
-            })
-        }
-        Some(old) => old.owner,
-        None => p.owner.clone(),
+    let in_use = || ApiError::Conflict {
+        code: "already_exists",
+        message: format!("the secret name {name:?} is in use; choose another"),
     };
+    let current = state.store.secret(&name)?.map(|s| s.owner);
+    if current.as_deref().is_some_and(|c| !p.sees(c)) {
+        return Err(in_use());
+    }
+    // Naming an owner other than the secret's is an admin's explicit take-over.
+    let take_over = match (&owner, &current) {
+        (Some(o), Some(c)) if o != c => Some(c.clone()),
+        _ => None,
+    };
+    let owner = owner.unwrap_or_else(|| p.owner.clone());
     let secret = Secret {
         name: name.clone(),
         owner: owner.clone(),
@@ -119,10 +147,17 @@ pub async fn put(
         resource_version: String::new(),
         creation_timestamp: String::new(),
     };
-    let (stored, applied) = state.store.put_secret(secret)?;
+    let (stored, applied) = match state.store.put_secret(secret, take_over.as_deref()) {
+        // Taken by another owner since it was read.
+        Err(crate::store::StoreError::OwnedBy { .. }) if p.role != Role::Admin => {
+            return Err(in_use())
+        }
+        other => other?,
+    };
     if applied != Applied::Unchanged {
         state.store.flush().await?;
-        // Wake the agents that use it: their containers are recreated with the new values.
+        // Wake the agents that use it: their containers are recreated with the new values
+        // (or, after a take-over, the former owner's agents learn it is no longer theirs).
         for r in state.store.list()? {
             let a = &r.agent;
             let uses = a
@@ -131,7 +166,7 @@ pub async fn put(
                 .iter()
                 .flatten()
                 .any(|e| e.secret_ref == name);
-            if uses && a.metadata.owner.as_deref() == Some(owner.as_str()) {
+            if uses {
                 state.controller.enqueue(&a.metadata.name);
             }
         }
@@ -141,7 +176,11 @@ pub async fn put(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(shown(&stored))).into_response())
+    let mut response = (status, Json(shown(&stored))).into_response();
+    if let Some(from) = take_over {
+        super::agents::took_over(&mut response, "secret", &name, &from);
+    }
+    Ok(response)
 }
 
 #[utoipa::path(get, path = "/v1/secrets", tag = "secrets", responses((status = 200, body = SecretList), (status = 401, body = ErrorBody)))]
@@ -180,7 +219,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     let secret = visible(&state, &p, &name)?;
     require_write(&p, "delete secrets for")?;
-    state.store.delete_secret(&name)?;
+    state.store.delete_secret(&name, &secret.owner)?;
     state.store.flush().await?;
     Ok((StatusCode::OK, Json(shown(&secret))).into_response())
 }

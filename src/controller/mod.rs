@@ -27,6 +27,7 @@ use crate::store::Store;
 
 pub mod churn;
 pub mod plan;
+pub mod pulls;
 pub mod queue;
 pub mod reconcile;
 
@@ -100,6 +101,7 @@ impl Controller {
         store: Arc<Store>,
         orchestrator: Arc<dyn Orchestrator>,
         metrics: Arc<crate::metrics::Metrics>,
+        policy: Arc<crate::policy::Policy>,
         settings: Settings,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -110,8 +112,10 @@ impl Controller {
                     adopt_foreign: settings.adopt_foreign,
                 },
                 store,
+                pulls: Arc::new(pulls::Pulls::new(orchestrator.clone(), tx.clone())),
                 orchestrator,
                 metrics,
+                policy,
                 churn: Default::default(),
                 removed: Default::default(),
             },

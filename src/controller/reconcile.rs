@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::churn;
 use super::plan::{plan, ContainerAction, Plan};
+use super::pulls::PullStatus;
 use crate::agent::{AgentStatus, Condition, Phase};
 use crate::orchestrator::{Container, Orchestrator, OrchestratorError, Removal};
 use crate::store::{NewEvent, Record, Store, StoreError};
@@ -20,10 +21,15 @@ pub struct Context {
     pub store: Arc<Store>,
     pub orchestrator: Arc<dyn Orchestrator>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The admission policy, for what only the resolved spec shows (the environment its
+    /// secrets give it).
+    pub policy: Arc<crate::policy::Policy>,
     /// Which containers are this store's.
     pub ownership: Ownership,
     /// The storm guard's create histories.
     pub churn: Arc<Mutex<churn::Guard>>,
+    /// Image pulls, run apart from the passes.
+    pub pulls: Arc<super::pulls::Pulls>,
     /// Containers this Hive removed lately, to notice one that survives its removal.
     pub removed: Arc<Mutex<HashMap<String, Removed>>>,
 }
@@ -104,7 +110,29 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, Re
         }
     }
     let live = record.as_ref().filter(|r| !r.agent.is_terminating());
-    let spec = match live.map(|r| ctx.store.container_spec(&r.agent)).transpose() {
+    let spec = live
+        .map(|r| {
+            let spec = ctx.store.container_spec(&r.agent)?;
+            // Secrets may have grown since the agent was admitted.
+            if r.agent
+                .spec
+                .env_from
+                .as_ref()
+                .is_some_and(|e| !e.is_empty())
+            {
+                ctx.policy
+                    .admit_env(&spec.env.0, true)
+                    .map_err(|refusal| match refusal {
+                        crate::policy::Refusal::Invalid { invalid, .. } => invalid,
+                        crate::policy::Refusal::Quota { message, .. } => {
+                            crate::agent::Invalid::new("spec.envFrom", message)
+                        }
+                    })?;
+            }
+            Ok::<_, crate::agent::Invalid>(spec)
+        })
+        .transpose();
+    let spec = match spec {
         Ok(spec) => spec,
         Err(invalid) => {
             // A missing secret (or a record from an older, laxer Hive). Writing the secret
@@ -173,6 +201,23 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Option<Duration>, Re
     }
     match result {
         Ok(created) => finish(ctx, record, plan, created).map(|()| requeue),
+        Err(OrchestratorError::ImageMissing { image }) => {
+            let r = live.expect("a create comes with a record");
+            let owner = r.agent.metadata.owner.as_deref().unwrap_or_default();
+            let message = match ctx.pulls.request(&image, owner, name) {
+                PullStatus::Failed(detail) => {
+                    let e = OrchestratorError::ImageNotFound { image, detail };
+                    return fail(ctx, record.as_ref(), e).map(|()| None);
+                }
+                PullStatus::Pulling => format!("pulling image {image}"),
+                PullStatus::Queued => format!(
+                    "waiting to pull image {image}: its owner's (or the engine's) pull slots are taken"
+                ),
+            };
+            // The pull wakes the agent when it ends; nothing to retry meanwhile.
+            write_waiting(ctx, r, &message, "PullingImage")?;
+            Ok(requeue)
+        }
         Err(e) => fail(ctx, record.as_ref(), e).map(|()| None),
     }
 }
@@ -286,7 +331,11 @@ async fn execute(
     }
     if plan.delete_record {
         if let Some(r) = record {
-            o.remove_volumes(&r.agent.metadata.name).await?;
+            o.remove_volumes(
+                &r.agent.metadata.name,
+                r.agent.metadata.uid.unwrap_or_default(),
+            )
+            .await?;
         }
     }
     let mut created = None;
@@ -430,17 +479,31 @@ fn held_back(
     r: &Record,
     throttled: &churn::Throttled,
 ) -> Result<(), ReconcileError> {
-    let agent = &r.agent;
-    let mut status = agent.status.clone();
-    status.phase = Phase::Pending;
-    status.observed_generation = agent.metadata.generation;
-    status.container_id = None;
-    status.message = Some(throttled.message.clone());
     let reason = if throttled.vanishing {
         "ContainerChurn"
     } else {
         "CreateRateLimited"
     };
+    if write_waiting(ctx, r, &throttled.message, reason)? {
+        ctx.metrics.create_backoffs.inc();
+    }
+    Ok(())
+}
+
+/// Writes the status of an agent that waits for something (Pending, not Ready for
+/// `reason`), with a warning event the first time. Returns whether that was news.
+fn write_waiting(
+    ctx: &Context,
+    r: &Record,
+    message: &str,
+    reason: &'static str,
+) -> Result<bool, ReconcileError> {
+    let agent = &r.agent;
+    let mut status = agent.status.clone();
+    status.phase = Phase::Pending;
+    status.observed_generation = agent.metadata.generation;
+    status.container_id = None;
+    status.message = Some(message.to_string());
     let status = with_conditions(&agent.status.conditions, status, Some(reason));
     let news = agent
         .status
@@ -448,9 +511,12 @@ fn held_back(
         .iter()
         .all(|c| c.kind != "Ready" || c.reason != reason);
     if news {
-        ctx.metrics.create_backoffs.inc();
         let mut note = Decisions::default();
-        note.warning(reason, throttled.message.clone());
+        if reason == "PullingImage" {
+            note.normal(reason, message.to_string());
+        } else {
+            note.warning(reason, message.to_string());
+        }
         note.record(ctx, Some(r));
     }
     ctx.store.update_status(
@@ -459,7 +525,7 @@ fn held_back(
         status,
         r.internal.clone(),
     )?;
-    Ok(())
+    Ok(news)
 }
 
 /// Records why a pass failed, then hands the error to the runtime for a retry.

@@ -59,6 +59,7 @@ fn start_with(fake: FakeOrchestrator, max_concurrent: usize, leading: bool) -> H
         store.clone(),
         fake.clone(),
         Arc::new(crate::metrics::Metrics::default()),
+        Arc::new(crate::policy::Policy::default()),
         Settings {
             resync_interval: Duration::from_secs(3600),
             max_concurrent,
@@ -359,6 +360,59 @@ async fn a_container_that_survives_its_removal_is_reported_once_and_not_announce
     };
     assert_eq!(count("Removed"), 1, "{events:?}");
     assert_eq!(count("RemovalFailed"), 1, "{events:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn pulls_run_apart_from_reconciles_and_are_bounded_per_owner() {
+    let fake = FakeOrchestrator::with_pull_latency(Duration::from_millis(1500));
+    for i in 0..4 {
+        fake.without_image(&format!("slow{i}"));
+    }
+    // One reconcile slot: were pulls run inside passes, bob would wait for all of them.
+    let h = start(fake, 1);
+    for i in 0..4 {
+        let mut a = agent(&format!("alice{i}"));
+        a.metadata.owner = Some("alice".into());
+        a.spec.image = format!("slow{i}");
+        h.store.create(a).unwrap();
+        h.handle.enqueue(&format!("alice{i}"));
+    }
+    h.until("alice's pulls started", |h| {
+        h.fake.max_pulls.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let mut bob = agent("bob");
+    bob.metadata.owner = Some("bob".into());
+    h.store.create(bob).unwrap();
+    let asked = tokio::time::Instant::now();
+    h.handle.enqueue("bob");
+    h.until("bob running", |h| h.phase("bob") == Some(Phase::Running))
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(1000),
+        "bob waited {:?} for alice's pulls",
+        asked.elapsed()
+    );
+    let status = h.store.get("alice3").unwrap().unwrap().agent.status;
+    assert_eq!(status.phase, Phase::Pending);
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("pull"),
+        "{status:?}"
+    );
+    h.until("alice's agents running", |h| {
+        (0..4).all(|i| h.phase(&format!("alice{i}")) == Some(Phase::Running))
+    })
+    .await;
+    assert_eq!(
+        h.fake.max_pulls.load(Ordering::SeqCst),
+        pulls::PER_OWNER,
+        "one owner's pulls are bounded"
+    );
     h.stop().await;
 }
 

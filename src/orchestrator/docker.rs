@@ -1,9 +1,17 @@
 //! The Docker implementation of [`Orchestrator`], and the only file that knows bollard.
 //!
-//! Containers are named `hive-<agent>` (`hive-<instance>-<agent>` for an instance other
-//! than `default`) and carry `hive.managed`, `hive.instance`, `hive.store`, `hive.agent`,
-//! `hive.uid` and `hive.spec-hash` labels; every listing filters on this instance's label,
-//! so this type never sees, let alone touches, a container that is not its instance's.
+//! Containers are named `hive_<instance>_<agent>` and volumes
+//! `hive_<instance>_<agent>_<volume>`: instance, agent and volume names cannot hold `_`,
+//! so no two of them can ever share a name. Containers carry `hive.managed`,
+//! `hive.instance`, `hive.store`, `hive.agent`, `hive.uid`, `hive.owner` and
+//! `hive.spec-hash` labels; every listing filters on this instance's label, so this type
+//! never sees, let alone touches, a container that is not its instance's.
+//!
+//! Nothing is mounted or adopted by name alone: a volume that exists already is mounted
+//! only if its labels name this instance, the agent's owner and the agent's uid (or, with
+//! `adoptRetained`, a volume the owner's earlier agent of that name retained). And an
+//! agent is not created under a name that something else on the agents' network answers
+//! to, so it cannot impersonate a service there.
 //!
 //! Every call to the engine has a deadline (the `--engine-timeout`, plus the stop grace
 //! where the engine waits for a process to stop), so a hung engine turns into errors the
@@ -174,7 +182,7 @@ impl DockerOrchestrator {
 
     /// The engine's name of an agent's volume in this instance.
     pub fn volume_name(&self, agent: &str, volume: &str) -> String {
-        format!("{}-{volume}", self.container_name(agent))
+        format!("{}_{volume}", self.container_name(agent))
     }
 
     /// Creates the agents' network, labelled, unless it exists.
@@ -225,40 +233,169 @@ impl DockerOrchestrator {
             .map(|_| ())
     }
 
-    /// Creates (or finds) the agent's named volumes, labelled as Hive's.
+    /// Creates the agent's named volumes, labelled with its instance, owner and uid, or
+    /// checks that those that exist are this agent's to mount.
     async fn ensure_volumes(&self, spec: &ContainerSpec) -> Result<(), OrchestratorError> {
         let docker = self.docker().await?;
-        for v in &spec.volumes {
+        for (i, v) in spec.volumes.iter().enumerate() {
+            let name = self.volume_name(&spec.agent, &v.name);
+            match self
+                .call(
+                    "inspect volume",
+                    Duration::ZERO,
+                    docker.inspect_volume(&name),
+                )
+                .await?
+            {
+                Ok(existing) => {
+                    self.may_mount(spec, i, &name, &existing.labels)?;
+                    continue;
+                }
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => return Err(map_err(e)),
+            }
             let request = VolumeCreateRequest {
-                name: Some(self.volume_name(&spec.agent, &v.name)),
+                name: Some(name.clone()),
                 labels: Some(HashMap::from([
                     (LABEL_MANAGED.to_string(), "true".to_string()),
                     (LABEL_INSTANCE.to_string(), self.settings.instance.clone()),
+                    (LABEL_STORE.to_string(), self.settings.store.clone()),
                     (LABEL_AGENT.to_string(), spec.agent.clone()),
+                    (LABEL_UID.to_string(), spec.uid.to_string()),
+                    (LABEL_OWNER.to_string(), spec.owner.clone()),
                     (LABEL_VOLUME.to_string(), v.name.clone()),
                     (LABEL_RETAIN.to_string(), v.retain.to_string()),
                 ])),
                 ..Default::default()
             };
-            // Creating an existing volume returns it unchanged.
-            self.call(
-                "create volume",
-                Duration::ZERO,
-                docker.create_volume(request),
-            )
-            .await?
-            .map_err(map_err)?;
+            // A create of an existing name hands back the existing volume: check what came
+            // back, in case someone made it between the inspect and the create.
+            let made = self
+                .call(
+                    "create volume",
+                    Duration::ZERO,
+                    docker.create_volume(request),
+                )
+                .await?
+                .map_err(map_err)?;
+            self.may_mount(spec, i, &name, &made.labels)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the volume `name` (spec.volumes[i]), with these labels, may be mounted for
+    /// the agent of `spec`.
+    fn may_mount(
+        &self,
+        spec: &ContainerSpec,
+        i: usize,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), OrchestratorError> {
+        let label = |k: &str| labels.get(k).map(String::as_str);
+        let refuse = |why: String| {
+            Err(OrchestratorError::VolumeConflict(format!(
+                "spec.volumes[{i}]: volume {name} {why}"
+            )))
+        };
+        if label(LABEL_MANAGED) != Some("true") || label(LABEL_INSTANCE).is_none() {
+            return refuse(
+                "exists but was not made by Hive; it is never mounted (remove or rename it)".into(),
+            );
+        }
+        if label(LABEL_INSTANCE) != Some(self.settings.instance.as_str()) {
+            return refuse("belongs to another Hive instance; it is never mounted here".into());
+        }
+        if label(LABEL_OWNER) != Some(spec.owner.as_str()) {
+            return refuse("belongs to another owner; it is never mounted for this agent".into());
+        }
+        if label(LABEL_UID) == Some(spec.uid.to_string().as_str()) {
+            return Ok(());
+        }
+        let volume = &spec.volumes[i];
+        if label(LABEL_RETAIN) == Some("true") && volume.adopt_retained {
+            tracing::info!(volume = %name, "mounting a volume retained from an earlier agent of this name, as adoptRetained says");
+            return Ok(());
+        }
+        if label(LABEL_RETAIN) == Some("true") {
+            return refuse(
+                "holds data retained from an earlier agent of this name; set adoptRetained: true \
+                 on the volume to mount it, or remove the volume"
+                    .into(),
+            );
+        }
+        refuse("belongs to another agent of this name; it is never mounted for this one".into())
+    }
+
+    /// Refuses to create an agent whose name something else on the agents' network already
+    /// answers to: another instance's agent, a compose service, a container of that name,
+    /// or an alias. Hive's own containers are known by their labels; the few others are
+    /// inspected for their aliases.
+    async fn check_network_name(&self, spec: &ContainerSpec) -> Result<(), OrchestratorError> {
+        let network = &self.settings.network;
+        let filters = HashMap::from([("network".to_string(), vec![network.clone()])]);
+        let docker = self.docker().await?;
+        for c in self.list_summaries(filters).await? {
+            let labels = c.labels.clone().unwrap_or_default();
+            let label = |k: &str| labels.get(k).map(String::as_str);
+            if label(LABEL_INSTANCE) == Some(self.settings.instance.as_str())
+                && label(LABEL_AGENT) == Some(spec.agent.as_str())
+            {
+                continue;
+            }
+            let name = c
+                .names
+                .iter()
+                .flatten()
+                .next()
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let holder = |what: &str| OrchestratorError::NameInUse {
+                name: spec.agent.clone(),
+                network: network.clone(),
+                holder: format!("{what} {name}"),
+            };
+            if name == spec.agent {
+                return Err(holder("container"));
+            }
+            if label(LABEL_AGENT) == Some(spec.agent.as_str()) {
+                return Err(holder("an agent of another Hive instance in container"));
+            }
+            if label("com.docker.compose.service") == Some(spec.agent.as_str()) {
+                return Err(holder("the compose service in container"));
+            }
+            if label(LABEL_MANAGED).is_some() {
+                continue;
+            }
+            let Some(id) = c.id.as_deref() else { continue };
+            let detail = match self
+                .call(
+                    "inspect container",
+                    Duration::ZERO,
+                    docker.inspect_container(id, None),
+                )
+                .await?
+            {
+                Ok(d) => d,
+                Err(e) if status_of(&e) == Some(404) => continue,
+                Err(e) => return Err(map_err(e)),
+            };
+            let aliases = detail
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(network))
+                .and_then(|e| e.aliases)
+                .unwrap_or_default();
+            if aliases.contains(&spec.agent) {
+                return Err(holder("an alias of container"));
+            }
         }
         Ok(())
     }
 
     /// The container name of an agent in this instance.
     pub fn container_name(&self, agent: &str) -> String {
-        if self.settings.instance == "default" {
-            format!("hive-{agent}")
-        } else {
-            format!("hive-{}-{agent}", self.settings.instance)
-        }
+        format!("hive_{}_{agent}", self.settings.instance)
     }
 
     fn label_filters(&self, agent: Option<&str>) -> HashMap<String, Vec<String>> {
@@ -323,24 +460,6 @@ impl DockerOrchestrator {
                 })
             })
             .collect())
-    }
-
-    async fn pull(&self, image: &str) -> Result<(), OrchestratorError> {
-        let options = CreateImageOptions {
-            from_image: Some(image.to_string()),
-            ..Default::default()
-        };
-        let docker = self.docker().await?;
-        let pulled = docker
-            .create_image(Some(options), None, None)
-            .try_collect::<Vec<_>>();
-        self.call("pull image", PULL_EXTRA, pulled)
-            .await?
-            .map(|_| ())
-            .map_err(|e| OrchestratorError::ImageNotFound {
-                image: image.to_string(),
-                detail: message_of(&e),
-            })
     }
 
     fn create_body(&self, spec: &ContainerSpec) -> ContainerCreateBody {
@@ -633,6 +752,7 @@ impl Orchestrator for DockerOrchestrator {
             ..Default::default()
         };
         self.ensure_network().await?;
+        self.check_network_name(spec).await?;
         self.ensure_volumes(spec).await?;
         let docker = self.docker().await?;
         let create = |docker: &Docker| {
@@ -641,27 +761,35 @@ impl Orchestrator for DockerOrchestrator {
             let options = options();
             async move { docker.create_container(Some(options), body).await }
         };
-        let created = match self
+        match self
             .call("create container", Duration::ZERO, create(&docker))
             .await?
         {
-            Err(e) if status_of(&e) == Some(404) => {
-                tracing::info!(agent = %spec.agent, image = %spec.image, "image missing on the engine; pulling it");
-                self.pull(&spec.image).await?;
-                self.call("create container", Duration::ZERO, create(&docker))
-                    .await?
-            }
-            other => other,
-        };
-        match created {
             Ok(r) => Ok(r.id),
             Err(e) if status_of(&e) == Some(409) => Err(OrchestratorError::NameTaken { name }),
-            Err(e) if status_of(&e) == Some(404) => Err(OrchestratorError::ImageNotFound {
+            Err(e) if status_of(&e) == Some(404) => Err(OrchestratorError::ImageMissing {
                 image: spec.image.clone(),
-                detail: message_of(&e),
             }),
             Err(e) => Err(map_err(e)),
         }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), OrchestratorError> {
+        let options = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let docker = self.docker().await?;
+        let pulled = docker
+            .create_image(Some(options), None, None)
+            .try_collect::<Vec<_>>();
+        self.call("pull image", PULL_EXTRA, pulled)
+            .await?
+            .map(|_| ())
+            .map_err(|e| OrchestratorError::ImageNotFound {
+                image: image.to_string(),
+                detail: message_of(&e),
+            })
     }
 
     async fn start(&self, id: &str) -> Result<(), OrchestratorError> {
@@ -749,13 +877,12 @@ impl Orchestrator for DockerOrchestrator {
         }
     }
 
-    async fn remove_volumes(&self, agent: &str) -> Result<(), OrchestratorError> {
+    async fn remove_volumes(&self, agent: &str, uid: uuid::Uuid) -> Result<(), OrchestratorError> {
         let docker = self.docker().await?;
         let mut filters = self.label_filters(Some(agent));
-        filters
-            .get_mut("label")
-            .expect("label filters")
-            .push(format!("{LABEL_RETAIN}=false"));
+        let labels = filters.get_mut("label").expect("label filters");
+        labels.push(format!("{LABEL_RETAIN}=false"));
+        labels.push(format!("{LABEL_UID}={uid}"));
         let options = ListVolumesOptions {
             filters: Some(filters),
         };
@@ -1058,26 +1185,49 @@ fn status_of(e: &BollardError) -> Option<u16> {
     }
 }
 
+/// What the engine said, cut to a short, printable line: engine errors can carry what a
+/// registry or another service answered, which is not for agents' statuses.
 fn message_of(e: &BollardError) -> String {
     match e {
-        BollardError::DockerResponseServerError { message, .. } => message.clone(),
-        other => other.to_string(),
+        BollardError::DockerResponseServerError { message, .. } => sanitize(message),
+        other => sanitize(&other.to_string()),
     }
+}
+
+/// The first line of `text`, printable ASCII only, at most 160 characters.
+pub fn sanitize(text: &str) -> String {
+    const MAX: usize = 160;
+    let line = text.lines().next().unwrap_or_default();
+    let mut out: String = line
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(MAX)
+        .collect();
+    if line.chars().count() > MAX || text.lines().nth(1).is_some() {
+        out.push_str(" ...");
+    }
+    out
 }
 
 fn map_err(e: BollardError) -> OrchestratorError {
     match e {
         BollardError::DockerResponseServerError { message, .. } => {
-            OrchestratorError::Refused(message)
+            OrchestratorError::Refused(sanitize(&message))
         }
         BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. } => {
-            OrchestratorError::Refused(e.to_string())
+            OrchestratorError::Refused(sanitize(&e.to_string()))
         }
         BollardError::RequestTimeoutError => OrchestratorError::Timeout {
             call: "a request",
             secs: 0,
         },
-        other => OrchestratorError::Unavailable(other.to_string()),
+        other => OrchestratorError::Unavailable(sanitize(&other.to_string())),
     }
 }
 
@@ -1114,9 +1264,25 @@ mod tests {
     }
 
     #[test]
-    fn container_names_carry_the_instance_unless_default() {
-        assert_eq!(docker("default").container_name("a"), "hive-a");
-        assert_eq!(docker("staging").container_name("a"), "hive-staging-a");
+    fn names_cannot_collide_across_agents_volumes_or_instances() {
+        assert_eq!(docker("default").container_name("a"), "hive_default_a");
+        assert_eq!(docker("staging").container_name("a"), "hive_staging_a");
+        // The ambiguities of joining with '-': agent vc's volume x-data vs agent vc-x's
+        // volume data; instance a's agent b-c vs instance a-b's agent c.
+        let d = docker("default");
+        assert_ne!(d.volume_name("vc", "x-data"), d.volume_name("vc-x", "data"));
+        assert_ne!(
+            docker("a").container_name("b-c"),
+            docker("a-b").container_name("c")
+        );
+    }
+
+    #[test]
+    fn engine_messages_are_cut_to_one_printable_line() {
+        let body = format!("denied: {}\n<html>secret page</html>", "x".repeat(500));
+        let shown = sanitize(&body);
+        assert!(shown.len() < 200 && !shown.contains("secret"), "{shown}");
+        assert_eq!(sanitize("bad \u{1b}[31mred"), "bad ?[31mred");
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub struct FakeOrchestrator {
     /// Calls in flight now, and the most ever seen at once.
     in_flight: AtomicUsize,
     pub max_in_flight: AtomicUsize,
+    /// How long a pull takes.
+    pub pull_latency: Duration,
+    /// Pulls in flight now, and the most ever seen at once.
+    pulls: AtomicUsize,
+    pub max_pulls: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -42,6 +47,8 @@ struct FakeState {
     failing_creates: u32,
     /// Containers whose removal the engine confirms but which stay listed.
     survivors: Vec<String>,
+    /// Images not on the engine until pulled.
+    missing_images: Vec<String>,
     /// The store id stamped on what it creates (FAKE_STORE unless set).
     store: Option<String>,
     /// The instance's lease.
@@ -105,6 +112,23 @@ impl FakeOrchestrator {
     /// Adds a container as if another Hive store had declared it.
     pub fn add_foreign(&self, agent: &str, state: ContainerState) -> String {
         self.add_stamped(agent, state, Some("another-store"))
+    }
+
+    /// A fake whose pulls take `latency`.
+    pub fn with_pull_latency(latency: Duration) -> Self {
+        FakeOrchestrator {
+            pull_latency: latency,
+            ..Default::default()
+        }
+    }
+
+    /// Makes `image` absent until it is pulled.
+    pub fn without_image(&self, image: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .missing_images
+            .push(image.to_string());
     }
 
     /// Makes the engine confirm removals of `id` that do not happen.
@@ -192,6 +216,11 @@ impl Orchestrator for FakeOrchestrator {
         self.op("create", &spec.agent).await;
         let store = self.store();
         let mut s = self.state.lock().unwrap();
+        if s.missing_images.contains(&spec.image) {
+            return Err(OrchestratorError::ImageMissing {
+                image: spec.image.clone(),
+            });
+        }
         if s.failing_creates > 0 {
             s.failing_creates -= 1;
             return Err(OrchestratorError::ImageNotFound {
@@ -216,6 +245,19 @@ impl Orchestrator for FakeOrchestrator {
             },
         );
         Ok(id)
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), OrchestratorError> {
+        let now = self.pulls.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_pulls.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.pull_latency).await;
+        self.pulls.fetch_sub(1, Ordering::SeqCst);
+        self.state
+            .lock()
+            .unwrap()
+            .missing_images
+            .retain(|i| i != image);
+        Ok(())
     }
 
     async fn start(&self, id: &str) -> Result<(), OrchestratorError> {
@@ -258,7 +300,11 @@ impl Orchestrator for FakeOrchestrator {
         Ok(Removal::Removed)
     }
 
-    async fn remove_volumes(&self, _agent: &str) -> Result<(), OrchestratorError> {
+    async fn remove_volumes(
+        &self,
+        _agent: &str,
+        _uid: uuid::Uuid,
+    ) -> Result<(), OrchestratorError> {
         Ok(())
     }
 

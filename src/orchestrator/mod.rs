@@ -160,12 +160,25 @@ pub enum OrchestratorError {
     /// The engine could not be reached at all.
     #[error("container engine unreachable: {0}")]
     Unavailable(String),
+    /// The image is not on the engine: it must be pulled first.
+    #[error("image {image:?} is not on the engine")]
+    ImageMissing { image: String },
     /// The image is not on the engine and pulling it failed.
     #[error("image {image:?} is not on the engine and could not be pulled ({detail}); build or load it there, or fix spec.image")]
     ImageNotFound { image: String, detail: String },
     /// A container by that name exists but is not ours to touch.
     #[error("container name {name:?} is taken by a container this Hive instance does not manage; remove or rename it")]
     NameTaken { name: String },
+    /// The agent's name is already a name on the agents' network: it would shadow it.
+    #[error("the name {name:?} is already in use on network {network} by {holder}; an agent of that name would answer in its place, so it is not created: choose another name")]
+    NameInUse {
+        name: String,
+        network: String,
+        holder: String,
+    },
+    /// A volume the spec names exists but may not be mounted for this agent.
+    #[error("{0}")]
+    VolumeConflict(String),
     /// The container vanished under us.
     #[error("container {0} no longer exists")]
     NotFound(String),
@@ -185,8 +198,11 @@ impl OrchestratorError {
     pub fn kind(&self) -> &'static str {
         match self {
             OrchestratorError::Unavailable(_) => "unavailable",
+            OrchestratorError::ImageMissing { .. } => "image_missing",
             OrchestratorError::ImageNotFound { .. } => "image_not_found",
             OrchestratorError::NameTaken { .. } => "name_taken",
+            OrchestratorError::NameInUse { .. } => "name_in_use",
+            OrchestratorError::VolumeConflict(_) => "volume_conflict",
             OrchestratorError::NotFound(_) => "not_found",
             OrchestratorError::Refused(_) => "refused",
             OrchestratorError::Timeout { .. } => "timeout",
@@ -214,8 +230,11 @@ pub trait Orchestrator: Send + Sync + 'static {
     async fn list_all(&self) -> Result<Vec<Container>, OrchestratorError>;
     /// The containers of this instance for one agent, with restart counts filled in.
     async fn list_agent(&self, agent: &str) -> Result<Vec<Container>, OrchestratorError>;
-    /// Creates (not starts) the agent's container, pulling the image when it is missing.
+    /// Creates (not starts) the agent's container; [`OrchestratorError::ImageMissing`] when
+    /// its image must be pulled first.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, OrchestratorError>;
+    /// Pulls an image onto the engine.
+    async fn pull(&self, image: &str) -> Result<(), OrchestratorError>;
     async fn start(&self, id: &str) -> Result<(), OrchestratorError>;
     /// Asks the process to stop, killing it after the grace period.
     async fn stop(&self, id: &str) -> Result<(), OrchestratorError>;
@@ -224,8 +243,8 @@ pub trait Orchestrator: Send + Sync + 'static {
     async fn unpause(&self, id: &str) -> Result<(), OrchestratorError>;
     /// Removes the container, killing it if it runs, and says what the engine confirmed.
     async fn remove(&self, id: &str) -> Result<Removal, OrchestratorError>;
-    /// Removes an agent's volumes, except those marked to be retained.
-    async fn remove_volumes(&self, agent: &str) -> Result<(), OrchestratorError>;
+    /// Removes the volumes made for the agent `uid`, except those marked to be retained.
+    async fn remove_volumes(&self, agent: &str, uid: Uuid) -> Result<(), OrchestratorError>;
     /// The container's output, stdout and stderr interleaved.
     fn logs(
         &self,

@@ -26,31 +26,10 @@ pub const SLEEP: [&str; 2] = ["/bin/sleep", "3600"];
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 static IMAGE_READY: OnceCell<()> = OnceCell::const_new();
-static NETWORK_READY: OnceCell<()> = OnceCell::const_new();
-
-/// The network test agents join. Made once here, so that the many Hives of a test run do
-/// not race each other to create it.
-pub const NETWORK: &str = "hive-test-net";
-
-/// Creates the test network unless the engine has it.
-pub async fn ensure_network() {
-    NETWORK_READY
-        .get_or_init(|| async {
-            let d = engine().await;
-            if d.inspect_network(NETWORK, None).await.is_ok() {
-                return;
-            }
-            let request = bollard::models::NetworkCreateRequest {
-                name: NETWORK.into(),
-                driver: Some("bridge".into()),
-                ..Default::default()
-            };
-            d.create_network(request)
-                .await
-                .expect("creating the test network");
-        })
-        .await;
-}
+/// The prefix of the network each test Hive's agents join: one per instance (made by
+/// Hive, removed with the test's containers), since agents of different instances on one
+/// network would shadow each other's names and Hive refuses that.
+pub const NETWORK_PREFIX: &str = "hive-test-";
 
 /// A client for the engine, as the tests see it (not through Hive).
 pub fn docker() -> Docker {
@@ -175,10 +154,6 @@ impl Hive {
     /// Starts Hive with extra environment and flags.
     pub async fn start_full(env: HashMap<String, Option<String>>, mut args: Vec<String>) -> Hive {
         ensure_image().await;
-        ensure_network().await;
-        if !args.iter().any(|a| a == "--agent-network") {
-            args.extend(["--agent-network".to_string(), NETWORK.to_string()]);
-        }
         let instance = match args.iter().position(|a| a == "--instance") {
             Some(i) => {
                 let name = args[i + 1].clone();
@@ -187,6 +162,9 @@ impl Hive {
             }
             None => format!("t{}", token()),
         };
+        if !args.iter().any(|a| a == "--agent-network") {
+            args.extend(["--agent-network".to_string(), network_of(&instance)]);
+        }
         let mut hive = Hive {
             instance,
             key: token() + &token(),
@@ -328,7 +306,15 @@ impl Hive {
     }
 
     pub fn container_name(&self, agent: &str) -> String {
-        format!("hive-{}-{agent}", self.instance)
+        format!("hive_{}_{agent}", self.instance)
+    }
+
+    /// The network this Hive's agents join.
+    pub fn network(&self) -> String {
+        match self.args.iter().position(|a| a == "--agent-network") {
+            Some(i) => self.args[i + 1].clone(),
+            None => network_of(&self.instance),
+        }
     }
 
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -527,13 +513,19 @@ impl Drop for Hive {
     }
 }
 
-/// Removes every container of a test instance, its lease included, from a thread of its
-/// own so it works inside or outside a runtime (Drop runs in both).
+/// The agents' network of a test instance.
+pub fn network_of(instance: &str) -> String {
+    format!("{NETWORK_PREFIX}{instance}")
+}
+
+/// Removes every container of a test instance, its lease and its network included, from
+/// a thread of its own so it works inside or outside a runtime (Drop runs in both).
 pub fn remove_instance_containers(instance: &str) {
     let labels = [
         format!("hive.instance={instance}"),
         format!("hive.lease={instance}"),
     ];
+    let network = network_of(instance);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -550,6 +542,7 @@ pub fn remove_instance_containers(instance: &str) {
                     let _ = d.remove_container(&c.id.unwrap(), Some(options)).await;
                 }
             }
+            let _ = d.remove_network(&network).await;
         });
     })
     .join()
@@ -564,13 +557,7 @@ pub async fn serve_until_exit(args: &[&str]) -> (std::process::ExitStatus, Strin
     let output = tokio::time::timeout(
         DEADLINE,
         tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--agent-network",
-                NETWORK,
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(args)

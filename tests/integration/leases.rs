@@ -64,7 +64,9 @@ async fn a_second_hive_on_a_held_instance_exits_or_stands_by_and_destroys_nothin
     let data_dir = std::fs::canonicalize(first.data_dir()).unwrap();
 
     // Without --standby: one line naming the instance and its holder, and a failure exit.
-    let (status, stderr) = serve_until_exit(&["--instance", &first.instance]).await;
+    let network = first.network();
+    let (status, stderr) =
+        serve_until_exit(&["--instance", &first.instance, "--agent-network", &network]).await;
     assert!(!status.success(), "{stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hive: ")).collect();
     assert_eq!(lines.len(), 1, "{stderr}");

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{agent_yaml, container_id, engine, token, wait_for, Hive, IMAGE, NETWORK};
+use crate::harness::{agent_yaml, container_id, engine, token, wait_for, Hive, IMAGE};
 
 async fn put_secret(hive: &Hive, name: &str, data: Value) -> reqwest::Response {
     hive.req(Method::PUT, &format!("/v1/secrets/{name}"))
@@ -106,8 +106,8 @@ async fn volumes_outlive_recreation_and_go_with_the_agent_unless_retained() {
     let r = hive.put_yaml("keeper", &counter("")).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     hive.wait_phase("keeper", "Running").await;
-    let work = format!("{}-work", hive.container_name("keeper"));
-    let keep = format!("{}-keep", hive.container_name("keeper"));
+    let work = format!("{}_work", hive.container_name("keeper"));
+    let keep = format!("{}_keep", hive.container_name("keeper"));
     let d = engine().await;
     let v = d.inspect_volume(&work).await.expect("the volume exists");
     let labels = v.labels;
@@ -178,7 +178,9 @@ async fn agents_join_the_agent_network_under_their_names() {
     hive.wait_phase("net1", "Running").await;
     let c = hive.inspect("net1").await.unwrap();
     let networks = c.network_settings.unwrap().networks.unwrap();
-    let endpoint = networks.get(NETWORK).expect("joined the agents' network");
+    let endpoint = networks
+        .get(&hive.network())
+        .expect("joined the agents' network");
     assert!(
         endpoint
             .aliases
@@ -187,17 +189,13 @@ async fn agents_join_the_agent_network_under_their_names() {
             .contains(&"net1".to_string()),
         "{endpoint:?}"
     );
-
-    // A network that does not exist is created, labelled.
-    let own = format!("hive-test-{}", token());
-    let hive2 = Hive::start_args(&["--agent-network".into(), own.clone()]).await;
-    hive2.put_yaml("net2", &agent_yaml("net2", "")).await;
-    hive2.wait_phase("net2", "Running").await;
+    // The network did not exist: Hive created it, labelled.
     let d = engine().await;
-    let n = d.inspect_network(&own, None).await.expect("created");
+    let n = d
+        .inspect_network(&hive.network(), None)
+        .await
+        .expect("created");
     assert_eq!(n.labels.unwrap()["hive.managed"], "true");
-    drop(hive2); // removes its containers
-    d.remove_network(&own).await.unwrap();
 }
 
 #[tokio::test]

@@ -1,0 +1,140 @@
+//! Image pulls, apart from the reconcile passes.
+//!
+//! A pull can take minutes (or hang on a registry that never answers), so it never runs
+//! inside a pass: a pass that finds its image missing asks for a pull here and ends, and
+//! the agents waiting for the image are woken when the pull is done. Pulls are bounded
+//! per owner and in all, so one owner's images cannot hold up another owner's agents. A
+//! failed pull is remembered for a while, so that its agents fail with its message
+//! instead of pulling again at once.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::orchestrator::Orchestrator;
+
+/// Pulls one owner may have running at once.
+pub const PER_OWNER: usize = 2;
+/// Pulls running at once in all.
+pub const TOTAL: usize = 4;
+/// How long a failed pull's answer stands before the image is tried again.
+const REMEMBER_FAILURE: Duration = Duration::from_secs(30);
+
+/// Where an agent's image stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PullStatus {
+    /// Being pulled now.
+    Pulling,
+    /// Waiting for a pull slot (the owner's or the engine's are all taken).
+    Queued,
+    /// The last pull failed, saying this.
+    Failed(String),
+}
+
+#[derive(Default)]
+struct State {
+    /// Images being pulled, with their owner.
+    running: HashMap<String, String>,
+    /// Pulls waiting for a slot, in order: (image, owner).
+    queued: VecDeque<(String, String)>,
+    /// Agents to wake when an image's pull ends.
+    waiting: HashMap<String, BTreeSet<String>>,
+    /// Pulls that failed lately, with when and why.
+    failed: HashMap<String, (Instant, String)>,
+}
+
+/// The pulls of one Hive.
+pub struct Pulls {
+    state: Mutex<State>,
+    orchestrator: Arc<dyn Orchestrator>,
+    /// Queues an agent for a reconcile.
+    wake: mpsc::UnboundedSender<String>,
+}
+
+impl Pulls {
+    pub fn new(orchestrator: Arc<dyn Orchestrator>, wake: mpsc::UnboundedSender<String>) -> Self {
+        Pulls {
+            state: Mutex::default(),
+            orchestrator,
+            wake,
+        }
+    }
+
+    /// `agent` (of `owner`) needs `image`: starts or queues its pull unless one is under
+    /// way, and says where it stands. The agent is woken when the pull ends.
+    pub fn request(self: &Arc<Self>, image: &str, owner: &str, agent: &str) -> PullStatus {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, why)) = s.failed.get(image) {
+            if at.elapsed() < REMEMBER_FAILURE {
+                return PullStatus::Failed(why.clone());
+            }
+            s.failed.remove(image);
+        }
+        s.waiting
+            .entry(image.to_string())
+            .or_default()
+            .insert(agent.to_string());
+        if s.running.contains_key(image) {
+            return PullStatus::Pulling;
+        }
+        if !s.queued.iter().any(|(i, _)| i == image) {
+            s.queued.push_back((image.to_string(), owner.to_string()));
+        }
+        self.start_what_fits(&mut s);
+        if s.running.contains_key(image) {
+            PullStatus::Pulling
+        } else {
+            PullStatus::Queued
+        }
+    }
+
+    /// Starts queued pulls, oldest first, while their owner and the engine have room.
+    fn start_what_fits(self: &Arc<Self>, s: &mut State) {
+        let mut i = 0;
+        while i < s.queued.len() && s.running.len() < TOTAL {
+            let owner = &s.queued[i].1;
+            let owners_running = s.running.values().filter(|o| *o == owner).count();
+            if owners_running >= PER_OWNER {
+                i += 1;
+                continue;
+            }
+            let (image, owner) = s.queued.remove(i).expect("in range");
+            s.running.insert(image.clone(), owner.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                info!(%image, %owner, "pulling an image");
+                let result = me.orchestrator.pull(&image).await;
+                me.finish(&image, result.map_err(|e| e.to_string()));
+            });
+        }
+    }
+
+    /// Ends a pull: wakes its agents and starts what was waiting for the slot.
+    fn finish(self: &Arc<Self>, image: &str, result: Result<(), String>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.running.remove(image);
+        match result {
+            Ok(()) => info!(%image, "pulled an image"),
+            Err(why) => {
+                warn!(%image, error = %why, "pulling an image failed");
+                s.failed.insert(image.to_string(), (Instant::now(), why));
+            }
+        }
+        for agent in s.waiting.remove(image).unwrap_or_default() {
+            let _ = self.wake.send(agent);
+        }
+        self.start_what_fits(&mut s);
+    }
+
+    /// Pulls running now, for tests and metrics.
+    pub fn running(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running
+            .len()
+    }
+}
