@@ -3,8 +3,10 @@
 //! role. Keys are held only as SHA-256 digests, compared in constant time, and never
 //! logged; a key is named in logs and audit by its id.
 //!
-//! The keys file is re-read on SIGHUP and when it changes; a file that does not parse
-//! leaves the previous keys in force.
+//! The keys file is re-read on SIGHUP and when it changes. A file that is deleted or does
+//! not parse fails closed: its keys stop working (a revoked key must not live on because
+//! the file that revoked it has a typo) and only the admin key, the break-glass key, is
+//! accepted until the file loads again; the log and `/readyz` say so.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use crate::agent::validate_name;
 pub const ADMIN_OWNER: &str = "admin";
 /// The id of the admin key in logs and audit.
 pub const ADMIN_KEY_ID: &str = "admin";
+/// The identity the manifests directory's writes are audited under.
+pub const GITOPS_KEY_ID: &str = "gitops";
 
 /// What a key may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +35,9 @@ pub enum Role {
     Operator,
     /// Read its owner's agents and their logs.
     Viewer,
+    /// Hive's own writers (the manifests directory); never a key's role.
+    #[serde(skip)]
+    System,
 }
 
 /// An authenticated caller.
@@ -52,9 +59,23 @@ impl Principal {
         }
     }
 
+    /// The manifests directory, writing agents for `owner`.
+    pub fn gitops(owner: &str) -> Principal {
+        Principal {
+            key_id: GITOPS_KEY_ID.into(),
+            owner: owner.to_string(),
+            role: Role::System,
+        }
+    }
+
     /// Whether this caller may see an agent of `owner`.
     pub fn sees(&self, owner: &str) -> bool {
-        self.role == Role::Admin || self.owner == owner
+        matches!(self.role, Role::Admin | Role::System) || self.owner == owner
+    }
+
+    /// Whether this caller acts on every owner's behalf (an admin key).
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
     }
 
     /// Whether this caller may change agents at all.
@@ -119,6 +140,8 @@ pub struct Keys {
     admin: [u8; 32],
     file: Option<PathBuf>,
     entries: RwLock<Arc<Vec<Entry>>>,
+    /// Why the keys file does not load, while it does not (its keys are refused meanwhile).
+    broken: RwLock<Option<String>>,
 }
 
 impl Keys {
@@ -128,6 +151,7 @@ impl Keys {
             admin: digest(key),
             file: None,
             entries: RwLock::new(Arc::new(Vec::new())),
+            broken: RwLock::new(None),
         }
     }
 
@@ -144,6 +168,7 @@ impl Keys {
             admin: digest(&admin),
             file: keys_file.map(Path::to_path_buf),
             entries: RwLock::new(Arc::new(Vec::new())),
+            broken: RwLock::new(None),
         };
         if keys_file.is_some() {
             keys.reload()?;
@@ -156,13 +181,28 @@ impl Keys {
         self.file.as_deref()
     }
 
-    /// Re-reads the keys file. On error the keys in force stay as they were.
+    /// Re-reads the keys file. On error it fails closed: none of its keys is accepted
+    /// until it loads again (the admin key still is).
     pub fn reload(&self) -> Result<usize, KeyError> {
         let Some(path) = &self.file else { return Ok(0) };
-        let entries = read_keys_file(path)?;
-        let n = entries.len();
+        let (entries, broken, result) = match read_keys_file(path) {
+            Ok(entries) => {
+                let n = entries.len();
+                (entries, None, Ok(n))
+            }
+            Err(e) => (Vec::new(), Some(e.to_string()), Err(e)),
+        };
         *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(entries);
-        Ok(n)
+        *self.broken.write().unwrap_or_else(|p| p.into_inner()) = broken;
+        result
+    }
+
+    /// Why the keys file does not load, while it does not.
+    pub fn broken(&self) -> Option<String> {
+        self.broken
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The caller a presented key belongs to. Every entry is compared, in constant time,
@@ -343,7 +383,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_file_entries_authenticate_and_a_bad_reload_keeps_them() {
+    fn keys_file_entries_authenticate_and_a_bad_reload_fails_closed() {
         let dir = tempfile::tempdir().unwrap();
         let (key, entry) = new_key("sol-1", "sol", Role::Operator).unwrap();
         let file = dir.path().join("keys.yaml");
@@ -357,13 +397,21 @@ mod tests {
         assert!(k.authenticate(&format!("{key}x")).is_none());
         std::fs::write(&file, "keys: [{id: x").unwrap();
         assert!(k.reload().is_err());
+        assert!(k.authenticate(&key).is_none(), "a broken file fails closed");
         assert!(
-            k.authenticate(&key).is_some(),
-            "the previous keys stay in force"
+            k.authenticate("admin-key").is_some(),
+            "the admin key still works"
         );
-        std::fs::write(&file, "keys: []\n").unwrap();
-        assert_eq!(k.reload().unwrap(), 0);
-        assert!(k.authenticate(&key).is_none());
+        assert!(k.broken().is_some());
+        std::fs::write(&file, format!("keys:\n{}", indent(&entry))).unwrap();
+        assert_eq!(k.reload().unwrap(), 1);
+        assert!(k.authenticate(&key).is_some() && k.broken().is_none());
+        std::fs::remove_file(&file).unwrap();
+        assert!(k.reload().is_err());
+        assert!(
+            k.authenticate(&key).is_none(),
+            "a deleted file fails closed"
+        );
     }
 
     #[test]

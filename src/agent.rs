@@ -17,6 +17,10 @@ pub const KIND: &str = "Agent";
 /// The kind of a list of agents.
 pub const LIST_KIND: &str = "AgentList";
 
+/// The annotation naming the manifest file an agent comes from (set by the manifests
+/// sync only: annotations under `hive/` are Hive's).
+pub const SOURCE_ANNOTATION: &str = "hive/source";
+
 /// Docker refuses memory limits below 6 MiB; say so before the engine does.
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 
@@ -328,14 +332,11 @@ impl Agent {
         if self.api_version != API_VERSION {
             return Err(Invalid::new(
                 "apiVersion",
-                format!("must be {API_VERSION:?}, got {:?}", self.api_version),
+                format!("must be {API_VERSION:?}"),
             ));
         }
         if self.kind != KIND {
-            return Err(Invalid::new(
-                "kind",
-                format!("must be {KIND:?}, got {:?}", self.kind),
-            ));
+            return Err(Invalid::new("kind", format!("must be {KIND:?}")));
         }
         validate_name(&self.metadata.name).map_err(|m| Invalid::new("metadata.name", m))?;
         if let Some(owner) = &self.metadata.owner {
@@ -344,16 +345,17 @@ impl Agent {
         for (k, v) in &self.metadata.labels {
             if k.starts_with("hive.") || k.starts_with("hive/") {
                 return Err(Invalid::new(
-                    format!("metadata.labels.{k}"),
+                    format!("metadata.labels.{}", shown_key(k)),
                     "labels under \"hive.\" are Hive's own and cannot be set",
                 ));
             }
-            validate_label_key(k).map_err(|m| Invalid::new(format!("metadata.labels.{k}"), m))?;
-            validate_label_value(v).map_err(|m| Invalid::new(format!("metadata.labels.{k}"), m))?;
+            let at = || format!("metadata.labels.{}", shown_key(k));
+            validate_label_key(k).map_err(|m| Invalid::new(at(), m))?;
+            validate_label_value(v).map_err(|m| Invalid::new(at(), m))?;
         }
         for k in self.metadata.annotations.keys() {
             validate_label_key(k)
-                .map_err(|m| Invalid::new(format!("metadata.annotations.{k}"), m))?;
+                .map_err(|m| Invalid::new(format!("metadata.annotations.{}", shown_key(k)), m))?;
         }
         self.spec.validate()
     }
@@ -428,12 +430,10 @@ impl AgentSpec {
             }
         }
         for (k, v) in &self.env.0 {
-            validate_env_name(k).map_err(|m| Invalid::new(format!("spec.env.{k}"), m))?;
+            let at = || format!("spec.env.{}", shown_key(k));
+            validate_env_name(k).map_err(|m| Invalid::new(at(), m))?;
             if v.contains('\0') {
-                return Err(Invalid::new(
-                    format!("spec.env.{k}"),
-                    "value must not contain a NUL byte",
-                ));
+                return Err(Invalid::new(at(), "value must not contain a NUL byte"));
             }
         }
         if let Some(m) = &self.resources.memory {
@@ -461,7 +461,7 @@ impl AgentSpec {
             {
                 return Err(Invalid::new(
                     format!("{at}.mountPath"),
-                    format!("{p:?} must be an absolute path other than /, without '..' or ':'"),
+                    "must be an absolute path other than /, without '..' or ':'",
                 ));
             }
             if !seen.insert(v.name.clone()) || !seen.insert(format!("path:{p}")) {
@@ -477,7 +477,7 @@ impl AgentSpec {
                 _ => {
                     return Err(Invalid::new(
                         "spec.ttl",
-                        format!("{ttl:?} is not a positive duration such as 30m or 2h"),
+                        "is not a positive duration such as 30m or 2h",
                     ))
                 }
             }
@@ -486,12 +486,27 @@ impl AgentSpec {
             if !(1..=1 << 22).contains(&p) {
                 return Err(Invalid::new(
                     "spec.resources.pids",
-                    format!("{p} is not between 1 and 4194304"),
+                    "must be between 1 and 4194304",
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// A key (of a label, an annotation or a variable) as it may appear in a field path or a
+/// message: printable, and cut to 63 characters, so that what a client sent is never
+/// echoed at length.
+pub fn shown_key(key: &str) -> String {
+    let mut shown: String = key
+        .chars()
+        .take(63)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect();
+    if key.chars().count() > 63 {
+        shown.push_str("...");
+    }
+    shown
 }
 
 /// A DNS-1123 label: 1..63 of `[a-z0-9-]`, starting and ending alphanumeric.
@@ -501,7 +516,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
     if name.len() > 63 {
         return Err(format!(
-            "{name:?} is {} characters; at most 63 are allowed",
+            "is {} characters; at most 63 are allowed",
             name.len()
         ));
     }
@@ -510,10 +525,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let ends = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !ok || !ends(name.as_bytes()[0]) || !ends(name.as_bytes()[name.len() - 1]) {
-        return Err(format!(
-            "{name:?} is not a DNS-1123 label: use lower-case letters, digits and '-', \
-             starting and ending with a letter or digit"
-        ));
+        return Err(
+            "is not a DNS-1123 label: use lower-case letters, digits and '-', \
+                    starting and ending with a letter or digit"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -530,14 +546,15 @@ fn validate_label_key(key: &str) -> Result<(), String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         {
-            return Err(format!("key {key:?} has an invalid prefix {p:?}"));
+            return Err("has an invalid prefix before '/'".into());
         }
     }
     if name.is_empty() || name.len() > 63 || !label_chars(name) {
-        return Err(format!(
-            "key {key:?} must be at most 63 letters, digits, '-', '_' or '.', \
-             starting and ending alphanumeric (optionally after a 'prefix/')"
-        ));
+        return Err(
+            "the key must be at most 63 letters, digits, '-', '_' or '.', \
+                    starting and ending alphanumeric (optionally after a 'prefix/')"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -547,10 +564,11 @@ fn validate_label_value(value: &str) -> Result<(), String> {
         return Ok(());
     }
     if value.len() > 63 || !label_chars(value) {
-        return Err(format!(
-            "value {value:?} must be at most 63 letters, digits, '-', '_' or '.', \
-             starting and ending alphanumeric"
-        ));
+        return Err(
+            "the value must be at most 63 letters, digits, '-', '_' or '.', \
+                    starting and ending alphanumeric"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -571,9 +589,10 @@ pub fn validate_env_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a valid variable name: use letters, digits and '_', not starting with a digit"
-        ))
+        Err(
+            "is not a valid variable name: use letters, digits and '_', not starting with a digit"
+                .into(),
+        )
     }
 }
 
@@ -589,31 +608,31 @@ pub fn parse_memory(text: &str) -> Result<i64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "k" | "K" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit {unit:?}: use bytes or one of Ki, Mi, Gi, Ti, k, M, G, T (e.g. 512Mi)"
-            ))
-        }
-    };
+    let mult: f64 =
+        match unit {
+            "" => 1.0,
+            "k" | "K" => 1e3,
+            "M" => 1e6,
+            "G" => 1e9,
+            "T" => 1e12,
+            "Ki" => 1024.0,
+            "Mi" => 1024.0 * 1024.0,
+            "Gi" => 1024.0 * 1024.0 * 1024.0,
+            "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+            _ => return Err(
+                "has an unknown unit: use bytes or one of Ki, Mi, Gi, Ti, k, M, G, T (e.g. 512Mi)"
+                    .into(),
+            ),
+        };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{text:?} is not a memory quantity such as 512Mi or 1Gi"))?;
+        .map_err(|_| "is not a memory quantity such as 512Mi or 1Gi".to_string())?;
     let bytes = (n * mult).round();
     if !bytes.is_finite() || bytes > i64::MAX as f64 {
-        return Err(format!("{text:?} is too large"));
+        return Err("is too large".into());
     }
     if (bytes as u64) < MIN_MEMORY_BYTES {
-        return Err(format!("{text:?} is below the engine's minimum of 6Mi"));
+        return Err("is below the engine's minimum of 6Mi".into());
     }
     Ok(bytes as i64)
 }
@@ -629,13 +648,13 @@ pub fn parse_cpus(text: &str) -> Result<i64, String> {
         .parse()
         .ok()
         .filter(|n: &f64| n.is_finite())
-        .ok_or_else(|| format!("{text:?} is not a CPU quantity such as \"0.5\", 2 or 500m"))?;
+        .ok_or_else(|| "is not a CPU quantity such as \"0.5\", 2 or 500m".to_string())?;
     let nano = (n * scale).round();
     if nano < 1e7 {
-        return Err(format!("{text:?} is below the minimum of 0.01 CPU"));
+        return Err("is below the minimum of 0.01 CPU".into());
     }
     if nano > 1024.0 * 1e9 {
-        return Err(format!("{text:?} is more than 1024 CPUs"));
+        return Err("is more than 1024 CPUs".into());
     }
     Ok(nano as i64)
 }

@@ -59,6 +59,25 @@ pub struct Config {
     #[arg(long, env = "HIVE_ADOPT_FOREIGN")]
     pub adopt_foreign: bool,
 
+    /// Client connections served at once (fewer if the file descriptor limit is low);
+    /// more are closed at once.
+    #[arg(long, env = "HIVE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Names no agent may have: the deployment's services on the agents' network, which
+    /// an agent of that name would impersonate. Comma-separated.
+    #[arg(
+        long,
+        env = "HIVE_RESERVED_NAMES",
+        value_delimiter = ',',
+        default_value = "agent-api,sol"
+    )]
+    pub reserved_names: Vec<String>,
+
+    /// Concurrent watches and log follows one key may hold open.
+    #[arg(long, env = "HIVE_MAX_STREAMS_PER_KEY", default_value_t = 16)]
+    pub max_streams_per_key: usize,
+
     /// File holding the API key (takes precedence over AGENT_API_KEY).
     #[arg(long, env = "HIVE_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,

@@ -17,12 +17,13 @@
 //! - [`cli`]: the client commands of the `hive` binary (apply, get, describe, delete, ...).
 //! - [`manifests`]: GitOps, following a directory of manifests through the same apply path.
 //! - [`metrics`]: Prometheus metrics of the controller and the API.
+//! - [`serve`]: the HTTP server loop (connection cap, header timeout, graceful close).
 //! - [`config`]: the flags of `hive serve`.
 //! - [`shutdown`]: the Ctrl-C / SIGTERM signal.
 //!
 //! [`run`] wires them together; `main` only parses flags and calls it.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -42,6 +43,7 @@ pub mod manifests;
 pub mod metrics;
 pub mod orchestrator;
 pub mod policy;
+pub mod serve;
 pub mod shutdown;
 pub mod store;
 
@@ -192,6 +194,8 @@ pub async fn run(
             .map(|_| Arc::new(std::sync::Mutex::new(manifests::SyncStatus::default()))),
         leadership: leadership.clone(),
         instance: config.instance.clone(),
+        reserved_names: Arc::new(config.reserved_names.clone()),
+        streams: Arc::new(api::streams::StreamLimits::new(config.max_streams_per_key)),
     };
     if let (Some(dir), Some(status)) = (&config.manifests_dir, &state.sync) {
         info!(dir = %dir.display(), rescan = %config.manifests_rescan, watch = config.manifests_watch, "following a manifests directory");
@@ -217,11 +221,13 @@ pub async fn run(
 
     let addr = listener.local_addr().map_err(Error::Serve)?;
     info!(%addr, instance = %config.instance, store = %store.id(), "listening");
-    let mut server = tokio::spawn(
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let mut server = tokio::spawn(serve::serve(
+        listener,
+        api::router(state),
+        config.max_connections,
+        stop.clone(),
+        SHUTDOWN_GRACE,
+    ));
     let mut held = None;
     let served = tokio::select! {
         () = shutdown => None,
@@ -240,15 +246,7 @@ pub async fn run(
     let server_done = async {
         match served {
             Some(r) => r,
-            // A client following logs does not hold Hive up.
-            None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    warn!(grace = ?SHUTDOWN_GRACE, "closing connections still open after the grace period");
-                    server.abort();
-                    Ok(Ok(()))
-                }
-            },
+            None => server.await,
         }
     };
     let (controller_done, served) = tokio::join!(controller_task, server_done);
@@ -270,7 +268,7 @@ pub async fn run(
 }
 
 /// Re-reads the keys file on SIGHUP and whenever its modification time or size changes
-/// (checked every two seconds). A file that does not parse leaves the keys as they were.
+/// (checked every two seconds). A file that does not parse, or is gone, fails closed.
 async fn watch_keys(keys: Arc<Keys>, stop: CancellationToken) {
     let Some(path) = keys.file().map(std::path::Path::to_path_buf) else {
         return;
@@ -309,9 +307,10 @@ async fn watch_keys(keys: Arc<Keys>, stop: CancellationToken) {
         }
         match keys.reload() {
             Ok(n) => info!(path = %path.display(), keys = n, "reloaded the keys file"),
-            Err(e) => {
-                warn!(error = %e, "the keys file does not load; the previous keys stay in force")
-            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the keys file does not load: none of its keys is accepted until it does (the admin key still is)"
+            ),
         }
     }
 }

@@ -23,13 +23,13 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::access::{Principal, Role, ADMIN_OWNER};
+use crate::access::Principal;
 use crate::agent::now_rfc3339;
 use crate::api::apply::apply_documents;
 use crate::api::{ApiError, AppState};
 
 /// The annotation naming the file an agent comes from.
-pub const SOURCE: &str = "hive/source";
+pub const SOURCE: &str = crate::agent::SOURCE_ANNOTATION;
 /// How long the directory must be quiet after an event before a scan.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
@@ -56,6 +56,8 @@ pub struct SyncStatus {
     pub files: BTreeMap<String, FileStatus>,
     /// Agents removed because their manifest went, in the last scan.
     pub pruned: Vec<String>,
+    /// Paths not read, each with why: symlinks leading out of the directory, loops.
+    pub skipped: Vec<String>,
 }
 
 /// The sync state of one file.
@@ -133,11 +135,7 @@ impl Syncer {
     /// One full pass: apply every good file, report bad ones, prune what went away.
     pub async fn scan(&self) {
         let dir = &self.settings.dir;
-        let principal = Principal {
-            key_id: "manifests".into(),
-            owner: ADMIN_OWNER.into(),
-            role: Role::Admin,
-        };
+        let principal = Principal::gitops(&self.state.policy.gitops.owner);
         let previous = self
             .status
             .lock()
@@ -148,7 +146,17 @@ impl Syncer {
             last_scan: Some(now_rfc3339()),
             ..Default::default()
         };
-        let files = match manifest_files(dir) {
+        let files = match walk(dir) {
+            Ok(w) => {
+                if !w.skipped.is_empty() {
+                    warn!(skipped = ?w.skipped, "manifests directory: paths not read");
+                }
+                status.skipped = w.skipped;
+                Ok(w.files)
+            }
+            Err(e) => Err(e),
+        };
+        let files = match files {
             Ok(f) if f.is_empty() => {
                 status.problem = Some(format!(
                     "{} holds no manifests; nothing is pruned",
@@ -347,14 +355,38 @@ fn read_file(path: &Path, rel: &str) -> Result<Vec<Value>, String> {
 }
 
 /// The manifest files below `dir`, sorted; hidden files and directories and editor
-/// leftovers (`~`, `#...#`, `.swp`) are skipped.
+/// leftovers (`~`, `#...#`, `.swp`) are skipped, and so are symlinks that leave the
+/// directory or loop.
 pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    collect(dir, &mut out)?;
+    Ok(walk(dir)?.files)
+}
+
+/// What a walk of the manifests directory found.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Manifest files, sorted.
+    pub files: Vec<PathBuf>,
+    /// Paths not read, each with why (a symlink out of the directory, a loop).
+    pub skipped: Vec<String>,
+}
+
+/// Walks `dir` for manifests. A symlink is followed only if where it leads is inside
+/// the directory, and a directory is read once, so a loop is reported, not walked.
+pub fn walk(dir: &Path) -> std::io::Result<Walk> {
+    let root = std::fs::canonicalize(dir)?;
+    let mut visited = std::collections::HashSet::from([root.clone()]);
+    let mut out = Walk::default();
+    collect(dir, dir, &root, &mut visited, &mut out)?;
     Ok(out)
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn collect(
+    base: &Path,
+    dir: &Path,
+    root: &Path,
+    visited: &mut std::collections::HashSet<PathBuf>,
+    out: &mut Walk,
+) -> std::io::Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -365,13 +397,43 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
             continue;
         }
-        if p.is_dir() {
-            collect(&p, out)?;
+        let rel = p.strip_prefix(base).unwrap_or(&p).display().to_string();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let target = if meta.is_symlink() {
+            match std::fs::canonicalize(&p) {
+                Ok(t) if !t.starts_with(root) => {
+                    out.skipped.push(format!(
+                        "{rel}: a symlink that leads out of the directory; not followed"
+                    ));
+                    continue;
+                }
+                Ok(t) => t,
+                Err(e) => {
+                    out.skipped.push(format!(
+                        "{rel}: a symlink that does not resolve ({e}); not followed"
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            p.clone()
+        };
+        if target.is_dir() {
+            let canonical = std::fs::canonicalize(&target)?;
+            if !visited.insert(canonical) {
+                out.skipped.push(format!(
+                    "{rel}: leads to a directory already read (a symlink loop); not followed"
+                ));
+                continue;
+            }
+            collect(base, &p, root, visited, out)?;
         } else if matches!(
             p.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml" | "json")
         ) {
-            out.push(p);
+            out.files.push(p);
         }
     }
     Ok(())
@@ -390,4 +452,38 @@ fn watch(
     })?;
     w.watch(dir, notify::RecursiveMode::Recursive)?;
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_out_of_the_directory_and_loops_are_reported_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.yaml"), "a: 1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("agent.yaml"), "a: 1").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/b.yml"), "a: 1").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret.yaml"), d.join("s.yaml")).unwrap();
+        std::os::unix::fs::symlink(d, d.join("sub/loop")).unwrap();
+        std::os::unix::fs::symlink(d.join("agent.yaml"), d.join("inside.yaml")).unwrap();
+        let w = walk(d).unwrap();
+        let names: Vec<String> = w
+            .files
+            .iter()
+            .map(|f| f.strip_prefix(d).unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, vec!["agent.yaml", "inside.yaml", "sub/b.yml"]);
+        assert_eq!(w.skipped.len(), 3, "{:?}", w.skipped);
+        assert!(w
+            .skipped
+            .iter()
+            .any(|s| s.starts_with("out:") && s.contains("out of")));
+        assert!(w.skipped.iter().any(|s| s.starts_with("s.yaml:")));
+        assert!(w.skipped.iter().any(|s| s.contains("loop")));
+    }
 }

@@ -479,11 +479,9 @@ impl Policy {
             return Err(Refusal::invalid(
                 "images.privateRegistries",
                 "spec.image",
-                format!(
-                    "names registry {} on a loopback, link-local or private address; images come \
-                     from such a registry only if the policy lists it",
-                    reference.registry
-                ),
+                "names a registry on a loopback, link-local or private address; images come \
+                 from such a registry only if the policy lists it"
+                    .into(),
             ));
         }
         if let (Some(patterns), Some(allow)) = (&self.patterns, &self.images.allow) {

@@ -68,7 +68,22 @@ pub struct AuditEntry {
     /// Why it was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How many such requests this entry stands for: refusals of requests without a valid
+    /// key are counted into one entry a minute, so a flood cannot push real entries out.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
 }
+
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+/// How long unauthenticated refusals of one kind are counted into one audit entry.
+const AUDIT_COALESCE: time::Duration = time::Duration::seconds(60);
 
 /// A named set of values for agents' environments (`spec.envFrom`). Write-only through
 /// the API: its values are never answered, logged or audited.
@@ -535,6 +550,38 @@ impl Store {
             self.audit.remove((next - AUDIT_KEEP).to_be_bytes())?;
         }
         Ok(entry)
+    }
+
+    /// Records a refusal of a request without a valid key: counted into the newest entry
+    /// if that is one of the same kind from the last minute, else appended.
+    pub fn record_unauthenticated(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        {
+            let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((k, v)) = self.audit.last()? {
+                let mut last: AuditEntry =
+                    serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                        name: "audit".into(),
+                        source,
+                    })?;
+                let recent = time::OffsetDateTime::parse(
+                    &last.time,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .is_ok_and(|t| time::OffsetDateTime::now_utc() - t < AUDIT_COALESCE);
+                let same = last.key_id == entry.key_id
+                    && last.verb == entry.verb
+                    && last.status == entry.status
+                    && last.reason == entry.reason;
+                if recent && same {
+                    last.count += 1;
+                    let bytes =
+                        serde_json::to_vec(&last).expect("an audit entry always serializes");
+                    self.audit.insert(k, bytes)?;
+                    return Ok(last);
+                }
+            }
+        }
+        self.record_audit(entry)
     }
 
     /// Up to `limit` audit entries older than `before` (all when None), newest first.

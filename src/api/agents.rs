@@ -15,7 +15,10 @@ use super::body::{Document, Query};
 use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::access::{Principal, Role};
-use crate::agent::{validate_name, Agent, DesiredState, API_VERSION, LIST_KIND};
+use crate::agent::{
+    shown_key, validate_name, Agent, DesiredState, Invalid, API_VERSION, LIST_KIND,
+    SOURCE_ANNOTATION,
+};
 use crate::orchestrator::LogOptions;
 use crate::store::{Applied, Record, StoreError};
 
@@ -40,7 +43,8 @@ pub(super) async fn commit_many(state: &AppState, names: &[String]) -> Result<()
 }
 
 fn path_name(name: &str) -> Result<(), ApiError> {
-    validate_name(name).map_err(|m| ApiError::NotFound(format!("agent {name:?} not found ({m})")))
+    validate_name(name)
+        .map_err(|m| ApiError::NotFound(format!("agent {:?} not found ({m})", shown_key(name))))
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -88,6 +92,18 @@ fn admit(
 ) -> Result<(Agent, Option<String>), ApiError> {
     let (owner, named) = match (&agent.metadata.owner, p.role) {
         (Some(o), Role::Admin) => (o.clone(), true),
+        // The manifests directory names only the owners the policy lets it name, and
+        // never takes an agent over.
+        (Some(o), Role::System) if state.policy.gitops_may_name(o) => (o.clone(), false),
+        (Some(_), Role::System) => {
+            return Err(ApiError::Refused {
+                rule: "gitops.allowOwners".into(),
+                invalid: Invalid::new(
+                    "metadata.owner",
+                    "names an owner the manifests directory may not declare agents for (policy rule gitops.allowOwners)",
+                ),
+            })
+        }
         (Some(o), _) if *o != p.owner => {
             return Err(ApiError::Forbidden(
                 "only an admin key may set metadata.owner to another owner".into(),
@@ -95,6 +111,31 @@ fn admit(
         }
         _ => (p.owner.clone(), false),
     };
+    if p.role != Role::System {
+        // Annotations under hive/ are Hive's: a client setting hive/source would make the
+        // manifests sync take its agent for one of the directory's.
+        if let Some(k) = agent
+            .metadata
+            .annotations
+            .keys()
+            .find(|k| k.starts_with("hive/"))
+        {
+            return Err(ApiError::invalid(
+                format!("metadata.annotations.{}", crate::agent::shown_key(k)),
+                "annotations under \"hive/\" are Hive's own and cannot be set",
+            ));
+        }
+        if let Some(file) = existing.and_then(|e| e.metadata.annotations.get(SOURCE_ANNOTATION)) {
+            return Err(ApiError::Conflict {
+                code: "managed_by_manifests",
+                message: format!(
+                    "agent {:?} is declared by the manifests directory ({}); change it there",
+                    agent.metadata.name,
+                    crate::agent::shown_key(file)
+                ),
+            });
+        }
+    }
     let mut take_over = None;
     if let Some(current) = existing.and_then(|e| e.metadata.owner.as_deref()) {
         if current != owner {
@@ -111,6 +152,16 @@ fn admit(
     }
     agent.metadata.owner = Some(owner.clone());
     agent.validate()?;
+    if state.reserved_names.contains(&agent.metadata.name) {
+        return Err(ApiError::Refused {
+            rule: "reserved".into(),
+            invalid: Invalid::new(
+                "metadata.name",
+                "is reserved for a service of the deployment (--reserved-names): an agent of \
+                 that name would answer in its place on the agents' network (policy rule reserved)",
+            ),
+        });
+    }
     // The owner's other agents count only against a quota; without one, skip the scan.
     let records = if state.policy.quota.is_set() {
         state.store.list()?
@@ -211,10 +262,7 @@ pub async fn apply(
     } else if agent.metadata.name != name {
         return Err(ApiError::invalid(
             "metadata.name",
-            format!(
-                "{:?} differs from the name in the path, {name:?}",
-                agent.metadata.name
-            ),
+            "differs from the name in the path",
         ));
     }
     let (record, applied, take_over) = {
@@ -310,6 +358,7 @@ fn watch(
     selector: Selector,
     since: Option<&str>,
 ) -> Result<Response, ApiError> {
+    let place = state.streams.acquire(&p.key_id)?;
     let since = since
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
@@ -382,7 +431,15 @@ fn watch(
             }
         }
     });
-    let body = Body::from_stream(futures_util::stream::iter(first).chain(live));
+    // The stream holds its place among the key's open streams until it ends.
+    let body = Body::from_stream(
+        futures_util::stream::iter(first)
+            .chain(live)
+            .map(move |line| {
+                let _ = &place;
+                line
+            }),
+    );
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
@@ -521,15 +578,19 @@ pub async fn logs(
             ))
         })?),
     };
+    let place = query
+        .follow
+        .then(|| state.streams.acquire(&p.key_id))
+        .transpose()?;
     let options = LogOptions {
         tail: query.tail,
         follow: query.follow,
         since,
     };
-    let stream = state
-        .orchestrator
-        .logs(&id, options)
-        .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
+    let stream = state.orchestrator.logs(&id, options).map(move |chunk| {
+        let _ = &place;
+        chunk.map_err(|e| std::io::Error::other(e.to_string()))
+    });
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(stream),

@@ -8,7 +8,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::info;
 
-use super::error::{ApiError, AuditReason};
+use super::error::{clip, ApiError, AuditReason};
 use super::AppState;
 use crate::access::Principal;
 use crate::agent::now_rfc3339;
@@ -82,7 +82,12 @@ pub async fn authenticate(
         Err(why) => {
             let response = ApiError::Unauthorized(why).into_response();
             if mutation {
-                audit(&state, None, &method, &path, &response);
+                // Named by its route, not its path: the path is the caller's to make long.
+                let route = request
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or_else(|| "/v1/...".to_string(), |m| format!("/v1{}", m.as_str()));
+                audit(&state, None, &method, &route, &response);
             }
             return response;
         }
@@ -120,12 +125,13 @@ fn audit(
         }
         _ => (format!("{method} {path}"), "-".into()),
     };
+    let (verb, agent) = (clip(&verb, 128), clip(&agent, 63));
     let status = response.status().as_u16();
     let outcome = if status < 400 { "accepted" } else { "refused" };
     let reason = response
         .extensions()
         .get::<AuditReason>()
-        .map(|r| r.0.clone());
+        .map(|r| clip(&r.0, 256));
     let entry = AuditEntry {
         id: 0,
         time: now_rfc3339(),
@@ -136,15 +142,26 @@ fn audit(
         outcome: outcome.into(),
         status,
         reason,
+        count: 1,
     };
-    info!(
-        target: "hive::audit",
-        key_id = %entry.key_id, owner = %entry.owner, verb = %entry.verb, agent = %entry.agent,
-        outcome = %entry.outcome, status, reason = entry.reason.as_deref().unwrap_or(""),
-        "audit"
-    );
-    if let Err(e) = state.store.record_audit(entry) {
-        tracing::error!(error = %e, "could not store an audit entry");
+    let stored = match who {
+        Some(_) => state.store.record_audit(entry.clone()),
+        None => state.store.record_unauthenticated(entry.clone()),
+    };
+    match stored {
+        // A flood of requests without a key is logged once a minute, as it is stored.
+        Ok(e) if e.count > 1 => {}
+        stored => {
+            info!(
+                target: "hive::audit",
+                key_id = %entry.key_id, owner = %entry.owner, verb = %entry.verb, agent = %entry.agent,
+                outcome = %entry.outcome, status, reason = entry.reason.as_deref().unwrap_or(""),
+                "audit"
+            );
+            if let Err(e) = stored {
+                tracing::error!(error = %e, "could not store an audit entry");
+            }
+        }
     }
 }
 

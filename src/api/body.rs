@@ -9,6 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
+/// How long a client may take to send a body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The largest body the API reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// A body declared larger than [`MAX_BODY_BYTES`] but at most this is read and dropped
@@ -94,14 +96,26 @@ async fn read_body(req: Request) -> Result<(Format, axum::body::Bytes), ApiError
                 // still sending it gets the 413 rather than a broken connection.
                 if len <= DRAIN_MAX_BYTES {
                     let mut body = req.into_body().into_data_stream();
-                    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}
+                    let drain = async {
+                        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}
+                    };
+                    let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
                 }
                 return Err(too_large);
             }
         }
-        let bytes = Limited::new(req.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
+        let collected = tokio::time::timeout(
+            BODY_TIMEOUT,
+            Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the body did not arrive within {}s",
+                BODY_TIMEOUT.as_secs()
+            ))
+        })?;
+        let bytes = collected
             .map_err(|e| {
                 if e.downcast_ref::<LengthLimitError>().is_some() {
                     too_large
@@ -162,9 +176,43 @@ pub fn typed<T: DeserializeOwned + Screen>(value: serde_json::Value) -> Result<T
     T::screen(&value)?;
     serde_path_to_error::deserialize(value).map_err(|e| {
         // The path names the field at fault, an unknown one included.
-        let field = e.path().to_string();
-        ApiError::invalid(field, e.into_inner().to_string())
+        let field = crate::agent::shown_key(&e.path().to_string());
+        ApiError::invalid(field, without_values(&e.into_inner().to_string()))
     })
+}
+
+/// A decoding error with the values a client sent taken out: the answer names the field
+/// and what is wrong with it, never what was sent.
+fn without_values(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    // serde quotes values as `value` or "value"; keep what it expected, drop what it got.
+    for (intro, what) in [
+        ("unknown variant `", "an unknown variant"),
+        ("invalid type: string \"", "invalid type: a string"),
+        ("invalid value: string \"", "invalid value: a string"),
+        ("invalid value: integer `", "invalid value: an integer"),
+        ("invalid type: integer `", "invalid type: an integer"),
+        ("invalid type: floating point `", "invalid type: a number"),
+        ("invalid value: floating point `", "invalid value: a number"),
+    ] {
+        if let Some(at) = rest.find(intro) {
+            let after = &rest[at + intro.len()..];
+            let close = if intro.ends_with('"') { '"' } else { '`' };
+            if let Some(end) = after.find(close) {
+                out.push_str(&rest[..at]);
+                out.push_str(what);
+                rest = &after[end + 1..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    let mut shown: String = out.chars().take(300).collect();
+    if out.chars().count() > 300 {
+        shown.push_str("...");
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -202,6 +250,28 @@ mod tests {
             invalid_field(Format::Yaml, "spec: {image: x, env: [a]}"),
             "spec.env"
         );
+    }
+
+    #[test]
+    fn rejected_values_are_not_echoed() {
+        for text in [
+            "spec: {image: x, state: SECRETVALUE}",
+            "spec: {image: x, resources: {pids: SECRETVALUE}}",
+        ] {
+            match decode::<Agent>(Format::Yaml, text.as_bytes()) {
+                Err(ApiError::Invalid(i)) => {
+                    assert!(!i.message.contains("SECRETVALUE"), "{}", i.message)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let long = format!(r#"{{"spec": {{"image": "x", "{}": 1}}}}"#, "k".repeat(5000));
+        match decode::<Agent>(Format::Json, long.as_bytes()) {
+            Err(ApiError::Invalid(i)) => {
+                assert!(i.field.len() < 100 && i.message.len() < 400, "{i:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

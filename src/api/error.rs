@@ -50,6 +50,12 @@ pub enum ApiError {
     /// A watch asked for changes older than those kept (410): list again.
     #[error("{0}")]
     Gone(String),
+    /// The caller holds as many streams open as it may (429).
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// The client did not send its body in time (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A dependency (store or engine) cannot serve the request now.
     #[error("{0}")]
     Unavailable(String),
@@ -77,6 +83,8 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_documents")
             }
             ApiError::Gone(_) => (StatusCode::GONE, "gone"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -154,6 +162,19 @@ pub struct DocumentError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub message: String,
+}
+
+/// `text`, printable, cut to `max` characters.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > max {
+        out.push_str("...");
+    }
+    out
 }
 
 /// The message of an error response, for the audit log.
@@ -243,6 +264,9 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        // Whatever a message quotes, an answer stays short and printable.
+        detail.message = clip(&detail.message, 1000);
+        detail.field = detail.field.map(|f| clip(&f, 128));
         let reason = detail.message.clone();
         let mut response = (status, Json(ErrorBody { error: detail })).into_response();
         response.extensions_mut().insert(AuditReason(reason));

@@ -30,6 +30,7 @@ pub mod body;
 pub mod error;
 pub mod openapi;
 mod secrets;
+pub mod streams;
 
 pub use error::ApiError;
 use error::ErrorBody;
@@ -60,6 +61,10 @@ pub struct AppState {
     pub leadership: tokio::sync::watch::Receiver<crate::lease::Leadership>,
     /// This Hive's instance, for answers that name it.
     pub instance: String,
+    /// Names no agent may have (the deployment's services on the agents' network).
+    pub reserved_names: Arc<Vec<String>>,
+    /// Watches and log follows open per key.
+    pub streams: Arc<streams::StreamLimits>,
 }
 
 impl AppState {
@@ -188,6 +193,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(reason) = state.standby_reason() {
         return ApiError::Unavailable(reason).into_response();
     }
+    if let Some(why) = state.keys.broken() {
+        return ApiError::Unavailable(format!(
+            "the keys file does not load ({why}): none of its keys is accepted until it does; only the admin key is"
+        ))
+        .into_response();
+    }
     if let Err(e) = state.orchestrator.ping().await {
         return ApiError::Unavailable(e.to_string()).into_response();
     }
@@ -222,11 +233,18 @@ pub struct Readiness {
     pub foreign_containers: Vec<crate::controller::ForeignContainer>,
 }
 
-#[utoipa::path(get, path = "/v1/sync", tag = "gitops", responses((status = 200, body = crate::manifests::SyncStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/sync", tag = "gitops", responses((status = 200, body = crate::manifests::SyncStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/sync`: the state of the manifests directory sync.
 async fn sync(
     State(state): State<AppState>,
+    axum::Extension(p): axum::Extension<crate::access::Principal>,
 ) -> Result<Json<crate::manifests::SyncStatus>, ApiError> {
+    // It names every file's agents, whatever their owner.
+    if !p.is_admin() {
+        return Err(ApiError::Forbidden(
+            "only an admin key may read the manifests directory's state".into(),
+        ));
+    }
     let Some(status) = &state.sync else {
         return Err(ApiError::NotFound(
             "no manifests directory is followed (start hive serve with --manifests-dir)".into(),

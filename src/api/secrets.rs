@@ -60,8 +60,12 @@ fn shown(s: &Secret) -> SecretShown {
 }
 
 fn visible(state: &AppState, p: &Principal, name: &str) -> Result<Secret, ApiError> {
-    validate_name(name)
-        .map_err(|m| ApiError::NotFound(format!("secret {name:?} not found ({m})")))?;
+    validate_name(name).map_err(|m| {
+        ApiError::NotFound(format!(
+            "secret {:?} not found ({m})",
+            crate::agent::shown_key(name)
+        ))
+    })?;
     state
         .store
         .secret(name)?

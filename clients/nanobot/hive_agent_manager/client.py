@@ -8,7 +8,9 @@ Failures become :class:`HiveError` with a sentence a model can act on.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -17,6 +19,21 @@ DEFAULT_URL = "http://agent-api:8000"
 
 class HiveError(Exception):
     """A request Hive refused or could not answer, as one sentence."""
+
+
+#: What Hive accepts as an agent's name (a DNS-1123 label).
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def segment(name: Any) -> str:
+    """An agent's name as one URL path segment: checked first, then quoted, so that a name
+    such as ``../secrets/x`` can never reach another route."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise HiveError(
+            "metadata.name is not a valid agent name: use 1 to 63 lower-case letters, digits "
+            "and '-', starting and ending with a letter or digit"
+        )
+    return quote(name, safe="")
 
 
 def _env(*names: str) -> str | None:
@@ -52,7 +69,7 @@ class HiveClient:
 
     async def apply(self, agent: dict[str, Any]) -> dict[str, Any]:
         """Create or replace an agent (idempotent: the same document changes nothing)."""
-        name = agent["metadata"]["name"]
+        name = segment((agent.get("metadata") or {}).get("name"))
         return (await self._request("PUT", f"/v1/agents/{name}", json=agent)).json()
 
     async def list(self, label: str | None = None) -> list[dict[str, Any]]:
@@ -60,16 +77,18 @@ class HiveClient:
         return (await self._request("GET", "/v1/agents", params=params)).json()["items"]
 
     async def get(self, name: str) -> dict[str, Any]:
-        return (await self._request("GET", f"/v1/agents/{name}")).json()
+        return (await self._request("GET", f"/v1/agents/{segment(name)}")).json()
 
     async def action(self, name: str, action: str) -> dict[str, Any]:
-        return (await self._request("POST", f"/v1/agents/{name}/action", json={"action": action})).json()
+        path = f"/v1/agents/{segment(name)}/action"
+        return (await self._request("POST", path, json={"action": action})).json()
 
     async def delete(self, name: str) -> dict[str, Any]:
-        return (await self._request("DELETE", f"/v1/agents/{name}")).json()
+        return (await self._request("DELETE", f"/v1/agents/{segment(name)}")).json()
 
     async def logs(self, name: str, tail: int = 100) -> str:
-        return (await self._request("GET", f"/v1/agents/{name}/logs", params={"tail": tail})).text
+        path = f"/v1/agents/{segment(name)}/logs"
+        return (await self._request("GET", path, params={"tail": tail})).text
 
 
 def _describe(response: httpx.Response) -> str:

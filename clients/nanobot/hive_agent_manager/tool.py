@@ -82,7 +82,8 @@ class AgentManagerTool(Tool):
                 return ToolResult.error(f"action {action!r} needs the agent's name")
             if action == "create":
                 agent = await self.client.apply(self.declare(name, **kwargs))
-                return f"agent {name} declared (generation {agent['metadata']['generation']}); {_status(agent)}"
+                generation = _part(agent, "metadata").get("generation")
+                return f"agent {name} declared (generation {generation}); {_status(agent)}"
             if action in ("status", "info"):
                 return _describe(await self.client.get(name))
             if action in ("start", "stop", "restart"):
@@ -134,8 +135,15 @@ class AgentManagerTool(Tool):
         }
 
 
+def _part(agent: Any, key: str) -> dict[str, Any]:
+    """One part of an agent's document, or an empty one: an answer missing a part (or not
+    shaped as expected) must not crash the tool."""
+    part = agent.get(key) if isinstance(agent, dict) else None
+    return part if isinstance(part, dict) else {}
+
+
 def _status(agent: dict[str, Any]) -> str:
-    s = agent.get("status", {})
+    s = _part(agent, "status")
     text = f"phase {s.get('phase', 'Pending')}"
     if s.get("message"):
         text += f" ({s['message']})"
@@ -143,9 +151,9 @@ def _status(agent: dict[str, Any]) -> str:
 
 
 def _describe(agent: dict[str, Any]) -> str:
-    m, spec, s = agent["metadata"], agent["spec"], agent.get("status", {})
+    m, spec, s = _part(agent, "metadata"), _part(agent, "spec"), _part(agent, "status")
     lines = [
-        f"agent {m['name']}: {_status(agent)}",
+        f"agent {m.get('name', '?')}: {_status(agent)}",
         f"image {spec.get('image')}, declared {spec.get('state', 'Running')}, restarts {s.get('restartCount', 0)}",
         f"generation {m.get('generation')} (observed {s.get('observedGeneration', 0)})",
     ]
@@ -158,6 +166,7 @@ def _listing(items: list[dict[str, Any]]) -> str:
     if not items:
         return "no agents"
     return "\n".join(
-        f"{a['metadata']['name']}: {a.get('status', {}).get('phase', 'Pending')} ({a['spec'].get('image')})"
+        f"{_part(a, 'metadata').get('name', '?')}: {_part(a, 'status').get('phase', 'Pending')} "
+        f"({_part(a, 'spec').get('image')})"
         for a in items
     )

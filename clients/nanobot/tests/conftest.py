@@ -18,7 +18,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 IMAGE = "hive-test-busybox:1"
-NETWORK = "hive-test-net"
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -40,8 +39,6 @@ def test_image() -> str:
                     info.linkname = "busybox"
                     tar.addfile(info)
             docker("import", "--change", "ENV PATH=/bin", str(tar_path), IMAGE)
-    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
-        docker("network", "create", NETWORK, check=False)
     return IMAGE
 
 
@@ -51,13 +48,16 @@ def hive(tmp_path: Path, test_image: str):
     binary = Path(os.environ.get("HIVE_BIN", REPO / "target" / "debug" / "hive"))
     assert binary.exists(), f"{binary} is missing: run `cargo build` (or cargo test) first"
     instance = f"py{uuid.uuid4().hex[:8]}"
+    # Each Hive's agents get a network of their own (Hive makes it): agents of several
+    # instances on one network would answer to each other's names.
+    network = f"hive-test-{instance}"
     key = uuid.uuid4().hex
     log = tmp_path / "hive.log"
     env = {**os.environ, "AGENT_API_KEY": key, "RUST_LOG": "info"}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
-             "--instance", instance, "--agent-network", NETWORK, "--resync-interval", "2s"],
+             "--instance", instance, "--agent-network", network, "--resync-interval", "2s"],
             stdout=subprocess.DEVNULL, stderr=out, env=env,
         )
     try:
@@ -84,4 +84,8 @@ def hive(tmp_path: Path, test_image: str):
         vols = docker("volume", "ls", "-q", "--filter", f"label=hive.instance={instance}").stdout.split()
         if vols:
             docker("volume", "rm", "-f", *vols, check=False)
+        leases = docker("ps", "-aq", "--filter", f"label=hive.lease={instance}").stdout.split()
+        if leases:
+            docker("rm", "-f", *leases, check=False)
+        docker("network", "rm", network, check=False)
         shutil.rmtree(tmp_path / "data", ignore_errors=True)

@@ -79,6 +79,30 @@ def test_errors_reach_the_model_as_sentences(hive, test_image):
     assert run(tool.execute(action="stop")).is_error  # no name
 
 
+def test_names_are_checked_and_quoted_so_no_other_route_is_reached(hive):
+    url, key = hive
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    r = httpx.put(f"{url}/v1/secrets/llm-sol", json={"K": "v"}, headers=headers)
+    assert r.status_code == 201, r.text
+    tool = AgentManagerTool(HiveClient(url, key))
+    for name in ["../secrets/llm-sol", "a/b", "x?y", "%2e%2e", "A"]:
+        for action in ["remove", "status", "stop", "logs"]:
+            out = run(tool.execute(action=action, name=name))
+            assert getattr(out, "is_error", False), (action, name, out)
+            assert "metadata.name" in out
+    assert httpx.get(f"{url}/v1/secrets/llm-sol", headers=headers).status_code == 200, "untouched"
+
+
+def test_odd_answers_do_not_crash_the_tool():
+    from hive_agent_manager.tool import _describe, _listing, _status
+
+    assert _status({}) == "phase Pending"
+    assert "agent ?" in _describe({"metadata": None, "status": "x"})
+    assert _listing([{"spec": {"image": "i"}}]) == "?: Pending (i)"
+
+
 def test_nanobot_discovers_and_runs_the_tool_as_its_agent_loop_does(hive, monkeypatch, tmp_path):
     url, key = hive
     # Sol's compose service names the variables this way.
