@@ -14,6 +14,11 @@ pub mod client;
 
 pub use client::{CliError, Client, Connection};
 
+/// The annotation `hive apply --prune` marks what it applies with (the file, relative to
+/// the directory). A client's own: `hive/` annotations are the server's, and the server's
+/// manifests directory never takes over what carries this one.
+pub const APPLY_SOURCE: &str = "hive-apply/source";
+
 /// Output formats of `hive get`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -34,7 +39,7 @@ pub enum ClientCommand {
         #[arg(long)]
         dry_run: bool,
         /// One-shot sync of a directory: also delete agents from manifests (those with a
-        /// `hive/source` annotation) that the directory no longer declares. Nothing is pruned
+        /// `hive-apply/source` annotation) that the directory no longer declares. Nothing is pruned
         /// if any file is invalid or the directory holds no manifests.
         #[arg(long)]
         prune: bool,
@@ -282,7 +287,7 @@ async fn apply(
             .await?;
         for a in list["items"].as_array().into_iter().flatten() {
             let name = a["metadata"]["name"].as_str().unwrap_or_default();
-            let from_manifest = a["metadata"]["annotations"][crate::manifests::SOURCE].is_string();
+            let from_manifest = a["metadata"]["annotations"][APPLY_SOURCE].is_string();
             let deleting = a["metadata"]["deletionTimestamp"].is_string();
             if !from_manifest || deleting || declared.contains(name) {
                 continue;
@@ -315,7 +320,7 @@ fn read_sourced(dir: &std::path::Path) -> Result<Vec<Sourced>, CliError> {
             if let Some(meta) = d.value.get_mut("metadata").and_then(Value::as_object_mut) {
                 let notes = meta.entry("annotations").or_insert_with(|| json!({}));
                 if let Some(n) = notes.as_object_mut() {
-                    n.insert(crate::manifests::SOURCE.into(), Value::String(rel.clone()));
+                    n.insert(APPLY_SOURCE.into(), Value::String(rel.clone()));
                 }
             }
             docs.push(d);

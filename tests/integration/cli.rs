@@ -293,7 +293,7 @@ async fn apply_prune_syncs_a_directory_once_with_the_same_safety() {
     assert!(ok, "{err}");
     assert_eq!(out, "agent/p1 created\nagent/p2 created\n");
     assert_eq!(
-        hive.get("p1").await.unwrap()["metadata"]["annotations"]["hive/source"],
+        hive.get("p1").await.unwrap()["metadata"]["annotations"]["hive-apply/source"],
         "p1.yaml"
     );
 

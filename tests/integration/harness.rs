@@ -193,7 +193,16 @@ impl Hive {
     async fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hive"));
+        // Under a file descriptor limit, through a shell that sets it and execs Hive.
+        let mut cmd = match self.env.get("HIVE_TEST_NOFILE").cloned().flatten() {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "ulimit -n \"$0\" && exec \"$@\"", &n])
+                    .arg(env!("CARGO_BIN_EXE_hive"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_hive")),
+        };
         cmd.args([
             "serve",
             "--listen",
@@ -542,6 +551,22 @@ pub fn remove_instance_containers(instance: &str) {
                     let _ = d.remove_container(&c.id.unwrap(), Some(options)).await;
                 }
             }
+            let volumes = bollard::query_parameters::ListVolumesOptions {
+                filters: Some(HashMap::from([(
+                    "label".to_string(),
+                    vec![labels[0].clone()],
+                )])),
+            };
+            if let Ok(listed) = d.list_volumes(Some(volumes)).await {
+                for v in listed.volumes.unwrap_or_default() {
+                    let _ = d
+                        .remove_volume(
+                            &v.name,
+                            None::<bollard::query_parameters::RemoveVolumeOptions>,
+                        )
+                        .await;
+                }
+            }
             let _ = d.remove_network(&network).await;
         });
     })
@@ -578,4 +603,65 @@ pub async fn serve_until_exit(args: &[&str]) -> (std::process::ExitStatus, Strin
 pub fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Runs `hive keys new` and returns (key, entry lines).
+pub fn new_key(owner: &str, role: &str, id: &str) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["keys", "new", "--owner", owner, "--role", role, "--id", id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("key: ")
+        .unwrap()
+        .to_string();
+    let entry: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("- "))
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    assert!(
+        entry.contains(&format!("id: {id}")) && !entry.contains(&key),
+        "{text}"
+    );
+    (key, entry)
+}
+
+pub fn write_keys(path: &Path, entries: &[&str]) {
+    std::fs::write(path, format!("keys:\n{}", entries.concat())).unwrap();
+}
+
+/// A request with a given key.
+pub fn with_key(
+    hive: &Hive,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::RequestBuilder {
+    hive.http
+        .request(method, format!("{}{path}", hive.url))
+        .bearer_auth(key)
+}
+
+pub async fn put_as(hive: &Hive, key: &str, name: &str, yaml: &str) -> reqwest::Response {
+    with_key(
+        hive,
+        key,
+        reqwest::Method::PUT,
+        &format!("/v1/agents/{name}"),
+    )
+    .header("content-type", "application/yaml")
+    .body(yaml.to_string())
+    .send()
+    .await
+    .unwrap()
 }

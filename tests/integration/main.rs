@@ -14,6 +14,7 @@ mod gitops;
 mod leases;
 mod lifecycle;
 mod observe;
+mod redteam;
 mod restart;
 mod security;
 mod workloads;

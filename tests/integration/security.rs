@@ -1,64 +1,12 @@
 //! Security: keys with owners and roles, the admission policy, the audit log, and hostile
 //! input, each refused with a clear error and nothing stored or started.
 
-use std::path::Path;
 use std::process::Command;
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{agent_yaml, wait_for, Hive, IMAGE};
-
-/// Runs `hive keys new` and returns (key, entry lines).
-fn new_key(owner: &str, role: &str, id: &str) -> (String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hive"))
-        .args(["keys", "new", "--owner", owner, "--role", role, "--id", id])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let key = text
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("key: ")
-        .unwrap()
-        .to_string();
-    let entry: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("- "))
-        .map(|l| format!("  {l}\n"))
-        .collect();
-    assert!(
-        entry.contains(&format!("id: {id}")) && !entry.contains(&key),
-        "{text}"
-    );
-    (key, entry)
-}
-
-fn write_keys(path: &Path, entries: &[&str]) {
-    std::fs::write(path, format!("keys:\n{}", entries.concat())).unwrap();
-}
-
-/// A request with a given key.
-fn with_key(hive: &Hive, key: &str, method: Method, path: &str) -> reqwest::RequestBuilder {
-    hive.http
-        .request(method, format!("{}{path}", hive.url))
-        .bearer_auth(key)
-}
-
-async fn put_as(hive: &Hive, key: &str, name: &str, yaml: &str) -> reqwest::Response {
-    with_key(hive, key, Method::PUT, &format!("/v1/agents/{name}"))
-        .header("content-type", "application/yaml")
-        .body(yaml.to_string())
-        .send()
-        .await
-        .unwrap()
-}
+use crate::harness::{agent_yaml, new_key, put_as, wait_for, with_key, write_keys, Hive, IMAGE};
 
 #[tokio::test]
 async fn owners_see_only_their_agents_and_roles_limit_verbs() {
@@ -203,7 +151,7 @@ async fn owners_see_only_their_agents_and_roles_limit_verbs() {
 }
 
 #[tokio::test]
-async fn the_keys_file_reloads_on_change_and_a_broken_one_keeps_the_old_keys() {
+async fn the_keys_file_reloads_on_change_and_a_broken_or_deleted_one_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.yaml");
     let (first, first_entry) = new_key("sol", "viewer", "first");
@@ -222,15 +170,31 @@ async fn the_keys_file_reloads_on_change_and_a_broken_one_keeps_the_old_keys() {
     })
     .await;
 
+    // A broken file fails closed: its keys stop working, the admin key does not, and
+    // the log and /readyz say so.
     std::fs::write(&keys, "keys: [this is not: valid").unwrap();
-    wait_for("the reload to be refused", || async {
-        hive.logs()
-            .contains("previous keys stay in force")
-            .then_some(())
+    wait_for("the broken file to fail closed", || async {
+        (status(first.clone()).await == 401).then_some(())
     })
     .await;
-    assert_eq!(status(first.clone()).await, 200);
-    assert_eq!(status(second.clone()).await, 200);
+    assert_eq!(status(second.clone()).await, 401);
+    assert_eq!(status(hive.key.clone()).await, 200, "the break-glass key");
+    assert!(hive.logs().contains("none of its keys is accepted"));
+    let r = hive.get_open("/readyz").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("keys file does not load"));
+    // So does a deleted one.
+    write_keys(&keys, &[&first_entry, &second_entry]);
+    wait_for("the repaired file to be loaded", || async {
+        (status(first.clone()).await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(hive.get_open("/readyz").await.status(), 200);
+    std::fs::remove_file(&keys).unwrap();
+    wait_for("the deleted file to fail closed", || async {
+        (status(first.clone()).await == 401).then_some(())
+    })
+    .await;
 
     // SIGHUP reloads too. The new file has the old one's size and modification time, so
     // only the signal can make Hive notice it: `third` replaces `second`.
