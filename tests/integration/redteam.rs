@@ -194,13 +194,13 @@ async fn names_are_unambiguous_and_a_volume_is_mounted_only_for_its_owners_agent
         )
     };
     assert_eq!(
-        put_as(&hive, &keys["bob"], "keep", &writer(""))
+        put_as(hive, &keys["bob"], "keep", &writer(""))
             .await
             .status(),
         201
     );
     hive.wait_phase("keep", "Running").await;
-    with_key(&hive, &keys["bob"], Method::DELETE, "/v1/agents/keep")
+    with_key(hive, &keys["bob"], Method::DELETE, "/v1/agents/keep")
         .send()
         .await
         .unwrap();
@@ -211,14 +211,14 @@ async fn names_are_unambiguous_and_a_volume_is_mounted_only_for_its_owners_agent
 
     // alice takes the name: the volume is never mounted for her.
     assert_eq!(
-        put_as(&hive, &keys["alice"], "keep", &writer(""))
+        put_as(hive, &keys["alice"], "keep", &writer(""))
             .await
             .status(),
         201
     );
-    let status = status_saying(&hive, "keep", "belongs to another owner").await;
+    let status = status_saying(hive, "keep", "belongs to another owner").await;
     assert_eq!(status["phase"], "Failed");
-    with_key(&hive, &keys["alice"], Method::DELETE, "/v1/agents/keep")
+    with_key(hive, &keys["alice"], Method::DELETE, "/v1/agents/keep")
         .send()
         .await
         .unwrap();
@@ -229,15 +229,15 @@ async fn names_are_unambiguous_and_a_volume_is_mounted_only_for_its_owners_agent
 
     // bob's new agent of that name gets it only by asking.
     assert_eq!(
-        put_as(&hive, &keys["bob"], "keep", &writer(""))
+        put_as(hive, &keys["bob"], "keep", &writer(""))
             .await
             .status(),
         201
     );
-    status_saying(&hive, "keep", "adoptRetained").await;
+    status_saying(hive, "keep", "adoptRetained").await;
     let adopt = writer(", adoptRetained: true");
     assert_eq!(
-        put_as(&hive, &keys["bob"], "keep", &adopt).await.status(),
+        put_as(hive, &keys["bob"], "keep", &adopt).await.status(),
         200
     );
     hive.wait_phase("keep", "Running").await;
