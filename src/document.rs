@@ -1,7 +1,9 @@
 //! Reading JSON and YAML documents strictly, for the API and the command line alike:
 //! one document or a stream of them (YAML `---` separators, or a JSON array), where a key
-//! given twice in one mapping is an error rather than "last one wins".
+//! given twice in one mapping is an error rather than "last one wins"; and mapping a parsed
+//! document onto its type ([`typed`]), naming the field at fault, never the value.
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -42,6 +44,85 @@ pub fn stream(bytes: &[u8]) -> Result<Vec<Value>, String> {
         }
     }
     Ok(out)
+}
+
+/// A check on the raw document before it is mapped onto its type, for refusals that
+/// deserve a better answer than "unknown field".
+pub trait Screen {
+    /// A refusal, naming the field (policy rule `never`).
+    fn screen(_document: &serde_json::Value) -> Result<(), crate::agent::Invalid> {
+        Ok(())
+    }
+}
+
+impl Screen for crate::agent::Agent {
+    fn screen(document: &serde_json::Value) -> Result<(), crate::agent::Invalid> {
+        crate::policy::screen(document)
+    }
+}
+
+/// Why a parsed document is not a `T`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TypedError {
+    /// It is not a mapping at all.
+    #[error("a document must be an object (a mapping)")]
+    NotAnObject,
+    /// It asks for something never allowed (policy rule `never`).
+    #[error("{0}")]
+    Never(crate::agent::Invalid),
+    /// A field is unknown or of the wrong shape.
+    #[error("{0}")]
+    Invalid(crate::agent::Invalid),
+}
+
+/// Maps one parsed document onto `T`, screening it first and naming the field at fault.
+pub fn typed<T: DeserializeOwned + Screen>(value: Value) -> Result<T, TypedError> {
+    if !value.is_object() {
+        return Err(TypedError::NotAnObject);
+    }
+    T::screen(&value).map_err(TypedError::Never)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        // The path names the field at fault, an unknown one included.
+        let field = crate::agent::shown_key(&e.path().to_string());
+        TypedError::Invalid(crate::agent::Invalid::new(
+            field,
+            without_values(&e.into_inner().to_string()),
+        ))
+    })
+}
+
+/// A decoding error with the values a client sent taken out: the answer names the field
+/// and what is wrong with it, never what was sent.
+fn without_values(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    // serde quotes values as `value` or "value"; keep what it expected, drop what it got.
+    for (intro, what) in [
+        ("unknown variant `", "an unknown variant"),
+        ("invalid type: string \"", "invalid type: a string"),
+        ("invalid value: string \"", "invalid value: a string"),
+        ("invalid value: integer `", "invalid value: an integer"),
+        ("invalid type: integer `", "invalid type: an integer"),
+        ("invalid type: floating point `", "invalid type: a number"),
+        ("invalid value: floating point `", "invalid value: a number"),
+    ] {
+        if let Some(at) = rest.find(intro) {
+            let after = &rest[at + intro.len()..];
+            let close = if intro.ends_with('"') { '"' } else { '`' };
+            if let Some(end) = after.find(close) {
+                out.push_str(&rest[..at]);
+                out.push_str(what);
+                rest = &after[end + 1..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    let mut shown: String = out.chars().take(300).collect();
+    if out.chars().count() > 300 {
+        shown.push_str("...");
+    }
+    shown
 }
 
 /// A JSON value read strictly: a key given twice in one mapping is an error, not a

@@ -6,22 +6,26 @@
 //! an agent that is talked into something can ask Hive for agents, never for the host.
 //!
 //! # Layout
-//! - [`agent`]: the resource (metadata, spec, status), its validation, and the container it asks for.
-//! - [`store`]: desired state and status on disk (sled); durable before a write is answered.
-//! - [`api`]: the HTTP layer (axum): routes, auth and audit middleware, body parsing, one error type.
-//! - [`document`]: strict JSON/YAML parsing of one document or a stream, shared with the CLI.
-//! - [`access`]: keys, their owners and roles; [`policy`]: what an agent may be (admission).
-//! - [`controller`]: the runtime (queue, triggers, backoff) apart from `reconcile` and the pure `plan`.
+//! - [`agent`]: the resource (metadata, spec, status), its validation and quantities.
+//! - [`service`]: the one write path: admission, owners, policy, the store write, the flush,
+//!   waking the controller, and the audit entry, for every adapter alike.
+//! - Adapters over the service: [`api`] (HTTP, axum), [`gitops`] (a directory of manifests).
+//! - [`store`]: desired state on disk (sled): agents, watch history, audit, events, secrets.
+//! - [`controller`]: the runtime (queue, triggers, backoff by error kind) apart from
+//!   `reconcile`, the pure `plan`, and `workload` (what an agent asks a backend to run).
+//! - [`orchestrator`]: the workload-level backend trait; [`orchestrator::docker`] is the
+//!   only user of bollard.
 //! - [`lease`]: leader election, so that one Hive at a time reconciles an instance.
-//! - [`orchestrator`]: the `Orchestrator` trait and its Docker implementation (the only bollard user).
+//! - [`access`]: keys, owners and roles; [`policy`]: what an agent may be (admission);
+//!   [`image`]: image references and patterns; [`selector`]: label selectors;
+//!   [`document`]: strict JSON/YAML parsing, shared with the CLI.
 //! - [`cli`]: the client commands of the `hive` binary (apply, get, describe, delete, ...).
-//! - [`manifests`]: GitOps, following a directory of manifests through the same apply path.
-//! - [`metrics`]: Prometheus metrics of the controller and the API.
-//! - [`serve`]: the HTTP server loop (connection cap, header timeout, graceful close).
-//! - [`config`]: the flags of `hive serve`.
-//! - [`shutdown`]: the Ctrl-C / SIGTERM signal.
+//! - [`metrics`]: Prometheus metrics; [`serve`]: the HTTP server loop (connection cap,
+//!   header timeout, graceful close); [`config`]: the flags of `hive serve`; [`shutdown`]:
+//!   the Ctrl-C / SIGTERM signal; `testing` (feature): the in-memory backend for tests.
 //!
-//! [`run`] wires them together; `main` only parses flags and calls it.
+//! [`App`] wires them together around a backend it is given; [`run`] serves it. `main`
+//! only parses flags, makes the Docker backend and calls [`run`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,21 +41,25 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod document;
+pub mod gitops;
 pub mod image;
 pub mod lease;
-pub mod manifests;
 pub mod metrics;
 pub mod orchestrator;
 pub mod policy;
+pub mod selector;
 pub mod serve;
+pub mod service;
 pub mod shutdown;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::Config;
 
 use access::{KeySource, Keys};
-use orchestrator::docker::{DockerOrchestrator, DockerSettings};
 use orchestrator::Orchestrator;
+use service::Service;
 use store::Store;
 
 /// Why Hive could not start or stopped with an error.
@@ -77,194 +85,261 @@ pub enum Error {
     Held(#[from] lease::InstanceHeld),
 }
 
-/// Runs Hive on `listener` until `shutdown` completes: opens the store, connects to the
-/// engine, starts the controller and serves the API. On shutdown it stops accepting,
-/// finishes the reconciles in flight and flushes the store; agents keep running.
+/// Runs Hive with `backend` on `listener` until `shutdown` completes: see [`App`].
 pub async fn run(
     config: Config,
+    backend: Arc<dyn Orchestrator>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    agent::validate_name(&config.instance)
-        .map_err(|m| Error::Instance(config.instance.clone(), m))?;
-    // The store holds secrets: only Hive's user may read the directory.
-    std::fs::create_dir_all(&config.data_dir)
-        .and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
-        })
-        .map_err(|source| Error::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-    let store = Arc::new(Store::open(&config.data_dir)?);
-    let (keys, source) = Keys::load(
-        config.api_key.as_ref().map(|s| s.0.as_str()),
-        config.api_key_file.as_deref(),
-        config.keys_file.as_deref(),
-        &config.data_dir,
-    )?;
-    let keys = Arc::new(keys);
-    let policy = match &config.policy {
-        Some(path) => {
-            let p = policy::Policy::load(path)?;
-            info!(path = %path.display(), rules = ?policy::describe(&p), "admission policy");
-            p
-        }
-        None => {
-            warn!("no --policy: every image is allowed (containers still get default limits)");
-            policy::Policy::default()
-        }
-    };
-    match source {
-        KeySource::Environment => info!("API key from AGENT_API_KEY"),
-        KeySource::File(path) => info!(path = %path.display(), "API key from file"),
-        KeySource::Generated(path) => {
-            info!(path = %path.display(), "generated an API key (mode 0600); clients need its contents")
-        }
-    }
-    let orchestrator: Arc<dyn Orchestrator> = Arc::new(DockerOrchestrator::new(DockerSettings {
-        host: config.docker_host.clone(),
-        instance: config.instance.clone(),
-        network: config.agent_network.clone(),
-        store: store.id().to_string(),
-        timeout: config.engine_timeout.into(),
-    }));
-    if let Err(e) = orchestrator.ping().await {
-        warn!(error = %e, "the container engine does not answer yet; serving anyway and retrying");
-    }
+    App::new(config, backend)
+        .await?
+        .run(listener, shutdown)
+        .await
+}
 
-    // One Hive reconciles an instance: take its lease, or stop here if another holds it.
-    let lease_settings = lease::Settings {
-        instance: config.instance.clone(),
-        duration: config.lease_duration.into(),
-        standby: config.standby,
-    };
-    let first_look = lease_settings.duration + std::time::Duration::from(config.engine_timeout);
-    let (mut elector, leadership) = lease::Elector::new(
-        orchestrator.clone(),
-        lease::this_process(&config.data_dir, store.id()),
-        lease_settings,
-    );
-    match tokio::time::timeout(first_look, elector.start()).await {
-        Ok(Err(held)) => return Err(held.into()),
-        Ok(Ok(())) => {}
-        Err(_) => warn!("the instance's lease is not settled yet; not reconciling until it is"),
-    }
-    match &*leadership.borrow() {
-        lease::Leadership::Leading { .. } => {}
-        lease::Leadership::Standby { holder } => info!(
-            instance = %config.instance, holder = %holder.holder,
-            "standing by: another Hive holds the instance; taking over when its lease expires"
-        ),
-        lease::Leadership::Unknown { reason } => {
-            warn!(%reason, "not reconciling until the instance's lease is held")
-        }
-    }
+/// Everything `hive serve` runs, wired around a backend but not yet running: the store,
+/// the keys and policy, the service (the one write path), the controller, the lease
+/// election and the router. Tests build one around the in-memory backend and drive its
+/// [`router`](App::router) without a socket.
+pub struct App {
+    config: Config,
+    store: Arc<Store>,
+    keys: Arc<Keys>,
+    service: Arc<Service>,
+    controller: controller::Controller,
+    elector: lease::Elector,
+    leadership: tokio::sync::watch::Receiver<lease::Leadership>,
+    state: api::AppState,
+}
 
-    let stop = CancellationToken::new();
-    let metrics = Arc::new(metrics::Metrics::default());
-    let policy = Arc::new(policy);
-    let controller = controller::Controller::new(
-        store.clone(),
-        orchestrator.clone(),
-        metrics.clone(),
-        policy.clone(),
-        controller::Settings {
-            resync_interval: config.resync_interval.into(),
-            max_concurrent: config.max_concurrent_reconciles,
-            adopt_foreign: config.adopt_foreign,
-            shutdown_grace: SHUTDOWN_GRACE,
-        },
-    );
-    if config.adopt_foreign {
-        warn!("--adopt-foreign: containers of this instance from other stores are replaced or removed as this store's own");
-    }
-    let state = api::AppState {
-        store: store.clone(),
-        orchestrator,
-        controller: controller.handle(),
-        keys: keys.clone(),
-        policy,
-        admission: Arc::new(tokio::sync::Mutex::new(())),
-        metrics,
-        sync: config
-            .manifests_dir
-            .as_ref()
-            .map(|_| Arc::new(std::sync::Mutex::new(manifests::SyncStatus::default()))),
-        leadership: leadership.clone(),
-        instance: config.instance.clone(),
-        reserved_names: Arc::new(config.reserved_names.clone()),
-        streams: Arc::new(api::streams::StreamLimits::new(config.max_streams_per_key)),
-    };
-    if let (Some(dir), Some(status)) = (&config.manifests_dir, &state.sync) {
-        info!(dir = %dir.display(), rescan = %config.manifests_rescan, watch = config.manifests_watch, "following a manifests directory");
-        let syncer = manifests::Syncer::new(
-            manifests::Settings {
-                dir: dir.clone(),
-                rescan: config.manifests_rescan.into(),
-                watch: config.manifests_watch,
-            },
-            state.clone(),
-            status.clone(),
+impl App {
+    /// Opens the store (created if needed, private to Hive's user), loads the keys and the
+    /// policy, and takes the instance's lease if it may: an instance held by a live Hive
+    /// is an error, unless `--standby`.
+    pub async fn new(config: Config, backend: Arc<dyn Orchestrator>) -> Result<App, Error> {
+        agent::validate_name(&config.instance)
+            .map_err(|m| Error::Instance(config.instance.clone(), m))?;
+        // The store holds secrets: only Hive's user may read the directory.
+        std::fs::create_dir_all(&config.data_dir)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|source| Error::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        let (keys, source) = Keys::load(
+            config.api_key.as_ref().map(|s| s.0.as_str()),
+            config.api_key_file.as_deref(),
+            config.keys_file.as_deref(),
+            &config.data_dir,
+        )?;
+        let keys = Arc::new(keys);
+        let policy = match &config.policy {
+            Some(path) => {
+                let p = policy::Policy::load(path)?;
+                info!(path = %path.display(), rules = ?policy::describe(&p), "admission policy");
+                p
+            }
+            None => {
+                warn!("no --policy: every image is allowed (containers still get default limits)");
+                policy::Policy::default()
+            }
+        };
+        let policy = Arc::new(policy);
+        match source {
+            KeySource::Environment => info!("API key from AGENT_API_KEY"),
+            KeySource::File(path) => info!(path = %path.display(), "API key from file"),
+            KeySource::Generated(path) => {
+                info!(path = %path.display(), "generated an API key (mode 0600); clients need its contents")
+            }
+        }
+        if let Err(e) = backend.ping().await {
+            warn!(error = %e, "the container engine does not answer yet; serving anyway and retrying");
+        }
+
+        // One Hive reconciles an instance: take its lease, or stop here if another holds it.
+        let lease_settings = lease::Settings {
+            instance: config.instance.clone(),
+            duration: config.lease_duration.into(),
+            standby: config.standby,
+        };
+        let first_look = lease_settings.duration + std::time::Duration::from(config.engine_timeout);
+        let (mut elector, leadership) = lease::Elector::new(
+            backend.clone(),
+            lease::this_process(&config.data_dir, store.id()),
+            lease_settings,
         );
-        tokio::spawn(syncer.run(stop.clone()));
-    }
-    if keys.file().is_some() {
-        tokio::spawn(watch_keys(keys, stop.clone()));
-    }
-    let controller_task = tokio::spawn(controller.run(stop.clone(), leadership));
-    // The lease is given up last, once nothing reconciles any more.
-    let stop_lease = CancellationToken::new();
-    let (fatal_tx, mut fatal) = tokio::sync::mpsc::channel(1);
-    let elector_task = tokio::spawn(elector.run(stop_lease.clone(), fatal_tx));
+        match tokio::time::timeout(first_look, elector.start()).await {
+            Ok(Err(held)) => return Err(held.into()),
+            Ok(Ok(())) => {}
+            Err(_) => warn!("the instance's lease is not settled yet; not reconciling until it is"),
+        }
+        match &*leadership.borrow() {
+            lease::Leadership::Leading { .. } => {}
+            lease::Leadership::Standby { holder } => info!(
+                instance = %config.instance, holder = %holder.holder,
+                "standing by: another Hive holds the instance; taking over when its lease expires"
+            ),
+            lease::Leadership::Unknown { reason } => {
+                warn!(%reason, "not reconciling until the instance's lease is held")
+            }
+        }
 
-    let addr = listener.local_addr().map_err(Error::Serve)?;
-    info!(%addr, instance = %config.instance, store = %store.id(), "listening");
-    let mut server = tokio::spawn(serve::serve(
-        listener,
-        api::router(state),
-        config.max_connections,
-        stop.clone(),
-        SHUTDOWN_GRACE,
-    ));
-    let mut held = None;
-    let served = tokio::select! {
-        () = shutdown => None,
-        r = &mut server => Some(r),
-        Some(h) = fatal.recv() => {
-            held = Some(h);
-            None
+        let metrics = Arc::new(metrics::Metrics::default());
+        let controller = controller::Controller::new(
+            store.clone(),
+            backend.clone(),
+            metrics.clone(),
+            policy.clone(),
+            controller::Settings {
+                resync_interval: config.resync_interval.into(),
+                max_concurrent: config.max_concurrent_reconciles,
+                adopt_foreign: config.adopt_foreign,
+                shutdown_grace: SHUTDOWN_GRACE,
+            },
+        );
+        if config.adopt_foreign {
+            warn!("--adopt-foreign: containers of this instance from other stores are replaced or removed as this store's own");
         }
-    };
-    match &held {
-        Some(h) => warn!("{h}; shutting down"),
-        None => info!("shutting down: no new requests"),
+        let service = Arc::new(Service::new(
+            store.clone(),
+            policy,
+            controller.handle(),
+            Arc::new(config.reserved_names.clone()),
+            leadership.clone(),
+            config.instance.clone(),
+        ));
+        let state = api::AppState {
+            service: service.clone(),
+            store: store.clone(),
+            orchestrator: backend,
+            controller: controller.handle(),
+            keys: keys.clone(),
+            metrics,
+            sync: config
+                .manifests_dir
+                .as_ref()
+                .map(|_| Arc::new(std::sync::Mutex::new(gitops::SyncStatus::default()))),
+            leadership: leadership.clone(),
+            instance: config.instance.clone(),
+            streams: Arc::new(api::streams::StreamLimits::new(config.max_streams_per_key)),
+        };
+        Ok(App {
+            config,
+            store,
+            keys,
+            service,
+            controller,
+            elector,
+            leadership,
+            state,
+        })
     }
-    stop.cancel();
-    // Reconciles in flight and open requests get the same grace, at the same time.
-    let server_done = async {
-        match served {
-            Some(r) => r,
-            None => server.await,
+
+    /// The API, for driving without a socket.
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// The one write path.
+    pub fn service(&self) -> Arc<Service> {
+        self.service.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes: the controller, the lease, the
+    /// manifests directory, the keys file and the API. On shutdown it stops accepting,
+    /// finishes the reconciles in flight and the requests open (for at most the grace),
+    /// gives up the lease and flushes the store; agents keep running.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let App {
+            config,
+            store,
+            keys,
+            service,
+            controller,
+            elector,
+            leadership,
+            state,
+        } = self;
+        let stop = CancellationToken::new();
+        if let (Some(dir), Some(status)) = (&config.manifests_dir, &state.sync) {
+            info!(dir = %dir.display(), rescan = %config.manifests_rescan, watch = config.manifests_watch, "following a manifests directory");
+            let syncer = gitops::Syncer::new(
+                gitops::Settings {
+                    dir: dir.clone(),
+                    rescan: config.manifests_rescan.into(),
+                    watch: config.manifests_watch,
+                },
+                service,
+                leadership.clone(),
+                status.clone(),
+            );
+            tokio::spawn(syncer.run(stop.clone()));
         }
-    };
-    let (controller_done, served) = tokio::join!(controller_task, server_done);
-    if controller_done.is_err() {
-        warn!("the controller task panicked");
+        if keys.file().is_some() {
+            tokio::spawn(watch_keys(keys, stop.clone()));
+        }
+        let controller_task = tokio::spawn(controller.run(stop.clone(), leadership));
+        // The lease is given up last, once nothing reconciles any more.
+        let stop_lease = CancellationToken::new();
+        let (fatal_tx, mut fatal) = tokio::sync::mpsc::channel(1);
+        let elector_task = tokio::spawn(elector.run(stop_lease.clone(), fatal_tx));
+
+        let addr = listener.local_addr().map_err(Error::Serve)?;
+        info!(%addr, instance = %config.instance, store = %store.id(), "listening");
+        let mut server = tokio::spawn(serve::serve(
+            listener,
+            api::router(state),
+            config.max_connections,
+            stop.clone(),
+            SHUTDOWN_GRACE,
+        ));
+        let mut held = None;
+        let served = tokio::select! {
+            () = shutdown => None,
+            r = &mut server => Some(r),
+            Some(h) = fatal.recv() => {
+                held = Some(h);
+                None
+            }
+        };
+        match &held {
+            Some(h) => warn!("{h}; shutting down"),
+            None => info!("shutting down: no new requests"),
+        }
+        stop.cancel();
+        // Reconciles in flight and open requests get the same grace, at the same time.
+        let server_done = async {
+            match served {
+                Some(r) => r,
+                None => server.await,
+            }
+        };
+        let (controller_done, served) = tokio::join!(controller_task, server_done);
+        if controller_done.is_err() {
+            warn!("the controller task panicked");
+        }
+        stop_lease.cancel();
+        if elector_task.await.is_err() {
+            warn!("the lease task panicked");
+        }
+        store.flush().await?;
+        info!("stopped; agents keep running");
+        if let Some(h) = held {
+            return Err(h.into());
+        }
+        served
+            .map_err(|e| Error::Serve(std::io::Error::other(e)))?
+            .map_err(Error::Serve)
     }
-    stop_lease.cancel();
-    if elector_task.await.is_err() {
-        warn!("the lease task panicked");
-    }
-    store.flush().await?;
-    info!("stopped; agents keep running");
-    if let Some(h) = held {
-        return Err(h.into());
-    }
-    served
-        .map_err(|e| Error::Serve(std::io::Error::other(e)))?
-        .map_err(Error::Serve)
 }
 
 /// Re-reads the keys file on SIGHUP and whenever its modification time or size changes

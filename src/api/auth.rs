@@ -1,24 +1,36 @@
-//! The /v1 middleware: authenticates the caller's key (see [`crate::access`]), hands the
-//! [`Principal`] to the handlers, and records every mutation, accepted or refused, in the
-//! audit log and in the logs. Keys are never logged; a key's id is.
+//! The /v1 middleware: authenticates the caller's key (see [`crate::access`]) and hands
+//! the [`Principal`](crate::access::Principal) to the handlers. The service audits every
+//! mutation; what is refused before it gets there is audited here. Keys are never logged;
+//! a key's id is.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tracing::info;
 
-use super::error::{clip, ApiError, AuditReason};
+use super::error::{ApiError, AuditReason};
 use super::AppState;
-use crate::access::Principal;
-use crate::agent::now_rfc3339;
-use crate::store::AuditEntry;
+use crate::service::ServiceError;
 
-/// Set by a handler on its response: what the audit entry should name.
-#[derive(Clone, Debug)]
-pub struct AuditNote {
-    pub verb: &'static str,
-    pub agent: String,
+/// Whether the service audited the request: handlers that call a service mutation say
+/// so ([`AuditMark::through`]); a mutation refused before it got there (no valid key, a
+/// body that cannot be read) is audited by the middleware instead.
+#[derive(Clone, Default)]
+pub struct AuditMark(Arc<AtomicBool>);
+
+impl AuditMark {
+    /// Passes a service answer on, noting that the service audited it.
+    pub fn through<T>(&self, r: Result<T, ServiceError>) -> Result<T, ApiError> {
+        self.0.store(true, Ordering::Relaxed);
+        r.map_err(ApiError::from)
+    }
+
+    fn audited(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
@@ -56,7 +68,8 @@ fn presented(headers: &HeaderMap) -> Result<&str, &'static str> {
     }
 }
 
-/// Middleware: refuse any request without a valid key; audit every mutation.
+/// Middleware: refuse any request without a valid key; make sure every mutation is
+/// audited (by the service, or here when it was refused before reaching it).
 pub async fn authenticate(
     State(state): State<AppState>,
     mut request: Request,
@@ -87,81 +100,46 @@ pub async fn authenticate(
                     .extensions()
                     .get::<axum::extract::MatchedPath>()
                     .map_or_else(|| "/v1/...".to_string(), |m| format!("/v1{}", m.as_str()));
-                audit(&state, None, &method, &route, &response);
+                state
+                    .service
+                    .audit_refusal(None, &format!("{method} {route}"), "-", 401, why);
             }
             return response;
         }
     };
+    let mark = AuditMark::default();
     request.extensions_mut().insert(principal.clone());
-    // A standby stores nothing: what it stored would not be what runs.
-    let standby = mutation.then(|| state.standby_reason()).flatten();
-    let response = match standby {
-        Some(reason) => ApiError::Unavailable(reason).into_response(),
-        None => next.run(request).await,
-    };
-    if mutation {
-        audit(&state, Some(&principal), &method, &path, &response);
+    request.extensions_mut().insert(mark.clone());
+    let response = next.run(request).await;
+    if mutation && !mark.audited() {
+        let (verb, agent) = named(&method, &path);
+        let reason = response
+            .extensions()
+            .get::<AuditReason>()
+            .map_or("", |r| r.0.as_str());
+        state.service.audit_refusal(
+            Some(&principal),
+            &verb,
+            &agent,
+            response.status().as_u16(),
+            reason,
+        );
     }
     response
 }
 
-/// Writes one audit entry (store and log). A failure to store is logged, never hidden.
-fn audit(
-    state: &AppState,
-    who: Option<&Principal>,
-    method: &Method,
-    path: &str,
-    response: &Response,
-) {
-    let note = response.extensions().get::<AuditNote>();
+/// What a mutation refused before the service is called, by its path.
+fn named(method: &Method, path: &str) -> (String, String) {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (verb, agent) = match (note, method, segments.as_slice()) {
-        (Some(n), _, _) => (n.verb.to_string(), n.agent.clone()),
-        (None, &Method::POST, ["v1", "agents"]) => ("create".into(), "-".into()),
-        (None, &Method::PUT, ["v1", "agents", name]) => ("apply".into(), name.to_string()),
-        (None, &Method::DELETE, ["v1", "agents", name]) => ("delete".into(), name.to_string()),
-        (None, &Method::POST, ["v1", "agents", name, "action"]) => {
-            ("action".into(), name.to_string())
-        }
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["v1", "agents"]) => ("create".into(), "-".into()),
+        (&Method::PUT, ["v1", "agents", name]) => ("apply".into(), name.to_string()),
+        (&Method::DELETE, ["v1", "agents", name]) => ("delete".into(), name.to_string()),
+        (&Method::POST, ["v1", "agents", name, "action"]) => ("action".into(), name.to_string()),
+        (&Method::POST, ["v1", "apply"]) => ("apply".into(), "-".into()),
+        (&Method::PUT, ["v1", "secrets", name]) => ("write secret".into(), name.to_string()),
+        (&Method::DELETE, ["v1", "secrets", name]) => ("delete secret".into(), name.to_string()),
         _ => (format!("{method} {path}"), "-".into()),
-    };
-    let (verb, agent) = (clip(&verb, 128), clip(&agent, 63));
-    let status = response.status().as_u16();
-    let outcome = if status < 400 { "accepted" } else { "refused" };
-    let reason = response
-        .extensions()
-        .get::<AuditReason>()
-        .map(|r| clip(&r.0, 256));
-    let entry = AuditEntry {
-        id: 0,
-        time: now_rfc3339(),
-        key_id: who.map_or("-".into(), |p| p.key_id.clone()),
-        owner: who.map_or("-".into(), |p| p.owner.clone()),
-        verb,
-        agent,
-        outcome: outcome.into(),
-        status,
-        reason,
-        count: 1,
-    };
-    let stored = match who {
-        Some(_) => state.store.record_audit(entry.clone()),
-        None => state.store.record_unauthenticated(entry.clone()),
-    };
-    match stored {
-        // A flood of requests without a key is logged once a minute, as it is stored.
-        Ok(e) if e.count > 1 => {}
-        stored => {
-            info!(
-                target: "hive::audit",
-                key_id = %entry.key_id, owner = %entry.owner, verb = %entry.verb, agent = %entry.agent,
-                outcome = %entry.outcome, status, reason = entry.reason.as_deref().unwrap_or(""),
-                "audit"
-            );
-            if let Err(e) = stored {
-                tracing::error!(error = %e, "could not store an audit entry");
-            }
-        }
     }
 }
 

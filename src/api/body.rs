@@ -7,6 +7,8 @@ use axum::http::header::CONTENT_TYPE;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
+pub use crate::document::Screen;
+
 use super::error::ApiError;
 
 /// How long a client may take to send a body.
@@ -36,23 +38,6 @@ pub struct Document<T>(pub T);
 enum Format {
     Json,
     Yaml,
-}
-
-/// A check on the raw document before it is mapped onto its type, for refusals that
-/// deserve a better answer than "unknown field".
-pub trait Screen {
-    fn screen(_document: &serde_json::Value) -> Result<(), ApiError> {
-        Ok(())
-    }
-}
-
-impl Screen for crate::agent::Agent {
-    fn screen(document: &serde_json::Value) -> Result<(), ApiError> {
-        crate::policy::screen(document).map_err(|invalid| ApiError::Refused {
-            rule: "never".into(),
-            invalid,
-        })
-    }
 }
 
 impl<S: Send + Sync, T: DeserializeOwned + Screen> FromRequest<S> for Document<T> {
@@ -166,53 +151,9 @@ fn decode<T: DeserializeOwned + Screen>(format: Format, bytes: &[u8]) -> Result<
     typed(value)
 }
 
-/// Maps one parsed document onto `T`, screening it first and naming the field at fault.
+/// Maps one parsed document onto `T`, in the API's error shape.
 pub fn typed<T: DeserializeOwned + Screen>(value: serde_json::Value) -> Result<T, ApiError> {
-    if !value.is_object() {
-        return Err(ApiError::BadRequest(
-            "a document must be an object (a mapping)".into(),
-        ));
-    }
-    T::screen(&value)?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        // The path names the field at fault, an unknown one included.
-        let field = crate::agent::shown_key(&e.path().to_string());
-        ApiError::invalid(field, without_values(&e.into_inner().to_string()))
-    })
-}
-
-/// A decoding error with the values a client sent taken out: the answer names the field
-/// and what is wrong with it, never what was sent.
-fn without_values(message: &str) -> String {
-    let mut out = String::new();
-    let mut rest = message;
-    // serde quotes values as `value` or "value"; keep what it expected, drop what it got.
-    for (intro, what) in [
-        ("unknown variant `", "an unknown variant"),
-        ("invalid type: string \"", "invalid type: a string"),
-        ("invalid value: string \"", "invalid value: a string"),
-        ("invalid value: integer `", "invalid value: an integer"),
-        ("invalid type: integer `", "invalid type: an integer"),
-        ("invalid type: floating point `", "invalid type: a number"),
-        ("invalid value: floating point `", "invalid value: a number"),
-    ] {
-        if let Some(at) = rest.find(intro) {
-            let after = &rest[at + intro.len()..];
-            let close = if intro.ends_with('"') { '"' } else { '`' };
-            if let Some(end) = after.find(close) {
-                out.push_str(&rest[..at]);
-                out.push_str(what);
-                rest = &after[end + 1..];
-                break;
-            }
-        }
-    }
-    out.push_str(rest);
-    let mut shown: String = out.chars().take(300).collect();
-    if out.chars().count() > 300 {
-        shown.push_str("...");
-    }
-    shown
+    crate::document::typed(value).map_err(ApiError::from)
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::agent::Invalid;
-use crate::orchestrator::OrchestratorError;
-use crate::store::StoreError;
+use crate::service::{DocumentError, ServiceError};
 
 /// A failure answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -90,35 +89,6 @@ impl ApiError {
         }
     }
 
-    /// This error as one entry of a bulk apply's answer.
-    pub fn for_document(&self, index: usize, name: Option<String>) -> DocumentError {
-        let (_, code) = self.status_and_code();
-        let (field, rule, message) = match self {
-            ApiError::Invalid(i) => (
-                Some(i.field.clone()),
-                None,
-                format!("{}: {}", i.field, i.message),
-            ),
-            ApiError::Refused { rule, invalid } => (
-                Some(invalid.field.clone()),
-                Some(rule.clone()),
-                format!("{}: {}", invalid.field, invalid.message),
-            ),
-            ApiError::QuotaExceeded { rule, message } => {
-                (None, Some(rule.clone()), message.clone())
-            }
-            other => (None, None, other.to_string()),
-        };
-        DocumentError {
-            index,
-            name,
-            code,
-            field,
-            rule,
-            message,
-        }
-    }
-
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Invalid(Invalid::new(field, message))
     }
@@ -149,21 +119,6 @@ pub struct ErrorDetail {
     pub documents: Option<Vec<DocumentError>>,
 }
 
-/// Why one document of a bulk apply cannot be applied.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct DocumentError {
-    /// Position in the body, from 0.
-    pub index: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    pub code: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    pub message: String,
-}
-
 /// `text`, printable, cut to `max` characters.
 pub fn clip(text: &str, max: usize) -> String {
     let mut out: String = text
@@ -181,15 +136,15 @@ pub fn clip(text: &str, max: usize) -> String {
 #[derive(Clone, Debug)]
 pub struct AuditReason(pub String);
 
-impl From<crate::policy::Refusal> for ApiError {
-    fn from(r: crate::policy::Refusal) -> Self {
-        match r {
-            crate::policy::Refusal::Invalid { rule, invalid } => {
-                ApiError::Refused { rule, invalid }
-            }
-            crate::policy::Refusal::Quota { rule, message } => {
-                ApiError::QuotaExceeded { rule, message }
-            }
+impl From<crate::document::TypedError> for ApiError {
+    fn from(e: crate::document::TypedError) -> Self {
+        match e {
+            crate::document::TypedError::NotAnObject => ApiError::BadRequest(e.to_string()),
+            crate::document::TypedError::Never(invalid) => ApiError::Refused {
+                rule: "never".into(),
+                invalid,
+            },
+            crate::document::TypedError::Invalid(i) => ApiError::Invalid(i),
         }
     }
 }
@@ -200,41 +155,21 @@ impl From<Invalid> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        let message = e.to_string();
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
         match e {
-            StoreError::NotFound(_) => ApiError::NotFound(message),
-            StoreError::AlreadyExists(_) => ApiError::Conflict {
-                code: "already_exists",
-                message,
-            },
-            StoreError::Conflict { .. } => ApiError::Conflict {
-                code: "conflict",
-                message,
-            },
-            StoreError::Terminating(_) => ApiError::Conflict {
-                code: "terminating",
-                message,
-            },
-            StoreError::OwnedBy { .. } => ApiError::Conflict {
-                code: "owned_by_another",
-                message,
-            },
-            StoreError::Locked(_)
-            | StoreError::Sled(_)
-            | StoreError::Corrupt { .. }
-            | StoreError::Flush(_) => {
-                tracing::error!(error = %message, "store failure");
-                ApiError::Internal(message)
+            ServiceError::Invalid(i) => ApiError::Invalid(i),
+            ServiceError::Refused { rule, invalid } => ApiError::Refused { rule, invalid },
+            ServiceError::Quota { rule, message } => ApiError::QuotaExceeded { rule, message },
+            ServiceError::Forbidden(m) => ApiError::Forbidden(m),
+            ServiceError::NotFound(m) => ApiError::NotFound(m),
+            ServiceError::Conflict { code, message } => ApiError::Conflict { code, message },
+            ServiceError::InvalidDocuments { total, documents } => {
+                ApiError::InvalidDocuments { total, documents }
             }
+            ServiceError::Unavailable(m) => ApiError::Unavailable(m),
+            ServiceError::Internal(m) => ApiError::Internal(m),
         }
-    }
-}
-
-impl From<OrchestratorError> for ApiError {
-    fn from(e: OrchestratorError) -> Self {
-        ApiError::Unavailable(e.to_string())
     }
 }
 

@@ -1,11 +1,13 @@
-//! The HTTP API: `fn router(state) -> Router`, so tests can drive it without a socket.
+//! The HTTP API: `fn router(state) -> Router`, so tests can drive it without a socket. An
+//! adapter over the [`Service`](crate::service::Service): handlers read the request, call
+//! the service, and answer; the rules live in the service.
 //!
 //! Routes (all under /v1 demand the API key):
-//! - `POST /v1/agents`, `GET /v1/agents[?label=k=v]`
+//! - `POST /v1/agents`, `GET /v1/agents[?label=k=v][&watch=true]`
 //! - `GET|PUT|DELETE /v1/agents/{name}`, `POST /v1/agents/{name}/action`
 //! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`, `GET /v1/agents/{name}/events`, `GET /v1/audit` (admins)
-//! - `POST /v1/apply[?dryRun=true]` (many documents, all checked before any is written)
-//! - `GET /v1/sync` (the manifests directory's state)
+//! - `POST /v1/apply[?dryRun=true][&prune=true]` (many documents, all checked before any is written)
+//! - `GET /v1/sync` (the manifests directory's state; admins)
 //! - `GET /v1/secrets`, `GET|PUT|DELETE /v1/secrets/{name}` (write-only values)
 //! - `GET /metrics` (Prometheus text; needs a key)
 //! - `GET /healthz`, `GET /readyz`, `GET /openapi.json` (no key)
@@ -19,68 +21,51 @@ use axum::{middleware, Json, Router};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
+use crate::access::{Keys, Principal};
 use crate::controller;
 use crate::orchestrator::Orchestrator;
+use crate::service::Service;
 use crate::store::Store;
 
 mod agents;
-pub mod apply;
+mod apply;
+mod audit;
 pub mod auth;
 pub mod body;
 pub mod error;
 pub mod openapi;
 mod secrets;
 pub mod streams;
+mod watch;
 
+pub use agents::{AgentList, EventList};
+pub use apply::{ApplyAnswer, APPLY_SOURCE};
 pub use error::ApiError;
 use error::ErrorBody;
-
-use crate::access::Keys;
-use crate::policy::Policy;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    /// Desired state and status.
+    /// Every write, and the reads a key may make.
+    pub service: Arc<Service>,
+    /// The store, for reads the service does not shape (watch, metrics, readiness).
     pub store: Arc<Store>,
     /// The engine, for readiness and logs.
     pub orchestrator: Arc<dyn Orchestrator>,
-    /// Wakes the controller after a write.
+    /// What the controller found (other stores' workloads).
     pub controller: controller::Handle,
     /// The keys /v1 requests may carry.
     pub keys: Arc<Keys>,
-    /// What agents may be.
-    pub policy: Arc<Policy>,
-    /// Held from an admission check to its write, so quotas cannot be raced past.
-    pub admission: Arc<tokio::sync::Mutex<()>>,
     /// Counters and timings for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The manifests directory's sync state, when one is followed.
-    pub sync: Option<Arc<std::sync::Mutex<crate::manifests::SyncStatus>>>,
-    /// Whether this Hive holds its instance's lease; a standby refuses writes.
+    pub sync: Option<Arc<std::sync::Mutex<crate::gitops::SyncStatus>>>,
+    /// Whether this Hive holds its instance's lease.
     pub leadership: tokio::sync::watch::Receiver<crate::lease::Leadership>,
     /// This Hive's instance, for answers that name it.
     pub instance: String,
-    /// Names no agent may have (the deployment's services on the agents' network).
-    pub reserved_names: Arc<Vec<String>>,
     /// Watches and log follows open per key.
     pub streams: Arc<streams::StreamLimits>,
-}
-
-impl AppState {
-    /// Why this Hive takes no writes now: another Hive holds its instance.
-    pub fn standby_reason(&self) -> Option<String> {
-        match &*self.leadership.borrow() {
-            crate::lease::Leadership::Standby { holder } => Some(format!(
-                "this Hive is a standby: instance {:?} is held by another Hive ({}) since {}; \
-                 send writes to that one",
-                self.instance,
-                holder.holder,
-                crate::lease::rfc3339_ms(holder.acquired_ms)
-            )),
-            _ => None,
-        }
-    }
 }
 
 /// Adds routes to a router and lists them (method, path), so that what is served and what
@@ -106,12 +91,12 @@ fn keyed_routes() -> (
 ) {
     let (v1, mut served) = routes!(Router::new(), "/v1";
         "/agents" => post(agents::create).get(agents::list);
-        "/agents/{name}" => get(agents::get).put(agents::apply).delete(agents::delete);
+        "/agents/{name}" => get(agents::get).put(agents::put).delete(agents::delete);
         "/agents/{name}/action" => post(agents::action);
         "/agents/{name}/logs" => get(agents::logs);
         "/agents/{name}/events" => get(agents::events);
-        "/audit" => get(agents::audit);
-        "/apply" => post(apply::apply_many);
+        "/audit" => get(audit::audit);
+        "/apply" => post(apply::apply);
         "/sync" => get(sync);
         "/secrets" => get(secrets::list);
         "/secrets/{name}" => get(secrets::get).put(secrets::put).delete(secrets::delete);
@@ -163,7 +148,8 @@ pub fn router(state: AppState) -> Router {
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let phases: Vec<_> = state
         .store
-        .list()?
+        .list()
+        .map_err(crate::service::ServiceError::from)?
         .into_iter()
         .map(|r| r.agent.status.phase)
         .collect();
@@ -190,7 +176,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if !state.store.is_healthy() {
         return ApiError::Unavailable("the store cannot be read".into()).into_response();
     }
-    if let Some(reason) = state.standby_reason() {
+    if let Some(reason) = state.service.standby_reason() {
         return ApiError::Unavailable(reason).into_response();
     }
     if let Some(why) = state.keys.broken() {
@@ -206,14 +192,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if let crate::lease::Leadership::Unknown { reason } = leadership {
         return ApiError::Unavailable(format!("not reconciling: {reason}")).into_response();
     }
-    let foreign = state.controller.foreign();
     (
         StatusCode::OK,
         Json(Readiness {
             status: "ready",
             instance: state.instance.clone(),
             store: state.store.id().to_string(),
-            foreign_containers: foreign,
+            foreign_containers: state.controller.foreign(),
         }),
     )
         .into_response()
@@ -233,12 +218,12 @@ pub struct Readiness {
     pub foreign_containers: Vec<crate::controller::ForeignContainer>,
 }
 
-#[utoipa::path(get, path = "/v1/sync", tag = "gitops", responses((status = 200, body = crate::manifests::SyncStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/sync", tag = "gitops", responses((status = 200, body = crate::gitops::SyncStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/sync`: the state of the manifests directory sync.
 async fn sync(
     State(state): State<AppState>,
-    axum::Extension(p): axum::Extension<crate::access::Principal>,
-) -> Result<Json<crate::manifests::SyncStatus>, ApiError> {
+    axum::Extension(p): axum::Extension<Principal>,
+) -> Result<Json<crate::gitops::SyncStatus>, ApiError> {
     // It names every file's agents, whatever their owner.
     if !p.is_admin() {
         return Err(ApiError::Forbidden(

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, apply, secrets};
+use super::{agents, apply, audit, secrets};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,8 +15,8 @@ use super::{agents, apply, secrets};
         description = "Declarative control plane for fleets of AI agents in containers. Bodies are JSON or YAML."
     ),
     paths(
-        agents::create, agents::list, agents::get, agents::apply, agents::delete, agents::action,
-        agents::logs, agents::events, agents::audit, apply::apply_many,
+        agents::create, agents::list, agents::get, agents::put, agents::delete, agents::action,
+        agents::logs, agents::events, audit::audit, apply::apply,
         secrets::list, secrets::get, secrets::put, secrets::delete,
         super::sync, super::metrics, super::healthz, super::readyz, document
     ),

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::agent::Agent;
+use crate::api::{AgentList, EventList};
 
 /// Where the server is and how to prove who we are.
 #[derive(Clone, Debug, clap::Args)]
@@ -69,6 +73,42 @@ impl Client {
             .bearer_auth(&self.key)
     }
 
+    /// A request to `/v1/agents/{name}[/{rest}]`, the name sent as one path segment
+    /// (quoted), so that a name such as `../secrets/x` can never reach another route.
+    pub fn agent_request(&self, method: Method, name: &str, rest: &[&str]) -> RequestBuilder {
+        let mut url = reqwest::Url::parse(&self.base)
+            .unwrap_or_else(|_| reqwest::Url::parse("http://invalid.invalid").expect("a URL"));
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty()
+                .extend(["v1", "agents", name])
+                .extend(rest);
+        }
+        self.http.request(method, url).bearer_auth(&self.key)
+    }
+
+    /// Sends and reads a typed answer; an error answer becomes its message.
+    pub async fn typed<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, CliError> {
+        let r = self.send(req).await?;
+        r.json().await.map_err(|e| {
+            CliError::new(format!("the server's answer is not what was expected: {e}"))
+        })
+    }
+
+    /// The agents a selector selects.
+    pub async fn agents(&self, selector: Option<&str>) -> Result<AgentList, CliError> {
+        let mut req = self.request(Method::GET, "/v1/agents");
+        if let Some(s) = selector {
+            req = req.query(&[("label", s)]);
+        }
+        self.typed(req).await
+    }
+
+    /// An agent's recent events, oldest first.
+    pub async fn events(&self, name: &str) -> Result<EventList, CliError> {
+        self.typed(self.agent_request(Method::GET, name, &["events"]))
+            .await
+    }
+
     /// Sends and reads a JSON answer; an error answer becomes its message.
     pub async fn json(&self, req: RequestBuilder) -> Result<Value, CliError> {
         let r = self.send(req).await?;
@@ -97,9 +137,9 @@ impl Client {
     }
 
     /// GET of one agent, None on 404.
-    pub async fn agent(&self, name: &str) -> Result<Option<Value>, CliError> {
+    pub async fn agent(&self, name: &str) -> Result<Option<Agent>, CliError> {
         let r = self
-            .request(Method::GET, &format!("/v1/agents/{name}"))
+            .agent_request(Method::GET, name, &[])
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

@@ -1,5 +1,8 @@
 //! The controller: a runtime that decides *when* to reconcile which agent, apart from
-//! [`reconcile`] (what one pass does) and [`plan`] (the pure decision inside it).
+//! [`reconcile`] (what one pass does: it returns an [`Action`]), [`plan`] (the pure
+//! decisions inside it) and [`workload`] (what an agent asks a backend to run). After a
+//! failed pass, [`error_policy`] decides the backoff by the kind of error. Metrics and the
+//! BackOff events are recorded here, in one place; the pass records what it decided.
 //!
 //! Three sources wake it: store writes (through [`Handle::enqueue`]), the engine's event
 //! stream for this instance's containers, and a periodic resync that compares the whole
@@ -22,16 +25,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::lease::Leadership;
-use crate::orchestrator::{Container, Orchestrator};
+use crate::orchestrator::{Observed, Orchestrator, OrchestratorError, Ownership};
 use crate::store::Store;
 
 pub mod churn;
+pub mod events;
 pub mod plan;
 pub mod pulls;
 pub mod queue;
 pub mod reconcile;
+pub mod workload;
 
-pub use reconcile::{reconcile, Context, Ownership, ReconcileError};
+pub use reconcile::{reconcile, Action, Context, ReconcileError};
 
 use queue::Queue;
 
@@ -117,7 +122,6 @@ impl Controller {
                 metrics,
                 policy,
                 churn: Default::default(),
-                removed: Default::default(),
             },
             settings,
             handle: Handle {
@@ -162,7 +166,7 @@ impl Controller {
         ));
 
         let mut queue = Queue::default();
-        let mut passes: JoinSet<(String, Result<Option<Duration>, ()>)> = JoinSet::new();
+        let mut passes: JoinSet<(String, Result<Action, Backoff>)> = JoinSet::new();
         let mut leading = leadership.borrow().is_leading();
         ctx.metrics.leader.set(i64::from(leading));
         let mut electing = true;
@@ -179,20 +183,8 @@ impl Controller {
                     async move {
                         let start = std::time::Instant::now();
                         let result = reconcile(&name, &ctx).await;
-                        let m = &ctx.metrics;
-                        m.reconcile_seconds.observe(start.elapsed().as_secs_f64());
-                        let label = crate::metrics::ResultLabel {
-                            result: if result.is_ok() { "ok" } else { "error" },
-                        };
-                        m.reconciles.get_or_create(&label).inc();
-                        if let Err(e) = &result {
-                            debug!(error = %e, "reconcile failed; will retry");
-                            if let ReconcileError::Orchestrator(e) = e {
-                                let kind = crate::metrics::KindLabel { kind: e.kind() };
-                                m.engine_errors.get_or_create(&kind).inc();
-                            }
-                        }
-                        (name, result.map_err(|_| ()))
+                        observe_pass(&ctx, start.elapsed(), result.as_ref().err());
+                        (name, result.map_err(|e| error_policy(&e)))
                     }
                     .instrument(span),
                 );
@@ -204,7 +196,7 @@ impl Controller {
                     if let Err(e) = reconcile::explain_waiting(&name, &ctx, &reason) {
                         warn!(agent = %name, error = %e, "could not write a status");
                     }
-                    queue.finish(&name, true);
+                    queue.finish(&name, None);
                 }
             }
             ctx.metrics.queue_depth.set(queue.len() as i64);
@@ -229,14 +221,14 @@ impl Controller {
                 Some(name) = rx.recv() => queue.push(name),
                 () = queue.next_retry() => {}
                 Some(done) = passes.join_next() => match done {
-                    Ok((name, Ok(requeue))) => {
-                        queue.finish(&name, true);
-                        if let Some(after) = requeue {
+                    Ok((name, Ok(action))) => {
+                        queue.finish(&name, None);
+                        if let Action::Requeue(after) = action {
                             queue.push_after(name, after);
                         }
                     }
-                    Ok((name, Err(()))) => {
-                        if let Some(delay) = queue.finish(&name, false) {
+                    Ok((name, Err(backoff))) => {
+                        if let Some(delay) = queue.finish(&name, Some(backoff)) {
                             debug!(agent = %name, ?delay, "retrying after backoff");
                             back_off(&ctx, &name, delay);
                         }
@@ -278,20 +270,56 @@ fn leadership_reason(l: &Leadership) -> String {
     }
 }
 
+/// How soon a failed pass is tried again, by what failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backoff {
+    /// The engine did not answer, or something changed under the pass: try again soon
+    /// (0.5 s doubling to 30 s).
+    Transient,
+    /// The agent cannot run as declared (a bad image, a name or volume in use, a broken
+    /// store record): a change of its spec wakes it anyway, so wait longer (5 s doubling to
+    /// 5 min).
+    Persistent,
+}
+
+/// Decides the backoff of a failed pass by the kind of its error.
+pub fn error_policy(e: &ReconcileError) -> Backoff {
+    match e {
+        ReconcileError::Orchestrator(e) if e.is_transient() => Backoff::Transient,
+        ReconcileError::Orchestrator(OrchestratorError::LeaseConflict(_)) => Backoff::Transient,
+        ReconcileError::Store(crate::store::StoreError::Flush(_)) => Backoff::Transient,
+        _ => Backoff::Persistent,
+    }
+}
+
+/// Records a pass in the metrics.
+fn observe_pass(ctx: &Context, took: Duration, error: Option<&ReconcileError>) {
+    let m = &ctx.metrics;
+    m.reconcile_seconds.observe(took.as_secs_f64());
+    let label = crate::metrics::ResultLabel {
+        result: if error.is_none() { "ok" } else { "error" },
+    };
+    m.reconciles.get_or_create(&label).inc();
+    if let Some(e) = error {
+        debug!(error = %e, "reconcile failed; will retry");
+        if let ReconcileError::Orchestrator(e) = e {
+            let kind = crate::metrics::KindLabel { kind: e.kind() };
+            m.engine_errors.get_or_create(&kind).inc();
+        }
+    }
+}
+
 /// Notes a retry's delay in the agent's events.
 fn back_off(ctx: &Context, name: &str, delay: Duration) {
     let Ok(Some(r)) = ctx.store.get(name) else {
         return;
     };
-    let event = crate::store::NewEvent {
-        kind: "Warning",
-        reason: "BackOff",
-        message: format!("retrying in {}", humantime::format_duration(delay)),
-        generation: r.agent.metadata.generation,
-    };
-    if let Err(e) = ctx.store.record_event(name, event) {
-        warn!(error = %e, "could not record an event");
-    }
+    let mut events = events::Events::default();
+    events.note(
+        events::Reason::BackOff,
+        format!("retrying in {}", humantime::format_duration(delay)),
+    );
+    events.record(ctx, Some(&r));
 }
 
 /// Every `interval` (or when asked), compares the store with one listing of the engine
@@ -364,7 +392,7 @@ struct Resync {
 /// The names one resync must queue, and the other stores' containers it saw.
 async fn resync_once(ctx: &Context, everything: bool) -> Result<Resync, ReconcileError> {
     let records = ctx.store.list()?;
-    let containers = ctx.orchestrator.list_all().await?;
+    let listed = ctx.orchestrator.list().await?;
     let uids: BTreeMap<&str, String> = records
         .iter()
         .map(|r| {
@@ -377,22 +405,22 @@ async fn resync_once(ctx: &Context, everything: bool) -> Result<Resync, Reconcil
             (r.agent.metadata.name.as_str(), uid)
         })
         .collect();
-    let mut by_agent: BTreeMap<&str, Vec<Container>> = BTreeMap::new();
+    let mut by_agent: BTreeMap<&str, Vec<Observed>> = BTreeMap::new();
     let mut foreign = Vec::new();
-    for c in &containers {
+    for w in &listed {
         if ctx
             .ownership
-            .owns(c, uids.get(c.agent.as_str()).map(String::as_str))
+            .owns(w, uids.get(w.agent.as_str()).map(String::as_str))
         {
             by_agent
-                .entry(c.agent.as_str())
+                .entry(w.agent.as_str())
                 .or_default()
-                .push(c.clone());
+                .push(w.clone());
         } else {
             foreign.push(ForeignContainer {
-                id: c.id.clone(),
-                agent: c.agent.clone(),
-                store: c.store.clone().unwrap_or_else(|| "unknown".into()),
+                id: w.id.clone(),
+                agent: w.agent.clone(),
+                store: w.store.clone().unwrap_or_else(|| "unknown".into()),
             });
         }
     }
@@ -400,45 +428,17 @@ async fn resync_once(ctx: &Context, everything: bool) -> Result<Resync, Reconcil
     for r in &records {
         let name = r.agent.metadata.name.as_str();
         let mine = by_agent.remove(name).unwrap_or_default();
-        if everything || needs_work(ctx, r, &mine) {
+        // The hash of what it asks to run (None: nothing can run; a pass said why).
+        let hash = workload::workload(r, &ctx.store, &ctx.policy)
+            .ok()
+            .map(|w| w.hash());
+        if everything || plan::needs_pass(r, hash.as_deref(), &mine) {
             names.insert(name.to_string());
         }
     }
     // What is left has no record: this store's orphans, to remove.
     names.extend(by_agent.into_keys().map(str::to_string));
     Ok(Resync { names, foreign })
-}
-
-/// Whether a pass over this agent would change anything, judged from a listing (which
-/// lacks restart counts, so those are not compared).
-fn needs_work(ctx: &Context, r: &crate::store::Record, containers: &[Container]) -> bool {
-    if r.agent
-        .expires_at()
-        .is_some_and(|t| t <= time::OffsetDateTime::now_utc())
-    {
-        return true;
-    }
-    let spec = if r.agent.is_terminating() {
-        None
-    } else {
-        match ctx.store.container_spec(&r.agent) {
-            Ok(s) => Some(s),
-            // A missing secret: the pass that found it said so; writing the secret wakes it.
-            Err(_) => return false,
-        }
-    };
-    let hash = spec.map(|s| s.hash()).unwrap_or_default();
-    let p = plan::plan(Some(r), &hash, containers);
-    let status = &r.agent.status;
-    !p.remove.is_empty()
-        || p.action.is_some()
-        || p.delete_record
-        || status.observed_generation != r.agent.metadata.generation
-        || p.outcome.is_some_and(|o| {
-            o.phase != status.phase
-                || o.message != status.message
-                || o.container_id != status.container_id
-        })
 }
 
 /// Follows the engine's events for this instance and queues the agents they name. When

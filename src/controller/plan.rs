@@ -1,221 +1,171 @@
-//! The pure half of a reconcile: given an agent's record (or its absence) and the
-//! containers the engine has for it, decide what to do and what the status will be.
-//! No I/O here, so every branch is unit-tested.
+//! The pure half of the controller: what an agent's status is, given what its backend
+//! reports, and whether a resync should queue it. No I/O, and nothing of any one engine:
+//! the backend decides how to make a workload so; this decides what it means for the
+//! agent (its phase, under its restart policy).
 
-use crate::agent::{DesiredState, Phase, RestartPolicy};
-use crate::orchestrator::{Container, ContainerState};
+use crate::agent::{Agent, AgentStatus, Condition, DesiredState, Phase, RestartPolicy};
+use crate::orchestrator::{Applied, Observed, RunState};
 use crate::store::Record;
 
-/// What one reconcile pass must do, in order: removals, then at most one action on the
-/// agent's container, then either a status write or the record's deletion.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// Containers to remove first, each with the reason.
-    pub remove: Vec<(String, &'static str)>,
-    /// What to do with the container that should remain.
-    pub action: Option<ContainerAction>,
-    /// The agent is deleted and its containers are gone once `remove` is done.
-    pub delete_record: bool,
-    /// The status to report once the steps succeeded (None when there is no record).
-    pub outcome: Option<Outcome>,
-}
-
-/// One operation on the agent's container.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ContainerAction {
-    /// Create it from the current spec, and start it when `start`.
-    Create {
-        start: bool,
-    },
-    /// Start it; `repair` when it had run and exited against the spec.
-    Start {
-        id: String,
-        repair: bool,
-    },
-    Stop {
-        id: String,
-    },
-    /// Carry out a restart asked for through the API.
-    Restart {
-        id: String,
-    },
-    /// Resume a container paused outside Hive.
-    Unpause {
-        id: String,
-    },
-}
-
-/// The status a successful pass leaves behind.
+/// The status a pass leaves behind, before conditions and bookkeeping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub phase: Phase,
     pub message: Option<String>,
-    /// The container that carries the agent; None when `Create` makes a new one.
+    /// The workload that carries the agent.
     pub container_id: Option<String>,
-    /// The engine's restart count of that container.
+    /// How often the engine started it again after an exit.
     pub engine_restarts: u64,
 }
 
-/// Decides what to do for one agent. `spec_hash` is the hash of the record's spec.
-pub fn plan(record: Option<&Record>, spec_hash: &str, containers: &[Container]) -> Plan {
-    let mut plan = Plan {
-        remove: Vec::new(),
-        action: None,
-        delete_record: false,
-        outcome: None,
-    };
-    let Some(record) = record else {
-        plan.remove = containers
-            .iter()
-            .map(|c| (c.id.clone(), "its agent does not exist"))
-            .collect();
-        return plan;
-    };
-    let agent = &record.agent;
-    if agent.is_terminating() {
-        plan.remove = containers
-            .iter()
-            .map(|c| (c.id.clone(), "its agent is being deleted"))
-            .collect();
-        plan.delete_record = true;
-        plan.outcome = Some(Outcome {
-            phase: Phase::Terminating,
-            message: Some("deleting its container".into()),
+/// What the agent's status is once the backend has applied its workload.
+pub fn outcome(agent: &Agent, applied: &Applied) -> Outcome {
+    let Some(w) = &applied.current else {
+        return Outcome {
+            phase: Phase::Pending,
+            message: Some(
+                applied
+                    .note
+                    .clone()
+                    .unwrap_or_else(|| "waiting for the engine".into()),
+            ),
             container_id: None,
             engine_restarts: 0,
-        });
-        return plan;
-    }
-
-    let uid = agent
-        .metadata
-        .uid
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    // The container to keep: current uid and spec, not on its way out; a running one
-    // first, then the newest.
-    let keeper = containers
-        .iter()
-        .filter(|c| c.uid == uid && c.spec_hash == spec_hash && c.state != ContainerState::Removing)
-        .max_by_key(|c| (c.state == ContainerState::Running, c.created))
-        .cloned();
-    for c in containers {
-        if keeper.as_ref().is_some_and(|k| k.id == c.id) || c.state == ContainerState::Removing {
-            continue;
-        }
-        let reason = if c.uid != uid {
-            "it belongs to an earlier agent of that name"
-        } else if c.spec_hash != spec_hash {
-            "the spec changed"
-        } else {
-            "it duplicates the agent's container"
         };
-        plan.remove.push((c.id.clone(), reason));
-    }
-
-    let want_running = agent.spec.state == DesiredState::Running;
-    let outcome = |phase, message: Option<String>, c: Option<&Container>| Outcome {
+    };
+    let (phase, message) = phase_of(agent, w.state);
+    Outcome {
         phase,
-        message,
-        container_id: c.map(|c| c.id.clone()),
-        engine_restarts: c.map_or(0, |c| c.restart_count),
-    };
-    let Some(c) = keeper else {
-        if containers
-            .iter()
-            .any(|c| c.state == ContainerState::Removing)
-        {
-            plan.outcome = Some(outcome(
-                Phase::Pending,
-                Some("waiting for the engine to remove the old container".into()),
-                None,
-            ));
-            return plan;
-        }
-        plan.action = Some(ContainerAction::Create {
-            start: want_running,
-        });
-        let phase = if want_running {
-            Phase::Running
-        } else {
-            Phase::Stopped
-        };
-        plan.outcome = Some(outcome(phase, None, None));
-        return plan;
-    };
+        message: applied.note.clone().or(message),
+        container_id: Some(w.id.clone()),
+        engine_restarts: w.restarts,
+    }
+}
 
-    let id = c.id.clone();
-    let restart_pending = record.internal.restarts_requested > record.internal.restarts_done;
-    let (action, phase, message) = match (want_running, c.state) {
-        (true, ContainerState::Running) if restart_pending => {
-            (Some(ContainerAction::Restart { id }), Phase::Running, None)
-        }
-        (true, ContainerState::Running) => (None, Phase::Running, None),
-        // Paused outside Hive: resume it (a stopped agent is resumed first, then stopped).
-        (_, ContainerState::Paused) => (
-            Some(ContainerAction::Unpause { id }),
-            if want_running {
-                Phase::Running
-            } else {
-                Phase::Stopped
-            },
-            None,
-        ),
-        (true, ContainerState::Created) => (
-            Some(ContainerAction::Start { id, repair: false }),
-            Phase::Running,
-            None,
-        ),
-        (true, ContainerState::Restarting) => (
-            None,
-            Phase::Pending,
-            Some(format!(
-                "its process exited; the engine restarts it (restart {})",
-                c.restart_count + 1
-            )),
-        ),
-        (true, ContainerState::Exited(code)) => match (agent.spec.restart_policy, code) {
+/// The phase of an agent whose workload is in `state`, and why, when that needs saying.
+fn phase_of(agent: &Agent, state: RunState) -> (Phase, Option<String>) {
+    if agent.spec.state == DesiredState::Stopped {
+        return (Phase::Stopped, None);
+    }
+    match state {
+        RunState::Running => (Phase::Running, None),
+        RunState::Starting | RunState::Suspended | RunState::Terminating => (Phase::Pending, None),
+        RunState::Exited { code } => match (agent.spec.restart_policy, code) {
             (RestartPolicy::OnFailure | RestartPolicy::Never, Some(0)) => (
-                None,
                 Phase::Succeeded,
                 Some("its process exited with code 0".into()),
             ),
             (RestartPolicy::Never, code) => (
-                None,
                 Phase::Failed,
                 Some(format!(
                     "its process exited with code {} and restartPolicy is Never",
                     code.map_or("unknown".into(), |c| c.to_string())
                 )),
             ),
-            // Always, or OnFailure after a failure: the engine's policy did not bring it
-            // back, so it was stopped or killed outside Hive. Repair the drift.
-            _ => (
-                Some(ContainerAction::Start { id, repair: true }),
-                Phase::Running,
-                None,
+            (_, code) => (
+                Phase::Pending,
+                Some(format!(
+                    "its process exited with code {}; starting it again",
+                    code.map_or("unknown".into(), |c| c.to_string())
+                )),
             ),
         },
-        // Not chosen as keeper (filtered out above); kept for exhaustiveness.
-        (_, ContainerState::Removing) => (None, Phase::Pending, None),
-        (false, ContainerState::Running | ContainerState::Restarting) => {
-            (Some(ContainerAction::Stop { id }), Phase::Stopped, None)
-        }
-        (false, _) => (None, Phase::Stopped, None),
+    }
+}
+
+/// Whether a resync should queue the agent of `record`, judged from this store's
+/// workloads of it in a listing (`hash`: its workload's hash, None when it has none to
+/// run, such as a missing secret, which a pass already reported).
+pub fn needs_pass(record: &Record, hash: Option<&str>, mine: &[Observed]) -> bool {
+    let agent = &record.agent;
+    if agent.is_terminating()
+        || agent
+            .expires_at()
+            .is_some_and(|t| t <= time::OffsetDateTime::now_utc())
+    {
+        return true;
+    }
+    let Some(hash) = hash else { return false };
+    let status = &agent.status;
+    if status.observed_generation != agent.metadata.generation {
+        return true;
+    }
+    let [w] = mine else {
+        // None to run it, or duplicates.
+        return true;
     };
-    plan.action = action;
-    plan.outcome = Some(outcome(phase, message, Some(&c)));
-    plan
+    let uid = agent
+        .metadata
+        .uid
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    if w.uid != uid || w.spec_hash != hash {
+        return true;
+    }
+    let running = agent.spec.state == DesiredState::Running;
+    let restart = record.internal.restarts_requested > record.internal.restarts_done;
+    let settled = match (running, w.state) {
+        (true, RunState::Running) => !restart,
+        // Finished as its restart policy says.
+        (true, RunState::Exited { code }) => matches!(
+            (agent.spec.restart_policy, code),
+            (RestartPolicy::OnFailure, Some(0)) | (RestartPolicy::Never, _)
+        ),
+        (false, RunState::Exited { .. } | RunState::Starting) => true,
+        _ => false,
+    };
+    if !settled {
+        return true;
+    }
+    let (phase, _) = phase_of(agent, w.state);
+    phase != status.phase || status.container_id.as_deref() != Some(w.id.as_str())
+}
+
+/// Sets Ready (running the current generation) and Progressing (still on its way: the
+/// engine has yet to run it) from the rest of the status. Both follow from the phase, so a
+/// settled agent's status does not change again. `reason` names why it is not ready
+/// when the phase alone does not say.
+pub fn with_conditions(
+    previous: &[Condition],
+    mut status: AgentStatus,
+    reason: Option<&str>,
+) -> AgentStatus {
+    let phase = format!("{:?}", status.phase);
+    let ready = status.phase == Phase::Running && status.message.is_none();
+    let progressing = status.phase == Phase::Pending;
+    status.conditions = vec![
+        Condition::set(
+            previous,
+            "Ready",
+            ready,
+            if ready {
+                "Running"
+            } else {
+                reason.unwrap_or(&phase)
+            },
+            status.message.clone(),
+        ),
+        Condition::set(
+            previous,
+            "Progressing",
+            progressing,
+            if progressing {
+                "Reconciling"
+            } else {
+                "Converged"
+            },
+            None,
+        ),
+    ];
+    status
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::{Agent, AgentSpec, Metadata};
+    use crate::agent::{AgentSpec, Metadata};
     use crate::store::Internal;
     use uuid::Uuid;
-
-    const HASH: &str = "h1";
 
     fn record(state: DesiredState, policy: RestartPolicy) -> Record {
         Record {
@@ -240,217 +190,114 @@ mod tests {
         }
     }
 
-    fn running() -> Record {
-        record(DesiredState::Running, RestartPolicy::Always)
-    }
-
-    fn container(id: &str, state: ContainerState) -> Container {
-        Container {
-            id: id.into(),
+    fn observed(state: RunState) -> Observed {
+        Observed {
+            id: "c1".into(),
             agent: "a".into(),
             uid: Uuid::from_u128(7).to_string(),
-            spec_hash: HASH.into(),
+            spec_hash: "h".into(),
+            store: Some("s".into()),
             state,
-            restart_count: 0,
+            restarts: 2,
             created: 1,
-            store: None,
+        }
+    }
+
+    fn applied(state: RunState) -> Applied {
+        Applied {
+            current: Some(observed(state)),
+            ..Default::default()
         }
     }
 
     #[test]
-    fn a_missing_container_is_created_and_started() {
-        let p = plan(Some(&running()), HASH, &[]);
-        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
-        assert!(p.remove.is_empty());
-        assert_eq!(p.outcome.unwrap().phase, Phase::Running);
-    }
-
-    #[test]
-    fn a_stopped_agent_is_created_without_starting() {
-        let r = record(DesiredState::Stopped, RestartPolicy::Always);
-        let p = plan(Some(&r), HASH, &[]);
-        assert_eq!(p.action, Some(ContainerAction::Create { start: false }));
-        assert_eq!(p.outcome.unwrap().phase, Phase::Stopped);
-    }
-
-    #[test]
-    fn a_healthy_container_is_left_alone() {
-        let p = plan(
-            Some(&running()),
-            HASH,
-            &[container("c1", ContainerState::Running)],
-        );
-        assert_eq!(p.action, None);
-        assert!(p.remove.is_empty());
-        let o = p.outcome.unwrap();
+    fn a_running_workload_is_a_running_agent() {
+        let r = record(DesiredState::Running, RestartPolicy::Always);
+        let o = outcome(&r.agent, &applied(RunState::Running));
         assert_eq!(
-            (o.phase, o.container_id.as_deref()),
-            (Phase::Running, Some("c1"))
+            (
+                o.phase,
+                o.message,
+                o.container_id.as_deref(),
+                o.engine_restarts
+            ),
+            (Phase::Running, None, Some("c1"), 2)
         );
     }
 
     #[test]
-    fn a_spec_change_replaces_the_container() {
-        let mut old = container("c1", ContainerState::Running);
-        old.spec_hash = "h0".into();
-        let p = plan(Some(&running()), HASH, &[old]);
-        assert_eq!(p.remove, vec![("c1".to_string(), "the spec changed")]);
-        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
-    }
-
-    #[test]
-    fn a_container_of_an_earlier_agent_with_the_same_name_is_replaced() {
-        let mut old = container("c1", ContainerState::Running);
-        old.uid = Uuid::from_u128(1).to_string();
-        let p = plan(Some(&running()), HASH, &[old]);
-        assert_eq!(p.remove.len(), 1);
-        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
-    }
-
-    #[test]
-    fn duplicates_keep_the_running_one() {
-        let mut newer = container("c2", ContainerState::Exited(Some(0)));
-        newer.created = 9;
-        let p = plan(
-            Some(&running()),
-            HASH,
-            &[container("c1", ContainerState::Running), newer],
-        );
-        assert_eq!(
-            p.remove,
-            vec![("c2".to_string(), "it duplicates the agent's container")]
-        );
-        assert_eq!(p.action, None);
-    }
-
-    #[test]
-    fn an_exited_container_is_repaired_under_always() {
-        let p = plan(
-            Some(&running()),
-            HASH,
-            &[container("c1", ContainerState::Exited(Some(137)))],
-        );
-        assert_eq!(
-            p.action,
-            Some(ContainerAction::Start {
-                id: "c1".into(),
-                repair: true
-            })
-        );
-    }
-
-    #[test]
-    fn restart_policies_decide_after_an_exit() {
-        let ok = [container("c1", ContainerState::Exited(Some(0)))];
-        let failed = [container("c1", ContainerState::Exited(Some(3)))];
-        let on_failure = record(DesiredState::Running, RestartPolicy::OnFailure);
-        let never = record(DesiredState::Running, RestartPolicy::Never);
-        assert_eq!(
-            plan(Some(&on_failure), HASH, &ok).outcome.unwrap().phase,
-            Phase::Succeeded
-        );
-        assert!(matches!(
-            plan(Some(&on_failure), HASH, &failed).action,
-            Some(ContainerAction::Start { repair: true, .. })
-        ));
-        assert_eq!(
-            plan(Some(&never), HASH, &ok).outcome.unwrap().phase,
-            Phase::Succeeded
-        );
-        let p = plan(Some(&never), HASH, &failed);
-        assert_eq!(p.action, None);
-        let o = p.outcome.unwrap();
-        assert_eq!(o.phase, Phase::Failed);
+    fn restart_policies_decide_what_an_exit_means() {
+        let exited = |policy, code| {
+            let r = record(DesiredState::Running, policy);
+            outcome(&r.agent, &applied(RunState::Exited { code: Some(code) })).phase
+        };
+        assert_eq!(exited(RestartPolicy::OnFailure, 0), Phase::Succeeded);
+        assert_eq!(exited(RestartPolicy::Never, 0), Phase::Succeeded);
+        assert_eq!(exited(RestartPolicy::Never, 3), Phase::Failed);
+        assert_eq!(exited(RestartPolicy::Always, 3), Phase::Pending);
+        let r = record(DesiredState::Running, RestartPolicy::Never);
+        let o = outcome(&r.agent, &applied(RunState::Exited { code: Some(3) }));
         assert!(o.message.unwrap().contains("code 3"));
     }
 
     #[test]
-    fn the_engine_restarting_a_container_is_waited_for() {
-        let p = plan(
-            Some(&running()),
-            HASH,
-            &[container("c1", ContainerState::Restarting)],
-        );
-        assert_eq!(p.action, None);
-        assert_eq!(p.outcome.unwrap().phase, Phase::Pending);
+    fn a_stopped_agent_is_stopped_whatever_its_workload_says() {
+        let r = record(DesiredState::Stopped, RestartPolicy::Always);
+        for state in [RunState::Starting, RunState::Exited { code: None }] {
+            assert_eq!(outcome(&r.agent, &applied(state)).phase, Phase::Stopped);
+        }
     }
 
     #[test]
-    fn stop_and_start_follow_spec_state() {
-        let stopped = record(DesiredState::Stopped, RestartPolicy::Always);
-        let p = plan(
-            Some(&stopped),
-            HASH,
-            &[container("c1", ContainerState::Running)],
-        );
-        assert_eq!(p.action, Some(ContainerAction::Stop { id: "c1".into() }));
-        let p = plan(
-            Some(&stopped),
-            HASH,
-            &[container("c1", ContainerState::Exited(Some(0)))],
-        );
-        assert_eq!((p.action, p.outcome.unwrap().phase), (None, Phase::Stopped));
-        let p = plan(
-            Some(&running()),
-            HASH,
-            &[container("c1", ContainerState::Created)],
-        );
-        assert_eq!(
-            p.action,
-            Some(ContainerAction::Start {
-                id: "c1".into(),
-                repair: false
-            })
-        );
+    fn no_workload_yet_is_pending_with_the_backends_note() {
+        let r = record(DesiredState::Running, RestartPolicy::Always);
+        let waiting = Applied {
+            current: None,
+            note: Some("waiting for the engine to remove the old container".into()),
+            done: vec![],
+        };
+        let o = outcome(&r.agent, &waiting);
+        assert_eq!(o.phase, Phase::Pending);
+        assert!(o.message.unwrap().contains("remove the old container"));
     }
 
     #[test]
-    fn a_paused_container_is_resumed() {
-        let p = plan(
-            Some(&running()),
-            HASH,
-            &[container("c1", ContainerState::Paused)],
+    fn a_resync_queues_only_agents_that_are_not_settled() {
+        let mut r = record(DesiredState::Running, RestartPolicy::Always);
+        r.agent.status.observed_generation = 1;
+        r.agent.status.phase = Phase::Running;
+        r.agent.status.container_id = Some("c1".into());
+        let running = [observed(RunState::Running)];
+        assert!(!needs_pass(&r, Some("h"), &running), "settled");
+        assert!(needs_pass(&r, Some("h2"), &running), "the spec changed");
+        assert!(needs_pass(&r, Some("h"), &[]), "no workload");
+        assert!(
+            needs_pass(
+                &r,
+                Some("h"),
+                &[observed(RunState::Running), observed(RunState::Running)]
+            ),
+            "duplicates"
         );
-        assert_eq!(p.action, Some(ContainerAction::Unpause { id: "c1".into() }));
-    }
-
-    #[test]
-    fn a_pending_restart_restarts_a_running_container_once() {
-        let mut r = running();
+        assert!(needs_pass(
+            &r,
+            Some("h"),
+            &[observed(RunState::Exited { code: Some(1) })]
+        ));
+        assert!(
+            !needs_pass(&r, None, &[]),
+            "nothing to run: a pass said why already"
+        );
         r.internal.restarts_requested = 1;
-        let p = plan(Some(&r), HASH, &[container("c1", ContainerState::Running)]);
-        assert_eq!(p.action, Some(ContainerAction::Restart { id: "c1".into() }));
-        r.internal.restarts_done = 1;
-        assert_eq!(
-            plan(Some(&r), HASH, &[container("c1", ContainerState::Running)]).action,
-            None
-        );
-    }
-
-    #[test]
-    fn orphans_are_removed_and_deleted_agents_cleaned_up() {
-        let p = plan(None, HASH, &[container("c1", ContainerState::Running)]);
-        assert_eq!(
-            p.remove,
-            vec![("c1".to_string(), "its agent does not exist")]
-        );
-        assert!(p.outcome.is_none() && !p.delete_record);
-
-        let mut r = running();
-        r.agent.metadata.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
-        let p = plan(Some(&r), HASH, &[container("c1", ContainerState::Running)]);
-        assert_eq!(p.remove.len(), 1);
-        assert!(p.delete_record);
-        assert_eq!(p.action, None);
-    }
-
-    #[test]
-    fn a_container_being_removed_is_waited_for_before_creating() {
-        let mut old = container("c1", ContainerState::Removing);
-        old.spec_hash = "h0".into();
-        let p = plan(Some(&running()), HASH, &[old]);
-        assert_eq!(p.action, None);
-        assert!(p.remove.is_empty());
-        assert_eq!(p.outcome.unwrap().phase, Phase::Pending);
+        assert!(needs_pass(&r, Some("h"), &running), "a restart is pending");
+        let mut done = record(DesiredState::Running, RestartPolicy::Never);
+        done.agent.status.observed_generation = 1;
+        done.agent.status.phase = Phase::Succeeded;
+        done.agent.status.container_id = Some("c1".into());
+        assert!(!needs_pass(
+            &done,
+            Some("h"),
+            &[observed(RunState::Exited { code: Some(0) })]
+        ));
     }
 }

@@ -7,10 +7,17 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::time::{delay_queue, DelayQueue};
 
-/// First retry delay after a failed reconcile.
+use super::Backoff;
+
+/// First retry delay after a transient failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// Retries never wait longer than this, so a fixed problem is noticed within a minute.
-const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// Retries of transient failures never wait longer than this.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// First retry delay after a persistent failure (one only a change of the spec fixes;
+/// that change wakes the agent at once anyway).
+const PERSISTENT_BASE: Duration = Duration::from_secs(5);
+/// Retries of persistent failures never wait longer than this.
+const PERSISTENT_CAP: Duration = Duration::from_secs(300);
 
 /// Names waiting to be reconciled, names being reconciled, and names waiting to retry.
 #[derive(Default)]
@@ -52,18 +59,26 @@ impl Queue {
         Some(name)
     }
 
-    /// Ends a pass of `name`. A failure schedules a retry after the name's backoff; a
-    /// success resets the backoff. Returns the delay of the retry.
-    pub fn finish(&mut self, name: &str, ok: bool) -> Option<Duration> {
+    /// Ends a pass of `name`. A failure schedules a retry after the name's backoff for
+    /// its kind; a success resets the backoff. Returns the delay of the retry.
+    pub fn finish(&mut self, name: &str, failed: Option<Backoff>) -> Option<Duration> {
         self.running.remove(name);
-        let retry = if ok {
-            self.failures.remove(name);
-            None
-        } else {
-            let n = self.failures.entry(name.to_string()).or_default();
-            let delay = backoff(*n);
-            *n = n.saturating_add(1);
-            Some(delay)
+        let retry = match failed {
+            None => {
+                self.failures.remove(name);
+                None
+            }
+            Some(kind) => {
+                let n = self.failures.entry(name.to_string()).or_default();
+                let delay = match kind {
+                    Backoff::Transient => backoff(*n),
+                    Backoff::Persistent => PERSISTENT_BASE
+                        .saturating_mul(1u32.checked_shl((*n).min(16)).unwrap_or(u32::MAX))
+                        .min(PERSISTENT_CAP),
+                };
+                *n = n.saturating_add(1);
+                Some(delay)
+            }
         };
         if self.dirty.remove(name) {
             self.push(name.to_string());
@@ -111,7 +126,8 @@ impl Queue {
     }
 }
 
-/// The delay after `failures` consecutive failures: 0.5s, 1s, 2s, ... capped at 60s.
+/// The delay after `failures` consecutive transient failures: 0.5s, 1s, 2s, ... capped
+/// at 30s.
 pub fn backoff(failures: u32) -> Duration {
     BACKOFF_BASE
         .saturating_mul(1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX))
@@ -133,13 +149,13 @@ mod tests {
         q.push("a".into()); // arrives while "a" runs
         assert_eq!(q.pop().as_deref(), Some("b"));
         assert_eq!(q.pop(), None, "a is running, so it is not handed out again");
-        q.finish("a", true);
+        q.finish("a", None);
         assert_eq!(
             q.pop().as_deref(),
             Some("a"),
             "the push during the run is honoured once"
         );
-        q.finish("a", true);
+        q.finish("a", None);
         assert_eq!(q.pop(), None);
     }
 
@@ -150,7 +166,7 @@ mod tests {
         for _ in 0..10 {
             q.push("a".into());
             q.pop();
-            delays.push(q.finish("a", false).unwrap());
+            delays.push(q.finish("a", Some(Backoff::Transient)).unwrap());
         }
         assert_eq!(delays[0], Duration::from_millis(500));
         assert_eq!(delays[1], Duration::from_secs(1));
@@ -158,10 +174,23 @@ mod tests {
         assert_eq!(*delays.last().unwrap(), BACKOFF_CAP);
         q.push("a".into());
         q.pop();
-        assert_eq!(q.finish("a", true), None);
+        assert_eq!(q.finish("a", None), None);
         q.push("a".into());
         q.pop();
-        assert_eq!(q.finish("a", false), Some(Duration::from_millis(500)));
+        assert_eq!(
+            q.finish("a", Some(Backoff::Transient)),
+            Some(Duration::from_millis(500))
+        );
+        // A failure only a change can fix waits longer, to a longer cap.
+        let mut q = Queue::default();
+        let mut delays = Vec::new();
+        for _ in 0..10 {
+            q.push("b".into());
+            q.pop();
+            delays.push(q.finish("b", Some(Backoff::Persistent)).unwrap());
+        }
+        assert_eq!(delays[0], PERSISTENT_BASE);
+        assert_eq!(*delays.last().unwrap(), PERSISTENT_CAP);
     }
 
     #[tokio::test(start_paused = true)]
@@ -169,16 +198,16 @@ mod tests {
         let mut q = Queue::default();
         q.push("a".into());
         q.pop();
-        q.finish("a", false);
+        q.finish("a", Some(Backoff::Transient));
         assert!(q.is_empty());
         let start = tokio::time::Instant::now();
         q.next_retry().await;
         assert_eq!(start.elapsed(), Duration::from_millis(500));
         assert_eq!(q.pop().as_deref(), Some("a"));
-        q.finish("a", false);
+        q.finish("a", Some(Backoff::Transient));
         q.push("a".into()); // a write arrives: due now, and the retry is dropped
         assert_eq!(q.pop().as_deref(), Some("a"));
-        q.finish("a", true);
+        q.finish("a", None);
         assert!(q.delayed_keys.is_empty());
     }
 }

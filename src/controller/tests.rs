@@ -11,7 +11,6 @@ use super::*;
 use crate::agent::{Agent, Phase};
 use crate::lease::Leadership;
 use crate::orchestrator::fake::FakeOrchestrator;
-use crate::orchestrator::ContainerState;
 
 fn agent(name: &str) -> Agent {
     serde_json::from_value(serde_json::json!({
@@ -53,7 +52,6 @@ fn start(fake: FakeOrchestrator, max_concurrent: usize) -> Harness {
 fn start_with(fake: FakeOrchestrator, max_concurrent: usize, leading: bool) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
-    fake.stamp_as(store.id());
     let fake = Arc::new(fake);
     let controller = Controller::new(
         store.clone(),
@@ -133,7 +131,7 @@ async fn parallelism_is_bounded_and_every_agent_converges() {
         max >= 2,
         "reconciles ran one at a time ({max}); they should overlap"
     );
-    assert_eq!(h.fake.containers().len(), 24);
+    assert_eq!(h.fake.workloads().len(), 24);
     assert!(!h.fake.overlapped());
     h.stop().await;
 }
@@ -148,7 +146,7 @@ async fn one_agent_is_never_reconciled_twice_at_once() {
     h.until("running", |h| h.phase("solo") == Some(Phase::Running))
         .await;
     assert!(!h.fake.overlapped(), "two passes of one agent overlapped");
-    assert_eq!(h.fake.containers().len(), 1, "exactly one container");
+    assert_eq!(h.fake.workloads().len(), 1, "exactly one container");
     let creates = h
         .fake
         .calls()
@@ -162,21 +160,20 @@ async fn one_agent_is_never_reconciled_twice_at_once() {
 #[tokio::test]
 async fn a_failure_is_retried_with_backoff_until_it_succeeds() {
     let fake = FakeOrchestrator::default();
-    fake.fail_creates(2);
+    fake.fail_creates(2, true);
     let h = start(fake, 2);
     h.add("flaky");
-    h.until("failed", |h| h.phase("flaky") == Some(Phase::Failed))
-        .await;
-    let message = h
-        .store
-        .get("flaky")
-        .unwrap()
-        .unwrap()
-        .agent
-        .status
-        .message
-        .unwrap();
-    assert!(message.contains("could not be pulled"), "{message}");
+    let says_why = |h: &Harness| {
+        h.store
+            .get("flaky")
+            .unwrap()
+            .unwrap()
+            .agent
+            .status
+            .message
+            .is_some_and(|m| m.contains("unreachable"))
+    };
+    h.until("the status to say why", says_why).await;
     let started = tokio::time::Instant::now();
     h.until("running", |h| h.phase("flaky") == Some(Phase::Running))
         .await;
@@ -196,6 +193,57 @@ async fn a_failure_is_retried_with_backoff_until_it_succeeds() {
     h.stop().await;
 }
 
+#[test]
+fn the_error_policy_backs_off_by_the_kind_of_error() {
+    use crate::orchestrator::OrchestratorError as E;
+    let policy = |e: E| error_policy(&ReconcileError::Orchestrator(e));
+    assert_eq!(policy(E::Unavailable("away".into())), Backoff::Transient);
+    assert_eq!(
+        policy(E::Timeout { call: "x", secs: 1 }),
+        Backoff::Transient
+    );
+    for persistent in [
+        E::ImageNotFound {
+            image: "i".into(),
+            detail: "d".into(),
+        },
+        E::NameTaken { name: "n".into() },
+        E::VolumeConflict("v".into()),
+    ] {
+        assert_eq!(policy(persistent), Backoff::Persistent);
+    }
+}
+
+#[tokio::test]
+async fn a_persistent_failure_fails_the_agent_and_says_why() {
+    let fake = FakeOrchestrator::default();
+    // Two: the first start-up resync may try it once more at once.
+    fake.fail_creates(2, false);
+    let h = start(fake, 2);
+    h.add("broken");
+    h.until("failed", |h| h.phase("broken") == Some(Phase::Failed))
+        .await;
+    let r = h.store.get("broken").unwrap().unwrap();
+    assert!(r
+        .agent
+        .status
+        .message
+        .unwrap()
+        .contains("could not be pulled"));
+    h.until("a backoff", |h| {
+        h.store
+            .events("broken")
+            .unwrap()
+            .iter()
+            .any(|e| e.reason == "BackOff")
+    })
+    .await;
+    let events = h.store.events("broken").unwrap();
+    let backoff = events.iter().find(|e| e.reason == "BackOff").unwrap();
+    assert_eq!(backoff.message, "retrying in 5s", "{events:?}");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_deleted_agent_loses_its_container_before_its_record() {
     let h = start(FakeOrchestrator::with_latency(Duration::from_millis(50)), 2);
@@ -212,7 +260,7 @@ async fn a_deleted_agent_loses_its_container_before_its_record() {
     assert_eq!(h.phase("gone"), Some(Phase::Terminating));
     h.until("record removed", |h| h.phase("gone").is_none())
         .await;
-    assert!(h.fake.containers().is_empty());
+    assert!(h.fake.workloads().is_empty());
     h.stop().await;
 }
 
@@ -222,15 +270,15 @@ async fn a_resync_removes_orphans_and_replaces_foreign_containers() {
     h.add("mine");
     h.until("running", |h| h.phase("mine") == Some(Phase::Running))
         .await;
-    let orphan = h.fake.add_out_of_band("nobody", ContainerState::Running);
-    let impostor = h.fake.add_out_of_band("mine", ContainerState::Running);
+    let orphan = h.fake.add_out_of_band("nobody", h.store.id());
+    let impostor = h.fake.add_out_of_band("mine", h.store.id());
     h.handle.resync();
     h.until("cleaned", |h| {
-        let ids: Vec<_> = h.fake.containers().into_iter().map(|c| c.id).collect();
+        let ids: Vec<_> = h.fake.workloads().into_iter().map(|c| c.id).collect();
         !ids.contains(&orphan) && !ids.contains(&impostor)
     })
     .await;
-    assert_eq!(h.fake.containers().len(), 1);
+    assert_eq!(h.fake.workloads().len(), 1);
     h.stop().await;
 }
 
@@ -272,17 +320,17 @@ async fn another_stores_containers_are_left_alone_and_reported() {
     h.add("mine");
     h.until("running", |h| h.phase("mine") == Some(Phase::Running))
         .await;
-    let theirs = h.fake.add_foreign("theirs", ContainerState::Running);
-    let shadow = h.fake.add_foreign("mine", ContainerState::Running);
-    let orphan = h.fake.add_out_of_band("nobody", ContainerState::Running);
+    let theirs = h.fake.add_out_of_band("theirs", "another-store");
+    let shadow = h.fake.add_out_of_band("mine", "another-store");
+    let orphan = h.fake.add_out_of_band("nobody", h.store.id());
     h.handle.resync();
     h.until("the own orphan removed", |h| {
-        !h.fake.containers().iter().any(|c| c.id == orphan)
+        !h.fake.workloads().iter().any(|c| c.id == orphan)
     })
     .await;
     h.until("the others reported", |h| h.handle.foreign().len() == 2)
         .await;
-    let ids: Vec<_> = h.fake.containers().into_iter().map(|c| c.id).collect();
+    let ids: Vec<_> = h.fake.workloads().into_iter().map(|c| c.id).collect();
     assert!(ids.contains(&theirs) && ids.contains(&shadow), "{ids:?}");
     assert!(!h.fake.calls().iter().any(|c| c == "remove theirs"));
     h.stop().await;
@@ -297,7 +345,7 @@ async fn containers_removed_out_of_band_in_a_loop_are_recreated_at_a_bounded_rat
     // Something removes the container whenever it appears, for two seconds.
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < until {
-        for c in h.fake.containers() {
+        for c in h.fake.workloads() {
             h.fake.remove_out_of_band(&c.id);
             h.handle.enqueue("storm");
         }
@@ -342,7 +390,7 @@ async fn a_container_that_survives_its_removal_is_reported_once_and_not_announce
     h.add("a");
     h.until("running", |h| h.phase("a") == Some(Phase::Running))
         .await;
-    let stray = h.fake.add_out_of_band("a", ContainerState::Running);
+    let stray = h.fake.add_out_of_band("a", h.store.id());
     h.fake.survive_removal(&stray);
     // Every pass tries again (the stray is still listed) but says nothing new.
     h.until("several removals tried", |h| {

@@ -1,5 +1,6 @@
-//! An in-memory [`Orchestrator`] for unit tests of the controller's timing and ordering.
-//! It is never a stand-in for the real-engine tests in tests/.
+//! An in-memory [`Orchestrator`] for the controller's timing and ordering tests and the
+//! router tests (the `testing` feature makes it available to `tests/`). It is never a
+//! stand-in for the real-engine tests.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,16 +9,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
+use uuid::Uuid;
 
 use super::{
-    Container, ContainerSpec, ContainerState, Holder, Lease, LogOptions, Orchestrator,
-    OrchestratorError, Removal,
+    Applied, CreateGate, Done, Holder, Lease, LogOptions, Observed, Orchestrator,
+    OrchestratorError, Ownership, RemoveReason, RunState, Workload,
 };
+use crate::agent::RestartPolicy;
 
-/// The store id the fake stamps on what it creates.
-pub const FAKE_STORE: &str = "fake-store";
-
-/// Containers in memory, with a configurable delay per call and injectable failures.
+/// Workloads in memory, with a configurable delay per call and injectable failures.
 #[derive(Default)]
 pub struct FakeOrchestrator {
     state: Mutex<FakeState>,
@@ -35,22 +35,25 @@ pub struct FakeOrchestrator {
 
 #[derive(Default)]
 struct FakeState {
-    containers: BTreeMap<String, Container>,
+    workloads: BTreeMap<String, Observed>,
     next_id: u64,
     /// Calls in order, as "op agent".
-    pub calls: Vec<String>,
+    calls: Vec<String>,
     /// Agents with a call in flight now, to catch overlapping reconciles of one agent.
     busy: HashMap<String, usize>,
     /// Set when two calls for one agent overlapped.
     overlapped: bool,
-    /// Creates that fail before one succeeds.
+    /// Creates that fail before one succeeds, and whether as the engine being away
+    /// (transient) or as an image that cannot be had (persistent).
     failing_creates: u32,
-    /// Containers whose removal the engine confirms but which stay listed.
+    failing_transient: bool,
+    /// Workloads whose removal the engine confirms but which stay.
     survivors: Vec<String>,
+    /// Survivors removed once, and those whose survival was reported.
+    removed: Vec<String>,
+    reported: Vec<String>,
     /// Images not on the engine until pulled.
     missing_images: Vec<String>,
-    /// The store id stamped on what it creates (FAKE_STORE unless set).
-    store: Option<String>,
     /// The instance's lease.
     lease: Option<Lease>,
     /// Lease handles handed out so far.
@@ -63,55 +66,6 @@ impl FakeOrchestrator {
             latency,
             ..Default::default()
         }
-    }
-
-    /// Stamps what it creates with `store` from now on, as a backend bound to that store.
-    pub fn stamp_as(&self, store: &str) {
-        self.state.lock().unwrap().store = Some(store.to_string());
-    }
-
-    fn store(&self) -> String {
-        self.state
-            .lock()
-            .unwrap()
-            .store
-            .clone()
-            .unwrap_or_else(|| FAKE_STORE.into())
-    }
-
-    /// Makes the next `n` creates fail as if the image were missing.
-    pub fn fail_creates(&self, n: u32) {
-        self.state.lock().unwrap().failing_creates = n;
-    }
-
-    pub fn calls(&self) -> Vec<String> {
-        self.state.lock().unwrap().calls.clone()
-    }
-
-    pub fn containers(&self) -> Vec<Container> {
-        self.state
-            .lock()
-            .unwrap()
-            .containers
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// Whether two calls for the same agent were ever in flight together.
-    pub fn overlapped(&self) -> bool {
-        self.state.lock().unwrap().overlapped
-    }
-
-    /// Adds a container as if someone had run it by hand with Hive's labels and store.
-    pub fn add_out_of_band(&self, agent: &str, state: ContainerState) -> String {
-        let store = self.store();
-        self.add_stamped(agent, state, Some(&store))
-    }
-
-    /// Adds a container as if another Hive store had declared it.
-    pub fn add_foreign(&self, agent: &str, state: ContainerState) -> String {
-        self.add_stamped(agent, state, Some("another-store"))
     }
 
     /// A fake whose pulls take `latency`.
@@ -136,30 +90,59 @@ impl FakeOrchestrator {
         self.state.lock().unwrap().survivors.push(id.to_string());
     }
 
-    /// Removes a container behind Hive's back.
-    pub fn remove_out_of_band(&self, id: &str) {
-        self.state.lock().unwrap().containers.remove(id);
+    /// Makes the next `n` creates fail: `transient`, as if the engine were away; else as
+    /// if the image could not be pulled.
+    pub fn fail_creates(&self, n: u32, transient: bool) {
+        let mut s = self.state.lock().unwrap();
+        s.failing_creates = n;
+        s.failing_transient = transient;
     }
 
-    fn add_stamped(&self, agent: &str, state: ContainerState, store: Option<&str>) -> String {
+    pub fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    pub fn workloads(&self) -> Vec<Observed> {
+        self.state
+            .lock()
+            .unwrap()
+            .workloads
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Whether two calls for the same agent were ever in flight together.
+    pub fn overlapped(&self) -> bool {
+        self.state.lock().unwrap().overlapped
+    }
+
+    /// Adds a running workload as if someone had made it by hand with Hive's labels and
+    /// `store`'s stamp.
+    pub fn add_out_of_band(&self, agent: &str, store: &str) -> String {
         let mut s = self.state.lock().unwrap();
         s.next_id += 1;
         let id = format!("c{}", s.next_id);
         let created = s.next_id as i64;
-        s.containers.insert(
+        s.workloads.insert(
             id.clone(),
-            Container {
+            Observed {
                 id: id.clone(),
                 agent: agent.into(),
                 uid: "out-of-band".into(),
                 spec_hash: "none".into(),
-                state,
-                restart_count: 0,
+                store: Some(store.into()),
+                state: RunState::Running,
+                restarts: 0,
                 created,
-                store: store.map(str::to_string),
             },
         );
         id
+    }
+
+    /// Removes a workload behind Hive's back.
+    pub fn remove_out_of_band(&self, id: &str) {
+        self.state.lock().unwrap().workloads.remove(id);
     }
 
     async fn op(&self, op: &str, agent: &str) {
@@ -179,17 +162,40 @@ impl FakeOrchestrator {
         *self.state.lock().unwrap().busy.get_mut(agent).unwrap() -= 1;
     }
 
-    fn agent_of(&self, id: &str) -> Result<String, OrchestratorError> {
-        let s = self.state.lock().unwrap();
-        s.containers
-            .get(id)
-            .map(|c| c.agent.clone())
-            .ok_or_else(|| OrchestratorError::NotFound(id.into()))
+    fn set_state(&self, id: &str, state: RunState) -> Option<Observed> {
+        let mut s = self.state.lock().unwrap();
+        let w = s.workloads.get_mut(id)?;
+        w.state = state;
+        Some(w.clone())
     }
 
-    fn set_state(&self, id: &str, state: ContainerState) {
-        if let Some(c) = self.state.lock().unwrap().containers.get_mut(id) {
-            c.state = state;
+    async fn remove_one(&self, id: &str, agent: &str, reason: RemoveReason) -> Vec<Done> {
+        self.op("remove", agent).await;
+        let mut s = self.state.lock().unwrap();
+        if s.survivors.iter().any(|x| x == id) {
+            // As the Docker backend: "removed" once, then "survived" once, then nothing.
+            if s.reported.iter().any(|x| x == id) {
+                return Vec::new();
+            }
+            if s.removed.iter().any(|x| x == id) {
+                s.reported.push(id.to_string());
+                return vec![Done::SurvivedRemoval {
+                    id: id.into(),
+                    ago: Duration::ZERO,
+                }];
+            }
+            s.removed.push(id.to_string());
+            return vec![Done::Removed {
+                id: id.into(),
+                reason,
+            }];
+        }
+        match s.workloads.remove(id) {
+            Some(_) => vec![Done::Removed {
+                id: id.into(),
+                reason,
+            }],
+            None => Vec::new(),
         }
     }
 }
@@ -200,51 +206,160 @@ impl Orchestrator for FakeOrchestrator {
         Ok(())
     }
 
-    async fn list_all(&self) -> Result<Vec<Container>, OrchestratorError> {
-        Ok(self.containers())
+    async fn list(&self) -> Result<Vec<Observed>, OrchestratorError> {
+        Ok(self.workloads())
     }
 
-    async fn list_agent(&self, agent: &str) -> Result<Vec<Container>, OrchestratorError> {
+    async fn observe(&self, agent: &str) -> Result<Vec<Observed>, OrchestratorError> {
         Ok(self
-            .containers()
+            .workloads()
             .into_iter()
-            .filter(|c| c.agent == agent)
+            .filter(|w| w.agent == agent)
             .collect())
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, OrchestratorError> {
-        self.op("create", &spec.agent).await;
-        let store = self.store();
-        let mut s = self.state.lock().unwrap();
-        if s.missing_images.contains(&spec.image) {
-            return Err(OrchestratorError::ImageMissing {
-                image: spec.image.clone(),
-            });
+    async fn apply(
+        &self,
+        want: &Workload,
+        ownership: &Ownership,
+        gate: &dyn CreateGate,
+    ) -> Result<Applied, OrchestratorError> {
+        let uid = want.uid.to_string();
+        let hash = want.hash();
+        let mine: Vec<Observed> = self
+            .observe(&want.agent)
+            .await?
+            .into_iter()
+            .filter(|w| ownership.owns(w, Some(&uid)))
+            .collect();
+        let keeper = mine
+            .iter()
+            .find(|w| w.uid == uid && w.spec_hash == hash)
+            .cloned();
+        let mut applied = Applied::default();
+        for w in &mine {
+            if keeper.as_ref().is_some_and(|k| k.id == w.id) {
+                continue;
+            }
+            let reason = if w.spec_hash != hash {
+                RemoveReason::SpecChanged
+            } else {
+                RemoveReason::Duplicate
+            };
+            applied
+                .done
+                .extend(self.remove_one(&w.id, &want.agent, reason).await);
         }
-        if s.failing_creates > 0 {
-            s.failing_creates -= 1;
-            return Err(OrchestratorError::ImageNotFound {
-                image: spec.image.clone(),
-                detail: "injected".into(),
-            });
-        }
-        s.next_id += 1;
-        let id = format!("c{}", s.next_id);
-        let created = s.next_id as i64;
-        s.containers.insert(
-            id.clone(),
-            Container {
+        let Some(keeper) = keeper else {
+            if !gate.may_create() {
+                return Err(OrchestratorError::CreateDeferred);
+            }
+            self.op("create", &want.agent).await;
+            let id = {
+                let mut s = self.state.lock().unwrap();
+                if s.failing_creates > 0 {
+                    s.failing_creates -= 1;
+                    if s.failing_transient {
+                        return Err(OrchestratorError::Unavailable("injected".into()));
+                    }
+                    return Err(OrchestratorError::ImageNotFound {
+                        image: want.image.clone(),
+                        detail: "injected".into(),
+                    });
+                }
+                if s.missing_images.contains(&want.image) {
+                    return Err(OrchestratorError::ImageMissing {
+                        image: want.image.clone(),
+                    });
+                }
+                s.next_id += 1;
+                let id = format!("c{}", s.next_id);
+                let created = s.next_id as i64;
+                s.workloads.insert(
+                    id.clone(),
+                    Observed {
+                        id: id.clone(),
+                        agent: want.agent.clone(),
+                        uid: uid.clone(),
+                        spec_hash: hash.clone(),
+                        store: Some(want.store.clone()),
+                        state: RunState::Starting,
+                        restarts: 0,
+                        created,
+                    },
+                );
+                id
+            };
+            applied.done.push(Done::Created {
                 id: id.clone(),
-                agent: spec.agent.clone(),
-                uid: spec.uid.to_string(),
-                spec_hash: spec.hash(),
-                state: ContainerState::Created,
-                restart_count: 0,
-                created,
-                store: Some(store),
-            },
-        );
-        Ok(id)
+                replacing: !applied.done.is_empty(),
+            });
+            if want.running {
+                self.op("start", &want.agent).await;
+                applied.done.push(Done::Started { id: id.clone() });
+                applied.current = self.set_state(&id, RunState::Running);
+            } else {
+                applied.current = self.state.lock().unwrap().workloads.get(&id).cloned();
+            }
+            return Ok(applied);
+        };
+        let id = keeper.id.clone();
+        applied.current = Some(keeper.clone());
+        match (want.running, keeper.state) {
+            (true, RunState::Running) if want.restart => {
+                self.op("restart", &want.agent).await;
+                applied.done.push(Done::Restarted { id: id.clone() });
+                applied.current = self.set_state(&id, RunState::Running);
+            }
+            (true, RunState::Exited { code })
+                if !(matches!(want.restart_policy, RestartPolicy::Never)
+                    || (want.restart_policy == RestartPolicy::OnFailure && code == Some(0))) =>
+            {
+                self.op("start", &want.agent).await;
+                applied.done.push(Done::Repaired {
+                    id: id.clone(),
+                    exit_code: code,
+                });
+                applied.current = self.set_state(&id, RunState::Running);
+            }
+            (true, RunState::Starting) => {
+                self.op("start", &want.agent).await;
+                applied.done.push(Done::Started { id: id.clone() });
+                applied.current = self.set_state(&id, RunState::Running);
+            }
+            (false, RunState::Running | RunState::Starting) => {
+                self.op("stop", &want.agent).await;
+                applied.done.push(Done::Stopped { id: id.clone() });
+                applied.current = self.set_state(&id, RunState::Exited { code: Some(0) });
+            }
+            _ => {}
+        }
+        Ok(applied)
+    }
+
+    async fn remove(
+        &self,
+        ids: &[String],
+        reason: RemoveReason,
+    ) -> Result<Vec<Done>, OrchestratorError> {
+        let mut done = Vec::new();
+        for id in ids {
+            let agent = self
+                .state
+                .lock()
+                .unwrap()
+                .workloads
+                .get(id)
+                .map(|w| w.agent.clone());
+            if let Some(agent) = agent {
+                done.extend(self.remove_one(id, &agent, reason).await);
+            }
+        }
+        Ok(done)
+    }
+
+    async fn remove_volumes(&self, _agent: &str, _uid: Uuid) -> Result<(), OrchestratorError> {
+        Ok(())
     }
 
     async fn pull(&self, image: &str) -> Result<(), OrchestratorError> {
@@ -257,54 +372,6 @@ impl Orchestrator for FakeOrchestrator {
             .unwrap()
             .missing_images
             .retain(|i| i != image);
-        Ok(())
-    }
-
-    async fn start(&self, id: &str) -> Result<(), OrchestratorError> {
-        let agent = self.agent_of(id)?;
-        self.op("start", &agent).await;
-        self.set_state(id, ContainerState::Running);
-        Ok(())
-    }
-
-    async fn stop(&self, id: &str) -> Result<(), OrchestratorError> {
-        let agent = self.agent_of(id)?;
-        self.op("stop", &agent).await;
-        self.set_state(id, ContainerState::Exited(Some(0)));
-        Ok(())
-    }
-
-    async fn restart(&self, id: &str) -> Result<(), OrchestratorError> {
-        let agent = self.agent_of(id)?;
-        self.op("restart", &agent).await;
-        self.set_state(id, ContainerState::Running);
-        Ok(())
-    }
-
-    async fn unpause(&self, id: &str) -> Result<(), OrchestratorError> {
-        let agent = self.agent_of(id)?;
-        self.op("unpause", &agent).await;
-        self.set_state(id, ContainerState::Running);
-        Ok(())
-    }
-
-    async fn remove(&self, id: &str) -> Result<Removal, OrchestratorError> {
-        let Ok(agent) = self.agent_of(id) else {
-            return Ok(Removal::AlreadyGone);
-        };
-        self.op("remove", &agent).await;
-        let mut s = self.state.lock().unwrap();
-        if !s.survivors.iter().any(|x| x == id) {
-            s.containers.remove(id);
-        }
-        Ok(Removal::Removed)
-    }
-
-    async fn remove_volumes(
-        &self,
-        _agent: &str,
-        _uid: uuid::Uuid,
-    ) -> Result<(), OrchestratorError> {
         Ok(())
     }
 

@@ -1,14 +1,18 @@
-//! The one door to the container engine. The controller speaks only these types; no
-//! Docker type crosses this trait, so a Kubernetes backend can stand beside [`docker`].
+//! The one door to where agents run. The controller decides *what* each agent should be,
+//! a neutral [`Workload`] (image, command, environment, limits, volumes, whether it runs),
+//! and a backend makes it so and reports what runs ([`Observed`]): no engine's vocabulary
+//! (create-then-start, unpause, Docker's restart states) crosses this trait, so the
+//! Docker backend ([`docker`]) and a Kubernetes backend stand side by side.
 //!
-//! Every implementation is bound to one Hive *instance* and one *store*: it stamps both on
-//! what it creates, and lists, stops and removes only what carries that instance. Which
-//! store declared a container is reported ([`Container::store`]); the controller leaves
-//! another store's containers alone.
+//! Every backend is bound to one Hive *instance*: it lists, changes and removes only what
+//! carries that instance, and stamps what it makes with the instance and the declaring
+//! store ([`Workload::store`]). Which store made a workload is reported
+//! ([`Observed::store`]); a Hive leaves another store's workloads alone ([`Ownership`]).
 //!
-//! The backend also keeps the instance's [`Lease`] (Kubernetes' leader election, kept on
-//! the engine itself), so that only one Hive reconciles an instance at a time, across
-//! hosts sharing an engine.
+//! A backend also keeps the instance's [`Lease`] (Kubernetes' leader election, kept on the
+//! engine itself), so that only one Hive reconciles an instance at a time.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
@@ -19,87 +23,231 @@ use uuid::Uuid;
 use crate::agent::{Env, RestartPolicy, Volume};
 
 pub mod docker;
+#[cfg(any(test, feature = "testing"))]
+pub mod fake;
 
-/// Everything in an agent's spec that shapes its container. A change of any field
-/// changes [`ContainerSpec::hash`] and so recreates the container.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ContainerSpec {
-    /// The agent's name.
+/// What an agent should be, in no engine's terms.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    /// The agent's name: its name on the agents' network too.
     pub agent: String,
-    /// The agent's uid, so a deleted and re-created agent never adopts its predecessor's container.
+    /// The agent's uid: a deleted and re-created agent never takes over its predecessor's
+    /// workload.
     pub uid: Uuid,
-    /// The agent's owner, stamped as `hive.owner`.
+    /// Whose agent it is.
     pub owner: String,
+    /// The store that declares it, stamped on what the backend makes.
+    pub store: String,
     pub image: String,
-    /// Replaces the image's entrypoint.
+    /// Replaces the image's entrypoint (Kubernetes' `command`).
     pub command: Option<Vec<String>>,
-    /// Replaces the image's default arguments.
+    /// Replaces the image's default arguments (Kubernetes' `args`).
     pub args: Option<Vec<String>>,
-    /// Environment, secrets resolved; its `Debug` hides the values.
+    /// The environment, secrets resolved; its `Debug` hides the values.
     pub env: Env,
     pub restart_policy: RestartPolicy,
     pub memory_bytes: Option<i64>,
-    pub nano_cpus: Option<i64>,
-    /// Most processes at once (Hive's default when None).
-    pub pids_limit: Option<i64>,
-    /// Capabilities added back after dropping all, already checked by the policy.
+    /// CPU limit in billionths of a CPU.
+    pub cpu_nanos: Option<i64>,
+    /// Most processes at once (the backend's default when None).
+    pub pids: Option<i64>,
+    /// Capabilities added back after all are dropped, already checked by the policy.
     pub capabilities: Vec<String>,
-    /// Named volumes to mount.
     pub volumes: Vec<Volume>,
+    /// Whether it should be running.
+    pub running: bool,
+    /// A restart was asked for and is not done yet.
+    pub restart: bool,
 }
 
-impl ContainerSpec {
-    /// A stable digest of the spec (16 bytes of SHA-256 over its JSON, fields and maps in a fixed order).
+impl Workload {
+    /// A stable digest of everything that shapes the workload (16 bytes of SHA-256 over
+    /// its JSON). A change recreates it; whether it runs, or a restart asked for, does
+    /// not. (The fields and their names are those of every earlier Hive, so an upgrade
+    /// recreates nothing.)
     pub fn hash(&self) -> String {
-        let json = serde_json::to_vec(self).expect("a ContainerSpec always serializes");
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            agent: &'a str,
+            uid: Uuid,
+            owner: &'a str,
+            image: &'a str,
+            command: &'a Option<Vec<String>>,
+            args: &'a Option<Vec<String>>,
+            env: &'a Env,
+            restart_policy: RestartPolicy,
+            memory_bytes: Option<i64>,
+            nano_cpus: Option<i64>,
+            pids_limit: Option<i64>,
+            capabilities: &'a [String],
+            volumes: &'a [Volume],
+        }
+        let shape = Shape {
+            agent: &self.agent,
+            uid: self.uid,
+            owner: &self.owner,
+            image: &self.image,
+            command: &self.command,
+            args: &self.args,
+            env: &self.env,
+            restart_policy: self.restart_policy,
+            memory_bytes: self.memory_bytes,
+            nano_cpus: self.cpu_nanos,
+            pids_limit: self.pids,
+            capabilities: &self.capabilities,
+            volumes: &self.volumes,
+        };
+        let json = serde_json::to_vec(&shape).expect("a workload always serializes");
         hex::encode(&Sha256::digest(&json)[..16])
     }
 }
 
-/// The engine's view of a container's process.
+/// How a workload's process stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContainerState {
-    /// Created, never started.
-    Created,
+pub enum RunState {
+    /// Made and not running yet, or being started again by the engine after an exit.
+    Starting,
     Running,
-    Paused,
-    /// Exited and waiting for the engine's restart policy to start it again.
-    Restarting,
-    /// Exited with this code (None when the engine did not say).
-    Exited(Option<i64>),
+    /// Frozen from outside Hive (Docker's pause).
+    Suspended,
+    /// Its process exited with this code (None when the engine did not say).
+    Exited {
+        code: Option<i64>,
+    },
     /// Being removed, or dead: about to disappear.
-    Removing,
+    Terminating,
 }
 
-/// One container that carries this instance's labels.
+/// One workload of the instance, as the backend sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Container {
+pub struct Observed {
+    /// The backend's id of it (a container id on Docker).
     pub id: String,
-    /// Value of the agent label.
     pub agent: String,
-    /// Value of the uid label (may be garbage on a container added out of band).
+    /// The uid it was made for (may be garbage on one added out of band).
     pub uid: String,
-    /// Value of the spec-hash label.
+    /// The [`Workload::hash`] it was made from.
     pub spec_hash: String,
-    pub state: ContainerState,
-    /// How often the engine's restart policy restarted it (known when listed for one agent).
-    pub restart_count: u64,
-    /// Unix seconds of creation; used to keep the newest of duplicates.
-    pub created: i64,
-    /// The id of the store that declared it (None on containers made before stores were
-    /// stamped, or by hand).
+    /// The store that declared it (None on workloads made before stores were stamped, or
+    /// by hand).
     pub store: Option<String>,
+    pub state: RunState,
+    /// How often the engine started it again after an exit (known when observed for one
+    /// agent; 0 in a listing).
+    pub restarts: u64,
+    /// Unix seconds of creation: the newest of duplicates is kept.
+    pub created: i64,
 }
 
-/// What a removal did, as the engine confirmed it.
+/// Which workloads of the instance are one store's to manage.
+#[derive(Clone, Debug)]
+pub struct Ownership {
+    /// The store's id.
+    pub store: String,
+    /// Take every workload of the instance for this store's (`--adopt-foreign`).
+    pub adopt_foreign: bool,
+}
+
+impl Ownership {
+    /// Whether `w` is this store's: stamped with its id, or made before workloads were
+    /// stamped and carrying the uid of the agent this store declares by that name.
+    pub fn owns(&self, w: &Observed, agent_uid: Option<&str>) -> bool {
+        self.adopt_foreign
+            || match &w.store {
+                Some(s) => *s == self.store,
+                None => agent_uid.is_some_and(|u| u == w.uid),
+            }
+    }
+}
+
+/// Why a backend removed a workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Removal {
-    /// The engine removed it.
-    Removed,
-    /// It was gone already (removed by someone else).
-    AlreadyGone,
-    /// The engine is removing it already; not confirmed yet.
-    InProgress,
+pub enum RemoveReason {
+    /// Its agent's spec changed.
+    SpecChanged,
+    /// It belongs to an earlier agent of the same name.
+    EarlierAgent,
+    /// Another workload carries the agent.
+    Duplicate,
+    /// Its agent is being deleted.
+    AgentDeleted,
+    /// No agent of its name exists.
+    NoAgent,
+}
+
+impl RemoveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoveReason::SpecChanged => "the spec changed",
+            RemoveReason::EarlierAgent => "it belongs to an earlier agent of that name",
+            RemoveReason::Duplicate => "it duplicates the agent's container",
+            RemoveReason::AgentDeleted => "its agent is being deleted",
+            RemoveReason::NoAgent => "its agent does not exist",
+        }
+    }
+}
+
+/// One thing a backend did, for the agent's events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    Removed {
+        id: String,
+        reason: RemoveReason,
+    },
+    /// A removal the engine had confirmed earlier, yet the workload is still there.
+    SurvivedRemoval {
+        id: String,
+        ago: Duration,
+    },
+    Created {
+        id: String,
+        replacing: bool,
+    },
+    Started {
+        id: String,
+    },
+    /// Started again: it had stopped outside Hive.
+    Repaired {
+        id: String,
+        exit_code: Option<i64>,
+    },
+    Stopped {
+        id: String,
+    },
+    /// Unfrozen: it had been suspended outside Hive.
+    Resumed {
+        id: String,
+    },
+    /// Restarted once, as asked.
+    Restarted {
+        id: String,
+    },
+}
+
+/// What [`Orchestrator::apply`] left behind.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// The workload carrying the agent now (None while an old one is still going away).
+    pub current: Option<Observed>,
+    /// What the engine is doing about it, in words, when the status should say so.
+    pub note: Option<String>,
+    /// What the backend did, in order.
+    pub done: Vec<Done>,
+}
+
+/// Asked by a backend right before it makes a new workload for an agent: the storm guard
+/// may say not now.
+pub trait CreateGate: Send + Sync {
+    fn may_create(&self) -> bool;
+}
+
+/// A gate that always says yes.
+pub struct AlwaysCreate;
+
+impl CreateGate for AlwaysCreate {
+    fn may_create(&self) -> bool {
+        true
+    }
 }
 
 /// Who holds (or asks for) an instance's lease: enough to name the process to a person.
@@ -136,14 +284,14 @@ pub struct Lease {
     /// When the holder last renewed it (Unix milliseconds, the holder's clock).
     pub renewed_ms: i64,
     /// How long it stays valid after a renewal.
-    pub duration: std::time::Duration,
+    pub duration: Duration,
     /// How often the lease has changed hands.
     pub transitions: u64,
     /// The backend's handle on the lease object (a container id on Docker).
     pub handle: String,
 }
 
-/// Options for reading a container's output.
+/// Options for reading a workload's output.
 #[derive(Clone, Debug, Default)]
 pub struct LogOptions {
     /// Only the last N lines (all when None).
@@ -166,9 +314,12 @@ pub enum OrchestratorError {
     /// The image is not on the engine and pulling it failed.
     #[error("image {image:?} is not on the engine and could not be pulled ({detail}); build or load it there, or fix spec.image")]
     ImageNotFound { image: String, detail: String },
-    /// A container by that name exists but is not ours to touch.
+    /// A workload by that name exists but is not this Hive's to touch.
     #[error("container name {name:?} is taken by a container this Hive instance does not manage; remove or rename it")]
     NameTaken { name: String },
+    /// Another store's workload runs the agent on this instance.
+    #[error("a container of another Hive store ({store}) runs agent {agent:?} on this instance; it is left alone (stop using that store, remove the container, or start this Hive with --adopt-foreign to replace it)")]
+    HeldByForeign { agent: String, store: String },
     /// The agent's name is already a name on the agents' network: it would shadow it.
     #[error("the name {name:?} is already in use on network {network} by {holder}; an agent of that name would answer in its place, so it is not created: choose another name")]
     NameInUse {
@@ -179,7 +330,10 @@ pub enum OrchestratorError {
     /// A volume the spec names exists but may not be mounted for this agent.
     #[error("{0}")]
     VolumeConflict(String),
-    /// The container vanished under us.
+    /// The storm guard said not now (see [`CreateGate`]).
+    #[error("creating a container for the agent is held back")]
+    CreateDeferred,
+    /// The workload vanished under us.
     #[error("container {0} no longer exists")]
     NotFound(String),
     /// The engine refused the request.
@@ -201,8 +355,10 @@ impl OrchestratorError {
             OrchestratorError::ImageMissing { .. } => "image_missing",
             OrchestratorError::ImageNotFound { .. } => "image_not_found",
             OrchestratorError::NameTaken { .. } => "name_taken",
+            OrchestratorError::HeldByForeign { .. } => "held_by_foreign",
             OrchestratorError::NameInUse { .. } => "name_in_use",
             OrchestratorError::VolumeConflict(_) => "volume_conflict",
+            OrchestratorError::CreateDeferred => "create_deferred",
             OrchestratorError::NotFound(_) => "not_found",
             OrchestratorError::Refused(_) => "refused",
             OrchestratorError::Timeout { .. } => "timeout",
@@ -221,40 +377,46 @@ impl OrchestratorError {
     }
 }
 
-/// The container engine, seen through what Hive needs of it.
+/// Where agents run, seen through what Hive needs of it.
 #[async_trait]
 pub trait Orchestrator: Send + Sync + 'static {
     /// Answers when the engine is reachable.
     async fn ping(&self) -> Result<(), OrchestratorError>;
-    /// Every container of this instance (states from the listing; restart counts are 0).
-    async fn list_all(&self) -> Result<Vec<Container>, OrchestratorError>;
-    /// The containers of this instance for one agent, with restart counts filled in.
-    async fn list_agent(&self, agent: &str) -> Result<Vec<Container>, OrchestratorError>;
-    /// Creates (not starts) the agent's container; [`OrchestratorError::ImageMissing`] when
-    /// its image must be pulled first.
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, OrchestratorError>;
-    /// Pulls an image onto the engine.
-    async fn pull(&self, image: &str) -> Result<(), OrchestratorError>;
-    async fn start(&self, id: &str) -> Result<(), OrchestratorError>;
-    /// Asks the process to stop, killing it after the grace period.
-    async fn stop(&self, id: &str) -> Result<(), OrchestratorError>;
-    async fn restart(&self, id: &str) -> Result<(), OrchestratorError>;
-    /// Resumes a container paused outside Hive.
-    async fn unpause(&self, id: &str) -> Result<(), OrchestratorError>;
-    /// Removes the container, killing it if it runs, and says what the engine confirmed.
-    async fn remove(&self, id: &str) -> Result<Removal, OrchestratorError>;
+    /// Every workload of this instance, whatever store made it (restart counts are 0).
+    async fn list(&self) -> Result<Vec<Observed>, OrchestratorError>;
+    /// The workloads of this instance for one agent, whatever store made them, with
+    /// restart counts.
+    async fn observe(&self, agent: &str) -> Result<Vec<Observed>, OrchestratorError>;
+    /// Makes the engine run `want` (or keep it stopped): replaces what carries the agent
+    /// if its spec or uid differ, starts or stops it, restarts it once when asked, repairs
+    /// what was done to it outside Hive, and removes strays. Only workloads `ownership`
+    /// grants are touched; `gate` is asked before a new workload is made.
+    /// [`OrchestratorError::ImageMissing`] when the image must be pulled first.
+    async fn apply(
+        &self,
+        want: &Workload,
+        ownership: &Ownership,
+        gate: &dyn CreateGate,
+    ) -> Result<Applied, OrchestratorError>;
+    /// Removes these workloads (any state); says what the engine confirmed.
+    async fn remove(
+        &self,
+        ids: &[String],
+        reason: RemoveReason,
+    ) -> Result<Vec<Done>, OrchestratorError>;
     /// Removes the volumes made for the agent `uid`, except those marked to be retained.
     async fn remove_volumes(&self, agent: &str, uid: Uuid) -> Result<(), OrchestratorError>;
-    /// The container's output, stdout and stderr interleaved.
+    /// Pulls an image onto the engine.
+    async fn pull(&self, image: &str) -> Result<(), OrchestratorError>;
+    /// A workload's output, stdout and stderr interleaved.
     fn logs(
         &self,
         id: &str,
         options: LogOptions,
     ) -> BoxStream<'static, Result<Vec<u8>, OrchestratorError>>;
-    /// Names of agents whose containers changed (created, started, died, removed, ...).
-    /// The stream ends or errs when the engine goes away; callers re-subscribe.
+    /// Names of agents whose workloads changed (made, started, died, removed, ...). The
+    /// stream ends or errs when the engine goes away; callers re-subscribe.
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>>;
-
     /// The instance's lease as the engine has it (None: nobody holds it).
     async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError>;
     /// Takes the lease for `me`, replacing `current` (None: there is none). Fails with
@@ -262,7 +424,7 @@ pub trait Orchestrator: Send + Sync + 'static {
     async fn acquire_lease(
         &self,
         me: &Holder,
-        duration: std::time::Duration,
+        duration: Duration,
         current: Option<&Lease>,
     ) -> Result<Lease, OrchestratorError>;
     /// Renews a lease this process holds; [`OrchestratorError::LeaseConflict`] if it is
@@ -273,4 +435,42 @@ pub trait Orchestrator: Send + Sync + 'static {
 }
 
 #[cfg(test)]
-pub mod fake;
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_the_one_earlier_hives_stamped() {
+        // An upgrade must not recreate every container: the digest of this workload was
+        // computed by the previous release's ContainerSpec.
+        let w = Workload {
+            agent: "a".into(),
+            uid: Uuid::from_u128(7),
+            owner: "sol".into(),
+            store: "s".into(),
+            image: "img".into(),
+            command: Some(vec!["sleep".into()]),
+            args: None,
+            env: Env([("A".to_string(), "1".to_string())].into()),
+            restart_policy: RestartPolicy::Always,
+            memory_bytes: Some(1 << 29),
+            cpu_nanos: Some(500_000_000),
+            pids: Some(256),
+            capabilities: vec![],
+            volumes: vec![],
+            running: true,
+            restart: false,
+        };
+        let json = r#"{"agent":"a","uid":"00000000-0000-0000-0000-000000000007","owner":"sol","image":"img","command":["sleep"],"args":null,"env":{"A":"1"},"restart_policy":"Always","memory_bytes":536870912,"nano_cpus":500000000,"pids_limit":256,"capabilities":[],"volumes":[]}"#;
+        assert_eq!(
+            w.hash(),
+            hex::encode(&Sha256::digest(json.as_bytes())[..16])
+        );
+        let stopped = Workload {
+            running: false,
+            restart: true,
+            store: "other".into(),
+            ..w.clone()
+        };
+        assert_eq!(stopped.hash(), w.hash(), "not part of the shape");
+    }
+}

@@ -25,8 +25,8 @@ use tracing::{info, warn};
 
 use crate::access::Principal;
 use crate::agent::now_rfc3339;
-use crate::api::apply::apply_documents;
-use crate::api::{ApiError, AppState};
+use crate::lease::Leadership;
+use crate::service::{Prune, Service, ServiceError};
 
 /// The annotation naming the file an agent comes from.
 pub const SOURCE: &str = crate::agent::SOURCE_ANNOTATION;
@@ -73,18 +73,26 @@ pub struct FileStatus {
     pub errors: Vec<String>,
 }
 
-/// Follows one directory.
+/// Follows one directory, writing through the service like any other client (audited
+/// under the key id `gitops` and the policy's `gitops.owner`).
 pub struct Syncer {
     settings: Settings,
-    state: AppState,
+    service: Arc<Service>,
+    leadership: tokio::sync::watch::Receiver<Leadership>,
     status: Arc<Mutex<SyncStatus>>,
 }
 
 impl Syncer {
-    pub fn new(settings: Settings, state: AppState, status: Arc<Mutex<SyncStatus>>) -> Self {
+    pub fn new(
+        settings: Settings,
+        service: Arc<Service>,
+        leadership: tokio::sync::watch::Receiver<Leadership>,
+        status: Arc<Mutex<SyncStatus>>,
+    ) -> Self {
         Syncer {
             settings,
-            state,
+            service,
+            leadership,
             status,
         }
     }
@@ -92,7 +100,7 @@ impl Syncer {
     /// Scans once this Hive holds its instance, then on every change and rescan tick,
     /// until `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        let mut leadership = self.state.leadership.clone();
+        let mut leadership = self.leadership.clone();
         tokio::select! {
             () = stop.cancelled() => return,
             r = leadership.wait_for(|l| l.is_leading()) => if r.is_err() { return },
@@ -126,7 +134,7 @@ impl Syncer {
                 }
             }
             // Only the Hive that reconciles the instance applies its manifests.
-            if self.state.leadership.borrow().is_leading() {
+            if self.leadership.borrow().is_leading() {
                 self.scan().await;
             }
         }
@@ -135,7 +143,7 @@ impl Syncer {
     /// One full pass: apply every good file, report bad ones, prune what went away.
     pub async fn scan(&self) {
         let dir = &self.settings.dir;
-        let principal = Principal::gitops(&self.state.policy.gitops.owner);
+        let principal = Principal::gitops(&self.service.policy().gitops.owner);
         let previous = self
             .status
             .lock()
@@ -213,7 +221,7 @@ impl Syncer {
 
         if let Some(p) = &status.problem {
             warn!(problem = %p, "manifests directory");
-        } else if let Err(e) = self.prune(&mut status).await {
+        } else if let Err(e) = self.prune(&principal, &mut status).await {
             warn!(error = %e, "pruning failed; will try again");
         }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
@@ -265,7 +273,7 @@ impl Syncer {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
-            } else if let Ok(Some(existing)) = self.state.store.get(&name) {
+            } else if let Ok(Some(existing)) = self.service.store().get(&name) {
                 // Made through the API: not the directory's to take over. (An agent whose
                 // source is another file that no longer declares it has moved: adopt it.)
                 if !existing.agent.metadata.annotations.contains_key(SOURCE) {
@@ -280,12 +288,12 @@ impl Syncer {
             warn!(file = %rel, errors = ?errors, "manifest conflicts");
             return failed(errors);
         }
-        match apply_documents(&self.state, p, docs, false).await {
+        match self.service.apply(p, docs, false, None).await {
             Ok(results) => {
                 let changed: Vec<_> = results
                     .iter()
-                    .filter(|r| r.result != "unchanged")
-                    .map(|r| format!("{} {}", r.name, r.result))
+                    .filter(|r| r.result != crate::service::Outcome::Unchanged)
+                    .map(|r| format!("{} {:?}", r.name, r.result))
                     .collect();
                 if !changed.is_empty() {
                     info!(file = %rel, changed = ?changed, "applied manifest");
@@ -299,7 +307,7 @@ impl Syncer {
                     errors: Vec::new(),
                 }
             }
-            Err(ApiError::InvalidDocuments { documents, .. }) => {
+            Err(ServiceError::InvalidDocuments { documents, .. }) => {
                 let errors = documents
                     .iter()
                     .map(|d| format!("{rel} (document {}): {}", d.index + 1, d.message))
@@ -312,28 +320,17 @@ impl Syncer {
     }
 
     /// Deletes agents that carry a source but are declared by no file.
-    async fn prune(&self, status: &mut SyncStatus) -> Result<(), ApiError> {
-        let declared: BTreeSet<&str> = status
+    async fn prune(&self, p: &Principal, status: &mut SyncStatus) -> Result<(), ServiceError> {
+        let declared: BTreeSet<String> = status
             .files
             .values()
-            .flat_map(|f| f.objects.keys().map(String::as_str))
+            .flat_map(|f| f.objects.keys().cloned())
             .collect();
-        let mut pruned = Vec::new();
-        for r in self.state.store.list()? {
-            let a = &r.agent;
-            if a.is_terminating() || !a.metadata.annotations.contains_key(SOURCE) {
-                continue;
-            }
-            if !declared.contains(a.metadata.name.as_str()) {
-                self.state.store.mark_deleted(&a.metadata.name)?;
-                pruned.push(a.metadata.name.clone());
-            }
-        }
+        let pruned = self
+            .service
+            .prune(p, Prune { annotation: SOURCE }, &declared)
+            .await?;
         if !pruned.is_empty() {
-            self.state.store.flush().await?;
-            for name in &pruned {
-                self.state.controller.enqueue(name);
-            }
             info!(agents = ?pruned, "pruned agents whose manifests went away");
         }
         status.pruned = pruned;

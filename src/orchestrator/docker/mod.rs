@@ -54,9 +54,12 @@ use bollard::Docker;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use super::{
-    Container, ContainerSpec, ContainerState, Holder, Lease, LogOptions, Orchestrator,
-    OrchestratorError, Removal,
+    Applied, CreateGate, Done, Holder, Lease, LogOptions, Observed, Orchestrator,
+    OrchestratorError, Ownership, RemoveReason, RunState, Workload,
 };
+use plan::{Container, ContainerAction, ContainerState};
+
+pub mod plan;
 use crate::agent::RestartPolicy;
 
 /// Label every Hive container carries.
@@ -108,8 +111,6 @@ pub struct DockerSettings {
     pub instance: String,
     /// The network every agent joins, with its name as an alias.
     pub network: String,
-    /// The id of the store whose agents this backend runs, stamped on each container.
-    pub store: String,
     /// The deadline of every engine call (a stop's grace is added where it applies).
     pub timeout: Duration,
 }
@@ -123,6 +124,8 @@ pub struct DockerOrchestrator {
     network_ready: tokio::sync::OnceCell<()>,
     /// Set once the lease image is known to exist.
     lease_image_ready: tokio::sync::OnceCell<()>,
+    /// Containers this backend had the engine remove lately.
+    removed: std::sync::Mutex<plan::Ledger>,
 }
 
 struct Client {
@@ -153,6 +156,7 @@ impl DockerOrchestrator {
             settings,
             network_ready: tokio::sync::OnceCell::new(),
             lease_image_ready: tokio::sync::OnceCell::new(),
+            removed: Default::default(),
         }
     }
 
@@ -235,7 +239,7 @@ impl DockerOrchestrator {
 
     /// Creates the agent's named volumes, labelled with its instance, owner and uid, or
     /// checks that those that exist are this agent's to mount.
-    async fn ensure_volumes(&self, spec: &ContainerSpec) -> Result<(), OrchestratorError> {
+    async fn ensure_volumes(&self, spec: &Workload) -> Result<(), OrchestratorError> {
         let docker = self.docker().await?;
         for (i, v) in spec.volumes.iter().enumerate() {
             let name = self.volume_name(&spec.agent, &v.name);
@@ -259,7 +263,7 @@ impl DockerOrchestrator {
                 labels: Some(HashMap::from([
                     (LABEL_MANAGED.to_string(), "true".to_string()),
                     (LABEL_INSTANCE.to_string(), self.settings.instance.clone()),
-                    (LABEL_STORE.to_string(), self.settings.store.clone()),
+                    (LABEL_STORE.to_string(), spec.store.clone()),
                     (LABEL_AGENT.to_string(), spec.agent.clone()),
                     (LABEL_UID.to_string(), spec.uid.to_string()),
                     (LABEL_OWNER.to_string(), spec.owner.clone()),
@@ -287,7 +291,7 @@ impl DockerOrchestrator {
     /// the agent of `spec`.
     fn may_mount(
         &self,
-        spec: &ContainerSpec,
+        spec: &Workload,
         i: usize,
         name: &str,
         labels: &HashMap<String, String>,
@@ -331,7 +335,7 @@ impl DockerOrchestrator {
     /// answers to: another instance's agent, a compose service, a container of that name,
     /// or an alias. Hive's own containers are known by their labels; the few others are
     /// inspected for their aliases.
-    async fn check_network_name(&self, spec: &ContainerSpec) -> Result<(), OrchestratorError> {
+    async fn check_network_name(&self, spec: &Workload) -> Result<(), OrchestratorError> {
         let network = &self.settings.network;
         let filters = HashMap::from([("network".to_string(), vec![network.clone()])]);
         let docker = self.docker().await?;
@@ -429,7 +433,10 @@ impl DockerOrchestrator {
         .map_err(map_err)
     }
 
-    async fn list(&self, agent: Option<&str>) -> Result<Vec<Container>, OrchestratorError> {
+    async fn list_containers(
+        &self,
+        agent: Option<&str>,
+    ) -> Result<Vec<Container>, OrchestratorError> {
         let summaries = self.list_summaries(self.label_filters(agent)).await?;
         Ok(summaries
             .into_iter()
@@ -462,11 +469,11 @@ impl DockerOrchestrator {
             .collect())
     }
 
-    fn create_body(&self, spec: &ContainerSpec) -> ContainerCreateBody {
+    fn create_body(&self, spec: &Workload) -> ContainerCreateBody {
         let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_INSTANCE.to_string(), self.settings.instance.clone()),
-            (LABEL_STORE.to_string(), self.settings.store.clone()),
+            (LABEL_STORE.to_string(), spec.store.clone()),
             (LABEL_AGENT.to_string(), spec.agent.clone()),
             (LABEL_UID.to_string(), spec.uid.to_string()),
             (LABEL_OWNER.to_string(), spec.owner.clone()),
@@ -498,8 +505,8 @@ impl DockerOrchestrator {
             }),
             host_config: Some(HostConfig {
                 memory: spec.memory_bytes,
-                nano_cpus: spec.nano_cpus,
-                pids_limit: Some(spec.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)),
+                nano_cpus: spec.cpu_nanos,
+                pids_limit: Some(spec.pids.unwrap_or(DEFAULT_PIDS_LIMIT)),
                 network_mode: Some(self.settings.network.clone()),
                 mounts: Some(
                     spec.volumes
@@ -621,7 +628,22 @@ impl DockerOrchestrator {
 
     /// Removes a lease object by id; one that is already gone is fine.
     async fn remove_lease_object(&self, id: &str) -> Result<(), OrchestratorError> {
-        self.remove(id).await.map(|_| ())
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        let docker = self.docker().await?;
+        match self
+            .call(
+                "remove the lease",
+                Duration::ZERO,
+                docker.remove_container(id, Some(options)),
+            )
+            .await?
+        {
+            Err(e) if !matches!(status_of(&e), Some(404 | 409)) => Err(map_err(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Creates a never-started lease container.
@@ -711,67 +733,150 @@ impl Orchestrator for DockerOrchestrator {
         }
     }
 
-    async fn list_all(&self) -> Result<Vec<Container>, OrchestratorError> {
-        self.list(None).await
+    async fn list(&self) -> Result<Vec<Observed>, OrchestratorError> {
+        Ok(self
+            .list_containers(None)
+            .await?
+            .iter()
+            .map(Container::observed)
+            .collect())
     }
 
-    async fn list_agent(&self, agent: &str) -> Result<Vec<Container>, OrchestratorError> {
-        let mut containers = self.list(Some(agent)).await?;
-        let docker = self.docker().await?;
-        for c in &mut containers {
-            match self
-                .call(
-                    "inspect container",
-                    Duration::ZERO,
-                    docker.inspect_container(&c.id, None),
-                )
-                .await?
-            {
-                Ok(detail) => {
-                    c.restart_count = detail.restart_count.unwrap_or_default().max(0) as u64;
-                    if let Some(state) = detail.state {
-                        if let (Some(ContainerStateStatusEnum::EXITED), Some(code)) =
-                            (state.status, state.exit_code)
-                        {
-                            c.state = ContainerState::Exited(Some(code));
-                        }
-                    }
-                }
-                // Removed between the listing and the inspect: it is on its way out.
-                Err(e) if status_of(&e) == Some(404) => c.state = ContainerState::Removing,
-                Err(e) => return Err(map_err(e)),
+    async fn observe(&self, agent: &str) -> Result<Vec<Observed>, OrchestratorError> {
+        Ok(self
+            .inspect_agent(agent)
+            .await?
+            .iter()
+            .map(Container::observed)
+            .collect())
+    }
+
+    async fn apply(
+        &self,
+        want: &Workload,
+        ownership: &Ownership,
+        gate: &dyn CreateGate,
+    ) -> Result<Applied, OrchestratorError> {
+        let uid = want.uid.to_string();
+        let (containers, foreign): (Vec<Container>, Vec<Container>) = self
+            .inspect_agent(&want.agent)
+            .await?
+            .into_iter()
+            .partition(|c| ownership.owns(&c.observed(), Some(&uid)));
+        let plan = plan::plan(want, &containers);
+        if let Some(ContainerAction::Create { .. }) = plan.action {
+            // Another store's container holds the name: leave it alone and say so.
+            if let Some(f) = foreign.iter().find(|c| c.state != ContainerState::Removing) {
+                return Err(OrchestratorError::HeldByForeign {
+                    agent: want.agent.clone(),
+                    store: f.store.clone().unwrap_or_else(|| "unknown".into()),
+                });
+            }
+            if !gate.may_create() {
+                return Err(OrchestratorError::CreateDeferred);
             }
         }
-        Ok(containers)
+        let mut done = Vec::new();
+        for (id, reason) in &plan.remove {
+            done.extend(self.remove_one(id, *reason).await?);
+        }
+        let mut applied = Applied {
+            current: plan.keeper.as_ref().map(Container::observed),
+            note: None,
+            done,
+        };
+        if plan.waiting_for_removal {
+            applied.note = Some("waiting for the engine to remove the old container".into());
+        }
+        let Some(action) = plan.action else {
+            if let Some(k) = plan
+                .keeper
+                .as_ref()
+                .filter(|k| want.running && k.state == ContainerState::Restarting)
+            {
+                applied.note = Some(format!(
+                    "its process exited; the engine restarts it (restart {})",
+                    k.restart_count + 1
+                ));
+            }
+            return Ok(applied);
+        };
+        let keeper = plan.keeper.clone();
+        let now = |state: RunState| {
+            keeper.as_ref().map(|k| Observed {
+                state,
+                ..k.observed()
+            })
+        };
+        match action {
+            ContainerAction::Create { start } => {
+                let id = self.create_container(want).await?;
+                applied.done.push(Done::Created {
+                    id: id.clone(),
+                    replacing: plan
+                        .remove
+                        .iter()
+                        .any(|(_, r)| *r == RemoveReason::SpecChanged),
+                });
+                let mut made = Observed {
+                    id: id.clone(),
+                    agent: want.agent.clone(),
+                    uid: uid.clone(),
+                    spec_hash: want.hash(),
+                    store: Some(want.store.clone()),
+                    state: RunState::Starting,
+                    restarts: 0,
+                    created: unix_ms() / 1000,
+                };
+                if start {
+                    self.start_container(&id).await?;
+                    applied.done.push(Done::Started { id });
+                    made.state = RunState::Running;
+                }
+                applied.current = Some(made);
+            }
+            ContainerAction::Start { id, repair } => {
+                self.start_container(&id).await?;
+                let exit_code = match plan.keeper.as_ref().map(|k| k.state) {
+                    Some(ContainerState::Exited(code)) => code,
+                    _ => None,
+                };
+                applied.done.push(if repair {
+                    Done::Repaired { id, exit_code }
+                } else {
+                    Done::Started { id }
+                });
+                applied.current = now(RunState::Running);
+            }
+            ContainerAction::Stop { id } => {
+                self.stop_container(&id).await?;
+                applied.done.push(Done::Stopped { id });
+                applied.current = now(RunState::Exited { code: None });
+            }
+            ContainerAction::Restart { id } => {
+                self.restart_container(&id).await?;
+                applied.done.push(Done::Restarted { id });
+                applied.current = now(RunState::Running);
+            }
+            ContainerAction::Unpause { id } => {
+                self.unpause_container(&id).await?;
+                applied.done.push(Done::Resumed { id });
+                applied.current = now(RunState::Running);
+            }
+        }
+        Ok(applied)
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, OrchestratorError> {
-        let name = self.container_name(&spec.agent);
-        let options = || CreateContainerOptions {
-            name: Some(name.clone()),
-            ..Default::default()
-        };
-        self.ensure_network().await?;
-        self.check_network_name(spec).await?;
-        self.ensure_volumes(spec).await?;
-        let docker = self.docker().await?;
-        let create = |docker: &Docker| {
-            let docker = docker.clone();
-            let body = self.create_body(spec);
-            let options = options();
-            async move { docker.create_container(Some(options), body).await }
-        };
-        match self
-            .call("create container", Duration::ZERO, create(&docker))
-            .await?
-        {
-            Ok(r) => Ok(r.id),
-            Err(e) if status_of(&e) == Some(409) => Err(OrchestratorError::NameTaken { name }),
-            Err(e) if status_of(&e) == Some(404) => Err(OrchestratorError::ImageMissing {
-                image: spec.image.clone(),
-            }),
-            Err(e) => Err(map_err(e)),
+    async fn remove(
+        &self,
+        ids: &[String],
+        reason: RemoveReason,
+    ) -> Result<Vec<Done>, OrchestratorError> {
+        let mut done = Vec::new();
+        for id in ids {
+            done.extend(self.remove_one(id, reason).await?);
         }
+        Ok(done)
     }
 
     async fn pull(&self, image: &str) -> Result<(), OrchestratorError> {
@@ -790,91 +895,6 @@ impl Orchestrator for DockerOrchestrator {
                 image: image.to_string(),
                 detail: message_of(&e),
             })
-    }
-
-    async fn start(&self, id: &str) -> Result<(), OrchestratorError> {
-        let docker = self.docker().await?;
-        match self
-            .call(
-                "start container",
-                Duration::ZERO,
-                docker.start_container(id, None),
-            )
-            .await?
-        {
-            // 304: already started.
-            Err(e) if status_of(&e) == Some(304) => Ok(()),
-            r => r.map_err(|e| map_err_for(e, id)),
-        }
-    }
-
-    async fn stop(&self, id: &str) -> Result<(), OrchestratorError> {
-        let options = StopContainerOptions {
-            t: Some(STOP_GRACE_SECS),
-            ..Default::default()
-        };
-        let docker = self.docker().await?;
-        match self
-            .call(
-                "stop container",
-                grace(),
-                docker.stop_container(id, Some(options)),
-            )
-            .await?
-        {
-            // 304: already stopped.
-            Err(e) if status_of(&e) == Some(304) => Ok(()),
-            r => r.map_err(|e| map_err_for(e, id)),
-        }
-    }
-
-    async fn restart(&self, id: &str) -> Result<(), OrchestratorError> {
-        let options = RestartContainerOptions {
-            t: Some(STOP_GRACE_SECS),
-            ..Default::default()
-        };
-        let docker = self.docker().await?;
-        self.call(
-            "restart container",
-            grace(),
-            docker.restart_container(id, Some(options)),
-        )
-        .await?
-        .map_err(|e| map_err_for(e, id))
-    }
-
-    async fn unpause(&self, id: &str) -> Result<(), OrchestratorError> {
-        let docker = self.docker().await?;
-        self.call(
-            "unpause container",
-            Duration::ZERO,
-            docker.unpause_container(id),
-        )
-        .await?
-        .map_err(|e| map_err_for(e, id))
-    }
-
-    async fn remove(&self, id: &str) -> Result<Removal, OrchestratorError> {
-        let options = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        let docker = self.docker().await?;
-        match self
-            .call(
-                "remove container",
-                grace(),
-                docker.remove_container(id, Some(options)),
-            )
-            .await?
-        {
-            Ok(()) => Ok(Removal::Removed),
-            Err(e) if status_of(&e) == Some(404) => Ok(Removal::AlreadyGone),
-            // 409: a removal is already under way.
-            Err(e) if status_of(&e) == Some(409) => Ok(Removal::InProgress),
-            Err(e) => Err(map_err(e)),
-        }
     }
 
     async fn remove_volumes(&self, agent: &str, uid: uuid::Uuid) -> Result<(), OrchestratorError> {
@@ -1092,6 +1112,199 @@ impl Orchestrator for DockerOrchestrator {
     }
 }
 
+impl DockerOrchestrator {
+    /// The containers of this instance for one agent, with restart counts and exit codes
+    /// from an inspect of each.
+    async fn inspect_agent(&self, agent: &str) -> Result<Vec<Container>, OrchestratorError> {
+        let mut containers = self.list_containers(Some(agent)).await?;
+        let docker = self.docker().await?;
+        for c in &mut containers {
+            match self
+                .call(
+                    "inspect container",
+                    Duration::ZERO,
+                    docker.inspect_container(&c.id, None),
+                )
+                .await?
+            {
+                Ok(detail) => {
+                    c.restart_count = detail.restart_count.unwrap_or_default().max(0) as u64;
+                    if let Some(state) = detail.state {
+                        if let (Some(ContainerStateStatusEnum::EXITED), Some(code)) =
+                            (state.status, state.exit_code)
+                        {
+                            c.state = ContainerState::Exited(Some(code));
+                        }
+                    }
+                }
+                // Removed between the listing and the inspect: it is on its way out.
+                Err(e) if status_of(&e) == Some(404) => c.state = ContainerState::Removing,
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(containers)
+    }
+
+    /// Creates (not starts) the agent's container, after its network identity and volumes
+    /// are checked; [`OrchestratorError::ImageMissing`] when its image must be pulled.
+    async fn create_container(&self, spec: &Workload) -> Result<String, OrchestratorError> {
+        let name = self.container_name(&spec.agent);
+        self.ensure_network().await?;
+        self.check_network_name(spec).await?;
+        self.ensure_volumes(spec).await?;
+        let docker = self.docker().await?;
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        match self
+            .call(
+                "create container",
+                Duration::ZERO,
+                docker.create_container(Some(options), self.create_body(spec)),
+            )
+            .await?
+        {
+            Ok(r) => Ok(r.id),
+            Err(e) if status_of(&e) == Some(409) => Err(OrchestratorError::NameTaken { name }),
+            Err(e) if status_of(&e) == Some(404) => Err(OrchestratorError::ImageMissing {
+                image: spec.image.clone(),
+            }),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), OrchestratorError> {
+        let docker = self.docker().await?;
+        match self
+            .call(
+                "start container",
+                Duration::ZERO,
+                docker.start_container(id, None),
+            )
+            .await?
+        {
+            // 304: already started.
+            Err(e) if status_of(&e) == Some(304) => Ok(()),
+            r => r.map_err(|e| map_err_for(e, id)),
+        }
+    }
+
+    /// Asks the process to stop, killing it after the grace period.
+    async fn stop_container(&self, id: &str) -> Result<(), OrchestratorError> {
+        let options = StopContainerOptions {
+            t: Some(STOP_GRACE_SECS),
+            ..Default::default()
+        };
+        let docker = self.docker().await?;
+        match self
+            .call(
+                "stop container",
+                grace(),
+                docker.stop_container(id, Some(options)),
+            )
+            .await?
+        {
+            // 304: already stopped.
+            Err(e) if status_of(&e) == Some(304) => Ok(()),
+            r => r.map_err(|e| map_err_for(e, id)),
+        }
+    }
+
+    async fn restart_container(&self, id: &str) -> Result<(), OrchestratorError> {
+        let options = RestartContainerOptions {
+            t: Some(STOP_GRACE_SECS),
+            ..Default::default()
+        };
+        let docker = self.docker().await?;
+        self.call(
+            "restart container",
+            grace(),
+            docker.restart_container(id, Some(options)),
+        )
+        .await?
+        .map_err(|e| map_err_for(e, id))
+    }
+
+    /// Resumes a container paused outside Hive.
+    async fn unpause_container(&self, id: &str) -> Result<(), OrchestratorError> {
+        let docker = self.docker().await?;
+        self.call(
+            "unpause container",
+            Duration::ZERO,
+            docker.unpause_container(id),
+        )
+        .await?
+        .map_err(|e| map_err_for(e, id))
+    }
+
+    /// Removes a container, killing it if it runs. Says "removed" only once the engine
+    /// confirmed it, and a container removed before that is listed again is reported
+    /// once as having survived its removal, never announced as removed again.
+    async fn remove_one(
+        &self,
+        id: &str,
+        reason: RemoveReason,
+    ) -> Result<Vec<Done>, OrchestratorError> {
+        let mut done = Vec::new();
+        let ago = self
+            .removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .survived(id, Instant::now());
+        if let Some(ago) = ago {
+            done.push(Done::SurvivedRemoval {
+                id: id.to_string(),
+                ago: Duration::from_secs(ago.as_secs()),
+            });
+        }
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        let docker = self.docker().await?;
+        match self
+            .call(
+                "remove container",
+                grace(),
+                docker.remove_container(id, Some(options)),
+            )
+            .await?
+        {
+            Ok(()) => {
+                let news = self
+                    .removed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .confirmed(id, Instant::now());
+                if news {
+                    done.push(Done::Removed {
+                        id: id.to_string(),
+                        reason,
+                    });
+                } else {
+                    tracing::debug!(container = %short(id), "removed again");
+                }
+            }
+            // 404: already gone; 409: a removal is already under way.
+            Err(e) if status_of(&e) == Some(404) => {
+                tracing::debug!(container = %short(id), "was already gone when it was to be removed")
+            }
+            Err(e) if status_of(&e) == Some(409) => {
+                tracing::debug!(container = %short(id), "the engine is removing it already")
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        Ok(done)
+    }
+}
+
+/// The short form of a container id, as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
 /// The extra time a call gets when the engine first waits for a process to stop.
 fn grace() -> Duration {
     Duration::from_secs(STOP_GRACE_SECS as u64)
@@ -1248,7 +1461,6 @@ mod tests {
             host: Some("unix:///nonexistent.sock".into()),
             instance: instance.into(),
             network: "hive-net".into(),
-            store: "s".into(),
             timeout: Duration::from_secs(1),
         })
     }

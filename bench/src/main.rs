@@ -11,19 +11,30 @@
 //! - `drift`: time until a container is running again after a crash (the engine's
 //!   restart policy, as baseline) and after a `docker kill` (only Hive repairs that).
 //!
-//! It runs the `hive` binary that sits next to it: `cargo build --release` builds both.
+//! It runs the `hive` binary that sits next to it: `cargo build --release --workspace`
+//! builds both. The baseline talks to the engine directly (create and start, remove), with
+//! the same container shape and parallelism; it shares the busybox image and the
+//! `hive serve` child process with the tests (`hive::testing`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    RestartPolicy as DockerRestart, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectContainerOptions, ListContainersOptions,
+    RemoveContainerOptions,
+};
+use bollard::Docker;
 use clap::{Args, Parser, Subcommand};
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use hive::agent::{Agent, AgentSpec, Metadata, RestartPolicy};
-use hive::orchestrator::docker::DockerOrchestrator;
-use hive::orchestrator::{ContainerState, Orchestrator};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -142,7 +153,7 @@ impl Row {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    ensure_image()?;
+    ensure_image().await?;
     let mut rows = Vec::new();
     match cli.command {
         Bench::Converge(a) => rows.extend(converge(&a).await?),
@@ -227,37 +238,166 @@ fn machine() -> Value {
     json!({"cpus": cpus, "memory": mem, "engine": engine})
 }
 
+/// The engine, version negotiated.
+async fn docker() -> Result<Docker> {
+    Ok(Docker::connect_with_local_defaults()?
+        .negotiate_version()
+        .await?)
+}
+
 /// Imports the benchmark image from Debian's static busybox unless the engine has it.
-fn ensure_image() -> Result<()> {
-    let have = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if have.success() {
+async fn ensure_image() -> Result<()> {
+    let d = docker().await?;
+    if d.inspect_image(IMAGE).await.is_ok() {
         return Ok(());
     }
-    if !Path::new("/bin/busybox").exists() {
-        bail!("/bin/busybox is missing: apt-get install busybox-static");
-    }
-    let dir = std::env::temp_dir().join(format!("hive-bench-image-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("bin"))?;
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
-    for tool in ["sh", "sleep", "kill"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(tool))?;
-    }
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "tar -C {} -c . | docker import --change 'ENV PATH=/bin' - {IMAGE} >/dev/null",
-            dir.display()
-        ))
-        .status()?;
-    std::fs::remove_dir_all(&dir).ok();
-    if !status.success() {
-        bail!("importing {IMAGE} failed");
-    }
+    let tar = hive::testing::busybox_tar(&["sh", "sleep", "kill"])?;
+    let (repo, tag) = IMAGE.split_once(':').expect("a tagged image");
+    let options = CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo.into()),
+        tag: Some(tag.into()),
+        changes: vec!["ENV PATH=/bin".into()],
+        ..Default::default()
+    };
+    d.create_image(Some(options), Some(bollard::body_full(tar.into())), None)
+        .try_collect::<Vec<_>>()
+        .await
+        .with_context(|| format!("importing {IMAGE}"))?;
     Ok(())
+}
+
+/// The baseline: the engine driven directly, one container per agent, in the shape Hive
+/// gives its containers (labels, the agents' network with an alias, limits, an init).
+struct Engine {
+    docker: Docker,
+    instance: String,
+}
+
+impl Engine {
+    async fn new(instance: &str) -> Result<Engine> {
+        let docker = docker().await?;
+        if docker.inspect_network("hive-net", None).await.is_err() {
+            let request = NetworkCreateRequest {
+                name: "hive-net".into(),
+                driver: Some("bridge".into()),
+                ..Default::default()
+            };
+            let _ = docker.create_network(request).await;
+        }
+        Ok(Engine {
+            docker,
+            instance: instance.to_string(),
+        })
+    }
+
+    fn filters(&self, agent: Option<&str>) -> HashMap<String, Vec<String>> {
+        let mut labels = vec![format!("hive.instance={}", self.instance)];
+        if let Some(a) = agent {
+            labels.push(format!("hive.agent={a}"));
+        }
+        HashMap::from([("label".to_string(), labels)])
+    }
+
+    /// Creates and starts a sleeping container for `agent`.
+    async fn run(&self, agent: &str) -> Result<String> {
+        let body = ContainerCreateBody {
+            image: Some(IMAGE.into()),
+            entrypoint: Some(vec!["/bin/sleep".into(), "86400".into()]),
+            labels: Some(HashMap::from([
+                ("hive.managed".to_string(), "true".to_string()),
+                ("hive.instance".to_string(), self.instance.clone()),
+                ("hive.agent".to_string(), agent.to_string()),
+            ])),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    "hive-net".to_string(),
+                    EndpointSettings {
+                        aliases: Some(vec![format!("{}-{agent}", self.instance)]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            host_config: Some(HostConfig {
+                memory: Some(512 << 20),
+                nano_cpus: Some(1_000_000_000),
+                pids_limit: Some(256),
+                network_mode: Some("hive-net".into()),
+                init: Some(true),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                restart_policy: Some(DockerRestart {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(format!("base_{}_{agent}", self.instance)),
+            ..Default::default()
+        };
+        let id = self.docker.create_container(Some(options), body).await?.id;
+        self.docker.start_container(&id, None).await?;
+        Ok(id)
+    }
+
+    /// Ids of this instance's containers (of one agent, or all).
+    async fn ids(&self, agent: Option<&str>) -> Result<Vec<String>> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(self.filters(agent)),
+            ..Default::default()
+        };
+        Ok(self
+            .docker
+            .list_containers(Some(options))
+            .await?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect())
+    }
+
+    /// Whether a container of `agent` runs.
+    async fn running(&self, agent: &str) -> Result<bool> {
+        let options = ListContainersOptions {
+            all: false,
+            filters: Some(self.filters(Some(agent))),
+            ..Default::default()
+        };
+        Ok(!self.docker.list_containers(Some(options)).await?.is_empty())
+    }
+
+    /// Removes every container of the instance, `parallelism` at a time.
+    async fn remove_all(&self, parallelism: usize) -> Result<()> {
+        let ids = self.ids(None).await?;
+        let results: Vec<_> = stream::iter(ids)
+            .map(|id| async move {
+                let options = RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                self.docker.remove_container(&id, Some(options)).await
+            })
+            .buffer_unordered(parallelism)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(())
+    }
+
+    /// The process id of a container's init, for a crash from the host.
+    async fn pid(&self, id: &str) -> Result<i64> {
+        let detail = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await?;
+        detail
+            .state
+            .and_then(|s| s.pid)
+            .context("the container's pid")
+    }
 }
 
 /// An agent that sleeps, in the shape Hive stores.
@@ -304,7 +444,7 @@ impl Server {
         let exe = std::env::current_exe()?.with_file_name("hive");
         if !exe.exists() {
             bail!(
-                "{} is missing: run `cargo build --release` first",
+                "{} is missing: run `cargo build --release --workspace` first",
                 exe.display()
             );
         }
@@ -312,36 +452,32 @@ impl Server {
         let dir = std::env::temp_dir().join(format!("hive-bench-{instance}"));
         std::fs::create_dir_all(&dir)?;
         let key = token() + &token();
-        let log = std::fs::File::create(dir.join("hive.log"))?;
-        let child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--instance", &instance])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--max-concurrent-reconciles", &parallelism.to_string()])
-            .env("AGENT_API_KEY", &key)
-            .env("RUST_LOG", "warn,hive=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = loop {
-            let text = std::fs::read_to_string(dir.join("hive.log")).unwrap_or_default();
-            if let Some(addr) = text
-                .lines()
-                .find(|l| l.contains("listening"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-            {
-                break format!("http://{addr}");
-            }
-            if Instant::now() > deadline {
-                bail!("hive did not start:\n{text}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let args: Vec<String> = [
+            "--instance",
+            &instance,
+            "--data-dir",
+            &dir.join("data").display().to_string(),
+            "--max-concurrent-reconciles",
+            &parallelism.to_string(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let env = [
+            ("AGENT_API_KEY".to_string(), Some(key.clone())),
+            ("RUST_LOG".to_string(), Some("warn,hive=info".to_string())),
+        ];
+        let process = hive::testing::ServeProcess::start(
+            &exe,
+            &args,
+            &env,
+            None,
+            dir.join("hive.log"),
+            Duration::from_secs(30),
+        )?;
         Ok(Server {
-            child,
-            url,
+            child: process.child,
+            url: process.url,
             key,
             instance,
             dir,
@@ -409,8 +545,9 @@ impl Server {
         }
     }
 
-    fn orchestrator(&self) -> DockerOrchestrator {
-        engine(&self.instance)
+    /// The engine, seen directly, for this server's instance.
+    async fn engine(&self) -> Result<Engine> {
+        Engine::new(&self.instance).await
     }
 
     /// Resident memory (bytes) and CPU time (seconds) of the server process.
@@ -442,7 +579,15 @@ impl Server {
             .arg(self.child.id().to_string())
             .status()?;
         self.child.wait()?;
-        remove_all(&self.orchestrator(), 16).await?;
+        self.engine().await?.remove_all(16).await?;
+        let lease = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker ps -aq --filter label=hive.lease={} | xargs -r docker rm -f",
+                self.instance
+            ))
+            .status();
+        let _ = lease;
         std::fs::remove_dir_all(&self.dir).ok();
         Ok(())
     }
@@ -457,55 +602,26 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Removes every container of an instance, `parallelism` at a time.
-async fn remove_all(o: &DockerOrchestrator, parallelism: usize) -> Result<()> {
-    let ids: Vec<String> = o.list_all().await?.into_iter().map(|c| c.id).collect();
-    let results: Vec<_> = stream::iter(ids)
-        .map(|id| async move { o.remove(&id).await })
-        .buffer_unordered(parallelism)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(())
-}
-
-/// The Docker backend on its own for `instance`: the baseline every ratio is taken against.
-fn engine(instance: &str) -> DockerOrchestrator {
-    DockerOrchestrator::new(hive::orchestrator::docker::DockerSettings {
-        host: None,
-        instance: instance.to_string(),
-        network: "hive-net".into(),
-        store: "hive-bench-baseline".into(),
-        timeout: Duration::from_secs(30),
-    })
-}
-
 async fn converge(args: &ConvergeArgs) -> Result<Vec<Row>> {
     let n = args.agents;
     let (mut base_up, mut base_down, mut hive_up, mut hive_down) = (vec![], vec![], vec![], vec![]);
     for round in 1..=args.rounds {
         eprintln!("converge: round {round}/{} with {n} agents", args.rounds);
-        // Baseline: the same containers, straight through the orchestrator.
-        let o = Arc::new(engine(&format!("base{}", token())));
-        let specs: Vec<_> = (0..n)
-            .map(|i| agent(&format!("a{i:04}"), false).container_spec())
-            .collect::<Result<_, _>>()?;
+        // Baseline: the same containers, straight through the engine.
+        let o = Arc::new(Engine::new(&format!("base{}", token())).await?);
         let start = Instant::now();
-        let results: Vec<_> = stream::iter(specs)
-            .map(|spec| {
+        let results: Vec<_> = stream::iter(0..n)
+            .map(|i| {
                 let o = o.clone();
-                async move {
-                    let id = o.create(&spec).await?;
-                    o.start(&id).await
-                }
+                async move { o.run(&format!("a{i:04}")).await }
             })
             .buffer_unordered(args.parallelism)
             .collect()
             .await;
-        results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        results.into_iter().collect::<Result<Vec<_>>>()?;
         base_up.push(start.elapsed().as_secs_f64());
         let start = Instant::now();
-        remove_all(&o, args.parallelism).await?;
+        o.remove_all(args.parallelism).await?;
         base_down.push(start.elapsed().as_secs_f64());
 
         // Hive: PUT through the API, wait until all report Running.
@@ -539,9 +655,9 @@ async fn converge(args: &ConvergeArgs) -> Result<Vec<Row>> {
             .collect()
             .await;
         results.into_iter().collect::<Result<Vec<_>>>()?;
-        let so = server.orchestrator();
+        let so = server.engine().await?;
         loop {
-            if so.list_all().await?.is_empty() {
+            if so.ids(None).await?.is_empty() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -714,12 +830,11 @@ async fn steady(args: &SteadyArgs) -> Result<Vec<Row>> {
     ])
 }
 
-/// Waits until the container of `agent` is running again and is not `old_started`.
-async fn until_running_again(o: &DockerOrchestrator, agent: &str, start: Instant) -> Result<f64> {
+/// Waits until a container of `agent` runs again; the milliseconds since `start`.
+async fn until_running_again(o: &Engine, agent: &str, start: Instant) -> Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let cs = o.list_agent(agent).await?;
-        if cs.iter().any(|c| c.state == ContainerState::Running) {
+        if o.running(agent).await? {
             return Ok(start.elapsed().as_secs_f64() * 1000.0);
         }
         if Instant::now() > deadline {
@@ -730,14 +845,11 @@ async fn until_running_again(o: &DockerOrchestrator, agent: &str, start: Instant
 }
 
 /// Waits until no container of `agent` runs.
-async fn until_down(o: &DockerOrchestrator, agent: &str) -> Result<()> {
-    loop {
-        let cs = o.list_agent(agent).await?;
-        if !cs.iter().any(|c| c.state == ContainerState::Running) {
-            return Ok(());
-        }
+async fn until_down(o: &Engine, agent: &str) -> Result<()> {
+    while o.running(agent).await? {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    Ok(())
 }
 
 fn docker_cli(args: &[&str]) -> Result<String> {
@@ -753,9 +865,11 @@ fn docker_cli(args: &[&str]) -> Result<String> {
 }
 
 /// Kills a container's init process from the host: a crash, as far as the engine knows.
-fn crash(id: &str) -> Result<()> {
-    let pid = docker_cli(&["inspect", "-f", "{{.State.Pid}}", id])?;
-    let status = Command::new("kill").args(["-9", &pid]).status()?;
+async fn crash(o: &Engine, id: &str) -> Result<()> {
+    let pid = o.pid(id).await?;
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
     if !status.success() {
         bail!("kill -9 {pid} failed");
     }
@@ -764,11 +878,8 @@ fn crash(id: &str) -> Result<()> {
 
 async fn drift(args: &DriftArgs) -> Result<Vec<Row>> {
     // Baseline: a container under the engine's own restart policy, crashed.
-    let o = engine(&format!("base{}", token()));
-    let mut spec = agent("crash", false).container_spec()?;
-    spec.restart_policy = RestartPolicy::Always;
-    let id = o.create(&spec).await?;
-    o.start(&id).await?;
+    let o = Engine::new(&format!("base{}", token())).await?;
+    let id = o.run("crash").await?;
     let mut engine_restart = Vec::new();
     for round in 1..=args.rounds {
         eprintln!("drift: engine restart policy, round {round}");
@@ -776,26 +887,25 @@ async fn drift(args: &DriftArgs) -> Result<Vec<Row>> {
         // The engine's back-off grows with quick successive crashes; wait it out.
         tokio::time::sleep(Duration::from_secs(11)).await;
         let start = Instant::now();
-        crash(&id)?;
+        crash(&o, &id).await?;
         until_down(&o, "crash").await?;
         engine_restart.push(until_running_again(&o, "crash", start).await?);
     }
-    remove_all(&o, 4).await?;
+    o.remove_all(4).await?;
 
     // Hive: an agent killed with `docker kill`, which the engine's policy leaves dead.
     let server = Server::start(16).await?;
     server.put(&agent("drift", false)).await?;
     server.wait_all(1, "Running").await?;
-    let so = server.orchestrator();
+    let so = server.engine().await?;
     let mut hive_repair = Vec::new();
     for round in 1..=args.rounds {
         eprintln!("drift: hive repair after docker kill, round {round}");
         let id = so
-            .list_agent("drift")
+            .ids(Some("drift"))
             .await?
             .first()
             .context("the agent's container")?
-            .id
             .clone();
         let start = Instant::now();
         docker_cli(&["kill", &id])?;

@@ -1,0 +1,118 @@
+//! `GET /v1/agents?watch=true`: the changes of the agents a key sees, as newline-delimited
+//! JSON, from now or from a list's resourceVersion.
+
+use axum::body::Body;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::access::Principal;
+use crate::agent::Agent;
+use crate::selector::Selector;
+
+/// `GET /v1/agents?watch=true[&resourceVersion=N]`: one JSON object a line,
+/// `{"type": "ADDED" | "MODIFIED" | "DELETED", "object": <agent>}`, for every change of an
+/// agent the caller sees. Without a resourceVersion the current agents come first, as
+/// ADDED. A watcher that falls too far behind gets `{"type": "ERROR", "object": {"code":
+/// 410, ...}}` and the stream ends: list again and watch from the list's version.
+pub(super) fn watch(
+    state: &AppState,
+    p: Principal,
+    selector: Selector,
+    since: Option<&str>,
+) -> Result<Response, ApiError> {
+    let place = state.streams.acquire(&p.key_id)?;
+    let since = since
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest("resourceVersion is not a version from a list".into())
+            })
+        })
+        .transpose()?;
+    let (past, rx) = state.store.watch(since).map_err(|horizon| ApiError::Gone(format!(
+        "resourceVersion {} is older than the changes kept (from {horizon}); list again and watch from the list's resourceVersion",
+        since.unwrap_or_default()
+    )))?;
+    // Without a version: the agents as they are now, then every change after.
+    let initial: Vec<(String, Agent, u64)> = match since {
+        Some(_) => past
+            .into_iter()
+            .map(|e| (e.kind.to_string(), e.agent, e.seq))
+            .collect(),
+        None => state
+            .store
+            .list()
+            .map_err(crate::service::ServiceError::from)?
+            .into_iter()
+            .map(|r| {
+                let seq = r
+                    .agent
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                ("ADDED".to_string(), r.agent, seq)
+            })
+            .collect(),
+    };
+    let visible = std::sync::Arc::new(move |a: &Agent| {
+        p.sees(a.metadata.owner.as_deref().unwrap_or_default())
+            && selector.matches(&a.metadata.labels)
+    });
+    let seen = initial.iter().map(|(_, _, seq)| *seq).max().unwrap_or(0);
+    let first: Vec<_> = initial
+        .into_iter()
+        .filter(|(_, a, _)| visible(a))
+        .map(|(k, a, _)| watch_line(&k, serde_json::to_value(a).unwrap_or_default()))
+        .collect();
+    // State: the receiver and the newest version sent; None once the stream must end.
+    let live = futures_util::stream::unfold(Some((rx, seen)), move |state| {
+        let visible = visible.clone();
+        async move {
+            let (mut rx, mut seen) = state?;
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.seq <= seen => continue,
+                    Ok(e) => {
+                        seen = e.seq;
+                        if visible(&e.agent) {
+                            let item = watch_line(
+                                e.kind,
+                                serde_json::to_value(&e.agent).unwrap_or_default(),
+                            );
+                            return Some((item, Some((rx, seen))));
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let gone = serde_json::json!({"code": 410, "message": "this watch fell too far behind; list again and watch from the list's resourceVersion"});
+                        return Some((watch_line("ERROR", gone), None));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    // The stream holds its place among the key's open streams until it ends.
+    let body = Body::from_stream(
+        futures_util::stream::iter(first)
+            .chain(live)
+            .map(move |line| {
+                let _ = &place;
+                line
+            }),
+    );
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// One line of a watch.
+fn watch_line(
+    kind: &str,
+    object: serde_json::Value,
+) -> Result<axum::body::Bytes, std::convert::Infallible> {
+    let mut text = serde_json::json!({"type": kind, "object": object}).to_string();
+    text.push('\n');
+    Ok(axum::body::Bytes::from(text))
+}

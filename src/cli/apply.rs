@@ -1,0 +1,121 @@
+//! `hive apply -f FILE|DIR|- [--dry-run] [--prune]`: many agents at once through
+//! `POST /v1/apply`; with `--prune`, the server also deletes what an earlier prune made
+//! from the directory that it no longer declares.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::{read_documents, CliError, Client, Sourced};
+use crate::api::APPLY_SOURCE;
+
+pub(super) async fn apply(
+    client: &Client,
+    files: &[PathBuf],
+    dry_run: bool,
+    prune: bool,
+) -> Result<(), CliError> {
+    let docs = if prune {
+        let [dir] = files else {
+            return Err(CliError::new("--prune takes exactly one directory: -f DIR"));
+        };
+        if !dir.is_dir() {
+            return Err(CliError::new(format!(
+                "--prune takes a directory; {} is not one",
+                dir.display()
+            )));
+        }
+        read_sourced(dir)?
+    } else {
+        read_documents(files)?
+    };
+    let body: Vec<&Value> = docs.iter().map(|d| &d.value).collect();
+    let mut query = Vec::new();
+    if dry_run {
+        query.push(("dryRun", "true"));
+    }
+    if prune {
+        query.push(("prune", "true"));
+    }
+    let r = client
+        .request(Method::POST, "/v1/apply")
+        .query(&query)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| client.unreachable(e))?;
+    if r.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+        let e: Value = r.json().await.unwrap_or(Value::Null);
+        if let Some(bad) = e["error"]["documents"].as_array() {
+            let lines: Vec<String> = bad
+                .iter()
+                .map(|d| {
+                    let i = d["index"].as_u64().unwrap_or(0) as usize;
+                    let at = docs.get(i).map_or("?", |d| d.source.as_str());
+                    format!("  {at}: {}", d["message"].as_str().unwrap_or(""))
+                })
+                .collect();
+            return Err(CliError::new(format!(
+                "{}\n{}",
+                e["error"]["message"]
+                    .as_str()
+                    .unwrap_or("invalid documents"),
+                lines.join("\n")
+            )));
+        }
+        return Err(CliError::new(
+            e["error"]["message"]
+                .as_str()
+                .unwrap_or("invalid")
+                .to_string(),
+        ));
+    }
+    let answer: crate::api::ApplyAnswer = match client.json_of(r).await {
+        Ok(v) => serde_json::from_value(v)
+            .map_err(|e| CliError::new(format!("the server's answer is not an apply's: {e}")))?,
+        Err(e) => return Err(e),
+    };
+    let suffix = if dry_run { " (dry run)" } else { "" };
+    let mut out = std::io::stdout().lock();
+    for item in &answer.items {
+        let result = serde_json::to_value(item.result)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(out, "agent/{} {result}{suffix}", item.name);
+        if let Some(diff) = &item.diff {
+            for line in diff.lines() {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every document below `dir`, annotated with its source path as the manifests sync does.
+fn read_sourced(dir: &std::path::Path) -> Result<Vec<Sourced>, CliError> {
+    let files = crate::gitops::manifest_files(dir)
+        .map_err(|e| CliError::new(format!("cannot read {}: {e}", dir.display())))?;
+    if files.is_empty() {
+        return Err(CliError::new(format!(
+            "{} holds no manifests; nothing applied or pruned",
+            dir.display()
+        )));
+    }
+    let mut docs = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
+        for mut d in read_documents(std::slice::from_ref(&f))? {
+            if let Some(meta) = d.value.get_mut("metadata").and_then(Value::as_object_mut) {
+                let notes = meta.entry("annotations").or_insert_with(|| json!({}));
+                if let Some(n) = notes.as_object_mut() {
+                    n.insert(APPLY_SOURCE.into(), Value::String(rel.clone()));
+                }
+            }
+            docs.push(d);
+        }
+    }
+    Ok(docs)
+}

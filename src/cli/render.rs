@@ -1,0 +1,177 @@
+//! How the command line shows agents: the `get` table, `describe`'s text, a watch line,
+//! and ages, all from the typed [`Agent`].
+
+use crate::agent::{Agent, DesiredState};
+use crate::store::Event;
+
+/// Agents as an aligned table (`-o wide` adds the owner, generations and message).
+pub fn table(items: &[Agent], wide: bool) -> String {
+    let mut rows = vec![{
+        let mut h = vec!["NAME", "STATE", "PHASE", "IMAGE", "RESTARTS", "AGE"];
+        if wide {
+            h.extend(["OWNER", "GENERATION", "MESSAGE"]);
+        }
+        h.into_iter().map(String::from).collect::<Vec<_>>()
+    }];
+    for a in items {
+        let mut row = vec![
+            a.metadata.name.clone(),
+            state(a).into(),
+            format!("{:?}", a.status.phase),
+            a.spec.image.clone(),
+            a.status.restart_count.to_string(),
+            age(a.metadata.creation_timestamp.as_deref()),
+        ];
+        if wide {
+            row.push(a.metadata.owner.clone().unwrap_or_default());
+            row.push(format!(
+                "{}/{}",
+                a.status.observed_generation, a.metadata.generation
+            ));
+            row.push(a.status.message.clone().unwrap_or_default());
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, v)| format!("{v:<w$}", w = widths[c]))
+            .collect();
+        out += cells.join("   ").trim_end();
+        out += "\n";
+    }
+    out
+}
+
+/// The header of `hive get -w`.
+pub fn watch_header() -> String {
+    format!(
+        "{:<9} {:<24} {:<8} {:<11} RESTARTS",
+        "EVENT", "NAME", "STATE", "PHASE"
+    )
+}
+
+/// One line of `hive get -w`.
+pub fn watch_line(kind: &str, a: &Agent) -> String {
+    format!(
+        "{:<9} {:<24} {:<8} {:<11} {}",
+        kind,
+        a.metadata.name,
+        state(a),
+        format!("{:?}", a.status.phase),
+        a.status.restart_count
+    )
+}
+
+fn state(a: &Agent) -> &'static str {
+    match a.spec.state {
+        DesiredState::Running => "Running",
+        DesiredState::Stopped => "Stopped",
+    }
+}
+
+/// `hive describe`: the agent's identity, spec, status, conditions and recent events.
+pub fn describe(a: &Agent, events: &[Event]) -> String {
+    let m = &a.metadata;
+    let st = &a.status;
+    let or_dash = |v: Option<&str>| v.map_or_else(|| "-".to_string(), str::to_string);
+    let labels = m
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut out = String::new();
+    out += &format!("Name:         {}\n", m.name);
+    out += &format!("Owner:        {}\n", or_dash(m.owner.as_deref()));
+    out += &format!(
+        "Labels:       {}\n",
+        if labels.is_empty() { "-" } else { &labels }
+    );
+    out += &format!(
+        "UID:          {}\n",
+        m.uid.map_or_else(|| "-".to_string(), |u| u.to_string())
+    );
+    out += &format!(
+        "Created:      {} ({} ago)\n",
+        or_dash(m.creation_timestamp.as_deref()),
+        age(m.creation_timestamp.as_deref())
+    );
+    out += &format!(
+        "Generation:   {} (observed {})\n",
+        m.generation, st.observed_generation
+    );
+    out += "Spec:\n";
+    for line in serde_yaml::to_string(&a.spec).unwrap_or_default().lines() {
+        out += &format!("  {line}\n");
+    }
+    out += "Status:\n";
+    out += &format!(
+        "  Phase:      {:?} (since {})\n",
+        st.phase,
+        or_dash(st.last_transition_time.as_deref())
+    );
+    out += &format!("  Message:    {}\n", or_dash(st.message.as_deref()));
+    out += &format!(
+        "  Container:  {}\n",
+        st.container_id
+            .as_deref()
+            .map_or("-".into(), |c| c.chars().take(12).collect::<String>())
+    );
+    out += &format!("  Restarts:   {}\n", st.restart_count);
+    if let Some(t) = &st.expires_at {
+        out += &format!("  Expires:    {t}\n");
+    }
+    for c in &st.conditions {
+        out += &format!(
+            "  {:<11} {} ({}{})\n",
+            format!("{}:", c.kind),
+            c.status,
+            c.reason,
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+    }
+    out += "Events:\n";
+    if events.is_empty() {
+        out += "  <none>\n";
+    }
+    for e in events.iter().rev().take(15).rev() {
+        out += &format!(
+            "  {:<8} {:<10} {:>5} ago  {}{}\n",
+            e.kind,
+            e.reason,
+            age(Some(&e.last_time)),
+            e.message,
+            if e.count > 1 {
+                format!(" (x{})", e.count)
+            } else {
+                String::new()
+            }
+        );
+    }
+    out
+}
+
+/// How long ago an RFC 3339 time was, in the largest whole unit (`45s`, `3m`, `2h`, `4d`).
+pub fn age(ts: Option<&str>) -> String {
+    let Some(t) = ts.and_then(|t| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+    }) else {
+        return "-".into();
+    };
+    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}

@@ -1,0 +1,407 @@
+//! The Docker backend's pure half: given what an agent should be and the containers the
+//! engine has for it, decide which to remove and what to do with the one that stays.
+//! Docker's lifecycle lives here (create, then start; unpause; the engine's own restart
+//! states), not in the controller. No I/O, so every branch is unit-tested.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::agent::RestartPolicy;
+use crate::orchestrator::{Observed, RemoveReason, RunState, Workload};
+
+/// The engine's view of a container's process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    Running,
+    Paused,
+    /// Exited and waiting for the engine's restart policy to start it again.
+    Restarting,
+    /// Exited with this code (None when the engine did not say).
+    Exited(Option<i64>),
+    /// Being removed, or dead: about to disappear.
+    Removing,
+}
+
+/// One container of the instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Container {
+    pub id: String,
+    /// Value of the agent label.
+    pub agent: String,
+    /// Value of the uid label.
+    pub uid: String,
+    /// Value of the spec-hash label.
+    pub spec_hash: String,
+    /// Value of the store label.
+    pub store: Option<String>,
+    pub state: ContainerState,
+    /// How often the engine's restart policy restarted it (known when inspected).
+    pub restart_count: u64,
+    /// Unix seconds of creation.
+    pub created: i64,
+}
+
+impl Container {
+    /// The container in the orchestrator's neutral terms.
+    pub fn observed(&self) -> Observed {
+        Observed {
+            id: self.id.clone(),
+            agent: self.agent.clone(),
+            uid: self.uid.clone(),
+            spec_hash: self.spec_hash.clone(),
+            store: self.store.clone(),
+            state: match self.state {
+                ContainerState::Created | ContainerState::Restarting => RunState::Starting,
+                ContainerState::Running => RunState::Running,
+                ContainerState::Paused => RunState::Suspended,
+                ContainerState::Exited(code) => RunState::Exited { code },
+                ContainerState::Removing => RunState::Terminating,
+            },
+            restarts: self.restart_count,
+            created: self.created,
+        }
+    }
+}
+
+/// One operation on the agent's container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerAction {
+    /// Create it from the current spec, and start it when `start`.
+    Create {
+        start: bool,
+    },
+    /// Start it; `repair` when it had run and exited against the spec.
+    Start {
+        id: String,
+        repair: bool,
+    },
+    Stop {
+        id: String,
+    },
+    /// Carry out a restart asked for.
+    Restart {
+        id: String,
+    },
+    /// Resume a container paused outside Hive.
+    Unpause {
+        id: String,
+    },
+}
+
+/// What to do for one agent: removals first, then at most one action.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub remove: Vec<(String, RemoveReason)>,
+    pub action: Option<ContainerAction>,
+    /// The container that stays (None when a new one is made, or while an old one is
+    /// still being removed).
+    pub keeper: Option<Container>,
+    /// An old container is still going away; nothing is created meanwhile.
+    pub waiting_for_removal: bool,
+}
+
+/// Decides what to do for `want`, given this store's containers of the agent.
+pub fn plan(want: &Workload, containers: &[Container]) -> Plan {
+    let hash = want.hash();
+    let uid = want.uid.to_string();
+    // The container to keep: current uid and spec, not on its way out; a running one
+    // first, then the newest.
+    let keeper = containers
+        .iter()
+        .filter(|c| c.uid == uid && c.spec_hash == hash && c.state != ContainerState::Removing)
+        .max_by_key(|c| (c.state == ContainerState::Running, c.created))
+        .cloned();
+    let mut remove = Vec::new();
+    for c in containers {
+        if keeper.as_ref().is_some_and(|k| k.id == c.id) || c.state == ContainerState::Removing {
+            continue;
+        }
+        let reason = if c.uid != uid {
+            RemoveReason::EarlierAgent
+        } else if c.spec_hash != hash {
+            RemoveReason::SpecChanged
+        } else {
+            RemoveReason::Duplicate
+        };
+        remove.push((c.id.clone(), reason));
+    }
+    let Some(c) = keeper else {
+        let waiting = containers
+            .iter()
+            .any(|c| c.state == ContainerState::Removing);
+        return Plan {
+            remove,
+            action: (!waiting).then_some(ContainerAction::Create {
+                start: want.running,
+            }),
+            keeper: None,
+            waiting_for_removal: waiting,
+        };
+    };
+    let id = c.id.clone();
+    let action = match (want.running, c.state) {
+        (true, ContainerState::Running) if want.restart => Some(ContainerAction::Restart { id }),
+        (true, ContainerState::Running) => None,
+        // Paused outside Hive: resume it (a stopped agent is resumed first, then stopped).
+        (_, ContainerState::Paused) => Some(ContainerAction::Unpause { id }),
+        (true, ContainerState::Created) => Some(ContainerAction::Start { id, repair: false }),
+        // The engine restarts it: wait.
+        (true, ContainerState::Restarting) => None,
+        (true, ContainerState::Exited(code)) => match (want.restart_policy, code) {
+            // Done as its restart policy says: the agent has finished.
+            (RestartPolicy::OnFailure | RestartPolicy::Never, Some(0)) => None,
+            (RestartPolicy::Never, _) => None,
+            // Always, or OnFailure after a failure: the engine's policy did not bring it
+            // back, so it was stopped or killed outside Hive. Repair the drift.
+            _ => Some(ContainerAction::Start { id, repair: true }),
+        },
+        // Not chosen as keeper (filtered out above).
+        (_, ContainerState::Removing) => None,
+        (false, ContainerState::Running | ContainerState::Restarting) => {
+            Some(ContainerAction::Stop { id })
+        }
+        (false, _) => None,
+    };
+    Plan {
+        remove,
+        action,
+        keeper: Some(c),
+        waiting_for_removal: false,
+    }
+}
+
+/// How long a removal is remembered.
+const REMEMBER_REMOVALS: Duration = Duration::from_secs(600);
+
+/// The containers removed lately, so that "removed" is said once per container: one that
+/// the engine listed again after confirming its removal is reported once as having
+/// survived, and never announced as removed again.
+#[derive(Default)]
+pub struct Ledger {
+    /// When each was removed, and whether its survival was reported.
+    removed: HashMap<String, (Instant, bool)>,
+}
+
+impl Ledger {
+    /// Before removing `id`: how long ago it was removed already, if that is news to
+    /// report (it survived its removal). Remembers that it was reported.
+    pub fn survived(&mut self, id: &str, now: Instant) -> Option<Duration> {
+        let (at, reported) = self.removed.get_mut(id)?;
+        if *reported {
+            return None;
+        }
+        *reported = true;
+        Some(now.saturating_duration_since(*at))
+    }
+
+    /// The engine confirmed a removal of `id`: whether to announce it (only the first time).
+    pub fn confirmed(&mut self, id: &str, now: Instant) -> bool {
+        self.removed
+            .retain(|_, (at, _)| now.saturating_duration_since(*at) < REMEMBER_REMOVALS);
+        if self.removed.contains_key(id) {
+            return false;
+        }
+        self.removed.insert(id.to_string(), (now, false));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::Env;
+    use uuid::Uuid;
+
+    fn want(running: bool, policy: RestartPolicy) -> Workload {
+        Workload {
+            agent: "a".into(),
+            uid: Uuid::from_u128(7),
+            owner: "o".into(),
+            store: "s".into(),
+            image: "img".into(),
+            command: None,
+            args: None,
+            env: Env::default(),
+            restart_policy: policy,
+            memory_bytes: None,
+            cpu_nanos: None,
+            pids: None,
+            capabilities: vec![],
+            volumes: vec![],
+            running,
+            restart: false,
+        }
+    }
+
+    fn running() -> Workload {
+        want(true, RestartPolicy::Always)
+    }
+
+    fn container(id: &str, state: ContainerState) -> Container {
+        Container {
+            id: id.into(),
+            agent: "a".into(),
+            uid: Uuid::from_u128(7).to_string(),
+            spec_hash: running().hash(),
+            store: Some("s".into()),
+            state,
+            restart_count: 0,
+            created: 1,
+        }
+    }
+
+    #[test]
+    fn a_missing_container_is_created_and_started_unless_stopped() {
+        let p = plan(&running(), &[]);
+        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
+        assert!(p.remove.is_empty());
+        let p = plan(&want(false, RestartPolicy::Always), &[]);
+        assert_eq!(p.action, Some(ContainerAction::Create { start: false }));
+    }
+
+    #[test]
+    fn a_healthy_container_is_left_alone() {
+        let p = plan(&running(), &[container("c1", ContainerState::Running)]);
+        assert_eq!(p.action, None);
+        assert!(p.remove.is_empty());
+        assert_eq!(p.keeper.unwrap().id, "c1");
+    }
+
+    #[test]
+    fn a_spec_change_replaces_the_container() {
+        let mut old = container("c1", ContainerState::Running);
+        old.spec_hash = "h0".into();
+        let p = plan(&running(), &[old]);
+        assert_eq!(
+            p.remove,
+            vec![("c1".to_string(), RemoveReason::SpecChanged)]
+        );
+        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
+    }
+
+    #[test]
+    fn a_container_of_an_earlier_agent_with_the_same_name_is_replaced() {
+        let mut old = container("c1", ContainerState::Running);
+        old.uid = Uuid::from_u128(1).to_string();
+        let p = plan(&running(), &[old]);
+        assert_eq!(
+            p.remove,
+            vec![("c1".to_string(), RemoveReason::EarlierAgent)]
+        );
+        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
+    }
+
+    #[test]
+    fn duplicates_keep_the_running_one() {
+        let mut newer = container("c2", ContainerState::Exited(Some(0)));
+        newer.created = 9;
+        let p = plan(
+            &running(),
+            &[container("c1", ContainerState::Running), newer],
+        );
+        assert_eq!(p.remove, vec![("c2".to_string(), RemoveReason::Duplicate)]);
+        assert_eq!(p.action, None);
+    }
+
+    #[test]
+    fn an_exited_container_is_repaired_under_always() {
+        let p = plan(
+            &running(),
+            &[container("c1", ContainerState::Exited(Some(137)))],
+        );
+        assert_eq!(
+            p.action,
+            Some(ContainerAction::Start {
+                id: "c1".into(),
+                repair: true
+            })
+        );
+    }
+
+    #[test]
+    fn restart_policies_decide_after_an_exit() {
+        let with = |policy, code| {
+            let w = want(true, policy);
+            let mut c = container("c1", ContainerState::Exited(Some(code)));
+            c.spec_hash = w.hash();
+            plan(&w, &[c]).action
+        };
+        assert_eq!(with(RestartPolicy::OnFailure, 0), None, "finished");
+        assert!(matches!(
+            with(RestartPolicy::OnFailure, 3),
+            Some(ContainerAction::Start { repair: true, .. })
+        ));
+        assert_eq!(with(RestartPolicy::Never, 0), None);
+        assert_eq!(with(RestartPolicy::Never, 3), None);
+    }
+
+    #[test]
+    fn the_engine_restarting_a_container_is_waited_for() {
+        let p = plan(&running(), &[container("c1", ContainerState::Restarting)]);
+        assert_eq!(p.action, None);
+    }
+
+    #[test]
+    fn stop_and_start_follow_the_desired_state() {
+        let stopped = want(false, RestartPolicy::Always);
+        let mut c = container("c1", ContainerState::Running);
+        c.spec_hash = stopped.hash();
+        assert_eq!(
+            plan(&stopped, &[c.clone()]).action,
+            Some(ContainerAction::Stop { id: "c1".into() })
+        );
+        c.state = ContainerState::Exited(Some(0));
+        assert_eq!(plan(&stopped, &[c]).action, None);
+        assert_eq!(
+            plan(&running(), &[container("c1", ContainerState::Created)]).action,
+            Some(ContainerAction::Start {
+                id: "c1".into(),
+                repair: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_paused_container_is_resumed() {
+        let p = plan(&running(), &[container("c1", ContainerState::Paused)]);
+        assert_eq!(p.action, Some(ContainerAction::Unpause { id: "c1".into() }));
+    }
+
+    #[test]
+    fn a_restart_asked_for_restarts_a_running_container_once() {
+        let mut w = running();
+        w.restart = true;
+        let p = plan(&w, &[container("c1", ContainerState::Running)]);
+        assert_eq!(p.action, Some(ContainerAction::Restart { id: "c1".into() }));
+    }
+
+    #[test]
+    fn a_container_being_removed_is_waited_for_before_creating() {
+        let mut old = container("c1", ContainerState::Removing);
+        old.spec_hash = "h0".into();
+        let p = plan(&running(), &[old]);
+        assert_eq!(p.action, None);
+        assert!(p.remove.is_empty());
+        assert!(p.waiting_for_removal);
+    }
+
+    #[test]
+    fn a_removal_is_announced_once_and_a_survivor_reported_once() {
+        let mut l = Ledger::default();
+        let t0 = Instant::now();
+        assert_eq!(l.survived("c1", t0), None, "never removed");
+        assert!(l.confirmed("c1", t0));
+        // Listed again, removed again, again: reported once, announced never again.
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(l.survived("c1", later), Some(Duration::from_secs(3)));
+        assert!(!l.confirmed("c1", later));
+        assert_eq!(l.survived("c1", later), None);
+        assert!(!l.confirmed("c1", later));
+        // Forgotten after a while.
+        let much_later = t0 + Duration::from_secs(3600);
+        assert!(l.confirmed("c2", much_later));
+        assert!(l.confirmed("c1", much_later));
+    }
+}

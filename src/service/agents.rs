@@ -1,0 +1,341 @@
+//! Agents through the service: admission (owners, roles, reserved names, `hive/`
+//! annotations, the policy and quotas), each mutation, and the reads that a caller's key
+//! may see.
+
+use crate::access::{Principal, Role};
+use crate::agent::{shown_key, validate_name, Agent, DesiredState, Invalid, SOURCE_ANNOTATION};
+use crate::selector::Selector;
+use crate::store::{Applied, Event, Record, StoreError};
+
+use super::{require_write, Service, ServiceError};
+
+/// An agent admitted for a write: as it will be stored, the record it replaces, and,
+/// when an admin takes another owner's agent over, that owner.
+pub(super) struct Admitted {
+    pub agent: Agent,
+    pub existing: Option<Record>,
+    pub take_over: Option<String>,
+}
+
+/// What a create-or-replace did.
+#[derive(Clone, Debug)]
+pub struct Put {
+    pub agent: Agent,
+    pub created: bool,
+    /// The owner an admin took the agent over from, if it did.
+    pub taken_over_from: Option<String>,
+}
+
+/// What `POST /v1/agents/{name}/action` (and its kin) may ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Declare it Running.
+    Start,
+    /// Declare it Stopped.
+    Stop,
+    /// Restart its workload once.
+    Restart,
+}
+
+impl Action {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+        }
+    }
+}
+
+fn not_found(name: &str) -> ServiceError {
+    ServiceError::NotFound(format!("agent {name:?} not found"))
+}
+
+impl Service {
+    /// The record of an agent the caller may see; another owner's agent is not found.
+    pub fn visible(&self, who: &Principal, name: &str) -> Result<Record, ServiceError> {
+        validate_name(name).map_err(|m| {
+            ServiceError::NotFound(format!("agent {:?} not found ({m})", shown_key(name)))
+        })?;
+        self.store
+            .get(name)?
+            .filter(|r| who.sees(r.agent.metadata.owner.as_deref().unwrap_or_default()))
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// The agents the caller may see that `selector` selects, sorted by name, and the
+    /// resourceVersion the list reflects.
+    pub fn list(
+        &self,
+        who: &Principal,
+        selector: &Selector,
+    ) -> Result<(u64, Vec<Agent>), ServiceError> {
+        let version = self.store.current_version();
+        let items = self
+            .store
+            .list()?
+            .into_iter()
+            .map(|r| r.agent)
+            .filter(|a| who.sees(a.metadata.owner.as_deref().unwrap_or_default()))
+            .filter(|a| selector.matches(&a.metadata.labels))
+            .collect();
+        Ok((version, items))
+    }
+
+    /// What the reconciler did to an agent the caller may see, oldest first.
+    pub fn events(&self, who: &Principal, name: &str) -> Result<Vec<Event>, ServiceError> {
+        self.visible(who, name)?;
+        Ok(self.store.events(name)?)
+    }
+
+    /// `POST /v1/agents`: a new agent; the name must be free.
+    pub async fn create(&self, who: &Principal, agent: Agent) -> Result<Agent, ServiceError> {
+        let name = agent.metadata.name.clone();
+        let result = async {
+            self.writable()?;
+            require_write(who, "create agents")?;
+            let record = {
+                let _admission = self.admission.lock().await;
+                if self.store.get(&name)?.is_some() {
+                    return Err(StoreError::AlreadyExists(name.clone()).into());
+                }
+                let (agent, _) = self.admit(who, agent, None, &[])?;
+                self.store.create(agent)?
+            };
+            self.commit(&[&name]).await?;
+            Ok(record.agent)
+        }
+        .await;
+        self.audit(who, "create", &name, &result, 201);
+        result
+    }
+
+    /// `PUT /v1/agents/{name}`: create or replace. A resourceVersion in the document is a
+    /// precondition; an identical document changes nothing.
+    pub async fn put(
+        &self,
+        who: &Principal,
+        name: &str,
+        mut agent: Agent,
+    ) -> Result<Put, ServiceError> {
+        let result = async {
+            self.writable()?;
+            require_write(who, "change agents")?;
+            if agent.metadata.name.is_empty() {
+                agent.metadata.name = name.to_string();
+            } else if agent.metadata.name != name {
+                return Err(ServiceError::invalid(
+                    "metadata.name",
+                    "differs from the name in the path",
+                ));
+            }
+            let (record, applied, take_over) = {
+                let _admission = self.admission.lock().await;
+                let admitted = self.prepare(who, agent, &[])?;
+                let (record, applied) = self
+                    .store
+                    .apply(admitted.agent, admitted.take_over.as_deref())?;
+                (record, applied, admitted.take_over)
+            };
+            if applied != Applied::Unchanged {
+                self.commit(&[name]).await?;
+            }
+            if let Some(from) = &take_over {
+                tracing::warn!(agent = %name, previous_owner = %from, "an admin took over another owner's agent");
+            }
+            Ok(Put {
+                agent: record.agent,
+                created: applied == Applied::Created,
+                taken_over_from: take_over,
+            })
+        }
+        .await;
+        let status = match &result {
+            Ok(p) if p.created => 201,
+            _ => 200,
+        };
+        self.audit(who, "apply", name, &result, status);
+        result
+    }
+
+    /// `DELETE /v1/agents/{name}`: marks it Terminating; the controller removes its
+    /// workload, then the record.
+    pub async fn delete(&self, who: &Principal, name: &str) -> Result<Agent, ServiceError> {
+        let result = async {
+            self.writable()?;
+            self.visible(who, name)?;
+            require_write(who, "delete agents")?;
+            let record = self.store.mark_deleted(name)?;
+            self.commit(&[name]).await?;
+            Ok(record.agent)
+        }
+        .await;
+        self.audit(who, "delete", name, &result, 202);
+        result
+    }
+
+    /// Start, stop or restart an agent.
+    pub async fn act(
+        &self,
+        who: &Principal,
+        name: &str,
+        action: Action,
+    ) -> Result<Agent, ServiceError> {
+        let result = async {
+            self.writable()?;
+            let current = self.visible(who, name)?;
+            require_write(who, &format!("{} agents", action.verb()))?;
+            let record = match action {
+                Action::Start => self.store.set_state(name, DesiredState::Running)?,
+                Action::Stop => self.store.set_state(name, DesiredState::Stopped)?,
+                Action::Restart => {
+                    if current.agent.spec.state == DesiredState::Stopped {
+                        return Err(ServiceError::Conflict {
+                            code: "stopped",
+                            message: format!("agent {name:?} is stopped; start it instead"),
+                        });
+                    }
+                    self.store.request_restart(name)?
+                }
+            };
+            self.commit(&[name]).await?;
+            Ok(record.agent)
+        }
+        .await;
+        self.audit(who, action.verb(), name, &result, 202);
+        result
+    }
+
+    /// Checks one agent for a create-or-replace without writing it: the caller may touch
+    /// that name, and the policy admits it. `pending` are agents admitted earlier in the
+    /// same batch. The caller holds the admission lock until the write is done.
+    pub(super) fn prepare(
+        &self,
+        who: &Principal,
+        agent: Agent,
+        pending: &[Agent],
+    ) -> Result<Admitted, ServiceError> {
+        let name = agent.metadata.name.clone();
+        let existing = self.store.get(&name)?;
+        if let Some(e) = &existing {
+            if !who.sees(e.agent.metadata.owner.as_deref().unwrap_or_default()) {
+                // Names are global (they name workloads), so the name cannot be given twice.
+                return Err(ServiceError::Conflict {
+                    code: "already_exists",
+                    message: format!("the name {name:?} is in use; choose another"),
+                });
+            }
+        }
+        let (agent, take_over) =
+            self.admit(who, agent, existing.as_ref().map(|r| &r.agent), pending)?;
+        Ok(Admitted {
+            agent,
+            existing,
+            take_over,
+        })
+    }
+
+    /// Sets the owner (the key's, or the one an admin names), refuses a write to another
+    /// owner's agent unless an admin takes it over by naming its new owner, validates, and
+    /// runs the admission policy against the owner's other agents.
+    fn admit(
+        &self,
+        who: &Principal,
+        mut agent: Agent,
+        existing: Option<&Agent>,
+        pending: &[Agent],
+    ) -> Result<(Agent, Option<String>), ServiceError> {
+        let (owner, named) = match (&agent.metadata.owner, who.role) {
+            (Some(o), Role::Admin) => (o.clone(), true),
+            // The manifests directory names only the owners the policy lets it name, and
+            // never takes an agent over.
+            (Some(o), Role::System) if self.policy.gitops_may_name(o) => (o.clone(), false),
+            (Some(_), Role::System) => {
+                return Err(ServiceError::Refused {
+                    rule: "gitops.allowOwners".into(),
+                    invalid: Invalid::new(
+                        "metadata.owner",
+                        "names an owner the manifests directory may not declare agents for (policy rule gitops.allowOwners)",
+                    ),
+                })
+            }
+            (Some(o), _) if *o != who.owner => {
+                return Err(ServiceError::Forbidden(
+                    "only an admin key may set metadata.owner to another owner".into(),
+                ))
+            }
+            _ => (who.owner.clone(), false),
+        };
+        if who.role != Role::System {
+            // Annotations under hive/ are Hive's: a client setting hive/source would make
+            // the manifests sync take its agent for one of the directory's.
+            if let Some(k) = agent
+                .metadata
+                .annotations
+                .keys()
+                .find(|k| k.starts_with("hive/"))
+            {
+                return Err(ServiceError::invalid(
+                    format!("metadata.annotations.{}", shown_key(k)),
+                    "annotations under \"hive/\" are Hive's own and cannot be set",
+                ));
+            }
+            if let Some(file) = existing.and_then(|e| e.metadata.annotations.get(SOURCE_ANNOTATION))
+            {
+                return Err(ServiceError::Conflict {
+                    code: "managed_by_manifests",
+                    message: format!(
+                        "agent {:?} is declared by the manifests directory ({}); change it there",
+                        agent.metadata.name,
+                        shown_key(file)
+                    ),
+                });
+            }
+        }
+        let mut take_over = None;
+        if let Some(current) = existing.and_then(|e| e.metadata.owner.as_deref()) {
+            if current != owner {
+                if !named {
+                    return Err(StoreError::OwnedBy {
+                        kind: "agent",
+                        name: agent.metadata.name.clone(),
+                        owner: current.to_string(),
+                    }
+                    .into());
+                }
+                take_over = Some(current.to_string());
+            }
+        }
+        agent.metadata.owner = Some(owner.clone());
+        agent.validate()?;
+        if self.reserved_names.contains(&agent.metadata.name) {
+            return Err(ServiceError::Refused {
+                rule: "reserved".into(),
+                invalid: Invalid::new(
+                    "metadata.name",
+                    "is reserved for a service of the deployment (--reserved-names): an agent of \
+                     that name would answer in its place on the agents' network (policy rule reserved)",
+                ),
+            });
+        }
+        // The owner's other agents count only against a quota; without one, skip the scan.
+        let records = if self.policy.quota.is_set() {
+            self.store.list()?
+        } else {
+            Vec::new()
+        };
+        // Agents admitted earlier in the same batch count as if stored already.
+        let others: Vec<&Agent> = records
+            .iter()
+            .map(|r| &r.agent)
+            .filter(|a| !pending.iter().any(|p| p.metadata.name == a.metadata.name))
+            .chain(pending)
+            .filter(|a| a.metadata.owner.as_deref() == Some(owner.as_str()))
+            .filter(|a| a.metadata.name != agent.metadata.name)
+            .collect();
+        // The secrets it takes its environment from count against the env limits too.
+        let env_from = self.store.env_from(&agent, false)?;
+        self.policy.admit(&mut agent, &others, &env_from)?;
+        Ok((agent, take_over))
+    }
+}

@@ -1,0 +1,320 @@
+//! Many agents at once, like `kubectl apply`: every document is checked first (parse,
+//! validation, ownership, policy); if any fails nothing is written and the answer names
+//! each bad document. Otherwise each is created or replaced and the answer says, per
+//! agent, `created`, `configured` or `unchanged`; a dry run answers the same with a
+//! readable diff and writes nothing. With [`Prune`], agents the apply's source declared
+//! before and no longer does are deleted: the one prune of `hive apply --prune` and the
+//! manifests directory alike.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::agents::Admitted;
+use super::{require_write, Service, ServiceError};
+use crate::access::Principal;
+use crate::agent::Agent;
+use crate::store::Applied;
+
+/// What applying one document did (or would do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+    /// Deleted by a prune: its source no longer declares it.
+    Pruned,
+}
+
+/// What applying one document did (or would do).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    pub name: String,
+    pub result: Outcome,
+    /// The agent's generation after the apply (the current one on a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// The stored resourceVersion after the apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// On a dry run: what would change, as `-`/`+` lines of YAML.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+/// Which agents a prune may delete: the caller's agents marked with this annotation (the
+/// file they came from), that the source no longer declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prune {
+    pub annotation: &'static str,
+}
+
+impl Service {
+    /// Checks every document, then (unless `dry_run`) creates or replaces each one, as
+    /// `who`, and with `prune` deletes what the source no longer declares. Nothing is
+    /// written if any document fails.
+    pub async fn apply(
+        &self,
+        who: &Principal,
+        documents: Vec<Value>,
+        dry_run: bool,
+        prune: Option<Prune>,
+    ) -> Result<Vec<ApplyResult>, ServiceError> {
+        let result = self.apply_documents(who, documents, dry_run, prune).await;
+        let changed: Vec<&str> = result
+            .iter()
+            .flatten()
+            .filter(|r| r.result != Outcome::Unchanged)
+            .map(|r| r.name.as_str())
+            .collect();
+        let agent = if changed.is_empty() {
+            "-".to_string()
+        } else {
+            changed.join(",")
+        };
+        let verb = if dry_run { "apply (dry run)" } else { "apply" };
+        self.audit(who, verb, &agent, &result, 200);
+        result
+    }
+
+    async fn apply_documents(
+        &self,
+        who: &Principal,
+        values: Vec<Value>,
+        dry_run: bool,
+        prune: Option<Prune>,
+    ) -> Result<Vec<ApplyResult>, ServiceError> {
+        if !dry_run {
+            self.writable()?;
+        }
+        require_write(who, "apply agents")?;
+        let total = values.len();
+        let _admission = self.admission.lock().await;
+
+        let mut ready: Vec<Admitted> = Vec::new();
+        let mut errors = Vec::new();
+        let mut seen = HashSet::new();
+        for (index, value) in values.into_iter().enumerate() {
+            let hint = value
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .map(crate::agent::shown_key);
+            let checked = crate::document::typed::<Agent>(value)
+                .map_err(ServiceError::from)
+                .and_then(|agent| {
+                    if !seen.insert(agent.metadata.name.clone()) {
+                        return Err(ServiceError::invalid(
+                            "metadata.name",
+                            "appears twice in this apply",
+                        ));
+                    }
+                    let pending: Vec<Agent> = ready.iter().map(|a| a.agent.clone()).collect();
+                    self.prepare(who, agent, &pending)
+                });
+            match checked {
+                Ok(r) => ready.push(r),
+                Err(e) => errors.push(e.for_document(index, hint)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ServiceError::InvalidDocuments {
+                total,
+                documents: errors,
+            });
+        }
+
+        let declared: BTreeSet<String> = ready
+            .iter()
+            .map(|a| a.agent.metadata.name.clone())
+            .collect();
+        let mut results = Vec::new();
+        let mut changed = Vec::new();
+        for Admitted {
+            agent,
+            existing,
+            take_over,
+        } in ready
+        {
+            let name = agent.metadata.name.clone();
+            if dry_run {
+                let (result, diff) = would(&agent, existing.as_ref().map(|r| &r.agent));
+                results.push(ApplyResult {
+                    name,
+                    result,
+                    generation: existing.map(|r| r.agent.metadata.generation),
+                    resource_version: None,
+                    diff,
+                });
+                continue;
+            }
+            let (record, applied) = self.store.apply(agent, take_over.as_deref())?;
+            if let Some(from) = &take_over {
+                tracing::warn!(agent = %name, previous_owner = %from, "an admin took over another owner's agent");
+            }
+            let result = match applied {
+                Applied::Created => Outcome::Created,
+                Applied::Updated => Outcome::Configured,
+                Applied::Unchanged => Outcome::Unchanged,
+            };
+            if applied != Applied::Unchanged {
+                changed.push(name.clone());
+            }
+            results.push(ApplyResult {
+                name,
+                result,
+                generation: Some(record.agent.metadata.generation),
+                resource_version: record.agent.metadata.resource_version,
+                diff: None,
+            });
+        }
+        if let Some(prune) = prune {
+            for name in self.prune_unlocked(who, prune, &declared, dry_run)? {
+                if !dry_run {
+                    changed.push(name.clone());
+                }
+                results.push(ApplyResult {
+                    name,
+                    result: Outcome::Pruned,
+                    generation: None,
+                    resource_version: None,
+                    diff: None,
+                });
+            }
+        }
+        let changed: Vec<&str> = changed.iter().map(String::as_str).collect();
+        self.commit(&changed).await?;
+        Ok(results)
+    }
+
+    /// Deletes the caller's agents marked with `prune.annotation` that are not in
+    /// `declared` (the manifests directory's prune, across all its files). Audited.
+    pub async fn prune(
+        &self,
+        who: &Principal,
+        prune: Prune,
+        declared: &BTreeSet<String>,
+    ) -> Result<Vec<String>, ServiceError> {
+        let result = async {
+            self.writable()?;
+            require_write(who, "delete agents")?;
+            let pruned = {
+                let _admission = self.admission.lock().await;
+                self.prune_unlocked(who, prune, declared, false)?
+            };
+            let names: Vec<&str> = pruned.iter().map(String::as_str).collect();
+            self.commit(&names).await?;
+            Ok(pruned)
+        }
+        .await;
+        if !matches!(&result, Ok(p) if p.is_empty()) {
+            let agent = result.as_ref().map(|p| p.join(",")).unwrap_or("-".into());
+            self.audit(who, "prune", &agent, &result, 200);
+        }
+        result
+    }
+
+    /// The prune itself, under the admission lock the caller holds.
+    fn prune_unlocked(
+        &self,
+        who: &Principal,
+        prune: Prune,
+        declared: &BTreeSet<String>,
+        dry_run: bool,
+    ) -> Result<Vec<String>, ServiceError> {
+        let mut pruned = Vec::new();
+        for r in self.store.list()? {
+            let a = &r.agent;
+            let from_source = a.metadata.annotations.contains_key(prune.annotation);
+            let visible = who.sees(a.metadata.owner.as_deref().unwrap_or_default());
+            if !from_source || !visible || a.is_terminating() || declared.contains(&a.metadata.name)
+            {
+                continue;
+            }
+            if !dry_run {
+                self.store.mark_deleted(&a.metadata.name)?;
+            }
+            pruned.push(a.metadata.name.clone());
+        }
+        Ok(pruned)
+    }
+}
+
+/// What an apply of `agent` over `old` would do, with the diff.
+fn would(agent: &Agent, old: Option<&Agent>) -> (Outcome, Option<String>) {
+    let new_text = declared(agent);
+    match old {
+        None => (Outcome::Created, Some(diff("", &new_text))),
+        Some(old) => {
+            let old_text = declared(old);
+            if old_text == new_text {
+                (Outcome::Unchanged, None)
+            } else {
+                (Outcome::Configured, Some(diff(&old_text, &new_text)))
+            }
+        }
+    }
+}
+
+/// The declared part of an agent (what an apply can change), as YAML.
+fn declared(a: &Agent) -> String {
+    let m = &a.metadata;
+    let mut meta = json!({"name": m.name});
+    if let Some(owner) = &m.owner {
+        meta["owner"] = json!(owner);
+    }
+    if !m.labels.is_empty() {
+        meta["labels"] = json!(m.labels);
+    }
+    if !m.annotations.is_empty() {
+        meta["annotations"] = json!(m.annotations);
+    }
+    let doc = json!({"metadata": meta, "spec": a.spec});
+    serde_yaml::to_string(&doc).unwrap_or_default()
+}
+
+/// A line diff: unchanged lines indented, removed ones `- `, added ones `+ `.
+pub fn diff(old: &str, new: &str) -> String {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    // Longest common subsequence, table from the ends.
+    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j, mut out) = (0, 0, String::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            out += &format!("  {}\n", a[i]);
+            i += 1;
+            j += 1;
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out += &format!("- {}\n", a[i]);
+            i += 1;
+        } else {
+            out += &format!("+ {}\n", b[j]);
+            j += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diffs_mark_removed_and_added_lines() {
+        let d = diff("a\nb\nc\n", "a\nB\nc\nd\n");
+        assert_eq!(d, "  a\n- b\n+ B\n  c\n+ d\n");
+        assert_eq!(diff("", "x\n"), "+ x\n");
+    }
+}
