@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 pub mod access;
 pub mod agent;
@@ -83,6 +83,19 @@ pub enum Error {
     /// Another Hive holds the instance (and this one is not a standby).
     #[error(transparent)]
     Held(#[from] lease::InstanceHeld),
+}
+
+/// The Docker backend `config` asks for (`--docker-host`, `--instance`,
+/// `--agent-network`, `--engine-timeout`). Connects lazily: no I/O here.
+pub fn docker_backend(config: &Config) -> Arc<dyn Orchestrator> {
+    Arc::new(orchestrator::docker::DockerOrchestrator::new(
+        orchestrator::docker::DockerSettings {
+            host: config.docker_host.clone(),
+            instance: config.instance.clone(),
+            network: config.agent_network.clone(),
+            timeout: config.engine_timeout.into(),
+        },
+    ))
 }
 
 /// Runs Hive with `backend` on `listener` until `shutdown` completes: see [`App`].
@@ -282,26 +295,33 @@ impl App {
                 leadership.clone(),
                 status.clone(),
             );
-            tokio::spawn(syncer.run(stop.clone()));
+            tokio::spawn(syncer.run(stop.clone()).in_current_span());
         }
         if keys.file().is_some() {
-            tokio::spawn(watch_keys(keys, stop.clone()));
+            tokio::spawn(watch_keys(keys, stop.clone()).in_current_span());
         }
-        let controller_task = tokio::spawn(controller.run(stop.clone(), leadership));
+        let controller_task =
+            tokio::spawn(controller.run(stop.clone(), leadership).in_current_span());
         // The lease is given up last, once nothing reconciles any more.
         let stop_lease = CancellationToken::new();
         let (fatal_tx, mut fatal) = tokio::sync::mpsc::channel(1);
-        let elector_task = tokio::spawn(elector.run(stop_lease.clone(), fatal_tx));
+        let elector_task =
+            tokio::spawn(elector.run(stop_lease.clone(), fatal_tx).in_current_span());
 
         let addr = listener.local_addr().map_err(Error::Serve)?;
         info!(%addr, instance = %config.instance, store = %store.id(), "listening");
-        let mut server = tokio::spawn(serve::serve(
-            listener,
-            api::router(state),
-            config.max_connections,
-            stop.clone(),
-            SHUTDOWN_GRACE,
-        ));
+        // Tasks carry the span they were started in (none in production; a test's Hive
+        // runs in one that names it).
+        let mut server = tokio::spawn(
+            serve::serve(
+                listener,
+                api::router(state),
+                config.max_connections,
+                stop.clone(),
+                SHUTDOWN_GRACE,
+            )
+            .in_current_span(),
+        );
         let mut held = None;
         let served = tokio::select! {
             () = shutdown => None,

@@ -1,10 +1,7 @@
 //! The `hive` binary: parses flags, starts logging, and hands over to the library.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use hive::orchestrator::docker::{DockerOrchestrator, DockerSettings};
 
 /// Hive: run fleets of AI agents in containers, declaratively.
 #[derive(Parser)]
@@ -90,12 +87,7 @@ async fn serve(config: hive::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let backend = Arc::new(DockerOrchestrator::new(DockerSettings {
-        host: config.docker_host.clone(),
-        instance: config.instance.clone(),
-        network: config.agent_network.clone(),
-        timeout: config.engine_timeout.into(),
-    }));
+    let backend = hive::docker_backend(&config);
     hive::run(config, backend, listener, hive::shutdown::signal()).await?;
     Ok(())
 }

@@ -64,7 +64,7 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(router.clone());
                 let stop = stop.clone();
-                connections.spawn(async move {
+                connections.spawn(tracing::Instrument::in_current_span(async move {
                     let _permit = permit;
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -82,7 +82,7 @@ pub async fn serve(
                     if let Err(e) = result {
                         debug!(error = %e, "connection ended with an error");
                     }
-                });
+                }));
             }
         }
     }

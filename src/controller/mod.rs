@@ -152,18 +152,20 @@ impl Controller {
             mut rx,
         } = self;
         let mut background = JoinSet::new();
-        background.spawn(resync_loop(
-            ctx.clone(),
-            handle.clone(),
-            settings.resync_interval,
-            leadership.clone(),
-            shutdown.clone(),
-        ));
-        background.spawn(event_loop(
-            ctx.orchestrator.clone(),
-            handle.clone(),
-            shutdown.clone(),
-        ));
+        background.spawn(
+            resync_loop(
+                ctx.clone(),
+                handle.clone(),
+                settings.resync_interval,
+                leadership.clone(),
+                shutdown.clone(),
+            )
+            .in_current_span(),
+        );
+        background.spawn(
+            event_loop(ctx.orchestrator.clone(), handle.clone(), shutdown.clone())
+                .in_current_span(),
+        );
 
         let mut queue = Queue::default();
         let mut passes: JoinSet<(String, Result<Action, Backoff>)> = JoinSet::new();

@@ -104,11 +104,11 @@ impl Pulls {
             let (image, owner) = s.queued.remove(i).expect("in range");
             s.running.insert(image.clone(), owner.clone());
             let me = self.clone();
-            tokio::spawn(async move {
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 info!(%image, %owner, "pulling an image");
                 let result = me.orchestrator.pull(&image).await;
                 me.finish(&image, result.map_err(|e| e.to_string()));
-            });
+            }));
         }
     }
 

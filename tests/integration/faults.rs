@@ -12,7 +12,7 @@ use crate::proxy::{Mode, SocketProxy};
 
 #[tokio::test]
 async fn kill_9_mid_converge_then_restart_converges_with_one_container_each() {
-    let mut hive = Hive::start().await;
+    let mut hive = Hive::process(HashMap::new(), Vec::new()).await;
     let names: Vec<String> = (0..30).map(|i| format!("f{i:02}")).collect();
     let mut puts = JoinSet::new();
     for name in &names {

@@ -1,11 +1,14 @@
-//! The test harness: builds the test image, runs `hive serve` as a child process, talks
-//! to it over HTTP, looks at the engine directly, and waits by polling with a deadline.
+//! The test harness: builds the test image, runs Hive (in this process through
+//! `hive::App` on port 0, as mini-redis's tests do, or as a `hive serve` child process
+//! where a test needs a process: signals, `kill -9`, a file descriptor limit, its log
+//! format), talks to it over HTTP, looks at the engine directly, and waits by polling
+//! with a deadline.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bollard::models::ContainerInspectResponse;
@@ -16,6 +19,7 @@ use bollard::Docker;
 use futures_util::TryStreamExt;
 use serde_json::Value;
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 
 /// The image every test agent runs: Debian's static busybox, imported as a one-file image.
 pub const IMAGE: &str = "hive-test-busybox:1";
@@ -52,26 +56,9 @@ pub async fn ensure_image() {
             if d.inspect_image(IMAGE).await.is_ok() {
                 return;
             }
-            let busybox = std::fs::read("/bin/busybox").expect(
-                "/bin/busybox (Debian's busybox-static) is needed to build the test image; \
-                 .ci/run installs it",
-            );
-            let mut tar = tar::Builder::new(Vec::new());
-            let mut header = tar::Header::new_gnu();
-            header.set_size(busybox.len() as u64);
-            header.set_mode(0o755);
-            header.set_cksum();
-            tar.append_data(&mut header, "bin/busybox", busybox.as_slice())
-                .unwrap();
-            for tool in ["sh", "sleep", "echo", "true", "false", "cat", "env"] {
-                let mut h = tar::Header::new_gnu();
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                h.set_mode(0o777);
-                tar.append_link(&mut h, format!("bin/{tool}"), "busybox")
-                    .unwrap();
-            }
-            let bytes = tar.into_inner().unwrap();
+            let tar =
+                hive::testing::busybox_tar(&["sh", "sleep", "echo", "true", "false", "cat", "env"])
+                    .expect("the test image's layer (.ci/run installs busybox-static)");
             let (repo, tag) = IMAGE.split_once(':').unwrap();
             let options = CreateImageOptions {
                 from_src: Some("-".into()),
@@ -80,7 +67,7 @@ pub async fn ensure_image() {
                 changes: vec!["ENV PATH=/bin".into()],
                 ..Default::default()
             };
-            d.create_image(Some(options), Some(bollard::body_full(bytes.into())), None)
+            d.create_image(Some(options), Some(bollard::body_full(tar.into())), None)
                 .try_collect::<Vec<_>>()
                 .await
                 .expect("importing the test image");
@@ -112,47 +99,80 @@ pub fn token() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..10].to_string()
 }
 
-/// One running `hive serve` with its own instance, data directory and key.
+/// How a test's Hive runs.
+enum Running {
+    /// In this process, on a runtime of its own: a stop signal and the thread to join.
+    InProcess {
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    },
+    /// A `hive serve` child process.
+    Process(Child),
+}
+
+/// One running Hive with its own instance, data directory and key.
 pub struct Hive {
     pub instance: String,
     pub key: String,
     pub url: String,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
-    child: Option<Child>,
-    /// Extra environment for the child (None removes the variable).
+    running: Option<Running>,
+    /// Whether it runs as a child process (else in this process).
+    process: bool,
+    /// Extra environment for the child (None removes the variable); in process,
+    /// `DOCKER_HOST` and `AGENT_API_KEY` are read from here too.
     env: HashMap<String, Option<String>>,
     /// Extra flags for `hive serve`.
     args: Vec<String>,
     starts: usize,
+    /// Names this Hive's log lines (in process) across its runs.
+    log_id: String,
     /// Whether dropping this Hive removes its instance's containers.
     cleanup: bool,
 }
 
 impl Hive {
-    /// Starts Hive with a fresh store and instance, and waits until it serves.
+    /// Starts Hive in this process with a fresh store and instance, and waits until it serves.
     pub async fn start() -> Hive {
-        Hive::start_with(HashMap::new()).await
+        Hive::start_full(HashMap::new(), Vec::new()).await
     }
 
+    /// Starts Hive in this process with extra environment (`DOCKER_HOST`, or no
+    /// `AGENT_API_KEY` for a generated key).
     pub async fn start_with(env: HashMap<String, Option<String>>) -> Hive {
         Hive::start_full(env, Vec::new()).await
     }
 
-    /// Starts Hive with extra flags for `hive serve`.
+    /// Starts Hive in this process with extra flags for `hive serve`.
     pub async fn start_args(args: &[String]) -> Hive {
         Hive::start_full(HashMap::new(), args.to_vec()).await
     }
 
-    /// Starts Hive with a fresh store on a given instance (another Hive's, say).
+    /// Starts Hive in this process with a fresh store on a given instance (another
+    /// Hive's, say).
     pub async fn start_on(instance: &str, args: &[&str]) -> Hive {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         args.extend(["--instance".to_string(), instance.to_string()]);
         Hive::start_full(HashMap::new(), args).await
     }
 
-    /// Starts Hive with extra environment and flags.
-    pub async fn start_full(env: HashMap<String, Option<String>>, mut args: Vec<String>) -> Hive {
+    /// Starts Hive in this process with extra environment and flags.
+    pub async fn start_full(env: HashMap<String, Option<String>>, args: Vec<String>) -> Hive {
+        Hive::launch(env, args, false).await
+    }
+
+    /// Starts `hive serve` as a child process: for tests that signal it, `kill -9` it,
+    /// limit its file descriptors (`HIVE_TEST_NOFILE`) or read its log format.
+    pub async fn process(env: HashMap<String, Option<String>>, args: Vec<String>) -> Hive {
+        Hive::launch(env, args, true).await
+    }
+
+    async fn launch(
+        env: HashMap<String, Option<String>>,
+        mut args: Vec<String>,
+        process: bool,
+    ) -> Hive {
         ensure_image().await;
         let instance = match args.iter().position(|a| a == "--instance") {
             Some(i) => {
@@ -171,10 +191,12 @@ impl Hive {
             url: String::new(),
             http: reqwest::Client::new(),
             dir: tempfile::tempdir().unwrap(),
-            child: None,
+            running: None,
+            process,
             env,
             args,
             starts: 0,
+            log_id: token(),
             cleanup: true,
         };
         hive.spawn().await;
@@ -189,71 +211,114 @@ impl Hive {
         self.dir.path().join(format!("hive-{}.log", self.starts))
     }
 
-    /// Runs the binary and waits for its "listening" line.
+    /// The flags of every run.
+    fn flags(&self) -> Vec<String> {
+        let mut flags: Vec<String> = ["--resync-interval", "2s", "--instance", &self.instance]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        flags.push("--data-dir".into());
+        flags.push(self.data_dir().display().to_string());
+        flags.extend(self.args.iter().cloned());
+        flags
+    }
+
+    /// Runs Hive and waits until it serves.
     async fn spawn(&mut self) {
         self.starts += 1;
-        let log = std::fs::File::create(self.log_path()).unwrap();
-        // Under a file descriptor limit, through a shell that sets it and execs Hive.
-        let mut cmd = match self.env.get("HIVE_TEST_NOFILE").cloned().flatten() {
-            Some(n) => {
-                let mut c = Command::new("sh");
-                c.args(["-c", "ulimit -n \"$0\" && exec \"$@\"", &n])
-                    .arg(env!("CARGO_BIN_EXE_hive"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_hive")),
-        };
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--resync-interval",
-            "2s",
-        ])
-        .arg("--data-dir")
-        .arg(self.data_dir())
-        .args(["--instance", &self.instance])
-        .args(&self.args)
-        .env("AGENT_API_KEY", &self.key)
-        .env("RUST_LOG", "info,hive=debug")
-        .stdout(Stdio::null())
-        .stderr(log);
-        for (k, v) in &self.env {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
+        if self.process {
+            self.spawn_process();
+        } else {
+            self.spawn_in_process().await;
         }
-        self.child = Some(cmd.spawn().expect("spawning hive"));
-        let path = self.log_path();
-        let addr = wait_for("hive to listen", || {
-            let path = path.clone();
-            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
-            async move {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                if let Some(status) = exited {
-                    panic!("hive exited with {status} before listening:\n{text}");
-                }
-                // Text logs say `addr=HOST:PORT`; JSON logs `"addr":"HOST:PORT"`.
-                text.lines()
-                    .find(|l| l.contains("listening"))
-                    .and_then(|l| match l.split("addr=").nth(1) {
-                        Some(a) => a.split_whitespace().next().map(str::to_string),
-                        None => l
-                            .split("\"addr\":\"")
-                            .nth(1)?
-                            .split('"')
-                            .next()
-                            .map(str::to_string),
+    }
+
+    fn spawn_process(&mut self) {
+        let mut env: Vec<(String, Option<String>)> = vec![
+            ("AGENT_API_KEY".into(), Some(self.key.clone())),
+            ("RUST_LOG".into(), Some("info,hive=debug".into())),
+        ];
+        env.extend(self.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let nofile = self
+            .env
+            .get("HIVE_TEST_NOFILE")
+            .cloned()
+            .flatten()
+            .map(|n| n.parse().unwrap());
+        let started = hive::testing::ServeProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_hive")),
+            &self.flags(),
+            &env,
+            nofile,
+            self.log_path(),
+            DEADLINE,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        self.url = started.url;
+        self.running = Some(Running::Process(started.child));
+    }
+
+    async fn spawn_in_process(&mut self) {
+        capture_logs();
+        let flags = self.flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut config = hive::testing::config(&flags).expect("the test's flags");
+        if let Some(Some(host)) = self.env.get("DOCKER_HOST") {
+            config.docker_host = Some(host.clone());
+        }
+        if !matches!(self.env.get("AGENT_API_KEY"), Some(None)) {
+            config.api_key = Some(hive::config::Secret(self.key.clone()));
+        }
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let span_id = self.log_id.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let span = tracing::info_span!("hive", hive_test = %span_id);
+            rt.block_on(
+                async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                    let backend = hive::docker_backend(&config);
+                    let app = match hive::App::new(config, backend).await {
+                        Ok(app) => app,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return Err(e.to_string());
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(addr));
+                    app.run(listener, async {
+                        let _ = stop_rx.await;
                     })
-            }
-        })
-        .await;
+                    .await
+                    .map_err(|e| e.to_string())
+                }
+                .instrument(span),
+            )
+        });
+        let addr = ready_rx
+            .await
+            .expect("hive stopped before it started")
+            .unwrap_or_else(|e| panic!("hive did not start: {e}"));
         self.url = format!("http://{addr}");
+        self.running = Some(Running::InProcess {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        });
     }
 
     /// Everything Hive logged so far (all runs).
     pub fn logs(&self) -> String {
+        if !self.process {
+            return captured(&self.log_id);
+        }
         let mut all = String::new();
         for i in 1..=self.starts {
             if let Ok(mut f) = std::fs::File::open(self.dir.path().join(format!("hive-{i}.log"))) {
@@ -269,45 +334,72 @@ impl Hive {
         self.cleanup = false;
     }
 
-    /// The process id of the running Hive.
+    /// The process id of the running Hive (this process's, in process).
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("hive is running").id()
+        match &self.running {
+            Some(Running::Process(child)) => child.id(),
+            _ => std::process::id(),
+        }
     }
 
-    /// SIGTERM, and wait for a clean exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("hive is running");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        child.wait().unwrap()
+    /// A graceful stop (SIGTERM for a child process), and how it ended.
+    pub fn stop(&mut self) -> Stopped {
+        match self.running.take().expect("hive is running") {
+            Running::Process(mut child) => {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
+                let status = child.wait().unwrap();
+                Stopped(if status.success() {
+                    Ok(())
+                } else {
+                    Err(status.to_string())
+                })
+            }
+            Running::InProcess { stop, thread } => {
+                if let Some(stop) = stop {
+                    let _ = stop.send(());
+                }
+                Stopped(
+                    thread
+                        .expect("a thread")
+                        .join()
+                        .unwrap_or_else(|_| Err("hive panicked".into())),
+                )
+            }
+        }
     }
 
-    /// Sends SIGHUP.
+    /// Sends SIGHUP (a child process only).
     pub fn sighup(&self) {
-        let pid = self.child.as_ref().expect("hive is running").id();
+        let Some(Running::Process(child)) = &self.running else {
+            panic!("SIGHUP needs a hive process: start it with Hive::process");
+        };
         assert!(Command::new("kill")
             .arg("-HUP")
-            .arg(pid.to_string())
+            .arg(child.id().to_string())
             .status()
             .unwrap()
             .success());
     }
 
-    /// SIGKILL: no chance to flush or clean up.
+    /// SIGKILL: no chance to flush or clean up (a child process only).
     pub fn kill9(&mut self) {
-        let mut child = self.child.take().expect("hive is running");
+        let Some(Running::Process(mut child)) = self.running.take() else {
+            panic!("kill -9 needs a hive process: start it with Hive::process");
+        };
         child.kill().unwrap();
         child.wait().unwrap();
     }
 
     /// Starts Hive again on the same store and instance.
     pub async fn restart(&mut self) {
-        if self.child.is_some() {
+        if self.running.is_some() {
+            let stopped = self.stop();
             assert!(
-                self.stop().success(),
-                "hive did not stop cleanly:\n{}",
+                stopped.success(),
+                "hive did not stop cleanly: {stopped}\n{}",
                 self.logs()
             );
         }
@@ -501,24 +593,165 @@ impl Drop for Hive {
     fn drop(&mut self) {
         // A graceful stop first: a killed Hive may leave a create in flight at the engine,
         // which would land after the clean-up below.
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let start = Instant::now();
-            while child.try_wait().ok().flatten().is_none() {
-                if start.elapsed() > Duration::from_secs(20) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
+        match self.running.take() {
+            Some(Running::Process(mut child)) => {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
+                let start = Instant::now();
+                while child.try_wait().ok().flatten().is_none() {
+                    if start.elapsed() > Duration::from_secs(20) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
+            Some(Running::InProcess { stop, thread }) => {
+                if let Some(stop) = stop {
+                    let _ = stop.send(());
+                }
+                if let Some(thread) = thread {
+                    let start = Instant::now();
+                    while !thread.is_finished() && start.elapsed() < Duration::from_secs(20) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if thread.is_finished() {
+                        let _ = thread.join();
+                    }
+                }
+            }
+            None => {}
         }
         if self.cleanup {
             remove_instance_containers(&self.instance);
         }
+    }
+}
+
+/// How a Hive stopped.
+pub struct Stopped(Result<(), String>);
+
+impl Stopped {
+    pub fn success(&self) -> bool {
+        self.0.is_ok()
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(()) => f.write_str("stopped cleanly"),
+            Err(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
+/// Log lines of in-process Hives, by the `hive_test` field of the span each runs in.
+static LOGS: std::sync::OnceLock<std::sync::Mutex<HashMap<String, String>>> =
+    std::sync::OnceLock::new();
+
+/// Installs, once, the test binary's subscriber: it keeps each in-process Hive's log
+/// lines apart (by the span it runs in) and prints nothing.
+fn capture_logs() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info,hive=debug"))
+            .with(Capture)
+            .try_init();
+    });
+}
+
+/// What an in-process Hive has logged.
+fn captured(id: &str) -> String {
+    LOGS.get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .get(id)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The layer that keeps log lines by Hive.
+struct Capture;
+
+/// Which Hive a span belongs to.
+struct TestId(String);
+
+/// Fields of a span or an event, as `message k=v ...`.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    rest: String,
+    test_id: Option<String>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "hive_test" => self.test_id = Some(format!("{value:?}")),
+            name => self.rest += &format!(" {name}={value:?}"),
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_string(),
+            "hive_test" => self.test_id = Some(value.to_string()),
+            name => self.rest += &format!(" {name}={value}"),
+        }
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for Capture
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let (Some(test), Some(span)) = (fields.test_id, ctx.span(id)) {
+            span.extensions_mut().insert(TestId(test));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
+        let Some(test) = scope
+            .from_root()
+            .find_map(|s| s.extensions().get::<TestId>().map(|t| t.0.clone()))
+        else {
+            return;
+        };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let m = event.metadata();
+        let line = format!(
+            "{} {}: {}{}\n",
+            m.level(),
+            m.target(),
+            fields.message,
+            fields.rest
+        );
+        LOGS.get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .entry(test)
+            .or_default()
+            .push_str(&line);
     }
 }
 

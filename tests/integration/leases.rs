@@ -121,7 +121,7 @@ async fn a_second_hive_on_a_held_instance_exits_or_stands_by_and_destroys_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_hands_over_to_a_standby_and_takes_its_fleet_back_untouched() {
     let lease = ["--lease-duration", "4s"];
-    let mut holder = Hive::start_args(&lease.map(String::from)).await;
+    let mut holder = Hive::process(HashMap::new(), lease.map(String::from).to_vec()).await;
     let agent = holder.running("kept", "").await;
     let id = container_id(&agent);
     let started = holder

@@ -16,5 +16,6 @@ mod lifecycle;
 mod observe;
 mod redteam;
 mod restart;
+mod router;
 mod security;
 mod workloads;

@@ -129,7 +129,12 @@ async fn the_reconcilers_decisions_are_events_and_conditions_follow_the_agent() 
 
 #[tokio::test]
 async fn json_logs_carry_the_agent_and_its_generation_on_every_reconcile_line() {
-    let hive = Hive::start_args(&["--log-format".into(), "json".into()]).await;
+    // A process: what is checked is the binary's log format.
+    let hive = Hive::process(
+        std::collections::HashMap::new(),
+        vec!["--log-format".into(), "json".into()],
+    )
+    .await;
     hive.put_yaml("logged", &agent_yaml("logged", "")).await;
     hive.wait_phase("logged", "Running").await;
     let logs = hive.logs();

@@ -477,7 +477,7 @@ async fn the_manifests_directory_trusts_only_its_own_annotations_and_stays_insid
 #[tokio::test]
 async fn slow_and_flooding_clients_cannot_starve_hive_before_authentication() {
     // 64 file descriptors, as the red team had: Hive keeps some back for itself.
-    let hive = Hive::start_full(
+    let hive = Hive::process(
         HashMap::from([("HIVE_TEST_NOFILE".to_string(), Some("64".to_string()))]),
         Vec::new(),
     )

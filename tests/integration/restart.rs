@@ -72,7 +72,7 @@ async fn a_restarted_hive_adopts_without_duplicates_or_restarts() {
 
 #[tokio::test]
 async fn kill_9_right_after_201_loses_nothing() {
-    let mut hive = Hive::start().await;
+    let mut hive = Hive::process(HashMap::new(), Vec::new()).await;
     let mut acknowledged = Vec::new();
     for i in 0..5 {
         let name = format!("d{i}");

@@ -156,7 +156,12 @@ async fn the_keys_file_reloads_on_change_and_a_broken_or_deleted_one_fails_close
     let keys = dir.path().join("keys.yaml");
     let (first, first_entry) = new_key("sol", "viewer", "first");
     write_keys(&keys, &[&first_entry]);
-    let hive = Hive::start_args(&["--keys-file".into(), keys.display().to_string()]).await;
+    // A process: SIGHUP is sent to it.
+    let hive = Hive::process(
+        std::collections::HashMap::new(),
+        vec!["--keys-file".into(), keys.display().to_string()],
+    )
+    .await;
     let status = |key: String| {
         let r = with_key(&hive, &key, Method::GET, "/v1/agents");
         async move { r.send().await.unwrap().status().as_u16() }

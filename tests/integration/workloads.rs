@@ -86,6 +86,10 @@ async fn secrets_are_write_only_and_reach_the_environment_through_env_from() {
     let audit: Value = hive.get_json("/v1/audit?limit=100").await;
     assert!(!audit.to_string().contains(&value) && !audit.to_string().contains(&rotated));
     let logs = hive.logs();
+    assert!(
+        logs.contains("write secret"),
+        "the writes are logged: {logs}"
+    );
     assert!(!logs.contains(&value) && !logs.contains(&rotated));
 
     // Bad secrets are refused.

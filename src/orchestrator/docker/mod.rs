@@ -21,7 +21,7 @@
 //! starts while the engine is down and talks to engines older than bollard's default.
 //!
 //! # The lease
-//! The instance's lease (see [`crate::lease`]) is kept on the engine as two containers
+//! The instance's lease (the election is the `lease` module's) is kept on the engine as two containers
 //! that are created and never started, from a one-file image Hive imports itself
 //! (`hive-lease:1`; nothing is pulled):
 //! - `hive-lease_<instance>`: the lease. Container names are unique on an engine and a

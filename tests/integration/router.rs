@@ -1,0 +1,807 @@
+//! The router tier: the whole API driven through `tower::ServiceExt::oneshot`, over a
+//! real store in a temporary directory and the in-memory backend; no socket, no Docker.
+//! Every route, its auth and roles, its answers to bad input, and that each status it
+//! answered is in the OpenAPI document.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use hive::access::{new_key, Role};
+use hive::orchestrator::{Holder, Orchestrator};
+use hive::testing::FakeOrchestrator;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// One Hive wired around the in-memory backend, with the admin key and keys for an
+/// operator and a viewer of owner `sol`, and one operator of owner `bob`.
+struct TestApp {
+    app: hive::App,
+    key: String,
+    sol: String,
+    viewer: String,
+    bob: String,
+    /// (method, route, status) of every call, to check against the OpenAPI document.
+    seen: Mutex<BTreeSet<(String, String, u16)>>,
+    _dir: tempfile::TempDir,
+}
+
+/// An answer: status, headers, and the body as JSON (Null when it is not).
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn app(extra: &[&str]) -> TestApp {
+    app_with(extra, Arc::new(FakeOrchestrator::default())).await
+}
+
+async fn app_with(extra: &[&str], backend: Arc<FakeOrchestrator>) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let (sol, sol_entry) = new_key("sol-1", "sol", Role::Operator).unwrap();
+    let (viewer, viewer_entry) = new_key("sol-view", "sol", Role::Viewer).unwrap();
+    let (bob, bob_entry) = new_key("bob-1", "bob", Role::Operator).unwrap();
+    let keys = dir.path().join("keys.yaml");
+    let indent = |e: &str| e.lines().map(|l| format!("  {l}\n")).collect::<String>();
+    std::fs::write(
+        &keys,
+        format!(
+            "keys:\n{}{}{}",
+            indent(&sol_entry),
+            indent(&viewer_entry),
+            indent(&bob_entry)
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let keys = keys.display().to_string();
+    let mut flags = vec![
+        "--data-dir",
+        &data,
+        "--keys-file",
+        &keys,
+        "--instance",
+        "router",
+    ];
+    flags.extend_from_slice(extra);
+    let mut config = hive::testing::config(&flags).unwrap();
+    let key = hive::access::generate_key();
+    config.api_key = Some(hive::config::Secret(key.clone()));
+    let app = hive::App::new(config, backend).await.unwrap();
+    TestApp {
+        app,
+        key,
+        sol,
+        viewer,
+        bob,
+        seen: Mutex::default(),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// One request: `route` is the pattern the OpenAPI document names it by.
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        route: &str,
+        key: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method.clone()).uri(uri);
+        if let Some(k) = key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        let body = match body {
+            Some((content_type, text)) => {
+                req = req.header(header::CONTENT_TYPE, content_type);
+                Body::from(text)
+            }
+            None => Body::empty(),
+        };
+        let response = self
+            .app
+            .router()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        self.seen.lock().unwrap().insert((
+            method.as_str().to_lowercase(),
+            route.to_string(),
+            status.as_u16(),
+        ));
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn admin(&self, method: Method, uri: &str, route: &str, body: Option<Value>) -> Answer {
+        let body = body.map(|b| ("application/json", b.to_string()));
+        self.call(method, uri, route, Some(&self.key), body).await
+    }
+
+    /// Every status this app answered is documented for its route.
+    fn check_documented(&self) {
+        let doc = serde_json::to_value(hive::api::openapi::document_value()).unwrap();
+        for (method, route, status) in self.seen.lock().unwrap().iter() {
+            let responses = &doc["paths"][route][method]["responses"];
+            assert!(
+                responses[status.to_string()].is_object(),
+                "{method} {route} answered {status}, which the OpenAPI document does not list"
+            );
+        }
+    }
+}
+
+fn agent(name: &str, extra: Value) -> Value {
+    let mut doc = json!({
+        "apiVersion": "hive/v1", "kind": "Agent",
+        "metadata": {"name": name},
+        "spec": {"image": "busybox:1", "command": ["sleep", "3600"]}
+    });
+    if let (Some(spec), Some(extra)) = (doc["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    doc
+}
+
+#[tokio::test]
+async fn every_route_needs_its_key_and_open_routes_do_not() {
+    let t = app(&[]).await;
+    for (method, path) in hive::api::served_routes() {
+        let uri = path.replace("{name}", "a");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let open = matches!(path.as_str(), "/healthz" | "/readyz" | "/openapi.json");
+        let body = Some(("application/json", "{}".to_string()));
+        let r = t
+            .call(method.clone(), &uri, &path, None, body.clone())
+            .await;
+        if open {
+            assert_eq!(r.status, StatusCode::OK, "{method} {path}");
+        } else {
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            assert_eq!(r.body["error"]["code"], "unauthorized");
+            assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+            let wrong = t
+                .call(method.clone(), &uri, &path, Some("nope"), body)
+                .await;
+            assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+    }
+    let r = t
+        .call(Method::GET, "/nowhere", "/nowhere", None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    t.seen
+        .lock()
+        .unwrap()
+        .retain(|(_, route, _)| route != "/nowhere");
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn agents_are_created_read_listed_changed_acted_on_and_deleted() {
+    let t = app(&[]).await;
+    let (one, many) = ("/v1/agents/{name}", "/v1/agents");
+    let doc = agent("a1", json!({"state": "Stopped"}));
+    let r = t
+        .admin(Method::POST, "/v1/agents", many, Some(doc.clone()))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["metadata"]["generation"], 1);
+    let rv = r.body["metadata"]["resourceVersion"].clone();
+    let r = t
+        .admin(Method::POST, "/v1/agents", many, Some(doc.clone()))
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_exists"))
+    );
+
+    // PUT: identical is a no-op; a stale resourceVersion is refused; a new name creates.
+    let r = t
+        .admin(Method::PUT, "/v1/agents/a1", one, Some(doc.clone()))
+        .await;
+    assert_eq!(
+        (r.status, &r.body["metadata"]["resourceVersion"]),
+        (StatusCode::OK, &rv)
+    );
+    let mut stale = agent("a1", json!({"env": {"X": "1"}}));
+    stale["metadata"]["resourceVersion"] = json!("999");
+    let r = t
+        .admin(Method::PUT, "/v1/agents/a1", one, Some(stale))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = t
+        .admin(
+            Method::PUT,
+            "/v1/agents/a2",
+            one,
+            Some(agent("a2", json!({}))),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = t
+        .admin(
+            Method::PUT,
+            "/v1/agents/a3",
+            one,
+            Some(agent("other", json!({}))),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("metadata.name"))
+    );
+
+    // GET and LIST, with selectors.
+    let mut labelled = agent("a4", json!({}));
+    labelled["metadata"]["labels"] = json!({"team": "research"});
+    t.admin(Method::PUT, "/v1/agents/a4", one, Some(labelled))
+        .await;
+    let r = t.admin(Method::GET, "/v1/agents/a1", one, None).await;
+    assert_eq!(
+        (r.status, r.body["spec"]["state"].as_str()),
+        (StatusCode::OK, Some("Stopped"))
+    );
+    assert_eq!(
+        t.admin(Method::GET, "/v1/agents/nobody", one, None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let r = t.admin(Method::GET, "/v1/agents", many, None).await;
+    assert_eq!(
+        (r.body["kind"].as_str(), names(&r.body)),
+        (
+            Some("AgentList"),
+            vec!["a1".into(), "a2".into(), "a4".into()]
+        )
+    );
+    let r = t
+        .admin(Method::GET, "/v1/agents?label=team%3Dresearch", many, None)
+        .await;
+    assert_eq!(names(&r.body), vec!["a4".to_string()]);
+    let r = t
+        .admin(Method::GET, "/v1/agents?label=!team", many, None)
+        .await;
+    assert_eq!(names(&r.body), vec!["a1".to_string(), "a2".into()]);
+    for bad in [
+        "/v1/agents?label=%3Dx",
+        "/v1/agents?bogus=1",
+        "/v1/agents?watch=yes",
+    ] {
+        assert_eq!(
+            t.admin(Method::GET, bad, many, None).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+
+    // Actions.
+    let action = "/v1/agents/{name}/action";
+    let r = t
+        .admin(
+            Method::POST,
+            "/v1/agents/a1/action",
+            action,
+            Some(json!({"action": "restart"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("stopped"))
+    );
+    let r = t
+        .admin(
+            Method::POST,
+            "/v1/agents/a1/action",
+            action,
+            Some(json!({"action": "start"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["metadata"]["generation"].as_u64()),
+        (StatusCode::ACCEPTED, Some(2))
+    );
+    let r = t
+        .admin(
+            Method::POST,
+            "/v1/agents/a1/action",
+            action,
+            Some(json!({"action": "fly"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = t
+        .admin(
+            Method::POST,
+            "/v1/agents/nobody/action",
+            action,
+            Some(json!({"action": "stop"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Events and logs.
+    let r = t
+        .admin(
+            Method::GET,
+            "/v1/agents/a1/events",
+            "/v1/agents/{name}/events",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["items"].is_array()),
+        (StatusCode::OK, true)
+    );
+    let logs = "/v1/agents/{name}/logs";
+    let r = t.admin(Method::GET, "/v1/agents/a1/logs", logs, None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "no container yet: {}",
+        r.body
+    );
+    for bad in [
+        "/v1/agents/a1/logs?tail=x",
+        "/v1/agents/a1/logs?since=yesterday-ish",
+    ] {
+        let r = t.admin(Method::GET, bad, logs, None).await;
+        assert!(
+            matches!(r.status.as_u16(), 400 | 404),
+            "{bad}: {}",
+            r.status
+        );
+    }
+
+    // Delete: Terminating, then no more changes.
+    let r = t.admin(Method::DELETE, "/v1/agents/a2", one, None).await;
+    assert_eq!(
+        (r.status, r.body["status"]["phase"].as_str()),
+        (StatusCode::ACCEPTED, Some("Terminating"))
+    );
+    let r = t
+        .admin(
+            Method::PUT,
+            "/v1/agents/a2",
+            one,
+            Some(agent("a2", json!({"env": {"A": "b"}}))),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("terminating"))
+    );
+    assert_eq!(
+        t.admin(Method::DELETE, "/v1/agents/nobody", one, None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_errors() {
+    let t = app(&[]).await;
+    let route = "/v1/agents";
+    let post = |ct: &'static str, body: String| {
+        t.call(
+            Method::POST,
+            "/v1/agents",
+            route,
+            Some(&t.key),
+            Some((ct, body)),
+        )
+    };
+    let r = post("application/json", "{\"spec\": ".into()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        post("text/plain", "x".into()).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let r = post(
+        "application/yaml",
+        "apiVersion: hive/v1\nkind: Agent\nmetadata: {name: x}\nspec: {image: i, bogus: 1}\n"
+            .into(),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.body["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("spec.bogus"))
+    );
+    let r = post("application/yaml", "apiVersion: hive/v1\nkind: Agent\nmetadata: {name: x}\nspec: {image: i, privileged: true}\n".into()).await;
+    assert_eq!(
+        (r.status, r.body["error"]["rule"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("never"))
+    );
+    let big = format!("{{\"spec\": {{\"image\": \"{}\"}}}}", "x".repeat(2 << 20));
+    assert_eq!(
+        post("application/json", big).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        post("application/json", "".into()).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    let r = t.admin(Method::GET, "/v1/agents", route, None).await;
+    assert_eq!(r.body["items"], json!([]), "nothing was stored");
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn owners_and_roles_decide_what_a_key_sees_and_may_do() {
+    let t = app(&[]).await;
+    let one = "/v1/agents/{name}";
+    let put = |key: String, name: &'static str| {
+        let body = ("application/json", agent(name, json!({})).to_string());
+        let uri = format!("/v1/agents/{name}");
+        let t = &t;
+        async move { t.call(Method::PUT, &uri, one, Some(&key), Some(body)).await }
+    };
+    assert_eq!(put(t.sol.clone(), "mine").await.status, StatusCode::CREATED);
+    let r = t
+        .call(Method::GET, "/v1/agents/mine", one, Some(&t.bob), None)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "another owner's agent is not there"
+    );
+    assert_eq!(
+        put(t.bob.clone(), "mine").await.status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        put(t.viewer.clone(), "yours").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let r = t
+        .call(Method::GET, "/v1/agents/mine", one, Some(&t.viewer), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = t
+        .call(Method::GET, "/v1/agents", "/v1/agents", Some(&t.bob), None)
+        .await;
+    assert_eq!(r.body["items"], json!([]));
+    for (uri, route) in [("/v1/audit", "/v1/audit"), ("/v1/sync", "/v1/sync")] {
+        let r = t.call(Method::GET, uri, route, Some(&t.sol), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{uri}");
+    }
+    let r = t.admin(Method::GET, "/v1/sync", "/v1/sync", None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "no manifests directory is followed"
+    );
+    assert_eq!(
+        t.admin(Method::GET, "/metrics", "/metrics", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn apply_checks_everything_first_diffs_on_a_dry_run_and_prunes_what_it_made() {
+    let t = app(&[]).await;
+    let route = "/v1/apply";
+    let yaml = |docs: &[Value]| {
+        docs.iter()
+            .map(|d| serde_yaml::to_string(d).unwrap())
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
+    let marked = |name: &str| {
+        let mut d = agent(name, json!({}));
+        d["metadata"]["annotations"] = json!({"hive-apply/source": format!("{name}.yaml")});
+        d
+    };
+    let apply = |uri: &'static str, body: String| {
+        t.call(
+            Method::POST,
+            uri,
+            route,
+            Some(&t.key),
+            Some(("application/yaml", body)),
+        )
+    };
+    let r = apply("/v1/apply", yaml(&[marked("p1"), marked("p2")])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let results: Vec<&str> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["created", "created"]);
+    let mut changed = marked("p1");
+    changed["spec"]["env"] = json!({"A": "1"});
+    let r = apply("/v1/apply?dryRun=true", yaml(&[changed.clone()])).await;
+    assert_eq!(r.body["items"][0]["result"], "configured");
+    assert!(r.body["items"][0]["diff"].as_str().unwrap().contains("+ "));
+    // One bad document: nothing is applied, each bad one named.
+    let bad = agent("Bad_Name", json!({}));
+    let r = apply("/v1/apply", yaml(&[changed.clone(), bad])).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["documents"][0]["index"], 1);
+    let p1 = t
+        .admin(Method::GET, "/v1/agents/p1", "/v1/agents/{name}", None)
+        .await;
+    assert!(p1.body["spec"].get("env").is_none(), "nothing applied");
+    // With a prune, p2 (made by an earlier prune-apply) goes.
+    let r = apply("/v1/apply?prune=true", yaml(&[changed])).await;
+    let results: Vec<(String, String)> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().into(),
+                i["result"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("p1".to_string(), "configured".to_string()),
+            ("p2".into(), "pruned".into())
+        ]
+    );
+    let r = t
+        .admin(Method::GET, "/v1/agents/p2", "/v1/agents/{name}", None)
+        .await;
+    assert_eq!(r.body["status"]["phase"], "Terminating");
+    assert_eq!(
+        apply("/v1/apply?dry=1", yaml(&[marked("p3")])).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn secrets_are_write_only_and_owned() {
+    let t = app(&[]).await;
+    let (one, many) = ("/v1/secrets/{name}", "/v1/secrets");
+    let put = |key: String, body: Value| {
+        let t = &t;
+        async move {
+            t.call(
+                Method::PUT,
+                "/v1/secrets/keys",
+                one,
+                Some(&key),
+                Some(("application/json", body.to_string())),
+            )
+            .await
+        }
+    };
+    let r = put(t.sol.clone(), json!({"API_KEY": "sk-1"})).await;
+    assert_eq!(
+        (r.status, &r.body["keys"]),
+        (StatusCode::CREATED, &json!(["API_KEY"]))
+    );
+    assert!(!r.body.to_string().contains("sk-1"));
+    assert_eq!(
+        put(t.sol.clone(), json!({"API_KEY": "sk-2"})).await.status,
+        StatusCode::OK
+    );
+    let r = put(t.key.clone(), json!({"API_KEY": "x"})).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("owned_by_another"))
+    );
+    let r = put(t.sol.clone(), json!({"1BAD": "x"})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = t
+        .call(Method::GET, "/v1/secrets/keys", one, Some(&t.bob), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = t
+        .call(Method::GET, "/v1/secrets", many, Some(&t.sol), None)
+        .await;
+    assert_eq!(r.body["items"][0]["name"], "keys");
+    let r = t
+        .call(
+            Method::PUT,
+            "/v1/secrets/keys?owner=bob",
+            one,
+            Some(&t.sol),
+            Some(("application/json", "{}".into())),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = t
+        .call(Method::DELETE, "/v1/secrets/keys", one, Some(&t.sol), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        t.call(Method::GET, "/v1/secrets/keys", one, Some(&t.sol), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn every_mutation_accepted_or_refused_is_audited_and_pages() {
+    let t = app(&[]).await;
+    t.admin(
+        Method::PUT,
+        "/v1/agents/x",
+        "/v1/agents/{name}",
+        Some(agent("x", json!({}))),
+    )
+    .await;
+    t.call(
+        Method::PUT,
+        "/v1/agents/y",
+        "/v1/agents/{name}",
+        Some(&t.viewer),
+        Some(("application/json", agent("y", json!({})).to_string())),
+    )
+    .await;
+    t.call(
+        Method::PUT,
+        "/v1/secrets/s",
+        "/v1/secrets/{name}",
+        Some(&t.sol),
+        Some(("application/json", json!({"K": "v"}).to_string())),
+    )
+    .await;
+    t.call(
+        Method::POST,
+        "/v1/agents",
+        "/v1/agents",
+        Some(&t.sol),
+        Some(("application/json", "{oops".into())),
+    )
+    .await;
+    t.call(
+        Method::DELETE,
+        "/v1/agents/x",
+        "/v1/agents/{name}",
+        None,
+        None,
+    )
+    .await;
+    let r = t
+        .admin(Method::GET, "/v1/audit?limit=50", "/v1/audit", None)
+        .await;
+    let items = r.body["items"].as_array().unwrap();
+    let has = |key: &str, verb: &str, outcome: &str, status: u64| {
+        items.iter().any(|e| {
+            e["keyId"] == key
+                && e["verb"] == verb
+                && e["outcome"] == outcome
+                && e["status"] == status
+        })
+    };
+    assert!(has("admin", "apply", "accepted", 201), "{}", r.body);
+    assert!(has("sol-view", "apply", "refused", 403), "{}", r.body);
+    assert!(has("sol-1", "write secret", "accepted", 201), "{}", r.body);
+    assert!(
+        has("sol-1", "create", "refused", 400),
+        "a body refused before the service: {}",
+        r.body
+    );
+    assert!(
+        items
+            .iter()
+            .any(|e| e["keyId"] == "-" && e["status"] == 401),
+        "{}",
+        r.body
+    );
+    let page = t
+        .admin(Method::GET, "/v1/audit?limit=2", "/v1/audit", None)
+        .await;
+    let next = page.body["next"].as_u64().unwrap();
+    let rest = t
+        .admin(
+            Method::GET,
+            &format!("/v1/audit?limit=2&before={next}"),
+            "/v1/audit",
+            None,
+        )
+        .await;
+    assert!(rest.body["items"][0]["id"].as_u64().unwrap() < next);
+    for bad in ["/v1/audit?limit=x", "/v1/audit?since=1"] {
+        assert_eq!(
+            t.admin(Method::GET, bad, "/v1/audit", None).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn a_standby_serves_reads_and_refuses_writes_naming_the_holder() {
+    let backend = Arc::new(FakeOrchestrator::default());
+    let holder = Holder {
+        token: "other".into(),
+        host: "elsewhere".into(),
+        pid: 1,
+        data_dir: "/srv/hive".into(),
+        store: "another-store".into(),
+    };
+    backend
+        .acquire_lease(&holder, std::time::Duration::from_secs(60), None)
+        .await
+        .unwrap();
+    let t = app_with(&["--standby"], backend).await;
+    let r = t.call(Method::GET, "/readyz", "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/srv/hive"),
+        "{}",
+        r.body
+    );
+    let r = t
+        .admin(
+            Method::PUT,
+            "/v1/agents/x",
+            "/v1/agents/{name}",
+            Some(agent("x", json!({}))),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        t.admin(Method::GET, "/v1/agents", "/v1/agents", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_served() {
+    let t = app(&[]).await;
+    let r = t
+        .call(Method::GET, "/openapi.json", "/openapi.json", None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    for (method, path) in hive::api::served_routes() {
+        assert!(
+            r.body["paths"][&path][method].is_object(),
+            "{method} {path}"
+        );
+    }
+    t.check_documented();
+}
