@@ -20,6 +20,15 @@ impl Agent {
         if let Some(owner) = &self.metadata.owner {
             validate_name(owner).map_err(|m| Invalid::new("metadata.owner", m))?;
         }
+        if let Some(rv) = &self.metadata.resource_version {
+            let number = !rv.is_empty() && rv.len() <= 20 && rv.bytes().all(|b| b.is_ascii_digit());
+            if !number {
+                return Err(Invalid::new(
+                    "metadata.resourceVersion",
+                    "must be the resourceVersion read from Hive (a number), or left out",
+                ));
+            }
+        }
         for (k, v) in &self.metadata.labels {
             if k.starts_with("hive.") || k.starts_with("hive/") {
                 return Err(Invalid::new(

@@ -180,6 +180,9 @@ pub async fn action(
     Ok((StatusCode::ACCEPTED, Json(agent)).into_response())
 }
 
+/// The most lines `?tail=` asks for; follow the logs for more.
+const MAX_TAIL: u64 = 1_000_000;
+
 /// Query of `GET /v1/agents/{name}/logs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,7 +197,7 @@ pub struct LogsQuery {
 }
 
 #[utoipa::path(get, path = "/v1/agents/{name}/logs", tag = "agents",
-    params(("name" = String, Path), ("tail" = Option<u64>, Query), ("follow" = Option<bool>, Query), ("since" = Option<String>, Query, description = "a duration such as 10m, or an RFC 3339 time")),
+    params(("name" = String, Path), ("tail" = Option<u64>, Query, description = "only the last N lines (at most 1000000)"), ("follow" = Option<bool>, Query), ("since" = Option<String>, Query, description = "a duration such as 10m, or an RFC 3339 time")),
     responses((status = 200, description = "the container's output", content_type = "text/plain", body = String), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 /// `GET /v1/agents/{name}/logs`: the container's output as text.
 pub async fn logs(
@@ -203,12 +206,11 @@ pub async fn logs(
     Path(name): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let record = state.service.visible(&p, &name)?;
-    let Some(id) = record.agent.status.container_id else {
-        return Err(ApiError::NotFound(format!(
-            "agent {name:?} has no container yet"
+    if query.tail.is_some_and(|n| n > MAX_TAIL) {
+        return Err(ApiError::BadRequest(format!(
+            "tail: at most {MAX_TAIL} lines"
         )));
-    };
+    }
     let since = match query.since.as_deref() {
         None => None,
         Some(text) => Some(since_unix(text).ok_or_else(|| {
@@ -216,6 +218,12 @@ pub async fn logs(
                 "since is neither a duration such as 10m nor an RFC 3339 time".into(),
             )
         })?),
+    };
+    let record = state.service.visible(&p, &name)?;
+    let Some(id) = record.agent.status.container_id else {
+        return Err(ApiError::NotFound(format!(
+            "agent {name:?} has no container yet"
+        )));
     };
     let place = query
         .follow

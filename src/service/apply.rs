@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::agents::Admitted;
 use super::{require_write, Service, ServiceError};
-use crate::access::Principal;
+use crate::access::{Principal, Role};
 use crate::agent::Agent;
 use crate::store::Applied;
 
@@ -64,20 +64,38 @@ impl Service {
         prune: Option<Prune>,
     ) -> Result<Vec<ApplyResult>, ServiceError> {
         let result = self.apply_documents(who, documents, dry_run, prune).await;
-        let changed: Vec<&str> = result
-            .iter()
-            .flatten()
-            .filter(|r| r.result != Outcome::Unchanged)
-            .map(|r| r.name.as_str())
-            .collect();
-        let agent = if changed.is_empty() {
-            "-".to_string()
-        } else {
-            changed.join(",")
-        };
-        let verb = if dry_run { "apply (dry run)" } else { "apply" };
-        self.audit(who, verb, &agent, &result, 200);
+        self.audit_apply(who, dry_run, &result);
         result
+    }
+
+    /// One audit entry per agent an apply changed (`apply`) or pruned (`prune`), so each
+    /// agent's history reads the same whichever way it was written. A refused apply is one
+    /// entry; so is a request that changed nothing, except from Hive's own GitOps
+    /// identity, whose unchanged files are not requests.
+    fn audit_apply(
+        &self,
+        who: &Principal,
+        dry_run: bool,
+        result: &Result<Vec<ApplyResult>, ServiceError>,
+    ) {
+        let ok = Ok::<(), ServiceError>(());
+        let mut audited = false;
+        if let (Ok(results), false) = (result, dry_run) {
+            for r in results.iter().filter(|r| r.result != Outcome::Unchanged) {
+                let verb = if r.result == Outcome::Pruned {
+                    "prune"
+                } else {
+                    "apply"
+                };
+                self.audit(who, verb, &r.name, &ok, 200);
+                audited = true;
+            }
+        }
+        let quiet = result.is_ok() && who.role == Role::System;
+        if !audited && !quiet {
+            let verb = if dry_run { "apply (dry run)" } else { "apply" };
+            self.audit(who, verb, "-", result, 200);
+        }
     }
 
     async fn apply_documents(
@@ -209,9 +227,13 @@ impl Service {
             Ok(pruned)
         }
         .await;
-        if !matches!(&result, Ok(p) if p.is_empty()) {
-            let agent = result.as_ref().map(|p| p.join(",")).unwrap_or("-".into());
-            self.audit(who, "prune", &agent, &result, 200);
+        match &result {
+            Ok(pruned) => {
+                for name in pruned {
+                    self.audit(who, "prune", name, &Ok::<(), ServiceError>(()), 200);
+                }
+            }
+            Err(_) => self.audit(who, "prune", "-", &result, 200),
         }
         result
     }

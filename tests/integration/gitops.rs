@@ -121,6 +121,29 @@ async fn files_appear_change_move_and_disappear(events: bool) {
         1,
         "editor files are not manifests: {s:#}"
     );
+
+    // Every GitOps write is in the audit log, under its own identity.
+    let audit = hive.get_json("/v1/audit?limit=500").await;
+    let entries = audit["items"].as_array().unwrap();
+    let audited = |verb: &str, agent: &str| {
+        entries.iter().any(|e| {
+            e["keyId"] == "gitops"
+                && e["verb"] == verb
+                && e["agent"] == agent
+                && e["outcome"] == "accepted"
+        })
+    };
+    for (verb, agent) in [
+        ("apply", "g1"),
+        ("apply", "g2"),
+        ("prune", "g3"),
+        ("prune", "g2"),
+    ] {
+        assert!(
+            audited(verb, agent),
+            "no audit of {verb} {agent}: {audit:#}"
+        );
+    }
 }
 
 #[tokio::test]

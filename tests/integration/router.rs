@@ -365,14 +365,12 @@ async fn agents_are_created_read_listed_changed_acted_on_and_deleted() {
     );
     for bad in [
         "/v1/agents/a1/logs?tail=x",
+        "/v1/agents/a1/logs?tail=99999999999",
         "/v1/agents/a1/logs?since=yesterday-ish",
+        "/v1/agents/a1/logs?bogus=1",
     ] {
         let r = t.admin(Method::GET, bad, logs, None).await;
-        assert!(
-            matches!(r.status.as_u16(), 400 | 404),
-            "{bad}: {}",
-            r.status
-        );
+        assert!(r.status == StatusCode::BAD_REQUEST, "{bad}: {}", r.status);
     }
 
     // Delete: Terminating, then no more changes.
@@ -587,6 +585,29 @@ async fn apply_checks_everything_first_diffs_on_a_dry_run_and_prunes_what_it_mad
         apply("/v1/apply?dry=1", yaml(&[marked("p3")])).await.status,
         StatusCode::BAD_REQUEST
     );
+    // Each agent an apply changed or pruned has its own audit entry.
+    let audit = t
+        .admin(Method::GET, "/v1/audit", "/v1/audit", None)
+        .await
+        .body;
+    let entries: Vec<(String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["keyId"] == "admin" && e["outcome"] == "accepted")
+        .map(|e| {
+            (
+                e["verb"].as_str().unwrap().into(),
+                e["agent"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    for (verb, agent) in [("apply", "p1"), ("apply", "p2"), ("prune", "p2")] {
+        assert!(
+            entries.contains(&(verb.to_string(), agent.to_string())),
+            "{verb} {agent}: {entries:?}"
+        );
+    }
     t.check_documented();
 }
 
@@ -737,7 +758,11 @@ async fn every_mutation_accepted_or_refused_is_audited_and_pages() {
         )
         .await;
     assert!(rest.body["items"][0]["id"].as_u64().unwrap() < next);
-    for bad in ["/v1/audit?limit=x", "/v1/audit?since=1"] {
+    for bad in [
+        "/v1/audit?limit=x",
+        "/v1/audit?since=1",
+        "/v1/audit?bogus=1",
+    ] {
         assert_eq!(
             t.admin(Method::GET, bad, "/v1/audit", None).await.status,
             StatusCode::BAD_REQUEST,
@@ -804,4 +829,103 @@ async fn the_openapi_document_describes_every_route_served() {
         );
     }
     t.check_documented();
+}
+
+#[tokio::test]
+async fn odd_inputs_the_fuzzer_found_are_refused_and_documented() {
+    let t = app(&[]).await;
+    let one = "/v1/agents/{name}";
+    t.admin(
+        Method::PUT,
+        "/v1/agents/a1",
+        one,
+        Some(agent("a1", json!({}))),
+    )
+    .await;
+    let mut empty_rv = agent("a1", json!({"env": {"X": "1"}}));
+    empty_rv["metadata"]["resourceVersion"] = json!("");
+    let r = t
+        .admin(Method::PUT, "/v1/agents/a1", one, Some(empty_rv))
+        .await;
+    assert!(r.status.is_client_error(), "{}: {}", r.status, r.body);
+    assert_eq!(
+        r.body["error"]["field"], "metadata.resourceVersion",
+        "{}",
+        r.body
+    );
+    let action = "/v1/agents/{name}/action";
+    for body in [
+        "{}",
+        "[]",
+        "{\"action\": 1}",
+        "x",
+        "{\"action\": \"stop\", \"extra\": 1}",
+    ] {
+        let r = t
+            .call(
+                Method::POST,
+                "/v1/agents/a1/action",
+                action,
+                Some(&t.key),
+                Some(("application/json", body.into())),
+            )
+            .await;
+        assert!(
+            matches!(r.status.as_u16(), 400 | 422),
+            "{body}: {}",
+            r.status
+        );
+        assert!(r.body["error"]["message"].is_string(), "{body}: {}", r.body);
+    }
+    let r = t.admin(Method::GET, "/v1/agents/a1", one, None).await;
+    assert!(
+        r.body["spec"].get("env").is_none() && r.body["metadata"]["generation"] == 1,
+        "nothing changed: {}",
+        r.body
+    );
+    t.check_documented();
+}
+
+#[tokio::test]
+async fn two_owners_racing_for_one_secret_name_have_exactly_one_winner() {
+    for round in 0..20 {
+        let t = app(&[]).await;
+        let uri = format!("/v1/secrets/s{round}");
+        let body = || Some(("application/json", json!({"K": "v"}).to_string()));
+        let (a, b) = tokio::join!(
+            t.call(
+                Method::PUT,
+                &uri,
+                "/v1/secrets/{name}",
+                Some(&t.sol),
+                body()
+            ),
+            t.call(
+                Method::PUT,
+                &uri,
+                "/v1/secrets/{name}",
+                Some(&t.bob),
+                body()
+            ),
+        );
+        let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [201, 409],
+            "round {round}: {} / {}",
+            a.body,
+            b.body
+        );
+        let loser = if a.status == StatusCode::CONFLICT {
+            &a
+        } else {
+            &b
+        };
+        assert_eq!(
+            loser.body["error"]["code"], "already_exists",
+            "a name in use by an owner the key cannot see"
+        );
+        t.check_documented();
+    }
 }
