@@ -844,12 +844,22 @@ async fn until_running_again(o: &Engine, agent: &str, start: Instant) -> Result<
     }
 }
 
-/// Waits until no container of `agent` runs.
-async fn until_down(o: &Engine, agent: &str) -> Result<()> {
-    while o.running(agent).await? {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// Waits until a container of `agent` runs under another process than `old_pid`: back
+/// after a crash or a kill, however quickly (a restart can be quicker than a poll, so
+/// "down, then up" could be missed). Answers milliseconds since `start`.
+async fn until_replaced(o: &Engine, agent: &str, old_pid: i64, start: Instant) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for id in o.ids(Some(agent)).await? {
+            if o.pid(&id).await.is_ok_and(|pid| pid != 0 && pid != old_pid) {
+                return Ok(start.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{agent} did not run again within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(())
 }
 
 fn docker_cli(args: &[&str]) -> Result<String> {
@@ -865,8 +875,7 @@ fn docker_cli(args: &[&str]) -> Result<String> {
 }
 
 /// Kills a container's init process from the host: a crash, as far as the engine knows.
-async fn crash(o: &Engine, id: &str) -> Result<()> {
-    let pid = o.pid(id).await?;
+fn crash(pid: i64) -> Result<()> {
     let status = Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()?;
@@ -886,10 +895,10 @@ async fn drift(args: &DriftArgs) -> Result<Vec<Row>> {
         until_running_again(&o, "crash", Instant::now()).await?;
         // The engine's back-off grows with quick successive crashes; wait it out.
         tokio::time::sleep(Duration::from_secs(11)).await;
+        let pid = o.pid(&id).await?;
         let start = Instant::now();
-        crash(&o, &id).await?;
-        until_down(&o, "crash").await?;
-        engine_restart.push(until_running_again(&o, "crash", start).await?);
+        crash(pid)?;
+        engine_restart.push(until_replaced(&o, "crash", pid, start).await?);
     }
     o.remove_all(4).await?;
 
@@ -907,10 +916,10 @@ async fn drift(args: &DriftArgs) -> Result<Vec<Row>> {
             .first()
             .context("the agent's container")?
             .clone();
+        let pid = so.pid(&id).await?;
         let start = Instant::now();
         docker_cli(&["kill", &id])?;
-        until_down(&so, "drift").await?;
-        hive_repair.push(until_running_again(&so, "drift", start).await?);
+        hive_repair.push(until_replaced(&so, "drift", pid, start).await?);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     server.stop().await?;

@@ -9,8 +9,8 @@ use bollard::query_parameters::{
 };
 
 use crate::harness::{
-    container_id, containers_with_label, engine, remove_instance_containers, token, wait_for, Hive,
-    IMAGE, SLEEP,
+    container_id, containers_with_label, engine, token, wait_for, Hive, RemoveOnDrop, IMAGE,
+    PLAIN_LABEL, SLEEP,
 };
 
 #[tokio::test]
@@ -130,6 +130,7 @@ async fn orphans_go_and_foreign_containers_stay() {
     unstamped_labels.remove("hive.store");
     let unstamped = run_by_hand(&format!("unstamped-{}", token()), unstamped_labels).await;
     let other_instance = format!("t{}", token());
+    let leftovers = RemoveOnDrop(other_instance.clone());
     let foreign = run_by_hand(
         &format!("foreign-{}", token()),
         HashMap::from([
@@ -139,7 +140,7 @@ async fn orphans_go_and_foreign_containers_stay() {
         ]),
     )
     .await;
-    let plain_label = format!("hive-test-plain={}", token());
+    let plain_label = format!("{PLAIN_LABEL}={other_instance}");
     let (k, v) = plain_label.split_once('=').unwrap();
     let plain = run_by_hand(&format!("plain-{}", token()), HashMap::from([label(k, v)])).await;
 
@@ -184,12 +185,7 @@ async fn orphans_go_and_foreign_containers_stay() {
             .expect("a foreign container is untouched");
         assert_eq!(c.state.unwrap().running, Some(true));
     }
-    remove_instance_containers(&other_instance);
-    let options = RemoveContainerOptions {
-        force: true,
-        ..Default::default()
-    };
-    d.remove_container(&plain, Some(options)).await.unwrap();
+    drop(leftovers);
     assert!(containers_with_label(&plain_label).await.is_empty());
 }
 

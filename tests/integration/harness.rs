@@ -760,12 +760,27 @@ pub fn network_of(instance: &str) -> String {
     format!("{NETWORK_PREFIX}{instance}")
 }
 
+/// A label without meaning to Hive, for containers a test makes by hand on behalf of an
+/// instance: they go with the instance's own.
+pub const PLAIN_LABEL: &str = "hive-test-plain";
+
+/// Removes every container of an instance when dropped, even when the test fails: for
+/// instances a test makes containers for without starting a Hive on them.
+pub struct RemoveOnDrop(pub String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        remove_instance_containers(&self.0);
+    }
+}
+
 /// Removes every container of a test instance, its lease and its network included, from
 /// a thread of its own so it works inside or outside a runtime (Drop runs in both).
 pub fn remove_instance_containers(instance: &str) {
     let labels = [
         format!("hive.instance={instance}"),
         format!("hive.lease={instance}"),
+        format!("{PLAIN_LABEL}={instance}"),
     ];
     let network = network_of(instance);
     std::thread::spawn(move || {

@@ -126,7 +126,12 @@ pub struct DockerOrchestrator {
     lease_image_ready: tokio::sync::OnceCell<()>,
     /// Containers this backend had the engine remove lately.
     removed: std::sync::Mutex<plan::Ledger>,
+    /// The last scan of the names on the network, and when it started.
+    network_scan: tokio::sync::Mutex<Option<(Instant, Arc<NetworkNames>)>>,
 }
+
+/// Names other containers answer to on the agents' network, each with who holds it.
+type NetworkNames = Vec<(String, String)>;
 
 struct Client {
     /// Where the engine is (None: DOCKER_HOST or the local socket).
@@ -157,6 +162,7 @@ impl DockerOrchestrator {
             network_ready: tokio::sync::OnceCell::new(),
             lease_image_ready: tokio::sync::OnceCell::new(),
             removed: Default::default(),
+            network_scan: Default::default(),
         }
     }
 
@@ -331,19 +337,48 @@ impl DockerOrchestrator {
         refuse("belongs to another agent of this name; it is never mounted for this one".into())
     }
 
-    /// Refuses to create an agent whose name something else on the agents' network already
-    /// answers to: another instance's agent, a compose service, a container of that name,
-    /// or an alias. Hive's own containers are known by their labels; the few others are
-    /// inspected for their aliases.
+    /// Refuses a workload whose name another container on the network answers to (its
+    /// name, a network alias, a compose service, another instance's agent): Docker's DNS
+    /// would resolve the name to either. This Hive's own containers are skipped.
     async fn check_network_name(&self, spec: &Workload) -> Result<(), OrchestratorError> {
+        let names = self.network_names(Instant::now()).await?;
+        match names.iter().find(|(name, _)| *name == spec.agent) {
+            Some((_, holder)) => Err(OrchestratorError::NameInUse {
+                name: spec.agent.clone(),
+                network: self.settings.network.clone(),
+                holder: holder.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The names other containers answer to on the network, from a scan that started no
+    /// earlier than `asked`: concurrent creates share one scan (a fleet's converge lists
+    /// the network a few times, not once per agent), and none reads a scan older than
+    /// its own question.
+    async fn network_names(&self, asked: Instant) -> Result<Arc<NetworkNames>, OrchestratorError> {
+        let mut last = self.network_scan.lock().await;
+        if let Some((started, names)) = last.as_ref() {
+            if *started >= asked {
+                return Ok(names.clone());
+            }
+        }
+        let started = Instant::now();
+        let names = Arc::new(self.scan_network().await?);
+        *last = Some((started, names.clone()));
+        Ok(names)
+    }
+
+    async fn scan_network(&self) -> Result<NetworkNames, OrchestratorError> {
         let network = &self.settings.network;
         let filters = HashMap::from([("network".to_string(), vec![network.clone()])]);
         let docker = self.docker().await?;
+        let mut names = NetworkNames::new();
         for c in self.list_summaries(filters).await? {
             let labels = c.labels.clone().unwrap_or_default();
             let label = |k: &str| labels.get(k).map(String::as_str);
             if label(LABEL_INSTANCE) == Some(self.settings.instance.as_str())
-                && label(LABEL_AGENT) == Some(spec.agent.as_str())
+                && label(LABEL_MANAGED).is_some()
             {
                 continue;
             }
@@ -354,19 +389,18 @@ impl DockerOrchestrator {
                 .next()
                 .map(|n| n.trim_start_matches('/').to_string())
                 .unwrap_or_default();
-            let holder = |what: &str| OrchestratorError::NameInUse {
-                name: spec.agent.clone(),
-                network: network.clone(),
-                holder: format!("{what} {name}"),
-            };
-            if name == spec.agent {
-                return Err(holder("container"));
+            names.push((name.clone(), format!("container {name}")));
+            if let Some(agent) = label(LABEL_AGENT) {
+                names.push((
+                    agent.to_string(),
+                    format!("an agent of another Hive instance in container {name}"),
+                ));
             }
-            if label(LABEL_AGENT) == Some(spec.agent.as_str()) {
-                return Err(holder("an agent of another Hive instance in container"));
-            }
-            if label("com.docker.compose.service") == Some(spec.agent.as_str()) {
-                return Err(holder("the compose service in container"));
+            if let Some(service) = label("com.docker.compose.service") {
+                names.push((
+                    service.to_string(),
+                    format!("the compose service in container {name}"),
+                ));
             }
             if label(LABEL_MANAGED).is_some() {
                 continue;
@@ -390,11 +424,11 @@ impl DockerOrchestrator {
                 .and_then(|mut n| n.remove(network))
                 .and_then(|e| e.aliases)
                 .unwrap_or_default();
-            if aliases.contains(&spec.agent) {
-                return Err(holder("an alias of container"));
+            for alias in aliases {
+                names.push((alias, format!("an alias of container {name}")));
             }
         }
-        Ok(())
+        Ok(names)
     }
 
     /// The container name of an agent in this instance.
