@@ -2,11 +2,14 @@
 # The builder caches dependencies in their own layer, so a change to src/ rebuilds only Hive.
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# The workspace's manifests, with empty sources: a layer of built dependencies.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin && echo 'fn main() {}' > src/main.rs && echo 'fn main() {}' > src/bin/hive-bench.rs \
-    && touch src/lib.rs && cargo build --release --locked --bin hive && rm -rf src
+COPY bench/Cargo.toml bench/
+RUN mkdir -p src bench/src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > bench/src/main.rs \
+    && cargo build --release --locked -p hive --bin hive && rm -rf src
 COPY src ./src
-RUN touch src/lib.rs src/main.rs && cargo build --release --locked --bin hive
+RUN touch src/lib.rs src/main.rs && cargo build --release --locked -p hive --bin hive
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
