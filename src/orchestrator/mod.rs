@@ -303,7 +303,7 @@ pub struct LogOptions {
 }
 
 /// Failures of the engine, in the orchestrator's words.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum OrchestratorError {
     /// The engine could not be reached at all.
     #[error("container engine unreachable: {0}")]

@@ -127,11 +127,14 @@ pub struct DockerOrchestrator {
     /// Containers this backend had the engine remove lately.
     removed: std::sync::Mutex<plan::Ledger>,
     /// The last scan of the names on the network, and when it started.
-    network_scan: tokio::sync::Mutex<Option<(Instant, Arc<NetworkNames>)>>,
+    network_scan: tokio::sync::Mutex<Option<(Instant, NetworkScan)>>,
 }
 
 /// Names other containers answer to on the agents' network, each with who holds it.
 type NetworkNames = Vec<(String, String)>;
+
+/// What one scan of the network found, or why it could not.
+type NetworkScan = Result<Arc<NetworkNames>, OrchestratorError>;
 
 struct Client {
     /// Where the engine is (None: DOCKER_HOST or the local socket).
@@ -355,18 +358,19 @@ impl DockerOrchestrator {
     /// The names other containers answer to on the network, from a scan that started no
     /// earlier than `asked`: concurrent creates share one scan (a fleet's converge lists
     /// the network a few times, not once per agent), and none reads a scan older than
-    /// its own question.
+    /// its own question. A scan that failed fails those who waited for it too, so a
+    /// stalled engine costs each create one deadline, not one per create queued before it.
     async fn network_names(&self, asked: Instant) -> Result<Arc<NetworkNames>, OrchestratorError> {
         let mut last = self.network_scan.lock().await;
-        if let Some((started, names)) = last.as_ref() {
+        if let Some((started, scanned)) = last.as_ref() {
             if *started >= asked {
-                return Ok(names.clone());
+                return scanned.clone();
             }
         }
         let started = Instant::now();
-        let names = Arc::new(self.scan_network().await?);
-        *last = Some((started, names.clone()));
-        Ok(names)
+        let scanned = self.scan_network().await.map(Arc::new);
+        *last = Some((started, scanned.clone()));
+        scanned
     }
 
     async fn scan_network(&self) -> Result<NetworkNames, OrchestratorError> {
