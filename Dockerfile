@@ -1,6 +1,11 @@
 # Hive's image. Build from the repository root:  docker build -t hive:latest .
 # The builder caches dependencies in their own layer, so a change to src/ rebuilds only Hive.
-FROM rust:1-bookworm AS build
+# Without a registry, deployment/local-images.sh makes both base images from Debian's
+# archive and passes them in as these arguments.
+ARG RUST_IMAGE=rust:1-slim-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # The workspace's manifests, with empty sources: a layer of built dependencies.
 COPY Cargo.toml Cargo.lock ./
@@ -11,7 +16,7 @@ RUN mkdir -p src bench/src && echo 'fn main() {}' > src/main.rs && touch src/lib
 COPY src ./src
 RUN touch src/lib.rs src/main.rs && cargo build --release --locked -p hive --bin hive
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/hive /usr/local/bin/hive
