@@ -215,6 +215,9 @@ impl Controller {
                     ctx.metrics.leader.set(i64::from(now));
                     if now && !leading {
                         info!("holding the instance's lease: reconciling");
+                        // Agents queued while this loop still thought it a standby were
+                        // only explained, not reconciled: look at every one again now.
+                        handle.resync();
                     } else if !now && leading {
                         warn!("not holding the instance's lease: reconciling paused");
                     }
