@@ -29,6 +29,7 @@ struct Harness {
     handle: Handle,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    metrics: Arc<crate::metrics::Metrics>,
     _dir: tempfile::TempDir,
 }
 
@@ -53,10 +54,11 @@ fn start_with(fake: FakeOrchestrator, max_concurrent: usize, leading: bool) -> H
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let fake = Arc::new(fake);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let controller = Controller::new(
         store.clone(),
         fake.clone(),
-        Arc::new(crate::metrics::Metrics::default()),
+        metrics.clone(),
         Arc::new(crate::policy::Policy::default()),
         Settings {
             resync_interval: Duration::from_secs(3600),
@@ -83,6 +85,7 @@ fn start_with(fake: FakeOrchestrator, max_concurrent: usize, leading: bool) -> H
         handle,
         stop,
         task,
+        metrics,
         _dir: dir,
     }
 }
@@ -288,7 +291,17 @@ async fn nothing_is_reconciled_without_the_lease_and_everything_once_it_is_held(
     let leadership = &h.leadership;
     h.add("a");
     h.add("b");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let explained = |h: &Harness, name: &str, reason: &str| {
+        h.store
+            .get(name)
+            .unwrap()
+            .and_then(|r| r.agent.status.message)
+            == Some(format!("not reconciled: {reason}"))
+    };
+    h.until("both explained", |h| {
+        explained(h, "a", "test") && explained(h, "b", "test")
+    })
+    .await;
     assert!(h.fake.calls().is_empty(), "{:?}", h.fake.calls());
     leadership
         .send(Leadership::Leading { lease: lease() })
@@ -303,13 +316,16 @@ async fn nothing_is_reconciled_without_the_lease_and_everything_once_it_is_held(
             reason: "lost".into(),
         })
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.until("the loop to see the lease lost", |h| {
+        h.metrics.leader.get() == 0
+    })
+    .await;
     let before = h.fake.calls().len();
     h.store
         .set_state("a", crate::agent::DesiredState::Stopped)
         .unwrap();
     h.handle.enqueue("a");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.until("a explained", |h| explained(h, "a", "lost")).await;
     assert_eq!(h.fake.calls().len(), before, "a pass ran without the lease");
     h.stop().await;
 }
