@@ -76,12 +76,17 @@ impl Client {
     /// A request to `/v1/agents/{name}[/{rest}]`, the name sent as one path segment
     /// (quoted), so that a name such as `../secrets/x` can never reach another route.
     pub fn agent_request(&self, method: Method, name: &str, rest: &[&str]) -> RequestBuilder {
+        let mut segments = vec!["v1", "agents", name];
+        segments.extend(rest);
+        self.path_request(method, &segments)
+    }
+
+    /// A request to the path made of `segments`, each sent as one (quoted) segment.
+    pub fn path_request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         let mut url = reqwest::Url::parse(&self.base)
             .unwrap_or_else(|_| reqwest::Url::parse("http://invalid.invalid").expect("a URL"));
         if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty()
-                .extend(["v1", "agents", name])
-                .extend(rest);
+            path.pop_if_empty().extend(segments);
         }
         self.http.request(method, url).bearer_auth(&self.key)
     }

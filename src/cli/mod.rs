@@ -1,5 +1,5 @@
 //! The `hive` command line's client commands (apply, get, describe, delete, start, stop,
-//! restart, logs, wait, health), kubectl-like, all over the HTTP API: one file per command,
+//! restart, logs, wait, secret, health), kubectl-like, all over the HTTP API: one file per command,
 //! the rendering in [`render`], on the typed [`Agent`](crate::agent::Agent). Each failure
 //! prints one line saying what failed and what to do, and exits non-zero.
 
@@ -17,6 +17,7 @@ mod describe;
 mod get;
 mod logs;
 pub mod render;
+mod secret;
 mod wait;
 
 pub use client::{CliError, Client, Connection};
@@ -90,6 +91,9 @@ pub enum ClientCommand {
         #[arg(long)]
         since: Option<humantime::Duration>,
     },
+    /// Set, list or delete the secrets agents read through envFrom (values never shown).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Exit 0 if the server answers /healthz (for container health checks; needs no key).
     Health,
     /// Wait until an agent reaches a phase (its current generation observed).
@@ -100,6 +104,29 @@ pub enum ClientCommand {
         condition: String,
         #[arg(long, default_value = "60s")]
         timeout: humantime::Duration,
+    },
+}
+
+/// `hive secret ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SecretCommand {
+    /// Write a secret whole, as kubectl's `create secret generic` (keys not given are dropped).
+    Set {
+        name: String,
+        /// A key and its value (repeatable). Prefer --from-env-file -: a command line is
+        /// visible to other processes.
+        #[arg(long = "from-literal", value_name = "KEY=VALUE")]
+        literals: Vec<String>,
+        /// A file of KEY=VALUE lines, as docker's --env-file; - reads stdin (repeatable).
+        #[arg(long = "from-env-file", value_name = "FILE")]
+        env_files: Vec<PathBuf>,
+    },
+    /// List secrets, or show one: names and keys.
+    Get { name: Option<String> },
+    /// Delete secrets.
+    Delete {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -148,6 +175,17 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
             condition,
             timeout,
         } => wait::wait(&client, &name, &condition, timeout.into()).await,
+        ClientCommand::Secret(SecretCommand::Set {
+            name,
+            literals,
+            env_files,
+        }) => secret::set(&client, &name, &literals, &env_files).await,
+        ClientCommand::Secret(SecretCommand::Get { name }) => {
+            secret::get(&client, name.as_deref()).await
+        }
+        ClientCommand::Secret(SecretCommand::Delete { names }) => {
+            secret::delete(&client, &names).await
+        }
         ClientCommand::Health => client::health(conn).await,
     }
 }

@@ -337,3 +337,63 @@ async fn apply_prune_syncs_a_directory_once_with_the_same_safety() {
     assert!(err.contains("holds no manifests"), "{err}");
     assert!(hive.get("p1").await.is_some());
 }
+
+#[tokio::test]
+async fn secrets_are_set_from_env_files_and_literals_and_never_shown() {
+    let hive = Hive::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("llm.env");
+    std::fs::write(
+        &file,
+        "# provider keys\nOPENAI_API_KEY=sk-from-file\n\nMODEL=gpt=4o\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+
+    let (ok, out, err) = hive.cli(&[
+        "secret",
+        "set",
+        "llm-keys",
+        "--from-env-file",
+        f,
+        "--from-literal",
+        "EXTRA=sk-literal",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "secret/llm-keys set: EXTRA,MODEL,OPENAI_API_KEY\n");
+    // The agent that reads it gets the values, exactly.
+    hive.running("reader", "  envFrom: [{secretRef: llm-keys}]\n")
+        .await;
+    let env = hive.container_env("reader").await;
+    for expected in [
+        "OPENAI_API_KEY=sk-from-file",
+        "MODEL=gpt=4o",
+        "EXTRA=sk-literal",
+    ] {
+        assert!(env.iter().any(|e| e == expected), "{expected} in {env:?}");
+    }
+
+    let (ok, out, _) = hive.cli(&["secret", "get"]);
+    assert!(ok);
+    assert!(out.starts_with("NAME") && out.contains("llm-keys"), "{out}");
+    assert!(
+        out.contains("EXTRA,MODEL,OPENAI_API_KEY") && !out.contains("sk-"),
+        "{out}"
+    );
+
+    // Bad input names the line and changes nothing.
+    std::fs::write(&file, "OPENAI_API_KEY=changed\nnot a pair\n").unwrap();
+    let (ok, _, err) = hive.cli(&["secret", "set", "llm-keys", "--from-env-file", f]);
+    assert!(!ok);
+    assert!(err.contains("llm.env, line 2: expected KEY=VALUE"), "{err}");
+    let shown = hive.get_json("/v1/secrets/llm-keys").await;
+    assert_eq!(shown["keys"], json!(["EXTRA", "MODEL", "OPENAI_API_KEY"]));
+    let (ok, _, err) = hive.cli(&["secret", "set", "empty"]);
+    assert!(!ok && err.contains("--from-literal KEY=VALUE"), "{err}");
+
+    let (ok, out, err) = hive.cli(&["secret", "delete", "llm-keys"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "secret/llm-keys deleted\n");
+    let (ok, _, err) = hive.cli(&["secret", "get", "llm-keys"]);
+    assert!(!ok && err.contains("404"), "{err}");
+}
