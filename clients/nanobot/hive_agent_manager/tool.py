@@ -57,6 +57,11 @@ class AgentManagerTool(Tool):
                     "description": "The agent's name: lower-case letters, digits and '-', at most 63.",
                 },
                 "image": {"type": "string", "description": f"Container image (default {DEFAULT_IMAGE})."},
+                "command": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "The program the sub-agent runs and its arguments (default: nanobot's gateway).",
+                },
                 "model": {"type": "string", "description": "The model the sub-agent uses, e.g. gpt-4o."},
                 "role": {"type": "string", "description": "What the sub-agent is for, in a sentence."},
                 "env": {

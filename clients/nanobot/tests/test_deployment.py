@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -40,7 +43,9 @@ def test_only_agent_api_holds_the_docker_socket():
     assert mounts_socket(services["agent-api"])
     assert [n for n, s in services.items() if mounts_socket(s)] == ["agent-api"]
     assert "ports" not in services["agent-api"], "the API is not published on the host"
+    # External: the agents on it outlive the project (compose must not remove it on `down`).
     assert config["networks"]["hive-net"]["name"] == "hive-net"
+    assert config["networks"]["hive-net"].get("external") in (True, {"name": "hive-net"}), config["networks"]
     for name, service in services.items():
         assert "hive-net" in service["networks"], name
     assert services["sol"]["environment"]["AGENT_API_URL"] == "http://agent-api:8000"
@@ -70,14 +75,29 @@ def build(tag, dockerfile, args):
     assert out.returncode == 0, out.stderr[-2000:]
 
 
-def test_hives_image_builds_and_runs_unprivileged():
+@pytest.fixture(scope="session")
+def hive_image() -> str:
+    """Hive's image, built from the repository's Dockerfile (once per session)."""
     args = bases({"RUST_IMAGE": "hive-local/rust:bookworm", "RUNTIME_IMAGE": "debian:bookworm-slim"},
                  {"RUST_IMAGE": "rust:1-slim-bookworm", "RUNTIME_IMAGE": "debian:bookworm-slim"})
     build("hive:test", "Dockerfile", args)
-    version = subprocess.run(["docker", "run", "--rm", "hive:test", "--version"],
+    return "hive:test"
+
+
+@pytest.fixture(scope="session")
+def sol_image() -> str:
+    """Sol's image, built from deployment/sol/Dockerfile (once per session)."""
+    args = bases({"PYTHON_IMAGE": "hive-local/python:bookworm"},
+                 {"PYTHON_IMAGE": "python:3.12-slim-bookworm"})
+    build("sol:test", "deployment/sol/Dockerfile", args)
+    return "sol:test"
+
+
+def test_hives_image_builds_and_runs_unprivileged(hive_image):
+    version = subprocess.run(["docker", "run", "--rm", hive_image, "--version"],
                              capture_output=True, text=True)
     assert version.stdout.startswith("hive "), version
-    who = subprocess.run(["docker", "run", "--rm", "--entrypoint", "id", "hive:test", "-u"],
+    who = subprocess.run(["docker", "run", "--rm", "--entrypoint", "id", hive_image, "-u"],
                          capture_output=True, text=True)
     assert who.stdout.strip() == "10001", who
 
@@ -98,15 +118,263 @@ print("answer:", asyncio.run(reg.execute("agent_manager", {"action": "list"})).s
 """
 
 
-def test_sols_image_has_the_tool_and_the_skill_and_no_docker():
-    args = bases({"PYTHON_IMAGE": "hive-local/python:bookworm"},
-                 {"PYTHON_IMAGE": "python:3.12-slim-bookworm"})
-    build("sol:test", "deployment/sol/Dockerfile", args)
+def test_sols_image_has_the_tool_and_the_skill_and_no_docker(sol_image):
     out = subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python",
                           "-e", "AGENT_API_URL=http://agent-api:8000", "-e", "AGENT_API_KEY=k",
-                          "sol:test", "-c", SOL_CHECK], capture_output=True, text=True)
+                          sol_image, "-c", SOL_CHECK], capture_output=True, text=True)
     lines = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
     assert lines.get("tool") == "True", out
     assert lines.get("socket") == "False" and lines.get("docker") == "None", out
     assert lines.get("skill") == "True", out
     assert "cannot reach Hive at http://agent-api:8000" in lines.get("answer", ""), out
+
+
+# --- The deployment, running: agent-api and Sol up through compose, Sol declaring a
+# sub-agent through its tool, and talking to it by name on the agents' network.
+
+#: Runs inside Sol's container: nanobot's own ToolRegistry loads the tools the gateway
+#: loads and executes agent_manager with the JSON parameters in argv[2] (no model needed).
+#: `wait-running` repeats `status` until the agent's phase is Running (or the deadline).
+SOL_TOOL = r"""
+import asyncio, json, sys, time
+from nanobot.agent.tools.context import ToolContext
+from nanobot.agent.tools.loader import ToolLoader
+from nanobot.agent.tools.registry import ToolRegistry
+from nanobot.config.schema import ToolsConfig
+
+async def main(step, params):
+    reg = ToolRegistry()
+    ToolLoader().load(ToolContext(config=ToolsConfig(), workspace="/tmp/ws"), reg)
+    if step != "wait-running":
+        return await reg.execute("agent_manager", params)
+    deadline = time.monotonic() + 90
+    while True:
+        answer = await reg.execute("agent_manager", {"action": "status", "name": params["name"]})
+        if "phase Running" in str(answer).splitlines()[0] or time.monotonic() > deadline:
+            return answer
+        await asyncio.sleep(0.5)
+
+print(asyncio.run(main(sys.argv[1], json.loads(sys.argv[2]))))
+"""
+
+#: Runs inside Sol's container: GETs argv[1] until it answers (or the deadline).
+SOL_FETCH = r"""
+import sys, time, urllib.request
+deadline = time.monotonic() + 30
+while True:
+    try:
+        print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())
+        break
+    except Exception as e:
+        if time.monotonic() > deadline:
+            print("unreachable:", e)
+            break
+        time.sleep(0.3)
+"""
+
+#: Runs inside Sol's container: every way it might reach the Docker engine.
+SOL_NO_ENGINE = r"""
+import os, socket, struct
+print("sockets:", [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)])
+print("DOCKER_HOST:", os.environ.get("DOCKER_HOST"))
+gateway = None
+for line in open("/proc/net/route").read().splitlines()[1:]:
+    fields = line.split()
+    if fields[1] == "00000000":
+        gateway = socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
+for port in (2375, 2376):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((gateway, port))
+        print(f"tcp {port}: open")
+    except OSError as e:
+        print(f"tcp {port}: closed ({e.__class__.__name__})")
+"""
+
+
+def docker_json(*args):
+    out = subprocess.run(["docker", *args], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_for(what, check, timeout=90):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+class Deployment:
+    """deployment/docker-compose.yml brought up as its own compose project, Hive instance
+    and agents' network, on the engine DOCKER_HOST names; `teardown` removes all of it."""
+
+    def __init__(self, hive_image, sol_image, tmp_path):
+        self.project = f"hivedeploy{uuid.uuid4().hex[:8]}"
+        self.network = f"hive-net-{self.project}"
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        if not host.startswith("unix://"):
+            pytest.skip(f"compose mounts the engine's socket into agent-api; DOCKER_HOST={host} is not one")
+        socket_path = host[len("unix://"):]
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        self.key = uuid.uuid4().hex
+        self.env = {
+            **os.environ,
+            "AGENT_API_KEY": self.key, "HIVE_IMAGE": hive_image, "SOL_IMAGE": sol_image,
+            "HIVE_NETWORK": self.network, "HIVE_INSTANCE": self.project,
+            "HIVE_MANIFESTS": str(manifests), "DOCKER_SOCKET": socket_path,
+            "DOCKER_GID": str(os.stat(socket_path).st_gid),
+        }
+        self.compose_cmd = [*compose_command(), "-p", self.project,
+                            "-f", str(REPO / "deployment" / "docker-compose.yml")]
+
+    def compose(self, *args):
+        out = subprocess.run([*self.compose_cmd, *args], capture_output=True, text=True, env=self.env)
+        assert out.returncode == 0, f"compose {args}: {out.stdout}\n{out.stderr}"
+        return out
+
+    def up(self):
+        # The README's step: the network outlives the project.
+        subprocess.run(["docker", "network", "create", self.network], capture_output=True)
+        self.compose("up", "-d", "--no-build")
+        for service in ("agent-api", "sol"):
+            wait_for(f"{service} to be healthy", lambda: self.health(service) == "healthy", timeout=120)
+
+    def container(self, service):
+        ids = self.compose("ps", "-q", service).stdout.split()
+        return ids[0] if ids else None
+
+    def health(self, service):
+        cid = self.container(service)
+        if cid is None:
+            return None
+        state = docker_json("inspect", cid)[0]["State"]
+        assert state["Status"] != "exited", f"{service} exited: {self.logs(service)}"
+        return (state.get("Health") or {}).get("Status")
+
+    def logs(self, service):
+        out = subprocess.run([*self.compose_cmd, "logs", "--no-color", "--tail", "50", service],
+                             capture_output=True, text=True, env=self.env)
+        return out.stdout + out.stderr
+
+    def in_sol(self, script, *args):
+        out = subprocess.run(["docker", "exec", self.container("sol"), "python", "-c", script, *args],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip()
+
+    def tool(self, params, step="execute"):
+        return self.in_sol(SOL_TOOL, step, json.dumps(params))
+
+    def agent_containers(self, agent):
+        """The ids of the containers Hive made for `agent` in this deployment."""
+        return subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=hive.instance={self.project}",
+             "--filter", f"label=hive.agent={agent}"], capture_output=True, text=True).stdout.split()
+
+    def teardown(self):
+        subprocess.run([*self.compose_cmd, "down", "-v", "--remove-orphans"],
+                       capture_output=True, env=self.env)
+        for label in (f"hive.instance={self.project}", f"hive.lease={self.project}"):
+            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        vols = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=hive.instance={self.project}"],
+                              capture_output=True, text=True).stdout.split()
+        if vols:
+            subprocess.run(["docker", "volume", "rm", "-f", *vols], capture_output=True)
+        subprocess.run(["docker", "network", "rm", self.network], capture_output=True)
+
+
+@pytest.fixture
+def deployment(hive_image, sol_image, test_image, tmp_path):
+    d = Deployment(hive_image, sol_image, tmp_path)
+    try:
+        d.up()
+        yield d
+    except BaseException:
+        print(d.logs("agent-api"), d.logs("sol"))
+        raise
+    finally:
+        d.teardown()
+
+
+def test_sol_runs_a_sub_agent_through_agent_api_and_talks_to_it_on_hive_net(deployment, test_image):
+    d = deployment
+    # Sol holds no way to the engine: no socket, no DOCKER_HOST, no engine port on its gateway.
+    checks = dict(line.split(": ", 1) for line in d.in_sol(SOL_NO_ENGINE).splitlines())
+    assert checks["sockets"] == "[]" and checks["DOCKER_HOST"] == "None", checks
+    assert checks["tcp 2375"].startswith("closed") and checks["tcp 2376"].startswith("closed"), checks
+    # agent-api answers on hive-net only.
+    api = docker_json("inspect", d.container("agent-api"))[0]
+    assert not api["HostConfig"].get("PortBindings"), api["HostConfig"].get("PortBindings")
+    assert all(not bound for bound in (api["NetworkSettings"]["Ports"] or {}).values())
+    assert list(api["NetworkSettings"]["Networks"]) == [d.network]
+
+    # The README's step: a secret set through the hive client inside agent-api, from stdin.
+    page = f"hello from {d.project}"
+    out = subprocess.run([*d.compose_cmd, "exec", "-T", "agent-api", "hive", "secret", "set", "web-page",
+                          "--from-env-file", "-"], input=f"PAGE={page}\n", capture_output=True, text=True,
+                         env=d.env)
+    assert out.stdout.strip() == "secret/web-page set: PAGE", out
+
+    # Sol declares a sub-agent serving that page, through nanobot's registry and agent_manager.
+    answer = d.tool({
+        "action": "create", "name": "web", "image": test_image, "secrets": ["web-page"],
+        "command": ["sh", "-c", "busybox mkdir -p /tmp/www && echo \"$PAGE\" > /tmp/www/index.html"
+                    " && exec busybox httpd -f -p 8080 -h /tmp/www"],
+    })
+    assert answer.startswith("agent web declared (generation 1)"), answer
+    assert "web: " in d.tool({"action": "list"})
+    status = d.tool({"name": "web"}, step="wait-running")
+    assert status.startswith("agent web: phase Running"), status
+    # Sol reaches it by its name on hive-net.
+    assert d.in_sol(SOL_FETCH, "http://web:8080/") == page
+
+    # The container is Hive's, with its labels and hardening.
+    (cid,) = d.agent_containers("web")
+    c = docker_json("inspect", cid)[0]
+    labels = c["Config"]["Labels"]
+    assert labels["hive.managed"] == "true" and labels["hive.agent"] == "web", labels
+    assert labels["hive.owner"] and labels["hive.uid"] and labels["hive.spec-hash"], labels
+    host = c["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and not host["Privileged"], host
+    assert "no-new-privileges" in host["SecurityOpt"] and host["PidsLimit"] > 0 and host["Init"], host
+    assert host["NetworkMode"] == d.network and not host.get("Binds"), host
+    assert all(m["Type"] == "volume" for m in c["Mounts"]), c["Mounts"]
+
+    # Stop: the container stops; remove: it goes.
+    assert d.tool({"action": "stop", "name": "web"}).startswith("stop of agent web requested")
+    wait_for("web's container to stop",
+             lambda: not docker_json("inspect", cid)[0]["State"]["Running"])
+    assert d.tool({"action": "remove", "name": "web"}) == "agent web is being removed"
+    wait_for("web's container to go", lambda: not d.agent_containers("web"))
+    assert "no agents" == d.tool({"action": "list"})
+
+
+def test_compose_down_leaves_the_agents_and_up_takes_them_back(deployment, test_image):
+    d = deployment
+    d.tool({"action": "create", "name": "keeper", "image": test_image, "command": ["sleep", "3600"]})
+    assert d.tool({"name": "keeper"}, step="wait-running").startswith("agent keeper: phase Running")
+    (cid,) = d.agent_containers("keeper")
+
+    # `down` removes agent-api and Sol; the agent Hive made stays, untouched.
+    d.compose("down")
+    assert d.container("agent-api") is None and d.container("sol") is None
+    assert docker_json("inspect", cid)[0]["State"]["Running"]
+
+    # `up` again: Hive reads the same store (hive-data) and keeps the same container.
+    d.up()
+    assert d.tool({"name": "keeper"}, step="wait-running").startswith("agent keeper: phase Running")
+    assert d.agent_containers("keeper") == [cid]
+    info = d.tool({"action": "status", "name": "keeper"})
+    assert "generation 1 (observed 1)" in info, info
+    # Deleting through Hive is what removes an agent.
+    d.tool({"action": "remove", "name": "keeper"})
+    wait_for("keeper's container to go", lambda: not d.agent_containers("keeper"))

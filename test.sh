@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Every test tier, on a fresh Debian machine, with what the tiers need installed first:
+#   1. Debian's packages: busybox-static (the agents' test image is made from it),
+#      docker-compose (unless `docker compose` answers), mmdebstrap (the base images),
+#      python3-venv, and docker.io when no engine is installed;
+#   2. a Docker engine that answers (dockerd is started if `docker info` fails);
+#   3. the deployment's base images, made from Debian's archive by
+#      deployment/local-images.sh --bases (kept: a second run finds them);
+#   4. a Python environment in .venv with nanobot-ai and Sol's tool (clients/nanobot);
+# then the Rust unit and integration tests against the real engine (cargo test), and the
+# Python tests: Sol's tool against a real `hive serve`, both images built from their
+# Dockerfiles, and the compose deployment run for real (agent-api and Sol in containers).
+#
+#   ./test.sh                 # everything
+#   ./test.sh -k compose      # extra arguments go to pytest
+# Installing needs root (or sudo). DOCKER_HOST is honoured throughout.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else echo "test.sh: needs root for: $*" >&2; return 1
+  fi
+}
+
+missing=()
+if command -v dpkg >/dev/null 2>&1; then
+  dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+  command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+fi
+if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null 2>&1; then
+  missing+=(docker.io)
+fi
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  missing+=(docker-compose)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "test.sh: starting dockerd (log: /tmp/hive-test-dockerd.log)"
+  as_root sh -c 'dockerd >/tmp/hive-test-dockerd.log 2>&1 &'
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  if ! docker info >/dev/null 2>&1; then
+    echo "test.sh: dockerd did not come up:" >&2
+    tail -n 50 /tmp/hive-test-dockerd.log >&2 || true
+    exit 1
+  fi
+fi
+docker version --format 'test.sh: docker engine {{.Server.Version}} (API {{.Server.APIVersion}})'
+
+# Without the base images the image and deployment tests skip, saying why.
+as_root deployment/local-images.sh --bases \
+  || echo "test.sh: base images not made; the image and deployment tests will skip"
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e "clients/nanobot[test]"
+
+cargo test --locked
+.venv/bin/python -m pytest clients/nanobot -q -rs "$@"
