@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test tier, on a fresh Debian machine, with what the tiers need installed first:
 #   1. Debian's packages: busybox-static (the agents' test image is made from it),
-#      docker-compose (unless `docker compose` answers), mmdebstrap (the base images),
-#      python3-venv, and docker.io when no engine is installed;
+#      docker-compose (Compose v1), mmdebstrap (the base images), python3-venv, and
+#      docker.io when no engine is installed; and Compose v2, the docker CLI's plugin, from
+#      Debian 13's package (deployment/install-compose-v2.sh) unless `docker compose` answers;
 #   2. a Docker engine that answers (dockerd is started if `docker info` fails);
 #   3. the deployment's base images, made from Debian's archive by
 #      deployment/local-images.sh --bases (kept: a second run finds them);
@@ -33,9 +34,10 @@ fi
 if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null 2>&1; then
   missing+=(docker.io)
 fi
-if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
-  missing+=(docker-compose)
-fi
+# Compose v1 (Debian's docker-compose); v2 comes below. The deployment is tested with each.
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   as_root apt-get update -qq
@@ -56,6 +58,9 @@ if ! docker info >/dev/null 2>&1; then
   fi
 fi
 docker version --format 'test.sh: docker engine {{.Server.Version}} (API {{.Server.APIVersion}})'
+
+as_root deployment/install-compose-v2.sh \
+  || echo "test.sh: compose v2 not installed; the deployment is tested with v1 only"
 
 # Without the base images the image and deployment tests skip, saying why.
 as_root deployment/local-images.sh --bases \

@@ -16,16 +16,29 @@ import yaml
 REPO = Path(__file__).resolve().parents[3]
 
 
-def compose_command() -> list[str]:
+def composes() -> list[list[str]]:
+    """The compose implementations on this machine: Debian's docker-compose (v1) and the
+    docker CLI's compose plugin (v2). The deployment must work with both."""
+    found = []
     if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return ["docker", "compose"]
+        found.append(["docker-compose"])
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        found.append(["docker", "compose"])
+    return found
 
 
-def test_only_agent_api_holds_the_docker_socket():
+COMPOSES = composes()
+#: Each test that runs compose runs once with each implementation found.
+each_compose = pytest.mark.parametrize(
+    "compose", COMPOSES or [pytest.param(None, marks=pytest.mark.skip(reason="no compose is installed"))],
+    ids=lambda c: "v1" if c == ["docker-compose"] else "v2")
+
+
+@each_compose
+def test_only_agent_api_holds_the_docker_socket(compose):
     env = {**os.environ, "AGENT_API_KEY": "test-key"}
     out = subprocess.run(
-        [*compose_command(), "-f", str(REPO / "deployment" / "docker-compose.yml"), "config"],
+        [*compose, "-f", str(REPO / "deployment" / "docker-compose.yml"), "config"],
         capture_output=True, text=True, env=env,
     )
     assert out.returncode == 0, out.stderr
@@ -213,7 +226,7 @@ class Deployment:
     """deployment/docker-compose.yml brought up as its own compose project, Hive instance
     and agents' network, on the engine DOCKER_HOST names; `teardown` removes all of it."""
 
-    def __init__(self, hive_image, sol_image, tmp_path):
+    def __init__(self, compose, hive_image, sol_image, tmp_path):
         self.project = f"hivedeploy{uuid.uuid4().hex[:8]}"
         self.network = f"hive-net-{self.project}"
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
@@ -230,7 +243,7 @@ class Deployment:
             "HIVE_MANIFESTS": str(manifests), "DOCKER_SOCKET": socket_path,
             "DOCKER_GID": str(os.stat(socket_path).st_gid),
         }
-        self.compose_cmd = [*compose_command(), "-p", self.project,
+        self.compose_cmd = [*compose, "-p", self.project,
                             "-f", str(REPO / "deployment" / "docker-compose.yml")]
 
     def compose(self, *args):
@@ -293,8 +306,8 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(hive_image, sol_image, test_image, tmp_path):
-    d = Deployment(hive_image, sol_image, tmp_path)
+def deployment(compose, hive_image, sol_image, test_image, tmp_path):
+    d = Deployment(compose, hive_image, sol_image, tmp_path)
     try:
         d.up()
         yield d
@@ -305,6 +318,7 @@ def deployment(hive_image, sol_image, test_image, tmp_path):
         d.teardown()
 
 
+@each_compose
 def test_sol_runs_a_sub_agent_through_agent_api_and_talks_to_it_on_hive_net(deployment, test_image):
     d = deployment
     # Sol holds no way to the engine: no socket, no DOCKER_HOST, no engine port on its gateway.
@@ -358,6 +372,7 @@ def test_sol_runs_a_sub_agent_through_agent_api_and_talks_to_it_on_hive_net(depl
     assert "no agents" == d.tool({"action": "list"})
 
 
+@each_compose
 def test_compose_down_leaves_the_agents_and_up_takes_them_back(deployment, test_image):
     d = deployment
     d.tool({"action": "create", "name": "keeper", "image": test_image, "command": ["sleep", "3600"]})
