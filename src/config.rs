@@ -74,7 +74,17 @@ pub struct Config {
     )]
     pub reserved_names: Vec<String>,
 
-    /// Concurrent watches and log follows one key may hold open.
+    /// The Host headers /mcp answers (DNS-rebinding protection): host or host:port,
+    /// comma-separated; `*` answers any. Add the name clients reach Hive by.
+    #[arg(
+        long,
+        env = "HIVE_MCP_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = crate::api::mcp::DEFAULT_ALLOWED_HOSTS
+    )]
+    pub mcp_allowed_hosts: Vec<String>,
+
+    /// Concurrent watches, log follows and MCP waits one key may hold open.
     #[arg(long, env = "HIVE_MAX_STREAMS_PER_KEY", default_value_t = 16)]
     pub max_streams_per_key: usize,
 

@@ -240,6 +240,7 @@ impl App {
             leadership: leadership.clone(),
             instance: config.instance.clone(),
             streams: Arc::new(api::streams::StreamLimits::new(config.max_streams_per_key)),
+            mcp_allowed_hosts: Arc::new(config.mcp_allowed_hosts.clone()),
         };
         Ok(App {
             config,

@@ -1,5 +1,6 @@
 //! The `Agent` resource: its document shape (apiVersion/kind/metadata/spec/status), with
-//! its validation in [`validate`] and its quantities in [`quantity`].
+//! its validation in [`validate`], its quantities in [`quantity`], and what a client may
+//! wait for in [`WaitFor`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,9 +10,11 @@ use uuid::Uuid;
 
 mod quantity;
 mod validate;
+mod wait;
 
 pub use quantity::{parse_cpus, parse_memory};
 pub use validate::{shown_key, validate_env_name, validate_name};
+pub use wait::WaitFor;
 
 /// The only apiVersion this server speaks.
 pub const API_VERSION: &str = "hive/v1";

@@ -206,34 +206,12 @@ pub async fn logs(
     Path(name): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    if query.tail.is_some_and(|n| n > MAX_TAIL) {
-        return Err(ApiError::BadRequest(format!(
-            "tail: at most {MAX_TAIL} lines"
-        )));
-    }
-    let since = match query.since.as_deref() {
-        None => None,
-        Some(text) => Some(since_unix(text).ok_or_else(|| {
-            ApiError::BadRequest(
-                "since is neither a duration such as 10m nor an RFC 3339 time".into(),
-            )
-        })?),
-    };
-    let record = state.service.visible(&p, &name)?;
-    let Some(id) = record.agent.status.container_id else {
-        return Err(ApiError::NotFound(format!(
-            "agent {name:?} has no container yet"
-        )));
-    };
+    let options = log_options(query.tail, query.follow, query.since.as_deref())?;
+    let id = container_of(&state, &p, &name)?;
     let place = query
         .follow
         .then(|| state.streams.acquire(&p.key_id))
         .transpose()?;
-    let options = LogOptions {
-        tail: query.tail,
-        follow: query.follow,
-        since,
-    };
     // A follow holds its place among the key's open streams until it ends.
     let stream = state.orchestrator.logs(&id, options).map(move |chunk| {
         let _ = &place;
@@ -244,6 +222,47 @@ pub async fn logs(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// The options of a logs request, checked: `tail` at most [`MAX_TAIL`], `since` a
+/// duration back from now or an RFC 3339 time.
+pub(super) fn log_options(
+    tail: Option<u64>,
+    follow: bool,
+    since: Option<&str>,
+) -> Result<LogOptions, ApiError> {
+    if tail.is_some_and(|n| n > MAX_TAIL) {
+        return Err(ApiError::BadRequest(format!(
+            "tail: at most {MAX_TAIL} lines"
+        )));
+    }
+    let since = match since {
+        None => None,
+        Some(text) => Some(since_unix(text).ok_or_else(|| {
+            ApiError::BadRequest(
+                "since is neither a duration such as 10m nor an RFC 3339 time".into(),
+            )
+        })?),
+    };
+    Ok(LogOptions {
+        tail,
+        follow,
+        since,
+    })
+}
+
+/// The container of an agent the caller may see.
+pub(super) fn container_of(
+    state: &AppState,
+    p: &Principal,
+    name: &str,
+) -> Result<String, ApiError> {
+    let record = state.service.visible(p, name)?;
+    record
+        .agent
+        .status
+        .container_id
+        .ok_or_else(|| ApiError::NotFound(format!("agent {name:?} has no container yet")))
 }
 
 /// Unix seconds of `since`: a duration back from now, or an RFC 3339 time.

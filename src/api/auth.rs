@@ -84,10 +84,12 @@ pub async fn authenticate(
             || request.uri().path().to_string(),
             |u| u.path().to_string(),
         );
+    // MCP's POSTs are not mutations as such: its tools audit through the service.
     let mutation = matches!(
         method,
         Method::POST | Method::PUT | Method::DELETE | Method::PATCH
-    );
+    ) && path != "/mcp"
+        && !path.starts_with("/mcp/");
     let principal = presented(request.headers())
         .and_then(|key| state.keys.authenticate(key).ok_or("invalid API key"));
     let principal = match principal {

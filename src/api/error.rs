@@ -173,8 +173,10 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the body every answer of this error carries (the HTTP API's, and
+    /// MCP's refusals).
+    pub fn body(&self) -> (StatusCode, ErrorBody) {
         let (status, code) = self.status_and_code();
         let mut detail = ErrorDetail {
             code,
@@ -183,7 +185,7 @@ impl IntoResponse for ApiError {
             rule: None,
             documents: None,
         };
-        match &self {
+        match self {
             ApiError::Invalid(i) => {
                 detail.field = Some(i.field.clone());
                 detail.message = format!("{}: {}", i.field, i.message);
@@ -202,8 +204,15 @@ impl IntoResponse for ApiError {
         // Whatever a message quotes, an answer stays short and printable.
         detail.message = clip(&detail.message, 1000);
         detail.field = detail.field.map(|f| clip(&f, 128));
-        let reason = detail.message.clone();
-        let mut response = (status, Json(ErrorBody { error: detail })).into_response();
+        (status, ErrorBody { error: detail })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.body();
+        let reason = body.error.message.clone();
+        let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(AuditReason(reason));
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was not read, so this connection cannot carry another request.

@@ -9,6 +9,7 @@
 //! - `POST /v1/apply[?dryRun=true][&prune=true]` (many documents, all checked before any is written)
 //! - `GET /v1/sync` (the manifests directory's state; admins)
 //! - `GET /v1/secrets`, `GET|PUT|DELETE /v1/secrets/{name}` (write-only values)
+//! - `POST /mcp`: the Model Context Protocol, Hive's tools over the same service (see [`mcp`])
 //! - `GET /metrics` (Prometheus text; needs a key)
 //! - `GET /healthz`, `GET /readyz`, `GET /openapi.json` (no key)
 
@@ -33,6 +34,7 @@ mod audit;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod mcp;
 pub mod openapi;
 mod secrets;
 pub mod streams;
@@ -64,8 +66,10 @@ pub struct AppState {
     pub leadership: tokio::sync::watch::Receiver<crate::lease::Leadership>,
     /// This Hive's instance, for answers that name it.
     pub instance: String,
-    /// Watches and log follows open per key.
+    /// Watches, log follows and MCP waits open per key.
     pub streams: Arc<streams::StreamLimits>,
+    /// The Host headers /mcp answers.
+    pub mcp_allowed_hosts: Arc<Vec<String>>,
 }
 
 /// Adds routes to a router and lists them (method, path), so that what is served and what
@@ -130,9 +134,16 @@ pub fn router(state: AppState) -> Router {
     let (v1, metrics, _) = keyed_routes();
     let auth = || middleware::from_fn_with_state(state.clone(), auth::authenticate);
     let (open, _) = open_routes();
+    let mcp = Router::new()
+        .nest_service(
+            "/mcp",
+            mcp::service(state.clone(), &state.mcp_allowed_hosts),
+        )
+        .layer(auth());
     Router::new()
         .nest("/v1", v1.route_layer(auth()))
         .merge(metrics.route_layer(auth()))
+        .merge(mcp)
         .merge(open)
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(

@@ -185,7 +185,10 @@ async fn command_line_errors_are_one_clear_line() {
     assert!(!ok && err.contains("does not answer"), "{err}");
     let (ok, _, err) = hive.cli(&["wait", "x", "--for", "ready"]);
     assert!(!ok);
-    assert!(err.contains("use --for phase="), "{err}");
+    assert!(
+        err.contains("--for \"ready\" is not understood; use phase=<"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -929,3 +929,338 @@ async fn two_owners_racing_for_one_secret_name_have_exactly_one_winner() {
         t.check_documented();
     }
 }
+
+// --- /mcp: the MCP tools over the same service.
+
+/// What an MCP tool call answered: whether it is a refusal, and its text (parsed as JSON
+/// where it is JSON).
+struct ToolAnswer {
+    is_error: bool,
+    text: String,
+    json: Value,
+}
+
+impl TestApp {
+    /// One JSON-RPC request to /mcp, as a streamable HTTP client sends it.
+    async fn mcp(&self, key: Option<&str>, host: &str, method: &str, params: Value) -> Answer {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri("/mcp")
+            .header(header::HOST, host)
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(k) = key {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {k}"));
+        }
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let response = self
+            .app
+            .router()
+            .oneshot(req.body(Body::from(body.to_string())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// Calls one tool with `key`.
+    async fn tool(&self, key: &str, name: &str, arguments: Value) -> ToolAnswer {
+        let r = self
+            .mcp(
+                Some(key),
+                "localhost:8000",
+                "tools/call",
+                json!({"name": name, "arguments": arguments}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.body);
+        let result = &r.body["result"];
+        assert!(result.is_object(), "{name}: {}", r.body);
+        let text = result["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ToolAnswer {
+            is_error: result["isError"] == json!(true),
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+}
+
+/// Every MCP tool, by the name clients and prompts rely on.
+const MCP_TOOLS: [&str; 10] = [
+    "agent_events",
+    "agent_logs",
+    "apply_agents",
+    "delete_agent",
+    "get_agent",
+    "list_agents",
+    "restart_agent",
+    "start_agent",
+    "stop_agent",
+    "wait_agent",
+];
+
+#[tokio::test]
+async fn mcp_needs_the_key_and_an_allowed_host_and_lists_its_tools() {
+    let t = app(&[]).await;
+    let init = json!({"protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}});
+    let r = t.mcp(None, "localhost", "initialize", init.clone()).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "before any MCP exchange"
+    );
+    assert_eq!(r.body["error"]["code"], "unauthorized");
+    let r = t
+        .mcp(Some("nope"), "localhost", "initialize", init.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The Host check: a name not allowed (DNS rebinding) is refused, the compose name is not.
+    let r = t
+        .mcp(
+            Some(&t.sol),
+            "evil.example:8000",
+            "initialize",
+            init.clone(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = t
+        .mcp(Some(&t.sol), "agent-api:8000", "initialize", init.clone())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["result"]["serverInfo"]["name"], "hive");
+    assert!(r.body["result"]["capabilities"]["tools"].is_object());
+    assert!(r.body["result"]["instructions"]
+        .as_str()
+        .unwrap()
+        .contains("apply_agents"));
+
+    let r = t
+        .mcp(Some(&t.sol), "localhost", "tools/list", json!({}))
+        .await;
+    let tools = r.body["result"]["tools"].as_array().expect("tools").clone();
+    let mut names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, MCP_TOOLS);
+    for tool in &tools {
+        let schema = &tool["inputSchema"];
+        assert_eq!(schema["type"], "object", "{tool}");
+        assert!(tool["description"].as_str().unwrap().len() > 20, "{tool}");
+    }
+    let schema_of = |n: &str| tools.iter().find(|t| t["name"] == n).unwrap()["inputSchema"].clone();
+    assert_eq!(schema_of("apply_agents")["required"], json!(["manifest"]));
+    assert!(schema_of("apply_agents")["properties"]["dryRun"].is_object());
+    assert_eq!(schema_of("wait_agent")["required"], json!(["name", "for"]));
+    assert!(schema_of("agent_logs")["properties"]["tail"].is_object());
+
+    // Only a key with a restricted host list answers another host.
+    let t = app(&["--mcp-allowed-hosts", "hive.internal"]).await;
+    let r = t
+        .mcp(Some(&t.sol), "hive.internal:8000", "tools/list", json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = t
+        .mcp(Some(&t.sol), "localhost", "tools/list", json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn mcp_tools_act_through_the_service_with_its_owners_roles_and_audit() {
+    let t = app(&[]).await;
+    let manifest = "apiVersion: hive/v1\nkind: Agent\nmetadata: {name: m1, labels: {team: research}}\nspec:\n  image: busybox:1\n  command: [sleep, \"3600\"]\n";
+    let r = t
+        .tool(
+            &t.sol,
+            "apply_agents",
+            json!({"manifest": manifest, "dryRun": true}),
+        )
+        .await;
+    assert!(!r.is_error, "{}", r.text);
+    assert_eq!(r.json["dryRun"], true);
+    assert_eq!(r.json["items"][0]["result"], "created");
+    assert!(
+        t.tool(&t.sol, "get_agent", json!({"name": "m1"}))
+            .await
+            .is_error
+    );
+    let r = t
+        .tool(&t.sol, "apply_agents", json!({"manifest": manifest}))
+        .await;
+    assert!(!r.is_error, "{}", r.text);
+    assert_eq!(r.json["items"][0]["name"], "m1");
+    assert_eq!(r.json["items"][0]["generation"], 1);
+
+    let r = t.tool(&t.sol, "get_agent", json!({"name": "m1"})).await;
+    assert_eq!(r.json["metadata"]["owner"], "sol");
+    assert_eq!(r.json["spec"]["image"], "busybox:1");
+    let r = t
+        .tool(&t.sol, "list_agents", json!({"selector": "team=research"}))
+        .await;
+    assert_eq!(r.json["kind"], "AgentList");
+    assert_eq!(r.json["items"].as_array().unwrap().len(), 1);
+    let r = t
+        .tool(&t.sol, "list_agents", json!({"selector": "team!=research"}))
+        .await;
+    assert_eq!(r.json["items"], json!([]));
+    let r = t
+        .tool(&t.sol, "list_agents", json!({"selector": "=research"}))
+        .await;
+    assert!(r.is_error);
+    assert_eq!(r.json["error"]["code"], "bad_request");
+    let r = t.tool(&t.sol, "agent_events", json!({"name": "m1"})).await;
+    assert!(!r.is_error && r.json["items"].is_array(), "{}", r.text);
+
+    let r = t.tool(&t.sol, "stop_agent", json!({"name": "m1"})).await;
+    assert_eq!(r.json["spec"]["state"], "Stopped", "{}", r.text);
+    let r = t.tool(&t.sol, "start_agent", json!({"name": "m1"})).await;
+    assert_eq!(r.json["spec"]["state"], "Running");
+    assert!(
+        !t.tool(&t.sol, "restart_agent", json!({"name": "m1"}))
+            .await
+            .is_error
+    );
+    // No container yet (nothing reconciles here): the API's answer, as a refusal.
+    let r = t
+        .tool(&t.sol, "agent_logs", json!({"name": "m1", "tail": 5}))
+        .await;
+    assert!(r.is_error);
+    assert_eq!(r.json["error"]["code"], "not_found");
+    assert!(r.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no container yet"));
+    let r = t
+        .tool(&t.sol, "agent_logs", json!({"name": "m1", "since": "soon"}))
+        .await;
+    assert_eq!(r.json["error"]["code"], "bad_request");
+
+    // wait_agent: a bad `for`, a bounded timeout, and a timeout that says how it was last seen.
+    let r = t
+        .tool(&t.sol, "wait_agent", json!({"name": "m1", "for": "ready"}))
+        .await;
+    assert!(r.is_error && r.text.contains("use phase=<"), "{}", r.text);
+    let r = t
+        .tool(
+            &t.sol,
+            "wait_agent",
+            json!({"name": "m1", "for": "phase=Running", "timeout": "1h"}),
+        )
+        .await;
+    assert!(r.is_error && r.text.contains("at most 10m"), "{}", r.text);
+    let r = t
+        .tool(
+            &t.sol,
+            "wait_agent",
+            json!({"name": "m1", "for": "phase=Running", "timeout": "300ms"}),
+        )
+        .await;
+    assert!(r.is_error);
+    assert_eq!(r.json["error"]["code"], "timeout");
+    let message = r.json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("to reach phase=Running; last seen: phase Pending"),
+        "{message}"
+    );
+
+    // Refusals carry the API's message and field.
+    let bad = manifest.replace("image: busybox:1", "image: \"\"");
+    let r = t
+        .tool(&t.sol, "apply_agents", json!({"manifest": bad}))
+        .await;
+    assert!(r.is_error);
+    assert_eq!(r.json["error"]["code"], "invalid_documents");
+    assert_eq!(r.json["error"]["documents"][0]["field"], "spec.image");
+    let r = t
+        .tool(&t.sol, "apply_agents", json!({"manifest": "a: [unclosed"}))
+        .await;
+    assert_eq!(r.json["error"]["code"], "bad_request");
+    assert!(
+        r.text.contains("the manifest has a bad document 1"),
+        "{}",
+        r.text
+    );
+    let r = t
+        .tool(&t.sol, "apply_agents", json!({"manifest": "  "}))
+        .await;
+    assert!(r.text.contains("the manifest is empty"), "{}", r.text);
+    // Arguments that do not fit the tool's schema are refused, naming what is wrong.
+    let r = t
+        .tool(&t.sol, "get_agent", json!({"name": "m1", "extra": 1}))
+        .await;
+    assert!(
+        r.is_error && r.text.contains("unknown field `extra`"),
+        "{}",
+        r.text
+    );
+    let r = t.tool(&t.sol, "get_agent", json!({})).await;
+    assert!(
+        r.is_error && r.text.contains("missing field `name`"),
+        "{}",
+        r.text
+    );
+
+    // Owners and roles: another owner does not see it; a viewer may read, not write.
+    let r = t.tool(&t.bob, "get_agent", json!({"name": "m1"})).await;
+    assert!(r.is_error);
+    assert_eq!(r.json["error"]["code"], "not_found");
+    assert!(
+        t.tool(&t.bob, "stop_agent", json!({"name": "m1"}))
+            .await
+            .is_error
+    );
+    let r = t.tool(&t.bob, "list_agents", json!({})).await;
+    assert_eq!(r.json["items"], json!([]));
+    assert!(
+        !t.tool(&t.viewer, "get_agent", json!({"name": "m1"}))
+            .await
+            .is_error
+    );
+    let r = t
+        .tool(&t.viewer, "delete_agent", json!({"name": "m1"}))
+        .await;
+    assert!(r.is_error);
+    assert_eq!(r.json["error"]["code"], "forbidden");
+    let r = t
+        .tool(&t.viewer, "apply_agents", json!({"manifest": manifest}))
+        .await;
+    assert_eq!(r.json["error"]["code"], "forbidden", "{}", r.text);
+
+    let r = t.tool(&t.sol, "delete_agent", json!({"name": "m1"})).await;
+    assert_eq!(r.json["status"]["phase"], "Terminating", "{}", r.text);
+
+    // The audit names the key behind each MCP mutation, refused ones included.
+    let audit = t.admin(Method::GET, "/v1/audit", "/v1/audit", None).await;
+    let entries = audit.body["items"].as_array().unwrap();
+    let find = |key: &str, verb: &str, outcome: &str| {
+        entries
+            .iter()
+            .any(|e| e["keyId"] == key && e["verb"] == verb && e["outcome"] == outcome)
+    };
+    assert!(find("sol-1", "apply", "accepted"), "{entries:#?}");
+    assert!(
+        find("sol-1", "stop", "accepted") || find("sol-1", "action", "accepted"),
+        "{entries:#?}"
+    );
+    assert!(find("sol-1", "delete", "accepted"), "{entries:#?}");
+    assert!(find("sol-view", "delete", "refused"), "{entries:#?}");
+    assert!(
+        find("sol-1", "apply", "refused"),
+        "the unparsable manifest: {entries:#?}"
+    );
+    // MCP's reads and its protocol traffic are not audited as mutations.
+    assert!(!entries
+        .iter()
+        .any(|e| e["verb"].as_str().unwrap_or("").contains("/mcp")));
+}
