@@ -193,7 +193,7 @@ pub async fn health(c: &Connection) -> Result<(), CliError> {
 }
 
 /// An error answer as a sentence: the server's message, and for 401 what to do.
-async fn answer_error(r: reqwest::Response) -> CliError {
+pub(super) async fn answer_error(r: reqwest::Response) -> CliError {
     let status = r.status();
     let body: Value = r.json().await.unwrap_or(Value::Null);
     let message = body["error"]["message"].as_str().unwrap_or("").to_string();

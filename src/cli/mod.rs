@@ -1,5 +1,5 @@
 //! The `hive` command line's client commands (apply, get, describe, delete, start, stop,
-//! restart, logs, wait, secret, health), kubectl-like, all over the HTTP API: one file per command,
+//! restart, logs, wait, secret, health, and the `mcp` stdio bridge), kubectl-like, all over the HTTP API: one file per command,
 //! the rendering in [`render`], on the typed [`Agent`](crate::agent::Agent). Each failure
 //! prints one line saying what failed and what to do, and exits non-zero.
 
@@ -16,6 +16,7 @@ mod delete;
 mod describe;
 mod get;
 mod logs;
+mod mcp;
 pub mod render;
 mod secret;
 mod wait;
@@ -96,6 +97,9 @@ pub enum ClientCommand {
     Secret(SecretCommand),
     /// Exit 0 if the server answers /healthz (for container health checks; needs no key).
     Health,
+    /// MCP over stdio for clients that only start servers as processes: forwards each
+    /// JSON-RPC line to the server's /mcp with the key, and prints each answer as a line.
+    Mcp,
     /// Wait until an agent reaches a phase (its current generation observed).
     Wait {
         name: String,
@@ -186,6 +190,7 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
         ClientCommand::Secret(SecretCommand::Delete { names }) => {
             secret::delete(&client, &names).await
         }
+        ClientCommand::Mcp => mcp::bridge(client).await,
         ClientCommand::Health => client::health(conn).await,
     }
 }

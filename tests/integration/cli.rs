@@ -400,3 +400,78 @@ async fn secrets_are_set_from_env_files_and_literals_and_never_shown() {
     let (ok, _, err) = hive.cli(&["secret", "get", "llm-keys"]);
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+/// Runs `hive mcp` against `url` with `key`, feeding it `lines`; returns its stdout lines
+/// as JSON and its stderr.
+fn mcp_bridge(url: &str, key: &str, lines: &[Value]) -> (Vec<Value>, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["mcp", "--server", url])
+        .env("AGENT_API_KEY", key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    writeln!(stdin, "not json").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let answers = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON-RPC"))
+        .collect();
+    (answers, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn hive_mcp_bridges_stdio_to_the_servers_mcp_endpoint() {
+    let hive = Hive::start().await;
+    let manifest = agent_yaml("bridged", "  state: Stopped\n");
+    let lines = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+            "name": "apply_agents", "arguments": {"manifest": manifest}}}),
+    ];
+    let (answers, stderr) = mcp_bridge(&hive.url, &hive.key, &lines);
+    let by_id = |id: i64| {
+        answers
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("no answer {id} in {answers:?} ({stderr})"))
+    };
+    assert_eq!(by_id(1)["result"]["serverInfo"]["name"], "hive");
+    assert_eq!(by_id(2)["result"]["tools"].as_array().unwrap().len(), 10);
+    assert_eq!(by_id(3)["result"]["isError"], false, "{}", by_id(3));
+    assert_eq!(
+        hive.get("bridged").await.unwrap()["spec"]["state"],
+        "Stopped"
+    );
+    // The line that is not JSON gets a parse error; nothing else is printed.
+    assert!(answers.iter().any(|a| a["error"]["code"] == -32700));
+    assert_eq!(answers.len(), 4, "{answers:?}");
+
+    // A refused key: each request gets an error saying so, none hangs.
+    let (answers, stderr) = mcp_bridge(&hive.url, "wrong", &lines[..3]);
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|a| a["error"]["code"] == -32000)
+        .collect();
+    assert_eq!(refused.len(), 2, "{answers:?}");
+    assert!(
+        refused[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused the API key (401"),
+        "{refused:?}"
+    );
+    assert!(stderr.contains("refused the API key"), "{stderr}");
+}
