@@ -3,6 +3,8 @@ real Docker engine, with the same locally made busybox image the Rust tests use.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -42,9 +44,9 @@ def test_image() -> str:
     return IMAGE
 
 
-@pytest.fixture
-def hive(tmp_path: Path, test_image: str):
-    """Runs `hive serve`; yields (url, key); removes what it made afterwards."""
+@contextlib.contextmanager
+def running_hive(tmp_path: Path, extra: list[str] = ()):
+    """Runs `hive serve` with `extra` flags; yields (url, key); removes what it made afterwards."""
     binary = Path(os.environ.get("HIVE_BIN", REPO / "target" / "debug" / "hive"))
     assert binary.exists(), f"{binary} is missing: run `cargo build` (or cargo test) first"
     instance = f"py{uuid.uuid4().hex[:8]}"
@@ -57,7 +59,7 @@ def hive(tmp_path: Path, test_image: str):
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [str(binary), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
-             "--instance", instance, "--agent-network", network, "--resync-interval", "2s"],
+             "--instance", instance, "--agent-network", network, "--resync-interval", "2s", *extra],
             stdout=subprocess.DEVNULL, stderr=out, env=env,
         )
     try:
@@ -89,3 +91,28 @@ def hive(tmp_path: Path, test_image: str):
             docker("rm", "-f", *leases, check=False)
         docker("network", "rm", network, check=False)
         shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+@pytest.fixture
+def hive(tmp_path: Path, test_image: str):
+    """A `hive serve` with only the admin key: yields (url, key)."""
+    with running_hive(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def hive_keys(tmp_path: Path, test_image: str):
+    """A `hive serve` with a keys file: yields (url, keys) where keys maps "admin", "sol"
+    (operator of owner sol, id sol-1), "sol-viewer" (viewer of owner sol, id sol-view) and
+    "bob" (operator of owner bob, id bob-1) to their keys."""
+    keys = {"sol": ("sol-1", "sol", "operator"), "sol-viewer": ("sol-view", "sol", "viewer"),
+            "bob": ("bob-1", "bob", "operator")}
+    secrets = {name: uuid.uuid4().hex for name in keys}
+    entries = "".join(
+        f"  - id: {kid}\n    owner: {owner}\n    role: {role}\n"
+        f"    sha256: {hashlib.sha256(secrets[name].encode()).hexdigest()}\n"
+        for name, (kid, owner, role) in keys.items())
+    keys_file = tmp_path / "keys.yaml"
+    keys_file.write_text("keys:\n" + entries)
+    with running_hive(tmp_path, ["--keys-file", str(keys_file)]) as (url, admin):
+        yield url, {"admin": admin, **secrets}
