@@ -84,24 +84,29 @@ pub async fn authenticate(
             || request.uri().path().to_string(),
             |u| u.path().to_string(),
         );
-    // MCP's POSTs are not mutations as such: its tools audit through the service.
+    // MCP's tools audit their mutations through the service; what the endpoint itself
+    // refuses (a key, a host, a body) is audited here, as for /v1.
+    let mcp = path == "/mcp" || path.starts_with("/mcp/");
     let mutation = matches!(
         method,
         Method::POST | Method::PUT | Method::DELETE | Method::PATCH
-    ) && path != "/mcp"
-        && !path.starts_with("/mcp/");
+    ) && !mcp;
     let principal = presented(request.headers())
         .and_then(|key| state.keys.authenticate(key).ok_or("invalid API key"));
     let principal = match principal {
         Ok(p) => p,
         Err(why) => {
             let response = ApiError::Unauthorized(why).into_response();
-            if mutation {
+            if mutation || (mcp && method == Method::POST) {
                 // Named by its route, not its path: the path is the caller's to make long.
-                let route = request
-                    .extensions()
-                    .get::<axum::extract::MatchedPath>()
-                    .map_or_else(|| "/v1/...".to_string(), |m| format!("/v1{}", m.as_str()));
+                let route = if mcp {
+                    "/mcp".to_string()
+                } else {
+                    request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map_or_else(|| "/v1/...".to_string(), |m| m.as_str().to_string())
+                };
                 state
                     .service
                     .audit_refusal(None, &format!("{method} {route}"), "-", 401, why);
@@ -113,6 +118,16 @@ pub async fn authenticate(
     request.extensions_mut().insert(principal.clone());
     request.extensions_mut().insert(mark.clone());
     let response = next.run(request).await;
+    if mcp && !response.status().is_success() {
+        let status = response.status();
+        state.service.audit_refusal(
+            Some(&principal),
+            &format!("{method} /mcp"),
+            "-",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("refused"),
+        );
+    }
     if mutation && !mark.audited() {
         let (verb, agent) = named(&method, &path);
         let reason = response

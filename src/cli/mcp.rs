@@ -108,28 +108,38 @@ async fn forward(
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|t| t.starts_with("text/event-stream"));
-            match r.text().await {
+            match read_capped(r).await {
                 Ok(body) if sse => Ok(sse_data(&body)),
                 Ok(body) if body.trim().is_empty() => Ok(Vec::new()),
                 Ok(body) => Ok(vec![body]),
-                Err(e) => Err(format!("the answer did not arrive whole: {e}")),
+                Err(e) => Err(e),
             }
         }
         Err(e) => Err(e.0),
     };
-    match answers {
-        Ok(answers) => {
-            for answer in answers {
-                if let Ok(v) = serde_json::from_str::<Value>(&answer) {
-                    if let Some(version) = v["result"]["protocolVersion"].as_str() {
-                        if let Ok(h) = HeaderValue::from_str(version) {
-                            session.lock().unwrap_or_else(|p| p.into_inner()).protocol = Some(h);
-                        }
-                    }
-                    let _ = out.send(v.to_string());
+    let answers = answers.and_then(|answers| {
+        let mut answered = false;
+        for answer in answers {
+            let Ok(v) = serde_json::from_str::<Value>(&answer) else {
+                continue;
+            };
+            if let Some(version) = v["result"]["protocolVersion"].as_str() {
+                if let Ok(h) = HeaderValue::from_str(version) {
+                    session.lock().unwrap_or_else(|p| p.into_inner()).protocol = Some(h);
                 }
             }
+            answered |= id.as_ref().is_some_and(|id| v.get("id") == Some(id));
+            let _ = out.send(v.to_string());
         }
+        match &id {
+            Some(_) if !answered => {
+                Err("the server's answer is not a JSON-RPC answer to this request".into())
+            }
+            _ => Ok(()),
+        }
+    });
+    match answers {
+        Ok(()) => {}
         Err(why) => {
             eprintln!("hive mcp: {why}");
             // A notification has no answer to fail; a request must not hang.
@@ -138,6 +148,28 @@ async fn forward(
             }
         }
     }
+}
+
+/// The most an answer may hold; a bigger one is refused rather than read.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// The body of an answer, refused past [`MAX_ANSWER_BYTES`].
+async fn read_capped(mut r: reqwest::Response) -> Result<String, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = r
+        .chunk()
+        .await
+        .map_err(|e| format!("the answer did not arrive whole: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(format!(
+                "the server's answer is larger than {} MiB",
+                MAX_ANSWER_BYTES >> 20
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "the server's answer is not UTF-8 text".to_string())
 }
 
 /// The `data:` payloads of a server-sent event stream, one per event.
