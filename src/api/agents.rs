@@ -1,6 +1,6 @@
 //! Handlers for /v1/agents: read the request, call the service, answer.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use crate::access::Principal;
 use crate::agent::{Agent, API_VERSION, LIST_KIND};
 use crate::orchestrator::LogOptions;
 use crate::selector::Selector;
-use crate::service::Action as ServiceAction;
+use crate::service::{Action as ServiceAction, Page};
 
 /// A Kubernetes-style `Warning` header for an admin's take-over of another owner's object.
 pub(super) fn took_over(response: &mut Response, kind: &str, name: &str, from: &str) {
@@ -73,6 +73,11 @@ pub struct ListQuery {
     watch: bool,
     /// With `watch`: only changes after this version (a list's `metadata.resourceVersion`).
     resource_version: Option<String>,
+    /// At most this many agents (0: all); `metadata.continue` then fetches the next page.
+    limit: Option<usize>,
+    /// The next page of a list: the previous page's `metadata.continue`.
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
 }
 
 /// The body of `GET /v1/agents`.
@@ -81,15 +86,16 @@ pub struct ListQuery {
 pub struct AgentList {
     pub api_version: String,
     pub kind: String,
-    /// `resourceVersion`: the version this list reflects, to watch from.
+    /// `resourceVersion`: the version this list reflects, to watch from; `continue`: the
+    /// token of the next page, when `limit` cut the list short.
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub items: Vec<Agent>,
 }
 
 #[utoipa::path(get, path = "/v1/agents", tag = "agents",
-    params(("label" = Option<String>, Query, description = "label selector: k=v, k!=v, k, !k"), ("watch" = Option<bool>, Query, description = "stream changes as NDJSON"), ("resourceVersion" = Option<String>, Query, description = "with watch: changes after this version")),
-    responses((status = 200, description = "an AgentList, or with watch=true a stream of {type, object} lines", body = AgentList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody), (status = 429, body = ErrorBody)))]
+    params(("label" = Option<String>, Query, description = "label selector: k=v, k!=v, k, !k"), ("watch" = Option<bool>, Query, description = "stream changes as NDJSON"), ("resourceVersion" = Option<String>, Query, description = "with watch: changes after this version"), ("limit" = Option<usize>, Query, description = "at most this many agents (0: all); metadata.continue then names the next page"), ("continue" = Option<String>, Query, description = "the next page: the previous page's metadata.continue (every page reads one resourceVersion)")),
+    responses((status = 200, description = "an AgentList, or with watch=true a stream of {type, object} lines", body = AgentList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 /// `GET /v1/agents`
 pub async fn list(
     State(state): State<AppState>,
@@ -101,16 +107,49 @@ pub async fn list(
         None => Selector::default(),
     };
     if query.watch {
+        if query.limit.is_some() || query.continue_token.is_some() {
+            return Err(ApiError::BadRequest(
+                "limit and continue page a list; a watch takes resourceVersion".into(),
+            ));
+        }
         return super::watch::watch(&state, p, selector, query.resource_version.as_deref());
     }
-    let (version, items) = state.service.list(&p, &selector)?;
-    Ok(Json(AgentList {
-        api_version: API_VERSION.into(),
-        kind: LIST_KIND.into(),
-        metadata: serde_json::json!({"resourceVersion": version.to_string()}),
-        items,
-    })
-    .into_response())
+    let page = state.service.list(
+        &p,
+        &selector,
+        query.limit.filter(|n| *n > 0),
+        query.continue_token.as_deref(),
+    )?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        list_body(&page),
+    )
+        .into_response())
+}
+
+/// An AgentList's JSON, put together from each agent's stored JSON: nothing is
+/// serialized again.
+pub(super) fn list_body(page: &Page) -> Bytes {
+    let mut metadata = serde_json::json!({"resourceVersion": page.version.to_string()});
+    if let Some(next) = &page.next {
+        metadata["continue"] = next.clone().into();
+    }
+    let size: usize = page.items.iter().map(|e| e.json.len() + 1).sum();
+    let mut body = Vec::with_capacity(size + 128);
+    body.extend_from_slice(
+        format!(
+            r#"{{"apiVersion":"{API_VERSION}","kind":"{LIST_KIND}","metadata":{metadata},"items":["#
+        )
+        .as_bytes(),
+    );
+    for (i, e) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&e.json);
+    }
+    body.extend_from_slice(b"]}");
+    Bytes::from(body)
 }
 
 #[utoipa::path(get, path = "/v1/agents/{name}", tag = "agents", params(("name" = String, Path)),
@@ -120,8 +159,13 @@ pub async fn get(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Path(name): Path<String>,
-) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(state.service.visible(&p, &name)?.agent))
+) -> Result<Response, ApiError> {
+    let entry = state.service.visible_entry(&p, &name)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        entry.json.clone(),
+    )
+        .into_response())
 }
 
 #[utoipa::path(delete, path = "/v1/agents/{name}", tag = "agents", params(("name" = String, Path)),

@@ -167,6 +167,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::InvalidDocuments { total, documents } => {
                 ApiError::InvalidDocuments { total, documents }
             }
+            ServiceError::Gone(m) => ApiError::Gone(m),
             ServiceError::Unavailable(m) => ApiError::Unavailable(m),
             ServiceError::Internal(m) => ApiError::Internal(m),
         }

@@ -24,12 +24,11 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::AppState;
 use crate::access::Principal;
-use crate::agent::{WaitFor, API_VERSION, LIST_KIND};
+use crate::agent::WaitFor;
 use crate::selector::Selector;
 use crate::service::Action;
 
@@ -37,7 +36,7 @@ use crate::service::Action;
 pub const DEFAULT_ALLOWED_HOSTS: &str = "localhost,127.0.0.1,::1,agent-api";
 /// The longest `wait_agent` may wait.
 const MAX_WAIT: Duration = Duration::from_secs(600);
-/// The most log output one `agent_logs` answers.
+/// The most log output one `agent_logs` answers (the newest).
 const MAX_LOG_BYTES: usize = 1024 * 1024;
 
 /// The MCP endpoint, to nest at `/mcp`. `allowed_hosts` are the Host headers it answers
@@ -149,6 +148,13 @@ fn answer(value: &impl Serialize) -> CallToolResult {
     CallToolResult::success(vec![ContentBlock::text(text)])
 }
 
+/// A success whose JSON is already made (an agent's stored JSON, a list of them).
+fn text(json: &[u8]) -> CallToolResult {
+    CallToolResult::success(vec![ContentBlock::text(
+        String::from_utf8_lossy(json).into_owned(),
+    )])
+}
+
 /// A refusal: `isError`, and the API's error body as the text.
 fn refusal(error: impl Into<ApiError>) -> CallToolResult {
     let (_, body) = error.into().body();
@@ -158,6 +164,11 @@ fn refusal(error: impl Into<ApiError>) -> CallToolResult {
 fn error_body(body: ErrorBody) -> CallToolResult {
     let text = serde_json::to_string(&body).unwrap_or_else(|e| e.to_string());
     CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+/// A call the client cancelled or went away from.
+fn gone() -> ErrorData {
+    ErrorData::internal_error("the request was cancelled", None)
 }
 
 /// Either answer as a tool result.
@@ -234,14 +245,10 @@ impl HiveTools {
             Ok(s) => s.unwrap_or_default(),
             Err(message) => return Ok(refusal(ApiError::BadRequest(message))),
         };
-        Ok(result(self.state.service.list(&p, &selector).map(
-            |(version, items)| super::AgentList {
-                api_version: API_VERSION.into(),
-                kind: LIST_KIND.into(),
-                metadata: json!({"resourceVersion": version.to_string()}),
-                items,
-            },
-        )))
+        Ok(match self.state.service.list(&p, &selector, None, None) {
+            Ok(page) => text(&super::agents::list_body(&page)),
+            Err(e) => refusal(e),
+        })
     }
 
     #[tool(
@@ -323,20 +330,34 @@ impl HiveTools {
             Ok(id) => id,
             Err(e) => return Ok(refusal(e)),
         };
+        // A read of the engine's output holds a place among the key's streams, as a log
+        // follow does, and ends when the client goes away.
+        let _place = match self.state.streams.acquire(&p.key_id) {
+            Ok(place) => place,
+            Err(e) => return Ok(refusal(e)),
+        };
         let mut output = Vec::new();
         let mut stream = self.state.orchestrator.logs(&id, options);
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => output.extend_from_slice(&bytes),
-                Err(e) => return Ok(refusal(ApiError::Unavailable(e.to_string()))),
+        let read = async {
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(bytes) => output.extend_from_slice(&bytes),
+                    Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+                }
+                if output.len() > 2 * MAX_LOG_BYTES {
+                    // Keep the end: the newest output is what the caller asked for.
+                    output.drain(..output.len() - MAX_LOG_BYTES);
+                }
             }
-            if output.len() > MAX_LOG_BYTES {
-                // Keep the end: the newest output is what the caller asked for.
-                output.drain(..output.len() - MAX_LOG_BYTES);
-            }
+            Ok(())
+        };
+        tokio::select! {
+            _ = ctx.ct.cancelled() => return Err(gone()),
+            r = read => if let Err(e) = r { return Ok(refusal(e)) },
         }
+        let start = output.len().saturating_sub(MAX_LOG_BYTES);
         Ok(CallToolResult::success(vec![ContentBlock::text(
-            String::from_utf8_lossy(&output).into_owned(),
+            String::from_utf8_lossy(&output[start..]).into_owned(),
         )]))
     }
 
@@ -388,7 +409,7 @@ impl HiveTools {
             let changed = async {
                 loop {
                     match changes.recv().await {
-                        Ok(event) if event.agent.metadata.name != args.name => continue,
+                        Ok(event) if event.agent().metadata.name != args.name => continue,
                         // This agent changed, or changes were missed: look again.
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             return true
@@ -397,9 +418,17 @@ impl HiveTools {
                     }
                 }
             };
+            let changed = async {
+                tokio::select! {
+                    _ = ctx.ct.cancelled() => None,
+                    c = changed => Some(c),
+                }
+            };
             match tokio::time::timeout(left, changed).await {
-                Ok(true) => continue,
-                Ok(false) => {
+                // The client went away: stop waiting, and give its place back.
+                Ok(None) => return Err(gone()),
+                Ok(Some(true)) => continue,
+                Ok(Some(false)) => {
                     return Ok(refusal(ApiError::Unavailable("Hive is shutting down".into())))
                 }
                 Err(_) => {

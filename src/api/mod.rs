@@ -157,14 +157,13 @@ pub fn router(state: AppState) -> Router {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "application/openmetrics-text", body = String), (status = 401, body = ErrorBody)))]
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let phases: Vec<_> = state
-        .store
-        .list()
-        .map_err(crate::service::ServiceError::from)?
-        .into_iter()
-        .map(|r| r.agent.status.phase)
-        .collect();
-    state.metrics.set_phases(phases.into_iter());
+    let snapshot = state.store.snapshot();
+    state.metrics.set_phases(
+        snapshot
+            .agents
+            .values()
+            .map(|e| e.record.agent.status.phase),
+    );
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

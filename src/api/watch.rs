@@ -1,7 +1,10 @@
 //! `GET /v1/agents?watch=true`: the changes of the agents a key sees, as newline-delimited
 //! JSON, from now or from a list's resourceVersion.
 
-use axum::body::Body;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -11,6 +14,7 @@ use super::AppState;
 use crate::access::Principal;
 use crate::agent::Agent;
 use crate::selector::Selector;
+use crate::store::Entry;
 
 /// `GET /v1/agents?watch=true[&resourceVersion=N]`: one JSON object a line,
 /// `{"type": "ADDED" | "MODIFIED" | "DELETED", "object": <agent>}`, for every change of an
@@ -36,37 +40,27 @@ pub(super) fn watch(
         since.unwrap_or_default()
     )))?;
     // Without a version: the agents as they are now, then every change after.
-    let initial: Vec<(String, Agent, u64)> = match since {
-        Some(_) => past
-            .into_iter()
-            .map(|e| (e.kind.to_string(), e.agent, e.seq))
-            .collect(),
-        None => state
-            .store
-            .list()
-            .map_err(crate::service::ServiceError::from)?
-            .into_iter()
-            .map(|r| {
-                let seq = r
-                    .agent
-                    .metadata
-                    .resource_version
-                    .as_deref()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                ("ADDED".to_string(), r.agent, seq)
-            })
-            .collect(),
+    let initial: Vec<(&'static str, Arc<Entry>, u64)> = match since {
+        Some(_) => past.into_iter().map(|e| (e.kind, e.entry, e.seq)).collect(),
+        None => {
+            let snapshot = state.store.snapshot();
+            let seq = snapshot.version;
+            snapshot
+                .agents
+                .values()
+                .map(|e| ("ADDED", e.clone(), seq))
+                .collect()
+        }
     };
-    let visible = std::sync::Arc::new(move |a: &Agent| {
+    let visible = Arc::new(move |a: &Agent| {
         p.sees(a.metadata.owner.as_deref().unwrap_or_default())
             && selector.matches(&a.metadata.labels)
     });
     let seen = initial.iter().map(|(_, _, seq)| *seq).max().unwrap_or(0);
     let first: Vec<_> = initial
         .into_iter()
-        .filter(|(_, a, _)| visible(a))
-        .map(|(k, a, _)| watch_line(&k, serde_json::to_value(a).unwrap_or_default()))
+        .filter(|(_, e, _)| visible(&e.record.agent))
+        .map(|(k, e, _)| Ok::<_, Infallible>(watch_line(k, &e.json)))
         .collect();
     // State: the receiver and the newest version sent; None once the stream must end.
     let live = futures_util::stream::unfold(Some((rx, seen)), move |state| {
@@ -78,17 +72,13 @@ pub(super) fn watch(
                     Ok(e) if e.seq <= seen => continue,
                     Ok(e) => {
                         seen = e.seq;
-                        if visible(&e.agent) {
-                            let item = watch_line(
-                                e.kind,
-                                serde_json::to_value(&e.agent).unwrap_or_default(),
-                            );
-                            return Some((item, Some((rx, seen))));
+                        if visible(e.agent()) {
+                            return Some((Ok(watch_line(e.kind, &e.entry.json)), Some((rx, seen))));
                         }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         let gone = serde_json::json!({"code": 410, "message": "this watch fell too far behind; list again and watch from the list's resourceVersion"});
-                        return Some((watch_line("ERROR", gone), None));
+                        return Some((Ok(watch_line("ERROR", gone.to_string().as_bytes())), None));
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
@@ -107,12 +97,14 @@ pub(super) fn watch(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-/// One line of a watch.
-fn watch_line(
-    kind: &str,
-    object: serde_json::Value,
-) -> Result<axum::body::Bytes, std::convert::Infallible> {
-    let mut text = serde_json::json!({"type": kind, "object": object}).to_string();
-    text.push('\n');
-    Ok(axum::body::Bytes::from(text))
+/// One line of a watch: `{"type": kind, "object": <the agent's JSON>}`, the agent's
+/// bytes copied in as they are (serialized once per change, not once per watcher).
+fn watch_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + kind.len() + 24);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
+    Bytes::from(line)
 }

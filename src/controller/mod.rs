@@ -396,7 +396,9 @@ struct Resync {
 
 /// The names one resync must queue, and the other stores' containers it saw.
 async fn resync_once(ctx: &Context, everything: bool) -> Result<Resync, ReconcileError> {
-    let records = ctx.store.list()?;
+    // Read in place: a resync copies no record.
+    let snapshot = ctx.store.snapshot();
+    let records: Vec<&crate::store::Record> = snapshot.agents.values().map(|e| &e.record).collect();
     let listed = ctx.orchestrator.list().await?;
     let uids: BTreeMap<&str, String> = records
         .iter()
@@ -430,7 +432,7 @@ async fn resync_once(ctx: &Context, everything: bool) -> Result<Resync, Reconcil
         }
     }
     let mut names = BTreeSet::new();
-    for r in &records {
+    for r in records {
         let name = r.agent.metadata.name.as_str();
         let mine = by_agent.remove(name).unwrap_or_default();
         // The hash of what it asks to run (None: nothing can run; a pass said why).

@@ -2,10 +2,12 @@
 //! annotations, the policy and quotas), each mutation, and the reads that a caller's key
 //! may see.
 
+use std::sync::Arc;
+
 use crate::access::{Principal, Role};
 use crate::agent::{shown_key, validate_name, Agent, DesiredState, Invalid, SOURCE_ANNOTATION};
 use crate::selector::Selector;
-use crate::store::{Applied, Event, Record, StoreError};
+use crate::store::{Applied, Entry, Event, Record, StoreError};
 
 use super::{require_write, Service, ServiceError};
 
@@ -15,6 +17,29 @@ pub(super) struct Admitted {
     pub agent: Agent,
     pub existing: Option<Record>,
     pub take_over: Option<String>,
+}
+
+/// One page of a list: the agents' entries (with their JSON), the resourceVersion they
+/// were read at, and the `continue` token of the next page, if there is one.
+#[derive(Debug)]
+pub struct Page {
+    pub version: u64,
+    pub items: Vec<Arc<Entry>>,
+    pub next: Option<String>,
+}
+
+/// A `continue` token: `<resourceVersion>.<last name of the page>`.
+fn parse_continue(token: &str) -> Result<(u64, String), ServiceError> {
+    let bad = || {
+        ServiceError::Invalid(Invalid::new(
+            "continue",
+            "not a token this server gave; pass the `continue` of the previous page as it was",
+        ))
+    };
+    let (version, name) = token.split_once('.').ok_or_else(bad)?;
+    let version = version.parse::<u64>().map_err(|_| bad())?;
+    validate_name(name).map_err(|_| bad())?;
+    Ok((version, name.to_string()))
 }
 
 /// What a create-or-replace did.
@@ -63,23 +88,73 @@ impl Service {
             .ok_or_else(|| not_found(name))
     }
 
-    /// The agents the caller may see that `selector` selects, sorted by name, and the
-    /// resourceVersion the list reflects.
+    /// An agent the caller may see, with its JSON, from memory.
+    pub fn visible_entry(&self, who: &Principal, name: &str) -> Result<Arc<Entry>, ServiceError> {
+        validate_name(name).map_err(|m| {
+            ServiceError::NotFound(format!("agent {:?} not found ({m})", shown_key(name)))
+        })?;
+        self.store
+            .snapshot()
+            .agents
+            .get(name)
+            .filter(|e| who.sees(e.record.agent.metadata.owner.as_deref().unwrap_or_default()))
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// One page of the agents the caller may see that `selector` selects, sorted by name,
+    /// all read at one resourceVersion: at most `limit` (all without one), after the page
+    /// `token` ends (a `continue` from an earlier page, which reads that page's snapshot).
     pub fn list(
         &self,
         who: &Principal,
         selector: &Selector,
-    ) -> Result<(u64, Vec<Agent>), ServiceError> {
-        let version = self.store.current_version();
-        let items = self
-            .store
-            .list()?
-            .into_iter()
-            .map(|r| r.agent)
-            .filter(|a| who.sees(a.metadata.owner.as_deref().unwrap_or_default()))
-            .filter(|a| selector.matches(&a.metadata.labels))
-            .collect();
-        Ok((version, items))
+        limit: Option<usize>,
+        token: Option<&str>,
+    ) -> Result<Page, ServiceError> {
+        let (snapshot, after) = match token {
+            None => (self.store.snapshot(), None),
+            Some(token) => {
+                let (version, after) = parse_continue(token)?;
+                let snapshot = self.store.kept_snapshot(version).ok_or_else(|| {
+                    ServiceError::Gone(format!(
+                        "the list this continue token pages through (resourceVersion {version}) is no longer kept; list again from the start"
+                    ))
+                })?;
+                (snapshot, Some(after))
+            }
+        };
+        let from = match &after {
+            Some(name) => std::ops::Bound::Excluded(name.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut matching = snapshot
+            .agents
+            .range((from, std::ops::Bound::Unbounded))
+            .map(|(_, e)| e)
+            .filter(|e| {
+                let a = &e.record.agent;
+                who.sees(a.metadata.owner.as_deref().unwrap_or_default())
+                    && selector.matches(&a.metadata.labels)
+            });
+        let limit = limit.unwrap_or(usize::MAX);
+        let items: Vec<Arc<Entry>> = matching.by_ref().take(limit).cloned().collect();
+        // Another page only if something is left to show on it.
+        let next = match (items.last(), matching.next()) {
+            (Some(last), Some(_)) => {
+                self.store.keep_snapshot(snapshot.clone());
+                Some(format!(
+                    "{}.{}",
+                    snapshot.version, last.record.agent.metadata.name
+                ))
+            }
+            _ => None,
+        };
+        Ok(Page {
+            version: snapshot.version,
+            items,
+            next,
+        })
     }
 
     /// What the reconciler did to an agent the caller may see, oldest first.

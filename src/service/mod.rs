@@ -25,7 +25,7 @@ mod agents;
 mod apply;
 mod secrets;
 
-pub use agents::{Action, Put};
+pub use agents::{Action, Page, Put};
 pub use apply::{diff, ApplyResult, Outcome, Prune};
 pub use secrets::{SecretShown, SecretWritten};
 
@@ -56,6 +56,9 @@ pub enum ServiceError {
         total: usize,
         documents: Vec<DocumentError>,
     },
+    /// What a read asked to continue from is no longer kept (a paged list's snapshot).
+    #[error("{0}")]
+    Gone(String),
     /// This Hive takes no writes now (it is a standby).
     #[error("{0}")]
     Unavailable(String),
@@ -90,6 +93,7 @@ impl ServiceError {
             ServiceError::NotFound(_) => ("not_found", 404),
             ServiceError::Conflict { code, .. } => (code, 409),
             ServiceError::InvalidDocuments { .. } => ("invalid_documents", 422),
+            ServiceError::Gone(_) => ("gone", 410),
             ServiceError::Unavailable(_) => ("unavailable", 503),
             ServiceError::Internal(_) => ("internal", 500),
         }

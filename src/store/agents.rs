@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{decode, Applied, Change, Store, StoreError};
+use super::{Applied, Change, Store, StoreError};
 use crate::agent::{now_rfc3339, Agent, AgentStatus, DesiredState, Phase};
 
 /// An agent as stored.
@@ -29,19 +29,19 @@ pub struct Internal {
 }
 
 impl Store {
+    /// An agent's record, from memory.
     pub fn get(&self, name: &str) -> Result<Option<Record>, StoreError> {
-        self.agents.get(name)?.map(|v| decode(name, &v)).transpose()
+        Ok(self.snapshot().agents.get(name).map(|e| e.record.clone()))
     }
 
-    /// Every record, sorted by name.
+    /// Every record, sorted by name, from memory.
     pub fn list(&self) -> Result<Vec<Record>, StoreError> {
-        self.agents
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode(&String::from_utf8_lossy(&k), &v)
-            })
-            .collect()
+        Ok(self
+            .snapshot()
+            .agents
+            .values()
+            .map(|e| e.record.clone())
+            .collect())
     }
 
     /// Creates a new agent (POST). The caller has validated it.

@@ -7,7 +7,7 @@
 //! flushed to disk before [`Store::flush`] returns; the API answers only after that.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -17,12 +17,14 @@ mod audit;
 mod events;
 mod flush;
 mod secrets;
+mod view;
 mod watch;
 
 pub use agents::{Internal, Record};
 pub use audit::{AuditEntry, AUDIT_KEEP};
 pub use events::{Event, NewEvent, EVENTS_KEPT};
 pub use secrets::Secret;
+pub use view::{Entry, Snapshot};
 pub use watch::WatchEvent;
 
 use watch::{History, WATCH_BUFFER};
@@ -98,6 +100,8 @@ pub struct Store {
     changes: tokio::sync::broadcast::Sender<WatchEvent>,
     /// The latest changes, for watches that resume from a resourceVersion.
     history: Mutex<History>,
+    /// Every agent in memory, as of the last write: what reads are served from.
+    view: view::View,
     /// Serializes read-modify-write cycles. Never held across an await.
     write: Mutex<()>,
     /// Requests for a flush, served by one flusher thread (None once dropping).
@@ -152,15 +156,24 @@ impl Store {
             .name("hive-store-flush".into())
             .spawn(move || flush::group_commit(flusher_db, requests))
             .map_err(|e| StoreError::Flush(format!("cannot start the flusher: {e}")))?;
+        // Every agent into memory, once; reads never decode a record again.
+        let mut snapshot = Snapshot::default();
+        for kv in agents.iter() {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k).into_owned();
+            let record = decode(&name, &v)?;
+            let version = record
+                .agent
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            snapshot.version = snapshot.version.max(version);
+            snapshot.agents.insert(name, Arc::new(Entry::new(record)));
+        }
         // Changes before now are not in memory: a watch must start from here or later.
-        let newest = agents
-            .iter()
-            .values()
-            .filter_map(|v| v.ok())
-            .filter_map(|v| serde_json::from_slice::<Record>(&v).ok())
-            .filter_map(|r| r.agent.metadata.resource_version?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0);
+        let newest = snapshot.version;
         let history = Mutex::new(History {
             events: std::collections::VecDeque::new(),
             horizon: newest,
@@ -170,6 +183,7 @@ impl Store {
         Ok(Store {
             changes,
             history,
+            view: view::View::new(snapshot),
             db,
             agents,
             audit,
@@ -222,8 +236,9 @@ impl Store {
                 if let Some(mut old) = old {
                     // As in Kubernetes, the deleted object carries the deletion's version.
                     let seq = self.db.generate_id()? + 1;
+                    self.view.set(name, None, seq);
                     old.agent.metadata.resource_version = Some(seq.to_string());
-                    self.publish("DELETED", seq, old.agent);
+                    self.publish("DELETED", seq, Arc::new(Entry::new(old)));
                 }
                 Ok((None, t))
             }
@@ -233,10 +248,28 @@ impl Store {
                 let bytes = serde_json::to_vec(&r).expect("a record always serializes");
                 self.agents.insert(name, bytes)?;
                 let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-                self.publish(kind, seq, r.agent.clone());
-                Ok((Some(*r), t))
+                let entry = Arc::new(Entry::new(*r));
+                self.view.set(name, Some(entry.clone()), seq);
+                let record = entry.record.clone();
+                self.publish(kind, seq, entry);
+                Ok((Some(record), t))
             }
         }
+    }
+
+    /// Every agent as of the last write, to read without waiting for writers.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.view.current()
+    }
+
+    /// Keeps `snapshot` for the next pages of a list (a few minutes).
+    pub fn keep_snapshot(&self, snapshot: Arc<Snapshot>) {
+        self.view.keep(snapshot)
+    }
+
+    /// The snapshot at `version`, if it is the current one or kept for a paged list.
+    pub fn kept_snapshot(&self, version: u64) -> Option<Arc<Snapshot>> {
+        self.view.kept(version)
     }
 }
 

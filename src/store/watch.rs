@@ -1,7 +1,9 @@
 //! The watch history: changes of agents in the order they were stored, for watchers
 //! and for watches resuming from a resourceVersion.
 
-use super::Store;
+use std::sync::Arc;
+
+use super::{Entry, Store};
 use crate::agent::Agent;
 
 /// Changes kept in memory for watches resuming from a resourceVersion.
@@ -16,8 +18,15 @@ pub struct WatchEvent {
     pub kind: &'static str,
     /// The resourceVersion of the change.
     pub seq: u64,
+    /// The agent after the change (before it, for DELETED), with its JSON.
+    pub entry: Arc<Entry>,
+}
+
+impl WatchEvent {
     /// The agent after the change (before it, for DELETED).
-    pub agent: Agent,
+    pub fn agent(&self) -> &Agent {
+        &self.entry.record.agent
+    }
 }
 
 /// The latest changes.
@@ -32,8 +41,8 @@ pub(super) struct History {
 impl Store {
     /// Tells watchers of a change and keeps it in the history (called under the write lock,
     /// so changes are published in the order they were stored).
-    pub(super) fn publish(&self, kind: &'static str, seq: u64, agent: Agent) {
-        let event = WatchEvent { kind, seq, agent };
+    pub(super) fn publish(&self, kind: &'static str, seq: u64, entry: Arc<Entry>) {
+        let event = WatchEvent { kind, seq, entry };
         let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         h.events.push_back(event.clone());
         if h.events.len() > WATCH_HISTORY {

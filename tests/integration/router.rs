@@ -1064,7 +1064,22 @@ async fn mcp_needs_the_key_and_an_allowed_host_and_lists_its_tools() {
     assert_eq!(schema_of("wait_agent")["required"], json!(["name", "for"]));
     assert!(schema_of("agent_logs")["properties"]["tail"].is_object());
 
-    // Only a key with a restricted host list answers another host.
+    // What the endpoint refused before any tool ran is audited, as for /v1.
+    let audit = t.admin(Method::GET, "/v1/audit", "/v1/audit", None).await;
+    let refused: Vec<(Value, Value)> = audit.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["verb"] == "POST /mcp")
+        .map(|e| (e["keyId"].clone(), e["status"].clone()))
+        .collect();
+    assert!(refused.contains(&(json!("-"), json!(401))), "{refused:?}");
+    assert!(
+        refused.contains(&(json!("sol-1"), json!(403))),
+        "{refused:?}"
+    );
+
+    // With --mcp-allowed-hosts, only the hosts listed are answered.
     let t = app(&["--mcp-allowed-hosts", "hive.internal"]).await;
     let r = t
         .mcp(Some(&t.sol), "hive.internal:8000", "tools/list", json!({}))
