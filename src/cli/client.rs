@@ -39,6 +39,9 @@ impl CliError {
     }
 }
 
+/// Agents a list asks for at a time.
+const LIST_PAGE: usize = 500;
+
 /// A client bound to one server and key.
 pub struct Client {
     base: String,
@@ -99,13 +102,35 @@ impl Client {
         })
     }
 
-    /// The agents a selector selects.
+    /// The agents a selector selects, fetched a page at a time (as kubectl does), every
+    /// page read at the first page's resourceVersion.
     pub async fn agents(&self, selector: Option<&str>) -> Result<AgentList, CliError> {
-        let mut req = self.request(Method::GET, "/v1/agents");
-        if let Some(s) = selector {
-            req = req.query(&[("label", s)]);
+        let mut token: Option<String> = None;
+        let mut all: Option<AgentList> = None;
+        loop {
+            let mut req = self
+                .request(Method::GET, "/v1/agents")
+                .query(&[("limit", LIST_PAGE.to_string())]);
+            if let Some(s) = selector {
+                req = req.query(&[("label", s)]);
+            }
+            if let Some(t) = &token {
+                req = req.query(&[("continue", t)]);
+            }
+            let page: AgentList = self.typed(req).await?;
+            token = page.metadata["continue"].as_str().map(str::to_string);
+            match &mut all {
+                None => all = Some(page),
+                Some(list) => list.items.extend(page.items),
+            }
+            if token.is_none() {
+                let mut list = all.expect("a first page");
+                if let Some(m) = list.metadata.as_object_mut() {
+                    m.remove("continue");
+                }
+                return Ok(list);
+            }
         }
-        self.typed(req).await
     }
 
     /// An agent's recent events, oldest first.

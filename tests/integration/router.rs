@@ -1279,3 +1279,148 @@ async fn mcp_tools_act_through_the_service_with_its_owners_roles_and_audit() {
         .iter()
         .any(|e| e["verb"].as_str().unwrap_or("").contains("/mcp")));
 }
+
+#[tokio::test]
+async fn lists_page_at_one_resource_version_and_say_when_a_page_is_gone() {
+    let t = app(&[]).await;
+    let many = "/v1/agents";
+    for name in ["a1", "a2", "a3", "a4", "a5"] {
+        let mut doc = agent(name, json!({"state": "Stopped"}));
+        doc["metadata"]["labels"] = json!({"odd": (name.ends_with('1') || name.ends_with('3') || name.ends_with('5')).to_string()});
+        let r = t
+            .admin(
+                Method::PUT,
+                &format!("/v1/agents/{name}"),
+                "/v1/agents/{name}",
+                Some(doc),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let names = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = t.admin(Method::GET, "/v1/agents?limit=2", many, None).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(names(&first.body), ["a1", "a2"]);
+    let version = first.body["metadata"]["resourceVersion"].clone();
+    let token = first.body["metadata"]["continue"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A write between pages changes nothing in them: every page is read at one version.
+    let r = t
+        .admin(Method::DELETE, "/v1/agents/a4", "/v1/agents/{name}", None)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let second = t
+        .admin(
+            Method::GET,
+            &format!("/v1/agents?limit=2&continue={token}"),
+            many,
+            None,
+        )
+        .await;
+    assert_eq!(names(&second.body), ["a3", "a4"]);
+    assert_eq!(
+        second.body["items"][1]["status"]["phase"], "Pending",
+        "a4 as it was"
+    );
+    assert_eq!(second.body["metadata"]["resourceVersion"], version);
+    let token = second.body["metadata"]["continue"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let last = t
+        .admin(
+            Method::GET,
+            &format!("/v1/agents?limit=2&continue={token}"),
+            many,
+            None,
+        )
+        .await;
+    assert_eq!(names(&last.body), ["a5"]);
+    assert!(
+        last.body["metadata"].get("continue").is_none(),
+        "{}",
+        last.body
+    );
+    // A fresh list sees the write.
+    let now = t.admin(Method::GET, "/v1/agents", many, None).await;
+    assert_eq!(now.body["items"][3]["status"]["phase"], "Terminating");
+    assert_ne!(now.body["metadata"]["resourceVersion"], version);
+
+    // Selectors page too, and a page that ends the matches has no continue.
+    let odd = t
+        .admin(Method::GET, "/v1/agents?label=odd=true&limit=2", many, None)
+        .await;
+    assert_eq!(names(&odd.body), ["a1", "a3"]);
+    let token = odd.body["metadata"]["continue"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let odd = t
+        .admin(
+            Method::GET,
+            &format!("/v1/agents?label=odd=true&limit=2&continue={token}"),
+            many,
+            None,
+        )
+        .await;
+    assert_eq!(names(&odd.body), ["a5"]);
+    assert!(odd.body["metadata"].get("continue").is_none());
+    let exact = t
+        .admin(
+            Method::GET,
+            "/v1/agents?label=odd=false&limit=2",
+            many,
+            None,
+        )
+        .await;
+    assert_eq!(names(&exact.body), ["a2", "a4"]);
+    assert!(
+        exact.body["metadata"].get("continue").is_none(),
+        "nothing left to show"
+    );
+
+    // Bad and expired tokens.
+    let r = t
+        .admin(
+            Method::GET,
+            "/v1/agents?limit=2&continue=nonsense",
+            many,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.body["error"]["field"], "continue");
+    let r = t
+        .admin(Method::GET, "/v1/agents?limit=2&continue=1.a1", many, None)
+        .await;
+    assert_eq!(r.status, StatusCode::GONE);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("list again from the start"),
+        "{}",
+        r.body
+    );
+    let r = t
+        .admin(Method::GET, "/v1/agents?watch=true&limit=2", many, None)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Another owner's key pages through its own agents only.
+    let r = t
+        .call(Method::GET, "/v1/agents?limit=1", many, Some(&t.bob), None)
+        .await;
+    assert_eq!(r.body["items"], json!([]));
+    assert!(r.body["metadata"].get("continue").is_none());
+    t.check_documented();
+}
