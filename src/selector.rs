@@ -44,6 +44,15 @@ impl Selector {
     }
 
     /// Whether `labels` satisfy every term.
+    /// The `k=v` terms: any agent selected carries each of them (what a label index can
+    /// look up instead of scanning).
+    pub fn equalities(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.terms.iter().filter_map(|t| match t {
+            Term::Equals(k, v) => Some((k.as_str(), v.as_str())),
+            _ => None,
+        })
+    }
+
     pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
         self.terms.iter().all(|t| match t {
             Term::Equals(k, v) => labels.get(k) == Some(v),

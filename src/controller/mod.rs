@@ -343,12 +343,18 @@ async fn resync_loop(
         if leadership.borrow().is_leading() {
             match resync_once(&ctx, first).await {
                 Ok(resync) => {
-                    debug!(queued = resync.names.len(), "resync");
-                    first = false;
+                    let queued = resync.names.len();
                     report_foreign(&ctx, &handle, resync.foreign);
                     for name in resync.names {
                         handle.enqueue(&name);
                     }
+                    if first {
+                        let agents = ctx.store.snapshot().agents.len();
+                        info!(agents, queued, "first resync done");
+                    } else {
+                        debug!(queued, "resync");
+                    }
+                    first = false;
                 }
                 Err(e) => warn!(error = %e, "resync failed; will try again"),
             }

@@ -124,19 +124,30 @@ impl Service {
                 (snapshot, Some(after))
             }
         };
-        let from = match &after {
+        let from = || match &after {
             Some(name) => std::ops::Bound::Excluded(name.clone()),
             None => std::ops::Bound::Unbounded,
         };
-        let mut matching = snapshot
-            .agents
-            .range((from, std::ops::Bound::Unbounded))
-            .map(|(_, e)| e)
-            .filter(|e| {
-                let a = &e.record.agent;
-                who.sees(a.metadata.owner.as_deref().unwrap_or_default())
-                    && selector.matches(&a.metadata.labels)
-            });
+        // A selector with k=v terms reads only the agents the label index gives for them.
+        let candidates = snapshot.candidates(selector.equalities());
+        let in_order: Box<dyn Iterator<Item = &Arc<Entry>>> = match &candidates {
+            Some(names) => Box::new(
+                names
+                    .range((from(), std::ops::Bound::Unbounded))
+                    .filter_map(|n| snapshot.agents.get(n)),
+            ),
+            None => Box::new(
+                snapshot
+                    .agents
+                    .range((from(), std::ops::Bound::Unbounded))
+                    .map(|(_, e)| e),
+            ),
+        };
+        let mut matching = in_order.filter(|e| {
+            let a = &e.record.agent;
+            who.sees(a.metadata.owner.as_deref().unwrap_or_default())
+                && selector.matches(&a.metadata.labels)
+        });
         let limit = limit.unwrap_or(usize::MAX);
         let items: Vec<Arc<Entry>> = matching.by_ref().take(limit).cloned().collect();
         // Another page only if something is left to show on it.

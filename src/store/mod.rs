@@ -170,7 +170,7 @@ impl Store {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0);
             snapshot.version = snapshot.version.max(version);
-            snapshot.agents.insert(name, Arc::new(Entry::new(record)));
+            snapshot.set(&name, Some(Arc::new(Entry::new(record))));
         }
         // Changes before now are not in memory: a watch must start from here or later.
         let newest = snapshot.version;

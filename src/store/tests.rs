@@ -187,3 +187,62 @@ fn a_second_open_of_the_same_directory_is_refused() {
         Err(StoreError::Locked(_))
     ));
 }
+
+#[test]
+fn the_view_follows_every_write_and_reopens_as_it_was_with_its_label_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = |s: &Snapshot, k: &str, v: &str| -> Vec<String> {
+        s.labels
+            .get(&(k.to_string(), v.to_string()))
+            .map(|n| n.iter().cloned().collect())
+            .unwrap_or_default()
+    };
+    let labelled = |name: &str, team: &str| {
+        let mut a = agent(name);
+        a.metadata.labels.insert("team".into(), team.into());
+        a
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.create(labelled("a", "red")).unwrap();
+        store.create(labelled("b", "red")).unwrap();
+        let before = store.snapshot();
+        store.apply(labelled("a", "blue"), None).unwrap();
+        let s = store.snapshot();
+        assert_eq!(names(&s, "team", "red"), ["b"]);
+        assert_eq!(names(&s, "team", "blue"), ["a"]);
+        // An older snapshot is untouched by later writes.
+        assert_eq!(names(&before, "team", "red"), ["a", "b"]);
+        assert!(s.version > before.version);
+        // Each entry's JSON is the agent as stored.
+        let json: serde_json::Value =
+            serde_json::from_slice(&s.agents.get("a").unwrap().json).unwrap();
+        assert_eq!(json["metadata"]["labels"]["team"], "blue");
+        assert_eq!(
+            json["metadata"]["resourceVersion"].as_str().unwrap(),
+            s.version.to_string()
+        );
+        let b = store.mark_deleted("b").unwrap();
+        store.remove("b", b.agent.metadata.uid.unwrap()).unwrap();
+        let s = store.snapshot();
+        assert!(names(&s, "team", "red").is_empty());
+        assert!(!s
+            .labels
+            .contains_key(&("team".to_string(), "red".to_string())));
+        assert_eq!(s.agents.len(), 1);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.snapshot();
+    assert_eq!(s.agents.keys().cloned().collect::<Vec<_>>(), ["a"]);
+    assert_eq!(names(&s, "team", "blue"), ["a"]);
+    assert_eq!(
+        s.version.to_string(),
+        s.agents["a"]
+            .record
+            .agent
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap()
+    );
+}

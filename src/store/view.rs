@@ -44,6 +44,60 @@ pub struct Snapshot {
     pub version: u64,
     /// By name, sorted.
     pub agents: imbl::OrdMap<String, Arc<Entry>>,
+    /// The names of the agents carrying each label (key, value): a selector's `k=v`
+    /// terms find their agents here instead of scanning the fleet.
+    pub labels: imbl::OrdMap<(String, String), imbl::OrdSet<String>>,
+}
+
+impl Snapshot {
+    /// Puts `entry` in (None: takes `name` out), keeping the label index.
+    pub(super) fn set(&mut self, name: &str, entry: Option<Arc<Entry>>) {
+        if let Some(old) = self.agents.get(name).cloned() {
+            for (k, v) in &old.record.agent.metadata.labels {
+                let key = (k.clone(), v.clone());
+                if let Some(names) = self.labels.get_mut(&key) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        self.labels.remove(&key);
+                    }
+                }
+            }
+        }
+        match entry {
+            Some(e) => {
+                for (k, v) in &e.record.agent.metadata.labels {
+                    self.labels
+                        .entry((k.clone(), v.clone()))
+                        .or_default()
+                        .insert(name.to_string());
+                }
+                self.agents.insert(name.to_string(), e);
+            }
+            None => {
+                self.agents.remove(name);
+            }
+        }
+    }
+
+    /// The names a selector's `k=v` terms narrow a list to, sorted (the smallest set of
+    /// those terms); None when it has no such term and every agent is a candidate.
+    pub fn candidates<'a>(
+        &'a self,
+        equalities: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> Option<imbl::OrdSet<String>> {
+        let mut best: Option<imbl::OrdSet<String>> = None;
+        for (k, v) in equalities {
+            let names = self
+                .labels
+                .get(&(k.to_string(), v.to_string()))
+                .cloned()
+                .unwrap_or_default();
+            if best.as_ref().is_none_or(|b| names.len() < b.len()) {
+                best = Some(names);
+            }
+        }
+        best
+    }
 }
 
 /// The current snapshot, and those kept for paged lists.
@@ -73,14 +127,7 @@ impl View {
     pub(super) fn set(&self, name: &str, entry: Option<Arc<Entry>>, version: u64) {
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         let mut next = Snapshot::clone(&current);
-        match entry {
-            Some(e) => {
-                next.agents.insert(name.to_string(), e);
-            }
-            None => {
-                next.agents.remove(name);
-            }
-        }
+        next.set(name, entry);
         next.version = version;
         *current = Arc::new(next);
     }
