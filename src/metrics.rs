@@ -67,6 +67,10 @@ pub struct Metrics {
     pub foreign_containers: Gauge<i64, AtomicI64>,
     /// Times the storm guard held an agent's create back.
     pub create_backoffs: Counter,
+    /// Agents Hive stopped for idleness (`spec.lifecycle.idleTimeout`).
+    pub idled: Counter,
+    /// Idle agents woken again (a start, a write, an action or a touch).
+    pub resumed: Counter,
 }
 
 impl Default for Metrics {
@@ -128,10 +132,24 @@ impl Default for Metrics {
             "Times an agent's container create was held back because its containers keep disappearing or were created too often",
             create_backoffs.clone(),
         );
+        let idled = Counter::default();
+        registry.register(
+            "agents_idled",
+            "Agents stopped for idleness (spec.lifecycle.idleTimeout)",
+            idled.clone(),
+        );
+        let resumed = Counter::default();
+        registry.register(
+            "agents_resumed",
+            "Agents stopped for idleness and woken again",
+            resumed.clone(),
+        );
         Metrics {
             leader,
             foreign_containers,
             create_backoffs,
+            idled,
+            resumed,
             registry,
             reconciles,
             reconcile_seconds,

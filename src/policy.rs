@@ -33,6 +33,8 @@ pub struct Policy {
     pub capabilities: Capabilities,
     /// Bounds on the environment, `envFrom` secrets included.
     pub env: EnvLimits,
+    /// Defaults and maxima of `spec.lifecycle`, for everyone and per owner.
+    pub lifecycle: LifecyclePolicy,
     /// Whose agents the manifests directory declares.
     pub gitops: GitOps,
     /// `images.allow`, parsed (None: every image).
@@ -49,6 +51,118 @@ pub struct Images {
     /// from (`host:port` as in the reference). Any other such registry is refused, so that
     /// a pull cannot make the engine reach into the host or its network.
     pub private_registries: Vec<String>,
+}
+
+/// Reads one field of [`LifecycleLimits`].
+type Field = fn(&LifecycleLimits) -> &Option<String>;
+
+/// `lifecycle:` in the policy: what `spec.lifecycle` gets when it says nothing, the most
+/// it may say, and both again for single owners (their fields win over the general ones).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecyclePolicy {
+    pub defaults: LifecycleLimits,
+    pub max: LifecycleLimits,
+    pub owners: BTreeMap<String, OwnerLifecycle>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnerLifecycle {
+    pub defaults: LifecycleLimits,
+    pub max: LifecycleLimits,
+}
+
+/// Durations (humantime) for `spec.lifecycle`'s fields.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "camelCase")]
+pub struct LifecycleLimits {
+    pub idle_timeout: Option<String>,
+    pub ttl_after_finished: Option<String>,
+}
+
+impl LifecycleLimits {
+    fn fields(&self) -> [(&'static str, &Option<String>); 2] {
+        [
+            ("idleTimeout", &self.idle_timeout),
+            ("ttlAfterFinished", &self.ttl_after_finished),
+        ]
+    }
+}
+
+impl LifecyclePolicy {
+    fn check(&self) -> Result<(), String> {
+        let mut all = vec![("lifecycle".to_string(), &self.defaults, &self.max)];
+        for (owner, o) in &self.owners {
+            crate::agent::validate_name(owner).map_err(|e| format!("lifecycle.owners: {e}"))?;
+            all.push((format!("lifecycle.owners.{owner}"), &o.defaults, &o.max));
+        }
+        for (at, defaults, max) in all {
+            for (kind, limits) in [("defaults", defaults), ("max", max)] {
+                for (field, value) in limits.fields() {
+                    if let Some(v) = value {
+                        match humantime::parse_duration(v) {
+                            Ok(d) if !d.is_zero() => {}
+                            _ => {
+                                return Err(format!(
+                                    "{at}.{kind}.{field}: not a positive duration such as 15m"
+                                ))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills the owner's defaults into `lifecycle` and refuses what is above its maxima.
+    fn admit(&self, owner: &str, lifecycle: &mut crate::agent::Lifecycle) -> Result<(), Refusal> {
+        let mine = self.owners.get(owner);
+        let pick = |f: Field, defaults: bool| {
+            let (general, own) = if defaults {
+                (&self.defaults, mine.map(|o| &o.defaults))
+            } else {
+                (&self.max, mine.map(|o| &o.max))
+            };
+            own.and_then(|o| f(o).clone())
+                .or_else(|| f(general).clone())
+        };
+        let fields: [(&str, Field, &mut Option<String>); 2] = [
+            (
+                "idleTimeout",
+                |l| &l.idle_timeout,
+                &mut lifecycle.idle_timeout,
+            ),
+            (
+                "ttlAfterFinished",
+                |l| &l.ttl_after_finished,
+                &mut lifecycle.ttl_after_finished,
+            ),
+        ];
+        for (field, get, value) in fields {
+            if value.is_none() {
+                *value = pick(get, true);
+            }
+            if let (Some(v), Some(max)) = (value.as_deref(), pick(get, false)) {
+                let long =
+                    |t: &str| humantime::parse_duration(t).unwrap_or(std::time::Duration::MAX);
+                if long(v) > long(&max) {
+                    let rule = if mine.is_some_and(|o| get(&o.max).is_some()) {
+                        format!("lifecycle.owners.{owner}.max.{field}")
+                    } else {
+                        format!("lifecycle.max.{field}")
+                    };
+                    return Err(Refusal::invalid(
+                        &rule,
+                        &format!("spec.lifecycle.{field}"),
+                        format!("is above the maximum of {max}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -150,6 +264,7 @@ impl Default for Policy {
             quota: Quota::default(),
             capabilities: Capabilities::default(),
             env: EnvLimits::default(),
+            lifecycle: LifecyclePolicy::default(),
             gitops: GitOps::default(),
             patterns: None,
         }
@@ -369,6 +484,7 @@ impl Policy {
             normalize_cap(c)
                 .ok_or_else(|| format!("capabilities.allow: unknown capability {c:?}"))?;
         }
+        self.lifecycle.check()?;
         crate::agent::validate_name(&self.gitops.owner)
             .map_err(|e| format!("gitops.owner: {e}"))?;
         for o in &self.gitops.allow_owners {
@@ -386,8 +502,10 @@ impl Policy {
         others: &[&Agent],
         env_from: &BTreeMap<String, String>,
     ) -> Result<(), Refusal> {
+        let owner = agent.metadata.owner.clone().unwrap_or_default();
         let spec = &mut agent.spec;
         self.admit_image(&spec.image)?;
+        self.lifecycle.admit(&owner, &mut spec.lifecycle)?;
 
         let r = &mut spec.resources;
         if r.memory.is_none() {
@@ -692,6 +810,41 @@ mod tests {
         assert_eq!(rule(admit(&p, &mut big, &[])), "max.memory");
         let mut fast = agent(serde_json::json!({"image": "x", "resources": {"cpus": 2}}));
         assert_eq!(rule(admit(&p, &mut fast, &[])), "max.cpus");
+    }
+
+    #[test]
+    fn lifecycle_defaults_and_maxima_are_per_owner_where_given() {
+        let p = policy(
+            "lifecycle:\n  defaults: {idleTimeout: 30m, ttlAfterFinished: 1h}\n  max: {idleTimeout: 8h}\n  owners:\n    sol: {defaults: {idleTimeout: 15m}, max: {idleTimeout: 1h}}\n",
+        );
+        let mut a = agent(serde_json::json!({"image": "x"}));
+        admit(&p, &mut a, &[]).unwrap();
+        assert_eq!(
+            a.spec.lifecycle.idle_timeout.as_deref(),
+            Some("15m"),
+            "sol's own"
+        );
+        assert_eq!(
+            a.spec.lifecycle.ttl_after_finished.as_deref(),
+            Some("1h"),
+            "the general one"
+        );
+        let mut long = agent(serde_json::json!({"image": "x", "lifecycle": {"idleTimeout": "2h"}}));
+        assert_eq!(
+            rule(admit(&p, &mut long, &[])),
+            "lifecycle.owners.sol.max.idleTimeout"
+        );
+        let mut bob = agent(serde_json::json!({"image": "x", "lifecycle": {"idleTimeout": "2h"}}));
+        bob.metadata.owner = Some("bob".into());
+        admit(&p, &mut bob, &[]).unwrap();
+        let mut bob = agent(serde_json::json!({"image": "x", "lifecycle": {"idleTimeout": "9h"}}));
+        bob.metadata.owner = Some("bob".into());
+        assert_eq!(rule(admit(&p, &mut bob, &[])), "lifecycle.max.idleTimeout");
+        assert!(
+            Policy::from_yaml("lifecycle: {defaults: {idleTimeout: soon}}")
+                .unwrap_err()
+                .contains("lifecycle.defaults.idleTimeout")
+        );
     }
 
     #[test]

@@ -117,6 +117,37 @@ pub struct AgentSpec {
     /// Delete the agent this long after its creation (humantime, e.g. `2h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+    /// When Hive stops an idle agent, and deletes a finished one.
+    #[serde(default, skip_serializing_if = "Lifecycle::is_empty")]
+    pub lifecycle: Lifecycle,
+}
+
+/// `spec.lifecycle`: durations in humantime (`90s`, `15m`, `2h`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Lifecycle {
+    /// Stop the agent (its volumes kept) after this long without activity: no write or
+    /// action on it, no `touch`, and no work of its own (CPU time) since the last look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+    /// Delete the agent this long after it finished (phase Succeeded or Failed, as
+    /// Kubernetes Jobs' `ttlSecondsAfterFinished`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_after_finished: Option<String>,
+}
+
+impl Lifecycle {
+    pub fn is_empty(&self) -> bool {
+        self.idle_timeout.is_none() && self.ttl_after_finished.is_none()
+    }
+
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        humantime::parse_duration(self.idle_timeout.as_deref()?).ok()
+    }
+
+    pub fn ttl_after_finished(&self) -> Option<std::time::Duration> {
+        humantime::parse_duration(self.ttl_after_finished.as_deref()?).ok()
+    }
 }
 
 /// One entry of `spec.envFrom`.
@@ -261,9 +292,18 @@ pub struct AgentStatus {
     /// RFC 3339 time the phase last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
-    /// RFC 3339 time `spec.ttl` runs out and the agent is deleted.
+    /// RFC 3339 time the agent is deleted: `spec.ttl` running out, or
+    /// `spec.lifecycle.ttlAfterFinished` after it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// RFC 3339 time Hive stops it for idleness if nothing happens before
+    /// (`spec.lifecycle.idleTimeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stops_at: Option<String>,
+    /// RFC 3339 time Hive stopped it for idleness; `start` (or any write, action or
+    /// touch) resumes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<String>,
     /// Ready and Progressing, in the Kubernetes shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -4,6 +4,10 @@
 use super::quantity::{parse_cpus, parse_memory};
 use super::{Agent, AgentSpec, Invalid, API_VERSION, KIND};
 
+/// The longest `spec.lifecycle` duration: past it, a deadline would overflow nothing but
+/// serve no one.
+const MAX_LIFECYCLE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 impl Agent {
     /// Checks everything a client controls. Server-owned fields are not looked at.
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -120,6 +124,25 @@ impl AgentSpec {
                         "spec.ttl",
                         "is not a positive duration such as 30m or 2h",
                     ))
+                }
+            }
+        }
+        for (field, value) in [
+            ("spec.lifecycle.idleTimeout", &self.lifecycle.idle_timeout),
+            (
+                "spec.lifecycle.ttlAfterFinished",
+                &self.lifecycle.ttl_after_finished,
+            ),
+        ] {
+            if let Some(text) = value {
+                match humantime::parse_duration(text) {
+                    Ok(d) if !d.is_zero() && d <= MAX_LIFECYCLE => {}
+                    _ => {
+                        return Err(Invalid::new(
+                            field,
+                            "is not a positive duration such as 90s, 15m or 2h (at most 365d)",
+                        ))
+                    }
                 }
             }
         }

@@ -197,6 +197,8 @@ pub enum Action {
     Start,
     Stop,
     Restart,
+    /// A heartbeat: the agent is active (one stopped for idleness resumes).
+    Touch,
 }
 
 impl From<Action> for ServiceAction {
@@ -205,6 +207,7 @@ impl From<Action> for ServiceAction {
             Action::Start => ServiceAction::Start,
             Action::Stop => ServiceAction::Stop,
             Action::Restart => ServiceAction::Restart,
+            Action::Touch => ServiceAction::Touch,
         }
     }
 }
@@ -212,7 +215,8 @@ impl From<Action> for ServiceAction {
 #[utoipa::path(post, path = "/v1/agents/{name}/action", tag = "agents", params(("name" = String, Path)), request_body = ActionRequest,
     responses((status = 202, body = Agent), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `POST /v1/agents/{name}/action`: start and stop set spec.state; restart asks for
-/// one restart of the container.
+/// one restart of the container; touch says the agent is active. Each is activity: an
+/// agent stopped for idleness resumes.
 pub async fn action(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,

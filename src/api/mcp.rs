@@ -300,6 +300,17 @@ impl HiveTools {
         self.act(ctx, &args.name, Action::Stop).await
     }
 
+    #[tool(
+        description = "Say an agent is active (a heartbeat): its idle clock (spec.lifecycle.idleTimeout) starts again, and an agent Hive stopped for idleness resumes."
+    )]
+    async fn touch_agent(
+        &self,
+        Parameters(args): Parameters<NameArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.act(ctx, &args.name, Action::Touch).await
+    }
+
     #[tool(description = "Restart an agent's container once.")]
     async fn restart_agent(
         &self,
@@ -466,6 +477,6 @@ impl HiveTools {
 #[tool_handler(
     router = self.tool_router,
     name = "hive",
-    instructions = "Hive runs AI agents in containers, declaratively. Declare agents with apply_agents (Agent documents: apiVersion hive/v1, kind Agent, metadata.name, spec.image, spec.command, spec.env, spec.envFrom secrets, spec.state Running|Stopped); watch them with get_agent, list_agents, agent_events, agent_logs and wait_agent; change them with start_agent, stop_agent, restart_agent and delete_agent. Every agent is reachable by its name on the agents' network."
+    instructions = "Hive runs AI agents in containers, declaratively. Declare agents with apply_agents (Agent documents: apiVersion hive/v1, kind Agent, metadata.name, spec.image, spec.command, spec.env, spec.envFrom secrets, spec.state Running|Stopped); watch them with get_agent, list_agents, agent_events, agent_logs and wait_agent; change them with start_agent, stop_agent, restart_agent, touch_agent and delete_agent. Every agent is reachable by its name on the agents' network."
 )]
 impl ServerHandler for HiveTools {}

@@ -1,4 +1,4 @@
-//! `hive start|stop|restart NAME`.
+//! `hive start|stop|restart|touch NAME`.
 
 use reqwest::Method;
 use serde_json::json;

@@ -1,5 +1,5 @@
 //! The `hive` command line's client commands (apply, get, describe, delete, start, stop,
-//! restart, logs, wait, secret, health, and the `mcp` stdio bridge), kubectl-like, all over the HTTP API: one file per command,
+//! restart, touch, logs, wait, secret, health, and the `mcp` stdio bridge), kubectl-like, all over the HTTP API: one file per command,
 //! the rendering in [`render`], on the typed [`Agent`](crate::agent::Agent). Each failure
 //! prints one line saying what failed and what to do, and exits non-zero.
 
@@ -79,6 +79,8 @@ pub enum ClientCommand {
     Stop { name: String },
     /// Restart an agent's container once.
     Restart { name: String },
+    /// Say an agent is active: its idle clock starts again (one stopped for idleness resumes).
+    Touch { name: String },
     /// Print an agent's output.
     Logs {
         name: String,
@@ -168,6 +170,7 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
         ClientCommand::Start { name } => action::action(&client, &name, "start").await,
         ClientCommand::Stop { name } => action::action(&client, &name, "stop").await,
         ClientCommand::Restart { name } => action::action(&client, &name, "restart").await,
+        ClientCommand::Touch { name } => action::action(&client, &name, "touch").await,
         ClientCommand::Logs {
             name,
             follow,

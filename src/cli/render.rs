@@ -4,12 +4,13 @@
 use crate::agent::{Agent, DesiredState};
 use crate::store::Event;
 
-/// Agents as an aligned table (`-o wide` adds the owner, generations and message).
+/// Agents as an aligned table (`-o wide` adds the owner, generations, when Hive stops or
+/// deletes it, and the message).
 pub fn table(items: &[Agent], wide: bool) -> String {
     let mut rows = vec![{
         let mut h = vec!["NAME", "STATE", "PHASE", "IMAGE", "RESTARTS", "AGE"];
         if wide {
-            h.extend(["OWNER", "GENERATION", "MESSAGE"]);
+            h.extend(["OWNER", "GENERATION", "STOPS-AT", "EXPIRES-AT", "MESSAGE"]);
         }
         h.into_iter().map(String::from).collect::<Vec<_>>()
     }];
@@ -28,6 +29,8 @@ pub fn table(items: &[Agent], wide: bool) -> String {
                 "{}/{}",
                 a.status.observed_generation, a.metadata.generation
             ));
+            row.push(a.status.stops_at.clone().unwrap_or_else(|| "-".into()));
+            row.push(a.status.expires_at.clone().unwrap_or_else(|| "-".into()));
             row.push(a.status.message.clone().unwrap_or_default());
         }
         rows.push(row);
@@ -126,6 +129,12 @@ pub fn describe(a: &Agent, events: &[Event]) -> String {
     out += &format!("  Restarts:   {}\n", st.restart_count);
     if let Some(t) = &st.expires_at {
         out += &format!("  Expires:    {t}\n");
+    }
+    if let Some(t) = &st.stops_at {
+        out += &format!("  Stops at:   {t} (idle)\n");
+    }
+    if let Some(t) = &st.idle_since {
+        out += &format!("  Idle since: {t}\n");
     }
     for c in &st.conditions {
         out += &format!(

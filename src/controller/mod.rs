@@ -70,9 +70,15 @@ pub struct Handle {
     resync: Arc<Notify>,
     /// Containers of this instance from other stores, as of the last resync.
     foreign: Arc<std::sync::Mutex<Vec<ForeignContainer>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Handle {
+    /// Counts an idle agent woken by a client.
+    pub fn resumed(&self) {
+        self.metrics.resumed.inc();
+    }
+
     /// Asks for a reconcile of one agent.
     pub fn enqueue(&self, name: &str) {
         // Fails only once the runtime has stopped, when there is nothing left to wake.
@@ -110,6 +116,7 @@ impl Controller {
         settings: Settings,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let handle_metrics = metrics.clone();
         Controller {
             ctx: Context {
                 ownership: Ownership {
@@ -128,6 +135,7 @@ impl Controller {
                 tx,
                 resync: Arc::new(Notify::new()),
                 foreign: Default::default(),
+                metrics: handle_metrics,
             },
             rx,
         }

@@ -77,14 +77,18 @@ fn phase_of(agent: &Agent, state: RunState) -> (Phase, Option<String>) {
 /// workloads of it in a listing (`hash`: its workload's hash, None when it has none to
 /// run, such as a missing secret, which a pass already reported).
 pub fn needs_pass(record: &Record, hash: Option<&str>, mine: &[Observed]) -> bool {
-    let agent = &record.agent;
-    if agent.is_terminating()
-        || agent
-            .expires_at()
-            .is_some_and(|t| t <= time::OffsetDateTime::now_utc())
+    let now = time::OffsetDateTime::now_utc();
+    let due = |t: Option<time::OffsetDateTime>| t.is_some_and(|t| t <= now);
+    if record.agent.is_terminating()
+        || due(record.agent.expires_at())
+        || due(record.idle_deadline())
+        || due(record.finished_deadline())
     {
         return true;
     }
+    // An agent stopped for idleness is settled when its workload is stopped.
+    let record = record.effective();
+    let agent = &record.agent;
     let Some(hash) = hash else { return false };
     let status = &agent.status;
     if status.observed_generation != agent.metadata.generation {

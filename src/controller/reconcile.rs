@@ -84,7 +84,43 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
             return finish_deletion(record, ctx).await;
         }
     }
-    let want = match workload(&record, &ctx.store, &ctx.policy) {
+    // spec.lifecycle.ttlAfterFinished: a finished agent goes this long after it finished.
+    let now = time::OffsetDateTime::now_utc();
+    if let Some(at) = record.finished_deadline() {
+        if at > now {
+            requeue = sooner(requeue, at - now);
+        } else {
+            let mut events = Events::default();
+            events.note(
+                Reason::Expired,
+                format!(
+                    "finished (phase {:?}) and spec.lifecycle.ttlAfterFinished ({}) ran out; deleting the agent",
+                    record.agent.status.phase,
+                    record.agent.spec.lifecycle.ttl_after_finished.clone().unwrap_or_default()
+                ),
+            );
+            events.record(ctx, Some(&record));
+            record = ctx.store.mark_deleted(name)?;
+            return finish_deletion(record, ctx).await;
+        }
+    }
+    // spec.lifecycle.idleTimeout: at the deadline, one look at the container's own work.
+    if let Some(at) = record.idle_deadline() {
+        if at > now {
+            requeue = sooner(requeue, at - now);
+        } else {
+            if let Some(again) = idle_check(ctx, &record).await? {
+                requeue = sooner(requeue, again.try_into().unwrap_or(time::Duration::MAX));
+            }
+            let Some(fresh) = ctx.store.get(name)? else {
+                return Ok(Action::AwaitChange);
+            };
+            record = fresh;
+        }
+    }
+    // An agent stopped for idleness runs as Stopped until something wakes it.
+    let effective = record.effective().into_owned();
+    let want = match workload(&effective, &ctx.store, &ctx.policy) {
         Ok(w) => w,
         Err(invalid) => {
             // A missing secret, or one grown past the env limits. Writing the secret wakes
@@ -118,19 +154,60 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
             internal.repairs = if created { 0 } else { internal.repairs } + repairs;
             // A restart asked for while the agent is stopped, or carried out now, is done.
             internal.restarts_done = internal.restarts_requested;
-            let o = outcome(&record.agent, &applied);
+            let o = outcome(&effective.agent, &applied);
             let agent = &record.agent;
+            // An agent with an idle timeout: its container's CPU time is read once when
+            // it starts, so that what the idle check compares against excludes start-up.
+            let baseline = (agent.spec.lifecycle.idle_timeout.is_some()
+                && o.phase == Phase::Running)
+                .then(|| o.container_id.clone())
+                .flatten()
+                .filter(|id| {
+                    record
+                        .internal
+                        .cpu_seen
+                        .as_ref()
+                        .is_none_or(|(seen, _)| seen != id)
+                });
+            let rfc3339 = |t: time::OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            };
+            // Finished (now or before): deleted spec.lifecycle.ttlAfterFinished after the
+            // phase was reached.
+            let finished = agent
+                .spec
+                .lifecycle
+                .ttl_after_finished()
+                .filter(|_| matches!(o.phase, Phase::Succeeded | Phase::Failed))
+                .and_then(|ttl| {
+                    let since = if agent.status.phase == o.phase {
+                        time::OffsetDateTime::parse(
+                            agent.status.last_transition_time.as_deref()?,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()?
+                    } else {
+                        time::OffsetDateTime::now_utc()
+                    };
+                    Some(since + ttl)
+                });
+            let idle_message = record.internal.idle_since.as_ref().map(|_| {
+                format!(
+                    "stopped after {} without activity (spec.lifecycle.idleTimeout); start or touch it to resume",
+                    agent.spec.lifecycle.idle_timeout.clone().unwrap_or_default()
+                )
+            });
             let status = AgentStatus {
                 phase: o.phase,
                 observed_generation: agent.metadata.generation,
                 container_id: o.container_id,
                 restart_count: o.engine_restarts + internal.repairs,
-                message: o.message,
+                message: idle_message.or(o.message),
                 last_transition_time: None,
-                expires_at: agent.expires_at().and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                }),
+                expires_at: agent.expires_at().or(finished).and_then(rfc3339),
+                stops_at: record.idle_deadline().and_then(rfc3339),
+                idle_since: record.internal.idle_since.clone(),
                 conditions: Vec::new(),
             };
             let status = with_conditions(&agent.status.conditions, status, None);
@@ -145,6 +222,15 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
                 status,
                 internal,
             )?;
+            if let Some(at) = finished {
+                requeue = sooner(requeue, at - time::OffsetDateTime::now_utc());
+            }
+            if let Some(id) = baseline {
+                if let Some(cpu) = ctx.orchestrator.cpu_time(&id).await? {
+                    let uid = agent.metadata.uid.unwrap_or_default();
+                    ctx.store.set_cpu_baseline(name, uid, &id, cpu)?;
+                }
+            }
             Ok(requeue)
         }
         Err(OrchestratorError::ImageMissing { image }) => {
@@ -179,6 +265,62 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
         }
         Err(e) => fail(ctx, &record, e),
     }
+}
+
+/// The sooner of two wake-ups (a deadline already past wakes at once).
+fn sooner(requeue: Action, left: time::Duration) -> Action {
+    let left = Duration::try_from(left).unwrap_or_default();
+    match requeue {
+        Action::Requeue(d) if d <= left => requeue,
+        _ => Action::Requeue(left),
+    }
+}
+
+/// CPU time a container must have used since the last look to count as working: more
+/// than its own start-up and an init's housekeeping, less than any real work.
+const WORK_CPU_NS: u64 = 20_000_000;
+
+/// The idle deadline passed with no write, action or touch: one read of the container's
+/// CPU time says whether it worked on its own since the last look (an agent busy with
+/// outbound calls is not idle). Worked: the clock starts again (the wait until the next
+/// deadline is returned). Did not: the agent is marked idle, and the pass stops it.
+async fn idle_check(ctx: &Context, record: &Record) -> Result<Option<Duration>, ReconcileError> {
+    let name = &record.agent.metadata.name;
+    let uid = record.agent.metadata.uid.unwrap_or_default();
+    let timeout = record
+        .agent
+        .spec
+        .lifecycle
+        .idle_timeout()
+        .unwrap_or_default();
+    if let Some(id) = record.agent.status.container_id.as_deref() {
+        if let Some(cpu) = ctx.orchestrator.cpu_time(id).await? {
+            let seen = match &record.internal.cpu_seen {
+                Some((container, ns)) if container == id => *ns,
+                _ => 0,
+            };
+            if cpu > seen.saturating_add(WORK_CPU_NS) {
+                ctx.store.note_work(name, uid, id, cpu)?;
+                return Ok(Some(timeout));
+            }
+        }
+    }
+    if ctx
+        .store
+        .mark_idle(name, uid, record.internal.last_activity.as_deref())?
+    {
+        ctx.metrics.idled.inc();
+        let mut events = Events::default();
+        events.note(
+            Reason::Idled,
+            format!(
+                "no activity for {} (spec.lifecycle.idleTimeout): stopping it, its volumes kept; start or touch it to resume",
+                record.agent.spec.lifecycle.idle_timeout.clone().unwrap_or_default()
+            ),
+        );
+        events.record(ctx, Some(record));
+    }
+    Ok(None)
 }
 
 /// The storm guard, asked by the backend right before it makes a workload.

@@ -31,6 +31,8 @@ pub struct FakeOrchestrator {
     /// Pulls in flight now, and the most ever seen at once.
     pulls: AtomicUsize,
     pub max_pulls: AtomicUsize,
+    /// The CPU time every running workload reports.
+    pub cpu_ns: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -360,6 +362,17 @@ impl Orchestrator for FakeOrchestrator {
 
     async fn remove_volumes(&self, _agent: &str, _uid: Uuid) -> Result<(), OrchestratorError> {
         Ok(())
+    }
+
+    async fn cpu_time(&self, id: &str) -> Result<Option<u64>, OrchestratorError> {
+        let running = self
+            .state
+            .lock()
+            .unwrap()
+            .workloads
+            .values()
+            .any(|w| w.id == id && w.state == RunState::Running);
+        Ok(running.then(|| self.cpu_ns.load(Ordering::SeqCst)))
     }
 
     async fn pull(&self, image: &str) -> Result<(), OrchestratorError> {

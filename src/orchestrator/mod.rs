@@ -408,6 +408,9 @@ pub trait Orchestrator: Send + Sync + 'static {
     async fn remove_volumes(&self, agent: &str, uid: Uuid) -> Result<(), OrchestratorError>;
     /// Pulls an image onto the engine.
     async fn pull(&self, image: &str) -> Result<(), OrchestratorError>;
+    /// The CPU time (ns) a workload has used since it started; None when it is not
+    /// running. One read, for the idle check; never polled.
+    async fn cpu_time(&self, id: &str) -> Result<Option<u64>, OrchestratorError>;
     /// A workload's output, stdout and stderr interleaved.
     fn logs(
         &self,

@@ -60,6 +60,8 @@ pub enum Action {
     Stop,
     /// Restart its workload once.
     Restart,
+    /// A heartbeat: it is active (an agent stopped for idleness resumes).
+    Touch,
 }
 
 impl Action {
@@ -68,6 +70,7 @@ impl Action {
             Action::Start => "start",
             Action::Stop => "stop",
             Action::Restart => "restart",
+            Action::Touch => "touch",
         }
     }
 }
@@ -260,7 +263,21 @@ impl Service {
         result
     }
 
-    /// Start, stop or restart an agent.
+    /// Notes an agent stopped for idleness that `what` woke: an event, and the count.
+    pub(super) fn resumed(&self, record: &Record, what: &str) {
+        self.controller.resumed();
+        let _ = self.store.record_event(
+            &record.agent.metadata.name,
+            crate::store::NewEvent {
+                kind: "Normal",
+                reason: "Resumed",
+                message: format!("woken from idleness by a {what}; starting it again"),
+                generation: record.agent.metadata.generation,
+            },
+        );
+    }
+
+    /// Start, stop, restart or touch an agent.
     pub async fn act(
         &self,
         who: &Principal,
@@ -271,9 +288,10 @@ impl Service {
             self.writable()?;
             let current = self.visible(who, name)?;
             require_write(who, &format!("{} agents", action.verb()))?;
-            let record = match action {
+            let (record, woke) = match action {
                 Action::Start => self.store.set_state(name, DesiredState::Running)?,
                 Action::Stop => self.store.set_state(name, DesiredState::Stopped)?,
+                Action::Touch => self.store.touch(name)?,
                 Action::Restart => {
                     if current.agent.spec.state == DesiredState::Stopped {
                         return Err(ServiceError::Conflict {
@@ -284,6 +302,9 @@ impl Service {
                     self.store.request_restart(name)?
                 }
             };
+            if woke {
+                self.resumed(&record, action.verb());
+            }
             self.commit(&[name]).await?;
             Ok(record.agent)
         }

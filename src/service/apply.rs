@@ -168,7 +168,13 @@ impl Service {
                 });
                 continue;
             }
+            let was_idle = existing
+                .as_ref()
+                .is_some_and(|r| r.internal.idle_since.is_some());
             let (record, applied) = self.store.apply(agent, take_over.as_deref())?;
+            if was_idle && applied == Applied::Updated && record.internal.idle_since.is_none() {
+                self.resumed(&record, "change of its manifest");
+            }
             if let Some(from) = &take_over {
                 tracing::warn!(agent = %name, previous_owner = %from, "an admin took over another owner's agent");
             }

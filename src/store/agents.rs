@@ -26,6 +26,69 @@ pub struct Internal {
     pub restarts_done: u64,
     /// Times Hive itself started the current container after it had exited.
     pub repairs: u64,
+    /// RFC 3339 time of the agent's last activity: a write or action on it, a touch, or
+    /// work of its own that Hive saw (None: its creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<String>,
+    /// RFC 3339 time Hive stopped it for idleness (None: it is not idle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<String>,
+    /// The CPU time (ns) its container had used when Hive last looked, and which container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seen: Option<(String, u64)>,
+}
+
+impl Record {
+    /// The record as the controller converges it: an agent Hive stopped for idleness
+    /// runs as Stopped, whatever its spec declares, until something wakes it.
+    pub fn effective(&self) -> std::borrow::Cow<'_, Record> {
+        if self.internal.idle_since.is_some() && self.agent.spec.state == DesiredState::Running {
+            let mut r = self.clone();
+            r.agent.spec.state = DesiredState::Stopped;
+            std::borrow::Cow::Owned(r)
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
+
+    /// When Hive stops it for idleness if nothing happens before: declared Running, not
+    /// idle already, with `spec.lifecycle.idleTimeout`.
+    pub fn idle_deadline(&self) -> Option<time::OffsetDateTime> {
+        let timeout = self.agent.spec.lifecycle.idle_timeout()?;
+        if self.agent.spec.state != DesiredState::Running || self.internal.idle_since.is_some() {
+            return None;
+        }
+        let since = self.internal.last_activity.as_deref().or(self
+            .agent
+            .metadata
+            .creation_timestamp
+            .as_deref())?;
+        Some(parse_time(since)? + timeout)
+    }
+
+    /// When it is deleted for having finished (`spec.lifecycle.ttlAfterFinished`): its
+    /// phase Succeeded or Failed, for the generation it runs, since the phase was reached.
+    pub fn finished_deadline(&self) -> Option<time::OffsetDateTime> {
+        let ttl = self.agent.spec.lifecycle.ttl_after_finished()?;
+        let status = &self.agent.status;
+        let finished = matches!(status.phase, Phase::Succeeded | Phase::Failed)
+            && status.observed_generation == self.agent.metadata.generation;
+        if !finished {
+            return None;
+        }
+        Some(parse_time(status.last_transition_time.as_deref()?)? + ttl)
+    }
+}
+
+fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// What a write that counts as activity does to the bookkeeping: the idle clock starts
+/// again, and an idle agent wakes. True when it woke one.
+fn note_activity(r: &mut Record) -> bool {
+    r.internal.last_activity = Some(now_rfc3339());
+    r.internal.idle_since.take().is_some()
 }
 
 impl Store {
@@ -100,6 +163,7 @@ impl Store {
                 return Ok(Change::Keep(Applied::Unchanged));
             }
             let mut r = old.clone();
+            note_activity(&mut r);
             r.agent.metadata.labels = agent.metadata.labels;
             r.agent.metadata.annotations = agent.metadata.annotations;
             if spec_changed {
@@ -114,24 +178,108 @@ impl Store {
         Ok((r.expect("apply leaves a record"), applied))
     }
 
-    /// Sets spec.state (the start and stop actions); a change bumps the generation.
-    pub fn set_state(&self, name: &str, state: DesiredState) -> Result<Record, StoreError> {
+    /// Sets spec.state (the start and stop actions); a change bumps the generation. Either
+    /// counts as activity: `start` resumes an agent stopped for idleness.
+    pub fn set_state(&self, name: &str, state: DesiredState) -> Result<(Record, bool), StoreError> {
         self.change_existing(name, |r| {
-            if r.agent.spec.state == state {
-                return false;
+            let woke = note_activity(r);
+            if r.agent.spec.state != state {
+                r.agent.spec.state = state;
+                r.agent.metadata.generation += 1;
             }
-            r.agent.spec.state = state;
-            r.agent.metadata.generation += 1;
-            true
+            (true, woke)
         })
     }
 
-    /// Records a request to restart the agent's container once.
-    pub fn request_restart(&self, name: &str) -> Result<Record, StoreError> {
+    /// Records a request to restart the agent's container once (activity, too).
+    pub fn request_restart(&self, name: &str) -> Result<(Record, bool), StoreError> {
         self.change_existing(name, |r| {
+            let woke = note_activity(r);
             r.internal.restarts_requested += 1;
-            true
+            (true, woke)
         })
+    }
+
+    /// A heartbeat: the agent is active now (an idle one wakes).
+    pub fn touch(&self, name: &str) -> Result<(Record, bool), StoreError> {
+        self.change_existing(name, |r| {
+            let woke = note_activity(r);
+            (true, woke)
+        })
+    }
+
+    /// Marks the agent idle, if it is still the one observed and nothing happened since
+    /// the pass looked (`last_activity` as it read it). True when it did.
+    pub fn mark_idle(
+        &self,
+        name: &str,
+        uid: Uuid,
+        last_activity: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (_, marked) = self.mutate(name, |old| {
+            let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
+                return Ok(Change::Keep(false));
+            };
+            if old.internal.last_activity.as_deref() != last_activity
+                || old.internal.idle_since.is_some()
+                || old.agent.is_terminating()
+            {
+                return Ok(Change::Keep(false));
+            }
+            let mut r = old.clone();
+            r.internal.idle_since = Some(now_rfc3339());
+            Ok(Change::Put(Box::new(r), true))
+        })?;
+        Ok(marked)
+    }
+
+    /// Records the CPU time a container of the agent had used when Hive first saw it run:
+    /// what the idle check compares against (not activity).
+    pub fn set_cpu_baseline(
+        &self,
+        name: &str,
+        uid: Uuid,
+        container: &str,
+        cpu_ns: u64,
+    ) -> Result<(), StoreError> {
+        self.mutate(name, |old| {
+            let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
+                return Ok(Change::Keep(()));
+            };
+            if old
+                .internal
+                .cpu_seen
+                .as_ref()
+                .is_some_and(|(c, _)| c == container)
+            {
+                return Ok(Change::Keep(()));
+            }
+            let mut r = old.clone();
+            r.internal.cpu_seen = Some((container.to_string(), cpu_ns));
+            Ok(Change::Put(Box::new(r), ()))
+        })?;
+        Ok(())
+    }
+
+    /// Records work the agent's container did on its own (its CPU time went up): it is
+    /// active now.
+    pub fn note_work(
+        &self,
+        name: &str,
+        uid: Uuid,
+        container: &str,
+        cpu_ns: u64,
+    ) -> Result<(), StoreError> {
+        self.mutate(name, |old| {
+            let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
+                return Ok(Change::Keep(()));
+            };
+            let mut r = old.clone();
+            r.internal.last_activity = Some(now_rfc3339());
+            r.internal.cpu_seen = Some((container.to_string(), cpu_ns));
+            Ok(Change::Put(Box::new(r), ()))
+        })?;
+        Ok(())
     }
 
     /// Marks the agent for deletion (phase Terminating). Idempotent.
@@ -175,10 +323,15 @@ impl Store {
             };
             // A restart asked for after the pass read the record stays asked for: the pass
             // may only mark as done what it saw requested.
+            // The activity bookkeeping is the writers' and the idle checks': a pass never
+            // moves it.
             let internal = Internal {
                 restarts_requested: old.internal.restarts_requested,
                 restarts_done: internal.restarts_done.min(old.internal.restarts_requested),
                 repairs: internal.repairs,
+                last_activity: old.internal.last_activity.clone(),
+                idle_since: old.internal.idle_since.clone(),
+                cpu_seen: old.internal.cpu_seen.clone(),
             };
             if old.agent.status == status && old.internal == internal {
                 return Ok(Change::Keep(()));
@@ -203,13 +356,14 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `f` to an existing, live agent; `f` says whether it changed anything.
-    fn change_existing(
+    /// Applies `f` to an existing, live agent; `f` says whether it changed anything, and
+    /// what to tell the caller.
+    fn change_existing<T>(
         &self,
         name: &str,
-        f: impl FnOnce(&mut Record) -> bool,
-    ) -> Result<Record, StoreError> {
-        let (r, ()) = self.mutate(name, |old| {
+        f: impl FnOnce(&mut Record) -> (bool, T),
+    ) -> Result<(Record, T), StoreError> {
+        let (r, t) = self.mutate(name, |old| {
             let Some(old) = old else {
                 return Err(StoreError::NotFound(name.to_string()));
             };
@@ -217,13 +371,14 @@ impl Store {
                 return Err(StoreError::Terminating(name.to_string()));
             }
             let mut r = old.clone();
-            Ok(if f(&mut r) {
-                Change::Put(Box::new(r), ())
+            let (changed, t) = f(&mut r);
+            Ok(if changed {
+                Change::Put(Box::new(r), t)
             } else {
-                Change::Keep(())
+                Change::Keep(t)
             })
         })?;
-        Ok(r.expect("an existing record stays"))
+        Ok((r.expect("an existing record stays"), t))
     }
 }
 

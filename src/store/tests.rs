@@ -57,13 +57,14 @@ fn generation_moves_only_with_the_spec_and_versions_with_every_write() {
         updated.agent.metadata.resource_version,
         created.agent.metadata.resource_version
     );
-    let stopped = store.set_state("a", DesiredState::Stopped).unwrap();
+    let (stopped, _) = store.set_state("a", DesiredState::Stopped).unwrap();
     assert_eq!(stopped.agent.metadata.generation, 3);
-    let again = store.set_state("a", DesiredState::Stopped).unwrap();
-    assert_eq!(
-        again.agent.metadata.resource_version,
-        stopped.agent.metadata.resource_version
-    );
+    // Asked again: the spec does not change (nor the generation), but the action counts
+    // as activity (the idle clock starts again), so the record is written.
+    let (again, woke) = store.set_state("a", DesiredState::Stopped).unwrap();
+    assert!(!woke);
+    assert_eq!(again.agent.metadata.generation, 3);
+    assert!(again.internal.last_activity.is_some());
     let mut stale = agent("a");
     stale.metadata.resource_version = created.agent.metadata.resource_version.clone();
     assert!(matches!(

@@ -462,6 +462,17 @@ impl Hive {
             .unwrap()
     }
 
+    /// GET `path` with the admin key, as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// GET /v1/agents with the admin key: the AgentList.
     pub async fn list(&self) -> Value {
         let r = self

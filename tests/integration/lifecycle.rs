@@ -1,6 +1,8 @@
 //! An agent's life on the real engine: created with Hive's labels and confinement,
 //! recreated when its spec changes, stopped, started, restarted, deleted.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -244,5 +246,227 @@ async fn restart_policies_follow_the_exit_code() {
             .unwrap()
             .contains("code 3"),
         "{bad}"
+    );
+}
+
+// --- spec.lifecycle: idle stop, touch, resume, ttlAfterFinished.
+
+/// Seconds since `rfc3339`.
+fn age_of(rfc3339: &str) -> f64 {
+    let t = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    (time::OffsetDateTime::now_utc() - t).as_seconds_f64()
+}
+
+async fn touch(hive: &Hive, name: &str) {
+    let r = hive
+        .post_json(
+            &format!("/v1/agents/{name}/action"),
+            &json!({"action": "touch"}),
+        )
+        .await;
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn an_idle_agent_is_stopped_touch_keeps_it_and_start_resumes_it_with_its_volume() {
+    let hive = Hive::start().await;
+    let spec = "  lifecycle: {idleTimeout: 6s}\n  volumes: [{name: work, mountPath: /work}]\n";
+    let yaml = agent_yaml("napper", spec).replace(
+        "command: [\"/bin/sleep\", \"3600\"]",
+        "command: [sh, -c, \"echo kept > /work/note; exec sleep 3600\"]",
+    );
+    let r = hive.put_yaml("napper", &yaml).await;
+    assert!(r.status().is_success());
+    let running = hive.wait_phase("napper", "Running").await;
+    assert!(running["status"]["stopsAt"].is_string(), "{running}");
+    let container = container_id(&running);
+
+    // Touched every 1.5 s, it keeps running for 12 s (twice its idleTimeout).
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        touch(&hive, "napper").await;
+        let a = hive.get("napper").await.unwrap();
+        assert_eq!(a["status"]["phase"], "Running", "touched, yet: {a}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Left alone, it is stopped within idleTimeout plus one resync (2 s), with its reason.
+    let left = std::time::Instant::now();
+    let idle = wait_for("napper to be stopped for idleness", || async {
+        let a = hive.get("napper").await?;
+        a["status"]["idleSince"].is_string().then_some(a)
+    })
+    .await;
+    let stopped = wait_for("napper's status to say Stopped", || async {
+        let a = hive.get("napper").await?;
+        (a["status"]["phase"] == "Stopped").then_some(a)
+    })
+    .await;
+    assert!(
+        left.elapsed() < Duration::from_secs(6 + 2 + 3),
+        "{:?}",
+        left.elapsed()
+    );
+    assert_eq!(
+        stopped["spec"]["state"], "Running",
+        "the declared state is untouched"
+    );
+    assert!(
+        stopped["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("idleTimeout"),
+        "{stopped}"
+    );
+    assert!(stopped["status"].get("stopsAt").is_none(), "{stopped}");
+    let _ = idle;
+    let c = hive.inspect("napper").await.expect("the container is kept");
+    assert_eq!(c.id.as_deref(), Some(container.as_str()));
+    assert!(!c.state.unwrap().running.unwrap());
+    let events = hive.get_json("/v1/agents/napper/events").await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "Idled"),
+        "{events}"
+    );
+
+    // start resumes it, with its volume and what it wrote there.
+    let r = hive
+        .post_json("/v1/agents/napper/action", &json!({"action": "start"}))
+        .await;
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let resumed = hive.wait_phase("napper", "Running").await;
+    assert!(resumed["status"].get("idleSince").is_none(), "{resumed}");
+    let events = hive.get_json("/v1/agents/napper/events").await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "Resumed"),
+        "{events}"
+    );
+    let out = std::process::Command::new("docker")
+        .args(["exec", &hive.container_name("napper"), "cat", "/work/note"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept");
+    let metrics = hive.get_text("/metrics").await;
+    assert!(metrics.contains("hive_agents_idled_total 1"), "{metrics}");
+    assert!(metrics.contains("hive_agents_resumed_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_idle_deadline_survives_a_restart_of_hive() {
+    let mut hive = Hive::start().await;
+    hive.running("sleeper", "  lifecycle: {idleTimeout: 8s}\n")
+        .await;
+    let before = hive.get("sleeper").await.unwrap()["status"]["stopsAt"].clone();
+    assert!(before.is_string());
+    hive.restart().await;
+    let after = hive.get("sleeper").await.unwrap();
+    assert_eq!(
+        after["status"]["stopsAt"], before,
+        "the deadline comes from stored times"
+    );
+    let stopped = wait_for("sleeper to be stopped for idleness", || async {
+        let a = hive.get("sleeper").await?;
+        (a["status"]["phase"] == "Stopped").then_some(a)
+    })
+    .await;
+    let since = stopped["status"]["idleSince"].as_str().unwrap();
+    // It stopped at the deadline set before the restart (plus a resync), not 8 s after it.
+    let deadline = before.as_str().unwrap();
+    let events = hive.get_json("/v1/agents/sleeper/events").await;
+    assert!(
+        age_of(deadline) - age_of(since) < 3.5,
+        "{deadline} {since} {events:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_agent_is_deleted_ttl_after_finished_later() {
+    let hive = Hive::start().await;
+    let yaml = agent_yaml(
+        "job",
+        "  restartPolicy: Never\n  lifecycle: {ttlAfterFinished: 4s}\n",
+    )
+    .replace(
+        "command: [\"/bin/sleep\", \"3600\"]",
+        "command: [sh, -c, \"exit 0\"]",
+    );
+    let r = hive.put_yaml("job", &yaml).await;
+    assert!(r.status().is_success());
+    let done = hive.wait_phase("job", "Succeeded").await;
+    assert!(done["status"]["expiresAt"].is_string(), "{done}");
+    let finished = std::time::Instant::now();
+    wait_for("the finished job's record to go", || async {
+        hive.get("job").await.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        finished.elapsed() > Duration::from_secs(2),
+        "not before its ttl"
+    );
+    wait_for("the finished job's container to go", || async {
+        hive.inspect("job").await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_lifecycle_durations_are_refused_naming_the_field() {
+    let hive = Hive::start().await;
+    for (field, spec) in [
+        (
+            "spec.lifecycle.idleTimeout",
+            "  lifecycle: {idleTimeout: soon}\n",
+        ),
+        (
+            "spec.lifecycle.ttlAfterFinished",
+            "  lifecycle: {ttlAfterFinished: 0s}\n",
+        ),
+        (
+            "spec.lifecycle.idleTimeout",
+            "  lifecycle: {idleTimeout: \"-5m\"}\n",
+        ),
+    ] {
+        let r = hive.put_yaml("bad", &agent_yaml("bad", spec)).await;
+        assert_eq!(
+            r.status(),
+            reqwest::StatusCode::UNPROCESSABLE_ENTITY,
+            "{spec}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    assert!(hive.get("bad").await.is_none(), "nothing was written");
+}
+
+#[tokio::test]
+async fn an_agent_busy_on_its_own_is_not_idle_without_touches() {
+    let hive = Hive::start().await;
+    // Works a little every second (as an agent waiting on outbound calls does), never touched.
+    let yaml = agent_yaml("worker", "  lifecycle: {idleTimeout: 3s}\n").replace(
+        "command: [\"/bin/sleep\", \"3600\"]",
+        "command: [sh, -c, \"while true; do i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1; done\"]",
+    );
+    assert!(hive.put_yaml("worker", &yaml).await.status().is_success());
+    hive.wait_phase("worker", "Running").await;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let a = hive.get("worker").await.unwrap();
+        assert_eq!(a["status"]["phase"], "Running", "working, yet: {a}");
+        assert!(a["status"].get("idleSince").is_none(), "{a}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Its deadline moved with its work.
+    let a = hive.get("worker").await.unwrap();
+    assert!(
+        age_of(a["status"]["stopsAt"].as_str().unwrap()) < 0.0,
+        "{a}"
     );
 }

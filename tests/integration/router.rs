@@ -996,7 +996,7 @@ impl TestApp {
 }
 
 /// Every MCP tool, by the name clients and prompts rely on.
-const MCP_TOOLS: [&str; 10] = [
+const MCP_TOOLS: [&str; 11] = [
     "agent_events",
     "agent_logs",
     "apply_agents",
@@ -1006,6 +1006,7 @@ const MCP_TOOLS: [&str; 10] = [
     "restart_agent",
     "start_agent",
     "stop_agent",
+    "touch_agent",
     "wait_agent",
 ];
 
@@ -1145,6 +1146,19 @@ async fn mcp_tools_act_through_the_service_with_its_owners_roles_and_audit() {
         !t.tool(&t.sol, "restart_agent", json!({"name": "m1"}))
             .await
             .is_error
+    );
+    assert!(
+        !t.tool(&t.sol, "touch_agent", json!({"name": "m1"}))
+            .await
+            .is_error
+    );
+    let r = t
+        .tool(&t.viewer, "touch_agent", json!({"name": "m1"}))
+        .await;
+    assert_eq!(
+        r.json["error"]["code"], "forbidden",
+        "a touch is a write: {}",
+        r.text
     );
     // No container yet (nothing reconciles here): the API's answer, as a refusal.
     let r = t

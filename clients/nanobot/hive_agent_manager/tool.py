@@ -17,7 +17,7 @@ DEFAULT_IMAGE = os.environ.get("HIVE_AGENT_IMAGE", "nanobot:latest")
 #: How Sol's sub-agents have always been started.
 DEFAULT_COMMAND = ["nanobot", "gateway", "--port", "18793"]
 
-ACTIONS = ["create", "start", "stop", "restart", "remove", "list", "status", "info", "logs"]
+ACTIONS = ["create", "start", "stop", "restart", "touch", "remove", "list", "status", "info", "logs"]
 
 
 class AgentManagerTool(Tool):
@@ -42,8 +42,9 @@ class AgentManagerTool(Tool):
         return (
             "Create and manage sub-agents (each runs in its own container, managed by Hive). "
             "Actions: create (declare an agent; repeating it is harmless), list, status/info, "
-            "start, stop, restart, remove, logs. Provider keys go in secrets (secret names), "
-            "never in env."
+            "start, stop, restart, touch (say it is active, so it is not stopped for idleness; "
+            "a stopped idle one resumes), remove, logs. Provider keys go in secrets (secret "
+            "names), never in env."
         )
 
     @property
@@ -91,7 +92,7 @@ class AgentManagerTool(Tool):
                 return f"agent {name} declared (generation {generation}); {_status(agent)}"
             if action in ("status", "info"):
                 return _describe(await self.client.get(name))
-            if action in ("start", "stop", "restart"):
+            if action in ("start", "stop", "restart", "touch"):
                 await self.client.action(name, action)
                 return f"{action} of agent {name} requested; check with action=status"
             if action == "remove":
@@ -164,6 +165,10 @@ def _describe(agent: dict[str, Any]) -> str:
     ]
     if s.get("expiresAt"):
         lines.append(f"expires at {s['expiresAt']}")
+    if s.get("stopsAt"):
+        lines.append(f"stops at {s['stopsAt']} unless it is active or touched")
+    if s.get("idleSince"):
+        lines.append(f"idle since {s['idleSince']}; start or touch it to resume")
     return "\n".join(lines)
 
 

@@ -935,6 +935,26 @@ impl Orchestrator for DockerOrchestrator {
             })
     }
 
+    async fn cpu_time(&self, id: &str) -> Result<Option<u64>, OrchestratorError> {
+        let docker = self.docker().await?;
+        let options = bollard::query_parameters::StatsOptionsBuilder::new()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let stats = docker.stats(id, Some(options)).try_collect::<Vec<_>>();
+        match self
+            .call("read a container's stats", Duration::ZERO, stats)
+            .await?
+        {
+            Ok(stats) => Ok(stats
+                .last()
+                .and_then(|s| s.cpu_stats.as_ref()?.cpu_usage.as_ref()?.total_usage)
+                .filter(|ns| *ns > 0)),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
     async fn remove_volumes(&self, agent: &str, uid: uuid::Uuid) -> Result<(), OrchestratorError> {
         let docker = self.docker().await?;
         let mut filters = self.label_filters(Some(agent));
