@@ -102,11 +102,13 @@ impl LifecyclePolicy {
                 for (field, value) in limits.fields() {
                     if let Some(v) = value {
                         match humantime::parse_duration(v) {
-                            Ok(d) if !d.is_zero() => {}
+                            Ok(d)
+                                if d >= std::time::Duration::from_secs(1)
+                                    && d <= crate::agent::MAX_LIFECYCLE => {}
                             _ => {
                                 return Err(format!(
-                                    "{at}.{kind}.{field}: not a positive duration such as 15m"
-                                ))
+                                "{at}.{kind}.{field}: not a duration such as 15m (from 1s to 365d)"
+                            ))
                             }
                         }
                     }
@@ -140,13 +142,16 @@ impl LifecyclePolicy {
                 &mut lifecycle.ttl_after_finished,
             ),
         ];
+        let long = |t: &str| humantime::parse_duration(t).unwrap_or(std::time::Duration::MAX);
         for (field, get, value) in fields {
             if value.is_none() {
-                *value = pick(get, true);
+                // A default above the maximum that applies is lowered to it.
+                *value = match (pick(get, true), pick(get, false)) {
+                    (Some(d), Some(m)) if long(&d) > long(&m) => Some(m),
+                    (d, _) => d,
+                };
             }
             if let (Some(v), Some(max)) = (value.as_deref(), pick(get, false)) {
-                let long =
-                    |t: &str| humantime::parse_duration(t).unwrap_or(std::time::Duration::MAX);
                 if long(v) > long(&max) {
                     let rule = if mine.is_some_and(|o| get(&o.max).is_some()) {
                         format!("lifecycle.owners.{owner}.max.{field}")

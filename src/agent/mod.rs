@@ -12,6 +12,8 @@ mod quantity;
 mod validate;
 mod wait;
 
+pub(crate) use validate::MAX_LIFECYCLE;
+
 pub use quantity::{parse_cpus, parse_memory};
 pub use validate::{shown_key, validate_env_name, validate_name};
 pub use wait::WaitFor;

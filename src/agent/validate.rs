@@ -6,7 +6,8 @@ use super::{Agent, AgentSpec, Invalid, API_VERSION, KIND};
 
 /// The longest `spec.lifecycle` duration: past it, a deadline would overflow nothing but
 /// serve no one.
-const MAX_LIFECYCLE: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+pub(crate) const MAX_LIFECYCLE: std::time::Duration =
+    std::time::Duration::from_secs(365 * 24 * 3600);
 
 impl Agent {
     /// Checks everything a client controls. Server-owned fields are not looked at.
@@ -136,11 +137,11 @@ impl AgentSpec {
         ] {
             if let Some(text) = value {
                 match humantime::parse_duration(text) {
-                    Ok(d) if !d.is_zero() && d <= MAX_LIFECYCLE => {}
+                    Ok(d) if d >= std::time::Duration::from_secs(1) && d <= MAX_LIFECYCLE => {}
                     _ => {
                         return Err(Invalid::new(
                             field,
-                            "is not a positive duration such as 90s, 15m or 2h (at most 365d)",
+                            "is not a duration such as 90s, 15m or 2h (from 1s to 365d)",
                         ))
                     }
                 }

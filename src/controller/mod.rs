@@ -71,6 +71,8 @@ pub struct Handle {
     /// Containers of this instance from other stores, as of the last resync.
     foreign: Arc<std::sync::Mutex<Vec<ForeignContainer>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The next resync looks at every agent (after the engine came back).
+    full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handle {
@@ -87,6 +89,13 @@ impl Handle {
 
     /// Asks for a full resync now.
     pub fn resync(&self) {
+        self.resync.notify_one();
+    }
+
+    /// Asks for a resync that passes every agent once, whatever its status says: after
+    /// the engine was away, statuses that tell of the outage are refreshed too.
+    pub fn resync_all(&self) {
+        self.full.store(true, std::sync::atomic::Ordering::SeqCst);
         self.resync.notify_one();
     }
 
@@ -136,6 +145,7 @@ impl Controller {
                 resync: Arc::new(Notify::new()),
                 foreign: Default::default(),
                 metrics: handle_metrics,
+                full: Default::default(),
             },
             rx,
         }
@@ -349,7 +359,8 @@ async fn resync_loop(
     let mut first = true;
     loop {
         if leadership.borrow().is_leading() {
-            match resync_once(&ctx, first).await {
+            let everything = first || handle.full.swap(false, std::sync::atomic::Ordering::SeqCst);
+            match resync_once(&ctx, everything).await {
                 Ok(resync) => {
                     let queued = resync.names.len();
                     report_foreign(&ctx, &handle, resync.foreign);
@@ -474,8 +485,8 @@ async fn event_loop(
     loop {
         let mut events = orchestrator.events();
         if reconnected {
-            info!("engine event stream resumed; resyncing");
-            handle.resync();
+            info!("engine event stream resumed; resyncing every agent");
+            handle.resync_all();
         }
         loop {
             tokio::select! {

@@ -156,30 +156,43 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
             internal.restarts_done = internal.restarts_requested;
             let o = outcome(&effective.agent, &applied);
             let agent = &record.agent;
-            // An agent with an idle timeout: its container's CPU time is read once when
-            // it starts, so that what the idle check compares against excludes start-up.
+            let rfc3339 = |t: time::OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            };
+            let started = applied.done.iter().any(|d| {
+                matches!(
+                    d,
+                    crate::orchestrator::Done::Created { .. }
+                        | crate::orchestrator::Done::Started { .. }
+                        | crate::orchestrator::Done::Repaired { .. }
+                        | crate::orchestrator::Done::Restarted { .. }
+                        | crate::orchestrator::Done::Resumed { .. }
+                )
+            });
+            // An agent with an idle timeout: its container's CPU time is read when it
+            // (re)starts, so that what the idle check compares against excludes start-up.
             let baseline = (agent.spec.lifecycle.idle_timeout.is_some()
                 && o.phase == Phase::Running)
                 .then(|| o.container_id.clone())
                 .flatten()
                 .filter(|id| {
-                    record
-                        .internal
-                        .cpu_seen
-                        .as_ref()
-                        .is_none_or(|(seen, _)| seen != id)
+                    started
+                        || record
+                            .internal
+                            .cpu_seen
+                            .as_ref()
+                            .is_none_or(|(seen, _)| seen != id)
                 });
-            let rfc3339 = |t: time::OffsetDateTime| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            };
             // Finished (now or before): deleted spec.lifecycle.ttlAfterFinished after the
             // phase was reached.
             let finished = agent
                 .spec
                 .lifecycle
                 .ttl_after_finished()
-                .filter(|_| matches!(o.phase, Phase::Succeeded | Phase::Failed))
+                .filter(|_| {
+                    matches!(o.phase, Phase::Succeeded | Phase::Failed) && o.container_id.is_some()
+                })
                 .and_then(|ttl| {
                     let since = if agent.status.phase == o.phase {
                         time::OffsetDateTime::parse(
@@ -192,6 +205,13 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
                     };
                     Some(since + ttl)
                 });
+            // Running now: the idle clock runs (and wakes this agent when it runs out).
+            let stops_at = (o.phase == Phase::Running)
+                .then(|| record.idle_clock())
+                .flatten();
+            if let Some(at) = stops_at {
+                requeue = sooner(requeue, at - time::OffsetDateTime::now_utc());
+            }
             let idle_message = record.internal.idle_since.as_ref().map(|_| {
                 format!(
                     "stopped after {} without activity (spec.lifecycle.idleTimeout); start or touch it to resume",
@@ -205,8 +225,13 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
                 restart_count: o.engine_restarts + internal.repairs,
                 message: idle_message.or(o.message),
                 last_transition_time: None,
-                expires_at: agent.expires_at().or(finished).and_then(rfc3339),
-                stops_at: record.idle_deadline().and_then(rfc3339),
+                // The sooner of the two deletions.
+                expires_at: match (agent.expires_at(), finished) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+                .and_then(rfc3339),
+                stops_at: stops_at.and_then(rfc3339),
                 idle_since: record.internal.idle_since.clone(),
                 conditions: Vec::new(),
             };
@@ -226,7 +251,7 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
                 requeue = sooner(requeue, at - time::OffsetDateTime::now_utc());
             }
             if let Some(id) = baseline {
-                if let Some(cpu) = ctx.orchestrator.cpu_time(&id).await? {
+                if let Ok(Some(cpu)) = ctx.orchestrator.cpu_time(&id).await {
                     let uid = agent.metadata.uid.unwrap_or_default();
                     ctx.store.set_cpu_baseline(name, uid, &id, cpu)?;
                 }
@@ -276,9 +301,13 @@ fn sooner(requeue: Action, left: time::Duration) -> Action {
     }
 }
 
-/// CPU time a container must have used since the last look to count as working: more
-/// than its own start-up and an init's housekeeping, less than any real work.
-const WORK_CPU_NS: u64 = 20_000_000;
+/// CPU time a container must have used since the last look to count as working: 20 ms
+/// (more than an init's housekeeping, less than any real work), or 0.1% of the timeout if
+/// that is more, so that a background loop does not keep an agent with a long timeout
+/// awake forever.
+fn work_threshold(timeout: Duration) -> u64 {
+    20_000_000u128.max(timeout.as_nanos() / 1000) as u64
+}
 
 /// The idle deadline passed with no write, action or touch: one read of the container's
 /// CPU time says whether it worked on its own since the last look (an agent busy with
@@ -293,17 +322,41 @@ async fn idle_check(ctx: &Context, record: &Record) -> Result<Option<Duration>, 
         .lifecycle
         .idle_timeout()
         .unwrap_or_default();
-    if let Some(id) = record.agent.status.container_id.as_deref() {
-        if let Some(cpu) = ctx.orchestrator.cpu_time(id).await? {
-            let seen = match &record.internal.cpu_seen {
-                Some((container, ns)) if container == id => *ns,
-                _ => 0,
-            };
-            if cpu > seen.saturating_add(WORK_CPU_NS) {
-                ctx.store.note_work(name, uid, id, cpu)?;
-                return Ok(Some(timeout));
-            }
+    let reading = match record.agent.status.container_id.as_deref() {
+        // Best effort: an engine that does not answer now must not fail the pass.
+        Some(id) => ctx
+            .orchestrator
+            .cpu_time(id)
+            .await
+            .ok()
+            .flatten()
+            .map(|cpu| (id, cpu)),
+        None => None,
+    };
+    let Some((id, cpu)) = reading else {
+        // Nothing to read (it is not running after all, or the engine did not say): no
+        // proof of idleness; look again at the next deadline.
+        return Ok(Some(timeout));
+    };
+    let seen = match &record.internal.cpu_seen {
+        Some((container, ns)) if container == id => Some(*ns),
+        _ => None,
+    };
+    match seen {
+        // Never read, or restarted since (the counter went back): start counting now.
+        None => {
+            ctx.store.set_cpu_baseline(name, uid, id, cpu)?;
+            return Ok(Some(timeout));
         }
+        Some(ns) if cpu < ns => {
+            ctx.store.set_cpu_baseline(name, uid, id, cpu)?;
+            return Ok(Some(timeout));
+        }
+        Some(ns) if cpu > ns.saturating_add(work_threshold(timeout)) => {
+            ctx.store.note_work(name, uid, id, cpu)?;
+            return Ok(Some(timeout));
+        }
+        Some(_) => {}
     }
     if ctx
         .store

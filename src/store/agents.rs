@@ -51,11 +51,25 @@ impl Record {
         }
     }
 
-    /// When Hive stops it for idleness if nothing happens before: declared Running, not
-    /// idle already, with `spec.lifecycle.idleTimeout`.
+    /// When Hive stops it for idleness if nothing happens before: running (phase Running),
+    /// declared Running, not idle already, with `spec.lifecycle.idleTimeout`.
     pub fn idle_deadline(&self) -> Option<time::OffsetDateTime> {
+        if self.agent.status.phase != Phase::Running {
+            return None;
+        }
+        self.idle_clock()
+    }
+
+    /// When its idle timeout runs out, counted from its last activity, were it running.
+    pub fn idle_clock(&self) -> Option<time::OffsetDateTime> {
         let timeout = self.agent.spec.lifecycle.idle_timeout()?;
-        if self.agent.spec.state != DesiredState::Running || self.internal.idle_since.is_some() {
+        // Only what runs can idle, and only an agent that runs until stopped: a job
+        // (restartPolicy Never or OnFailure) finishes rather than idles, and a container
+        // Hive stopped would not be started again under its policy.
+        if self.agent.spec.state != DesiredState::Running
+            || self.agent.spec.restart_policy != crate::agent::RestartPolicy::Always
+            || self.internal.idle_since.is_some()
+        {
             return None;
         }
         let since = self.internal.last_activity.as_deref().or(self
@@ -71,7 +85,11 @@ impl Record {
     pub fn finished_deadline(&self) -> Option<time::OffsetDateTime> {
         let ttl = self.agent.spec.lifecycle.ttl_after_finished()?;
         let status = &self.agent.status;
+        // Finished means its process exited (it has a container), not that it could not
+        // run as declared (a missing secret or image fails it with no container), which a
+        // fix brings back.
         let finished = matches!(status.phase, Phase::Succeeded | Phase::Failed)
+            && status.container_id.is_some()
             && status.observed_generation == self.agent.metadata.generation;
         if !finished {
             return None;
@@ -182,7 +200,8 @@ impl Store {
     /// counts as activity: `start` resumes an agent stopped for idleness.
     pub fn set_state(&self, name: &str, state: DesiredState) -> Result<(Record, bool), StoreError> {
         self.change_existing(name, |r| {
-            let woke = note_activity(r);
+            // Stopping an idle agent stops it as declared; only a start wakes it.
+            let woke = note_activity(r) && state == DesiredState::Running;
             if r.agent.spec.state != state {
                 r.agent.spec.state = state;
                 r.agent.metadata.generation += 1;
@@ -200,9 +219,25 @@ impl Store {
         })
     }
 
-    /// A heartbeat: the agent is active now (an idle one wakes).
+    /// A heartbeat: the agent is active now (an idle one wakes). Written only where it
+    /// tells something: an agent without an idle timeout, or touched within a tenth of
+    /// it, is left as it is (heartbeats must not flood the store, the audit or watchers).
     pub fn touch(&self, name: &str) -> Result<(Record, bool), StoreError> {
         self.change_existing(name, |r| {
+            if r.internal.idle_since.is_none() {
+                let Some(timeout) = r.agent.spec.lifecycle.idle_timeout() else {
+                    return (false, false);
+                };
+                let recent = r
+                    .internal
+                    .last_activity
+                    .as_deref()
+                    .and_then(parse_time)
+                    .is_some_and(|t| time::OffsetDateTime::now_utc() - t < timeout / 10);
+                if recent {
+                    return (false, false);
+                }
+            }
             let woke = note_activity(r);
             (true, woke)
         })
@@ -233,7 +268,7 @@ impl Store {
         Ok(marked)
     }
 
-    /// Records the CPU time a container of the agent had used when Hive first saw it run:
+    /// Records the CPU time a container of the agent had used when Hive (re)started it:
     /// what the idle check compares against (not activity).
     pub fn set_cpu_baseline(
         &self,
@@ -246,12 +281,7 @@ impl Store {
             let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
                 return Ok(Change::Keep(()));
             };
-            if old
-                .internal
-                .cpu_seen
-                .as_ref()
-                .is_some_and(|(c, _)| c == container)
-            {
+            if old.internal.cpu_seen.as_ref() == Some(&(container.to_string(), cpu_ns)) {
                 return Ok(Change::Keep(()));
             }
             let mut r = old.clone();

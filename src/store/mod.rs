@@ -232,10 +232,11 @@ impl Store {
         match f(old.as_ref())? {
             Change::Keep(t) => Ok((old, t)),
             Change::Delete(t) => {
+                // The version first: nothing may fail between the store and its view.
+                let seq = self.db.generate_id()? + 1;
                 self.agents.remove(name)?;
                 if let Some(mut old) = old {
                     // As in Kubernetes, the deleted object carries the deletion's version.
-                    let seq = self.db.generate_id()? + 1;
                     self.view.set(name, None, seq);
                     old.agent.metadata.resource_version = Some(seq.to_string());
                     self.publish("DELETED", seq, Arc::new(Entry::new(old)));
