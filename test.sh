@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test tier, on a fresh Debian machine, with what the tiers need installed first:
 #   1. Debian's packages: busybox-static (the agents' test image is made from it),
-#      docker-compose (Compose v1), mmdebstrap (the base images), python3-venv, and
-#      docker.io when no engine is installed; and Compose v2, the docker CLI's plugin, from
+#      docker-compose (Compose v1), mmdebstrap (the base images), python3-venv,
+#      chromium and chromium-driver (the dashboard's browser tests), and docker.io when no
+#      engine is installed; and Compose v2, the docker CLI's plugin, from
 #      Debian 13's package (deployment/install-compose-v2.sh) unless `docker compose` answers;
 #   2. a Docker engine that answers (dockerd is started if `docker info` fails);
 #   3. the deployment's base images, made from Debian's archive by
@@ -30,6 +31,8 @@ if command -v dpkg >/dev/null 2>&1; then
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
   command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+  # The dashboard is tested in a real headless browser.
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium chromium-driver)
 fi
 if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null 2>&1; then
   missing+=(docker.io)

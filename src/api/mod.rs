@@ -11,7 +11,9 @@
 //! - `GET /v1/secrets`, `GET|PUT|DELETE /v1/secrets/{name}` (write-only values)
 //! - `POST /mcp`: the Model Context Protocol, Hive's tools over the same service (see [`mcp`])
 //! - `GET /metrics` (Prometheus text; needs a key)
+//! - `GET /v1/whoami`: the caller's key id, owner and role
 //! - `GET /healthz`, `GET /readyz`, `GET /openapi.json` (no key)
+//! - `GET /` and `/ui/...`: the dashboard (no key; it asks for one; see [`ui`])
 
 use std::sync::Arc;
 
@@ -38,6 +40,7 @@ pub mod mcp;
 pub mod openapi;
 mod secrets;
 pub mod streams;
+mod ui;
 mod watch;
 
 pub use agents::{AgentList, EventList};
@@ -102,6 +105,7 @@ fn keyed_routes() -> (
         "/audit" => get(audit::audit);
         "/apply" => post(apply::apply);
         "/sync" => get(sync);
+        "/whoami" => get(whoami);
         "/secrets" => get(secrets::list);
         "/secrets/{name}" => get(secrets::get).put(secrets::put).delete(secrets::delete);
     );
@@ -144,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1.route_layer(auth()))
         .merge(metrics.route_layer(auth()))
         .merge(mcp)
+        .merge(ui::routes())
         .merge(open)
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(
@@ -248,6 +253,28 @@ async fn sync(
     Ok(Json(
         status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     ))
+}
+
+/// `GET /v1/whoami`: who the key is.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    /// The key's id, as the audit names it.
+    pub key_id: String,
+    /// Whose agents it sees and makes.
+    pub owner: String,
+    /// admin, operator or viewer.
+    pub role: String,
+}
+
+#[utoipa::path(get, path = "/v1/whoami", tag = "operations", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+/// `GET /v1/whoami`: the key's id, owner and role (what a client may offer its user).
+async fn whoami(axum::Extension(p): axum::Extension<Principal>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        key_id: p.key_id.clone(),
+        owner: p.owner.clone(),
+        role: format!("{:?}", p.role).to_lowercase(),
+    })
 }
 
 async fn not_found() -> ApiError {
