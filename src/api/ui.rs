@@ -15,7 +15,8 @@ const STYLE: &str = include_str!("ui/app.css");
 
 /// What every dashboard answer carries.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
-                   img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+                   img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; \
+                   require-trusted-types-for 'script'; trusted-types 'none'";
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (

@@ -59,10 +59,9 @@ def test_the_tool_declares_and_manages_a_sub_agent(hive, test_image):
     wait_until("sub1 to stop", lambda: "phase Stopped" in run(tool.execute(action="status", name="sub1")))
     run(tool.execute(action="start", name="sub1"))
     wait_until("sub1 to run again", lambda: "phase Running" in run(tool.execute(action="status", name="sub1")))
-    # A heartbeat is an action too: the idle clock (spec.lifecycle.idleTimeout) starts again.
-    before = run(HiveClient(url, key).get("sub1"))["metadata"]["resourceVersion"]
+    # A heartbeat: accepted (with no idle timeout set, it has nothing to restart).
     assert "touch of agent sub1 requested" in run(tool.execute(action="touch", name="sub1"))
-    assert run(HiveClient(url, key).get("sub1"))["metadata"]["resourceVersion"] != before
+    assert "touch" in run(tool.execute(action="bogus", name="sub1")), "the model is told the actions"
 
     assert "being removed" in run(tool.execute(action="remove", name="sub1"))
     wait_until("sub1 to be gone", lambda: run(tool.execute(action="list")) == "no agents")

@@ -79,9 +79,18 @@ def running(container: str) -> bool:
 
 
 def row_phase(b, name):
-    from selenium.webdriver.common.by import By
-    cells = b.find_elements(By.CSS_SELECTOR, f'tr[data-name="{name}"] [data-phase]')
-    return cells[0].text if cells else None
+    """The phase a row shows, read in the page in one go (rows are redrawn as changes come)."""
+    return b.execute_script(
+        "const c = document.querySelector(`tr[data-name=\"${arguments[0]}\"] [data-phase]`);"
+        "return c ? c.textContent : null;", name)
+
+
+def click_in_row(b, name, selector):
+    """Clicks inside a row, in the page itself, so a redraw between finding and clicking
+    cannot leave a stale element."""
+    b.execute_script(
+        "document.querySelector(`tr[data-name=\"${arguments[0]}\"] ${arguments[1]}`).click();",
+        name, selector)
 
 
 def sign_in(b, url, key):
@@ -143,14 +152,14 @@ def test_sign_in_live_fleet_actions_logs(hive_keys, test_image, browser):
     assert b.execute_script("return window.__noReload === true"), "the page was not reloaded"
 
     # The buttons act on the real container.
-    b.find_element(By.CSS_SELECTOR, f'tr[data-name="{name}"] button[data-action="start"]').click()
+    click_in_row(b, name, 'button[data-action="start"]')
     wait("the container to run again", lambda: running(container), 60)
     wait("the row to say Running", lambda: row_phase(b, name) == "Running", 30)
-    b.find_element(By.CSS_SELECTOR, f'tr[data-name="{name}"] button[data-action="stop"]').click()
+    click_in_row(b, name, 'button[data-action="stop"]')
     wait("the container to stop", lambda: not running(container), 60)
 
     # The panel: spec, events, logs.
-    b.find_element(By.CSS_SELECTOR, f'tr[data-name="{name}"] td button').click()
+    click_in_row(b, name, "td button")
     wait("the logs", lambda: "hello-from-dashboard" in b.find_element(By.ID, "detail-logs").text, 30)
     assert f"image: \"{test_image}\"" in b.find_element(By.ID, "detail-spec").text
     events = b.find_element(By.ID, "detail-events").text
@@ -168,7 +177,7 @@ def test_sign_in_live_fleet_actions_logs(hive_keys, test_image, browser):
     wait("the new agent's row", lambda: row_phase(b, "dash-new") is not None, 10)
 
     # Delete asks first.
-    b.find_element(By.CSS_SELECTOR, 'tr[data-name="dash-new"] button[data-action="delete"]').click()
+    click_in_row(b, "dash-new", 'button[data-action="delete"]')
     b.switch_to.alert.accept()
     wait("dash-new to go", lambda: phase(url, keys["sol"], "dash-new") is None, 60)
     wait("its row to go", lambda: row_phase(b, "dash-new") is None, 5)
@@ -240,3 +249,34 @@ def test_the_page_passes_basic_accessibility_checks(hive_keys, browser):
     for bg, fg in pairs:
         hi, lo = sorted((luminance(bg), luminance(fg)), reverse=True)
         assert (hi + 0.05) / (lo + 0.05) >= 4.5, (bg, fg)
+
+
+def test_filters_and_sorting(hive_keys, test_image, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, keys = hive_keys
+    b = browser
+    for name, team, state in (("dash-a", "red", "Stopped"), ("dash-b", "blue", "Running")):
+        doc = (f"apiVersion: hive/v1\nkind: Agent\nmetadata: {{name: {name}, labels: {{team: {team}}}}}\n"
+               f"spec:\n  image: {test_image}\n  command: [sleep, \"3600\"]\n  state: {state}\n")
+        r = api(url, keys["sol"], "PUT", f"/v1/agents/{name}", content=doc, content_type="application/yaml")
+        assert r.status_code in (200, 201), r.text
+    sign_in(b, url, keys["sol"])
+    wait("both settled", lambda: row_phase(b, "dash-a") == "Stopped" and row_phase(b, "dash-b") == "Running", 60)
+    names = lambda: b.execute_script(
+        "return [...document.querySelectorAll('#agents tbody tr')].map((r) => r.dataset.name);")
+
+    Select(b.find_element(By.ID, "phase-filter")).select_by_visible_text("Stopped")
+    wait("only the stopped one", lambda: names() == ["dash-a"])
+    Select(b.find_element(By.ID, "phase-filter")).select_by_visible_text("all")
+    b.find_element(By.ID, "selector").send_keys("team=blue")
+    b.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    wait("only the blue one", lambda: names() == ["dash-b"])
+    b.find_element(By.ID, "selector").clear()
+    b.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+    wait("both again", lambda: names() == ["dash-a", "dash-b"])
+    b.find_element(By.CSS_SELECTOR, 'th button[data-sort="name"]').click()
+    wait("sorted the other way", lambda: names() == ["dash-b", "dash-a"])
+    b.find_element(By.CSS_SELECTOR, 'th button[data-sort="phase"]').click()
+    wait("sorted by phase", lambda: names() == ["dash-b", "dash-a"])

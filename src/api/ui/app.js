@@ -70,6 +70,7 @@ async function signIn(key) {
     return;
   }
   sessionStorage.setItem(KEY, key);
+  $("key").value = "";
   $("signin-error").textContent = "";
   $("signin").hidden = true;
   $("fleet").hidden = false;
@@ -88,6 +89,8 @@ function signOut() {
 // --- the fleet, live
 
 async function relist() {
+  if (state.watch) state.watch.abort();
+  state.watch = null;
   const q = state.selector ? `?label=${encodeURIComponent(state.selector)}` : "";
   try {
     const list = await (await api("GET", `/v1/agents${q}`)).json();
@@ -96,10 +99,33 @@ async function relist() {
     $("fleet-error").textContent = "";
   } catch (e) {
     $("fleet-error").textContent = e.message;
+    if (refused(e)) return;
+    $("stream-state").textContent = "offline; trying again";
+    setTimeout(relist, backoff());
     return;
   }
+  state.failures = 0;
   render();
   watch();
+}
+
+// A key that is refused now (revoked, or its role changed) ends the session.
+function refused(e) {
+  if (e.status !== 401 && e.status !== 403) return false;
+  sessionStorage.removeItem(KEY);
+  state.key = null;
+  if (state.watch) state.watch.abort();
+  $("fleet").hidden = true;
+  $("signin").hidden = false;
+  $("signin-error").textContent = `Signed out: ${e.message}`;
+  return true;
+}
+
+// 1 s doubling to 30 s, with jitter, while the server keeps failing.
+function backoff() {
+  state.failures = (state.failures || 0) + 1;
+  const base = Math.min(30000, 1000 * 2 ** (state.failures - 1));
+  return base / 2 + Math.random() * base / 2;
 }
 
 function watch() {
@@ -118,6 +144,7 @@ function watch() {
       });
       if (r.status === 410) return relist();
       if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => null));
+      state.failures = 0;
       const reader = r.body.getReader();
       const text = new TextDecoder();
       let buffer = "";
@@ -135,9 +162,9 @@ function watch() {
       }
       throw new Error("the stream ended");
     } catch (e) {
-      if (ctl.signal.aborted) return;
+      if (ctl.signal.aborted || refused(e)) return;
       $("stream-state").textContent = `reconnecting (${e.message})`;
-      setTimeout(() => { if (state.watch === ctl) watch(); }, 1000);
+      setTimeout(() => { if (state.watch === ctl) watch(); }, backoff());
     }
   })();
 }
@@ -152,7 +179,10 @@ function onChange(event) {
   state.version = a.metadata.resourceVersion;
   if (event.type === "DELETED") state.agents.delete(a.metadata.name);
   else state.agents.set(a.metadata.name, a);
-  render(a.metadata.name);
+  state.changed = a.metadata.name;
+  if (!state.frame) {
+    state.frame = requestAnimationFrame(() => { state.frame = null; render(state.changed); });
+  }
   if (state.shown === a.metadata.name && event.type !== "DELETED") showSpec(a);
 }
 
@@ -246,8 +276,14 @@ async function remove(name) {
 async function overview() {
   const box = $("overview");
   box.querySelectorAll(".health").forEach((n) => n.remove());
-  const readyz = await fetch("/readyz", { cache: "no-store" });
-  const readyText = readyz.ok ? "engine: ready" : `engine: not ready (${((await readyz.json().catch(() => ({}))).error || {}).message || readyz.status})`;
+  setTimeout(() => { if (state.key) overview(); }, 15000);
+  let readyText;
+  try {
+    const readyz = await fetch("/readyz", { cache: "no-store" });
+    readyText = readyz.ok ? "engine: ready" : `engine: not ready (${((await readyz.json().catch(() => ({}))).error || {}).message || readyz.status})`;
+  } catch (e) {
+    readyText = `Hive unreachable (${e.message})`;
+  }
   box.append(el("span", { class: "health" }, readyText));
   if (state.who.role === "admin") {
     try {
@@ -258,7 +294,6 @@ async function overview() {
       box.append(el("span", { class: "health" }, `GitOps: ${e.status === 404 ? "no manifests directory" : e.message}`));
     }
   }
-  setTimeout(() => { if (state.key) overview(); }, 15000);
 }
 
 // --- one agent
@@ -293,13 +328,16 @@ async function show(name) {
   $("detail").hidden = false;
   $("detail-title").textContent = `Agent ${name}`;
   showSpec(a);
+  if (state.logs) state.logs.abort();
   try {
     const events = await (await api("GET", `/v1/agents/${encodeURIComponent(name)}/events`)).json();
+    if (state.shown !== name) return;
     $("detail-events").replaceChildren(...events.items.map((e) =>
       el("li", {}, `${e.lastTime} ${e.reason}: ${e.message}${e.count > 1 ? ` (x${e.count})` : ""}`)));
   } catch (e) {
     $("detail-events").replaceChildren(el("li", { class: "error" }, e.message));
   }
+  if (state.shown !== name) return;
   followLogs(name);
   $("detail-title").scrollIntoView();
 }
@@ -320,8 +358,8 @@ async function followLogs(name) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
-      out.textContent += text.decode(value, { stream: true });
-      if (out.textContent.length > 200000) out.textContent = out.textContent.slice(-100000);
+      out.append(document.createTextNode(text.decode(value, { stream: true })));
+      while (out.childNodes.length > 2000) out.firstChild.remove();
     }
   } catch (e) {
     if (!ctl.signal.aborted) out.textContent += `\n[${e.message}]`;
