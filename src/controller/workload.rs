@@ -51,6 +51,7 @@ pub fn workload(record: &Record, store: &Store, policy: &Policy) -> Result<Workl
         volumes: spec.volumes.clone().unwrap_or_default(),
         running: spec.state == DesiredState::Running,
         restart: record.internal.restarts_requested > record.internal.restarts_done,
+        resume: record.agent.status.phase == crate::agent::Phase::Stopped,
     })
 }
 

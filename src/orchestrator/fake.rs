@@ -313,6 +313,11 @@ impl Orchestrator for FakeOrchestrator {
                 applied.done.push(Done::Restarted { id: id.clone() });
                 applied.current = self.set_state(&id, RunState::Running);
             }
+            (true, RunState::Exited { .. }) if want.resume => {
+                self.op("start", &want.agent).await;
+                applied.done.push(Done::Started { id: id.clone() });
+                applied.current = self.set_state(&id, RunState::Running);
+            }
             (true, RunState::Exited { code })
                 if !(matches!(want.restart_policy, RestartPolicy::Never)
                     || (want.restart_policy == RestartPolicy::OnFailure && code == Some(0))) =>

@@ -58,6 +58,9 @@ pub struct Workload {
     pub running: bool,
     /// A restart was asked for and is not done yet.
     pub restart: bool,
+    /// Hive last saw it stopped as declared (or for idleness): starting its exited
+    /// container again is a start, not the repair of a drift.
+    pub resume: bool,
 }
 
 impl Workload {
@@ -462,6 +465,7 @@ mod tests {
             volumes: vec![],
             running: true,
             restart: false,
+            resume: false,
         };
         let json = r#"{"agent":"a","uid":"00000000-0000-0000-0000-000000000007","owner":"sol","image":"img","command":["sleep"],"args":null,"env":{"A":"1"},"restart_policy":"Always","memory_bytes":536870912,"nano_cpus":500000000,"pids_limit":256,"capabilities":[],"volumes":[]}"#;
         assert_eq!(
@@ -471,6 +475,7 @@ mod tests {
         let stopped = Workload {
             running: false,
             restart: true,
+            resume: true,
             store: "other".into(),
             ..w.clone()
         };

@@ -130,6 +130,16 @@ async fn stop_and_start_are_declarative() {
         hive.inspect("ss").await.unwrap().state.unwrap().running,
         Some(true)
     );
+    // A declared start is a start, not the repair of a drift.
+    assert_eq!(started["status"]["restartCount"], 0, "{started}");
+    let events = hive.get_json("/v1/agents/ss/events").await;
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(!reasons.contains(&"Repaired"), "{reasons:?}");
 }
 
 #[tokio::test]

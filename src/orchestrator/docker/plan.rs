@@ -149,6 +149,10 @@ pub fn plan(want: &Workload, containers: &[Container]) -> Plan {
         (true, ContainerState::Created) => Some(ContainerAction::Start { id, repair: false }),
         // The engine restarts it: wait.
         (true, ContainerState::Restarting) => None,
+        // Stopped as declared, and now declared Running: a start, whatever the policy.
+        (true, ContainerState::Exited(_)) if want.resume => {
+            Some(ContainerAction::Start { id, repair: false })
+        }
         (true, ContainerState::Exited(code)) => match (want.restart_policy, code) {
             // Done as its restart policy says: the agent has finished.
             (RestartPolicy::OnFailure | RestartPolicy::Never, Some(0)) => None,
@@ -232,6 +236,7 @@ mod tests {
             volumes: vec![],
             running,
             restart: false,
+            resume: false,
         }
     }
 
@@ -303,6 +308,26 @@ mod tests {
         );
         assert_eq!(p.remove, vec![("c2".to_string(), RemoveReason::Duplicate)]);
         assert_eq!(p.action, None);
+    }
+
+    #[test]
+    fn a_container_stopped_as_declared_is_started_not_repaired_whatever_its_policy() {
+        for policy in [
+            RestartPolicy::Always,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Never,
+        ] {
+            let mut w = want(true, policy);
+            w.resume = true;
+            let mut c = container("c1", ContainerState::Exited(Some(143)));
+            c.spec_hash = w.hash();
+            let p = plan(&w, &[c]);
+            assert!(
+                matches!(p.action, Some(ContainerAction::Start { repair: false, .. })),
+                "{policy:?}: {:?}",
+                p.action
+            );
+        }
     }
 
     #[test]
