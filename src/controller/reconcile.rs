@@ -209,8 +209,13 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
             let stops_at = (o.phase == Phase::Running)
                 .then(|| record.idle_clock())
                 .flatten();
-            if let Some(at) = stops_at {
-                requeue = sooner(requeue, at - time::OffsetDateTime::now_utc());
+            // (A deadline already past was looked at by this pass, which set when to look
+            // again: it must not make the next pass come at once, again and again.)
+            if let Some(left) = stops_at
+                .map(|at| at - time::OffsetDateTime::now_utc())
+                .filter(|left| left.is_positive())
+            {
+                requeue = sooner(requeue, left);
             }
             let idle_message = record.internal.idle_since.as_ref().map(|_| {
                 format!(
