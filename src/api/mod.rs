@@ -130,6 +130,8 @@ fn open_routes() -> (Router<AppState>, Vec<(&'static str, String)>) {
 pub fn served_routes() -> Vec<(&'static str, String)> {
     let (_, _, mut served) = keyed_routes();
     served.extend(open_routes().1);
+    // The MCP endpoint, nested as a service (see [`mcp`]).
+    served.push(("post", "/mcp".to_string()));
     served
 }
 
