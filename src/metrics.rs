@@ -166,14 +166,7 @@ impl Metrics {
     /// Sets the agents-by-phase gauges from a count of the store.
     pub fn set_phases(&self, phases: impl Iterator<Item = Phase>) {
         let mut counts = std::collections::BTreeMap::new();
-        for p in [
-            Phase::Pending,
-            Phase::Running,
-            Phase::Stopped,
-            Phase::Succeeded,
-            Phase::Failed,
-            Phase::Terminating,
-        ] {
+        for p in Phase::ALL {
             counts.insert(format!("{p:?}"), 0);
         }
         for p in phases {

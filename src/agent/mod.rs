@@ -275,6 +275,18 @@ pub enum Phase {
     Terminating,
 }
 
+impl Phase {
+    /// Every phase, in the order of an agent's life.
+    pub const ALL: [Phase; 6] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Stopped,
+        Phase::Succeeded,
+        Phase::Failed,
+        Phase::Terminating,
+    ];
+}
+
 /// What Hive observed of an agent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -5,15 +5,6 @@ use std::str::FromStr;
 
 use super::{Agent, Phase};
 
-const PHASES: [Phase; 6] = [
-    Phase::Pending,
-    Phase::Running,
-    Phase::Stopped,
-    Phase::Succeeded,
-    Phase::Failed,
-    Phase::Terminating,
-];
-
 /// `phase=<Phase>` or `condition=<Ready|Progressing>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitFor {
@@ -31,7 +22,7 @@ impl FromStr for WaitFor {
             )
         };
         match text.split_once('=') {
-            Some(("phase", p)) => PHASES
+            Some(("phase", p)) => Phase::ALL
                 .into_iter()
                 .find(|phase| format!("{phase:?}").eq_ignore_ascii_case(p))
                 .map(WaitFor::Phase)

@@ -258,7 +258,7 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
             if let Some(id) = baseline {
                 if let Ok(Some(cpu)) = ctx.orchestrator.cpu_time(&id).await {
                     let uid = agent.metadata.uid.unwrap_or_default();
-                    ctx.store.set_cpu_baseline(name, uid, &id, cpu)?;
+                    ctx.store.record_cpu(name, uid, &id, cpu, false)?;
                 }
             }
             Ok(requeue)
@@ -347,21 +347,15 @@ async fn idle_check(ctx: &Context, record: &Record) -> Result<Option<Duration>, 
         Some((container, ns)) if container == id => Some(*ns),
         _ => None,
     };
-    match seen {
-        // Never read, or restarted since (the counter went back): start counting now.
-        None => {
-            ctx.store.set_cpu_baseline(name, uid, id, cpu)?;
-            return Ok(Some(timeout));
-        }
-        Some(ns) if cpu < ns => {
-            ctx.store.set_cpu_baseline(name, uid, id, cpu)?;
-            return Ok(Some(timeout));
-        }
-        Some(ns) if cpu > ns.saturating_add(work_threshold(timeout)) => {
-            ctx.store.note_work(name, uid, id, cpu)?;
-            return Ok(Some(timeout));
-        }
-        Some(_) => {}
+    // Idle only if the counter is where it was (give or take an init's housekeeping).
+    let idle =
+        seen.is_some_and(|ns| cpu >= ns && cpu <= ns.saturating_add(work_threshold(timeout)));
+    if !idle {
+        // It worked; or it was never read, or restarted since (the counter went back):
+        // then this reading is the new baseline.
+        let worked = seen.is_some_and(|ns| cpu > ns);
+        ctx.store.record_cpu(name, uid, id, cpu, worked)?;
+        return Ok(Some(timeout));
     }
     if ctx
         .store

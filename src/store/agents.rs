@@ -268,45 +268,31 @@ impl Store {
         Ok(marked)
     }
 
-    /// Records the CPU time a container of the agent had used when Hive (re)started it:
-    /// what the idle check compares against (not activity).
-    pub fn set_cpu_baseline(
+    /// Records the CPU time (ns) a container of the agent has used, what the idle check
+    /// compares the next reading against. `worked`: it went up by more than idling would
+    /// explain, so the agent is active now; otherwise it is a new baseline (Hive (re)started
+    /// the container, or the counter went back), which is not activity.
+    pub fn record_cpu(
         &self,
         name: &str,
         uid: Uuid,
         container: &str,
         cpu_ns: u64,
+        worked: bool,
     ) -> Result<(), StoreError> {
         self.mutate(name, |old| {
             let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
                 return Ok(Change::Keep(()));
             };
-            if old.internal.cpu_seen.as_ref() == Some(&(container.to_string(), cpu_ns)) {
+            let seen = Some((container.to_string(), cpu_ns));
+            if !worked && old.internal.cpu_seen == seen {
                 return Ok(Change::Keep(()));
             }
             let mut r = old.clone();
-            r.internal.cpu_seen = Some((container.to_string(), cpu_ns));
-            Ok(Change::Put(Box::new(r), ()))
-        })?;
-        Ok(())
-    }
-
-    /// Records work the agent's container did on its own (its CPU time went up): it is
-    /// active now.
-    pub fn note_work(
-        &self,
-        name: &str,
-        uid: Uuid,
-        container: &str,
-        cpu_ns: u64,
-    ) -> Result<(), StoreError> {
-        self.mutate(name, |old| {
-            let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
-                return Ok(Change::Keep(()));
-            };
-            let mut r = old.clone();
-            r.internal.last_activity = Some(now_rfc3339());
-            r.internal.cpu_seen = Some((container.to_string(), cpu_ns));
+            if worked {
+                r.internal.last_activity = Some(now_rfc3339());
+            }
+            r.internal.cpu_seen = seen;
             Ok(Change::Put(Box::new(r), ()))
         })?;
         Ok(())

@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parents[3]
 IMAGE = "hive-test-busybox:1"
 
 
+def wait_until(what, check, timeout=60.0, step=0.1):
+    """Polls `check` until it returns something true (returned), or fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(step)
+
+
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check)
 

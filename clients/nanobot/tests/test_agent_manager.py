@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from pathlib import Path
 
+from conftest import wait_until
 from hive_agent_manager.client import HiveClient
 from hive_agent_manager.tool import AgentManagerTool
 from nanobot.agent.tools.base import ToolResult
@@ -16,16 +16,6 @@ SLEEPER = ["/bin/sh", "-c", "echo sub-agent up; exec sleep 3600"]
 
 def run(coro):
     return asyncio.run(coro)
-
-
-def wait_until(what, check, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_the_tool_declares_and_manages_a_sub_agent(hive, test_image):

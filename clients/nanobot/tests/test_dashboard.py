@@ -4,7 +4,6 @@ driven by selenium), against a real `hive serve` and the real engine."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 #: Where screenshots go (CI keeps target/).
@@ -46,13 +46,7 @@ def browser():
 
 
 def wait(what, check, timeout=30.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(step)
+    return wait_until(what, check, timeout, step)
 
 
 def agent_doc(name: str, image: str, script: str) -> str:

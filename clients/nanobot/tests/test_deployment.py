@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -212,14 +213,7 @@ def docker_json(*args):
     return json.loads(out.stdout)
 
 
-def wait_for(what, check, timeout=90):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
+wait_for = functools.partial(wait_until, timeout=90, step=0.3)
 
 
 class Deployment:

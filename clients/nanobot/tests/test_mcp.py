@@ -9,7 +9,6 @@ import json
 import time
 
 import httpx
-import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
