@@ -21,6 +21,15 @@ pub struct Outcome {
 /// What the agent's status is once the backend has applied its workload.
 pub fn outcome(agent: &Agent, applied: &Applied) -> Outcome {
     let Some(w) = &applied.current else {
+        // Stopped agents have no workload until they are started.
+        if agent.spec.state == DesiredState::Stopped {
+            return Outcome {
+                phase: Phase::Stopped,
+                message: applied.note.clone(),
+                container_id: None,
+                engine_restarts: 0,
+            };
+        }
         return Outcome {
             phase: Phase::Pending,
             message: Some(
@@ -94,9 +103,15 @@ pub fn needs_pass(record: &Record, hash: Option<&str>, mine: &[Observed]) -> boo
     if status.observed_generation != agent.metadata.generation {
         return true;
     }
-    let [w] = mine else {
+    let running = agent.spec.state == DesiredState::Running;
+    let w = match mine {
+        [w] => w,
+        // A stopped agent has none: settled once its status says so.
+        [] if !running => {
+            return status.phase != Phase::Stopped || status.container_id.is_some();
+        }
         // None to run it, or duplicates.
-        return true;
+        _ => return true,
     };
     let uid = agent
         .metadata
@@ -106,7 +121,6 @@ pub fn needs_pass(record: &Record, hash: Option<&str>, mine: &[Observed]) -> boo
     if w.uid != uid || w.spec_hash != hash {
         return true;
     }
-    let running = agent.spec.state == DesiredState::Running;
     let restart = record.internal.restarts_requested > record.internal.restarts_done;
     let settled = match (running, w.state) {
         (true, RunState::Running) => !restart,
@@ -303,5 +317,26 @@ mod tests {
             Some("h"),
             &[observed(RunState::Exited { code: Some(0) })]
         ));
+    }
+
+    #[test]
+    fn a_stopped_agent_without_a_workload_is_stopped_and_settled() {
+        let mut r = record(DesiredState::Stopped, RestartPolicy::Always);
+        let o = outcome(&r.agent, &Applied::default());
+        assert_eq!((o.phase, o.container_id), (Phase::Stopped, None));
+        r.agent.status.observed_generation = 1;
+        r.agent.status.phase = Phase::Stopped;
+        assert!(
+            !needs_pass(&r, Some("h"), &[]),
+            "a resync leaves a stopped fleet alone"
+        );
+        r.agent.status.container_id = Some("c1".into());
+        assert!(
+            needs_pass(&r, Some("h"), &[]),
+            "its container went away: the status must say so"
+        );
+        r.agent.status.container_id = None;
+        r.agent.status.phase = Phase::Pending;
+        assert!(needs_pass(&r, Some("h"), &[]), "not yet said stopped");
     }
 }

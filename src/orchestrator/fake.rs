@@ -253,6 +253,10 @@ impl Orchestrator for FakeOrchestrator {
                 .extend(self.remove_one(&w.id, &want.agent, reason).await);
         }
         let Some(keeper) = keeper else {
+            // A stopped agent gets no workload (as the Docker backend).
+            if !want.running {
+                return Ok(applied);
+            }
             if !gate.may_create() {
                 return Err(OrchestratorError::CreateDeferred);
             }
@@ -296,13 +300,9 @@ impl Orchestrator for FakeOrchestrator {
                 id: id.clone(),
                 replacing: !applied.done.is_empty(),
             });
-            if want.running {
-                self.op("start", &want.agent).await;
-                applied.done.push(Done::Started { id: id.clone() });
-                applied.current = self.set_state(&id, RunState::Running);
-            } else {
-                applied.current = self.state.lock().unwrap().workloads.get(&id).cloned();
-            }
+            self.op("start", &want.agent).await;
+            applied.done.push(Done::Started { id: id.clone() });
+            applied.current = self.set_state(&id, RunState::Running);
             return Ok(applied);
         };
         let id = keeper.id.clone();

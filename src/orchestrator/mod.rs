@@ -26,6 +26,69 @@ pub mod docker;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 
+/// Label every Hive container (and object) carries.
+pub const LABEL_MANAGED: &str = "hive.managed";
+/// Label naming the Hive instance that owns a container or object.
+pub const LABEL_INSTANCE: &str = "hive.instance";
+/// Label naming the store that declared a container.
+pub const LABEL_STORE: &str = "hive.store";
+/// Label naming the agent a container runs.
+pub const LABEL_AGENT: &str = "hive.agent";
+/// Label with the agent's uid.
+pub const LABEL_UID: &str = "hive.uid";
+/// Label naming the agent's owner.
+pub const LABEL_OWNER: &str = "hive.owner";
+/// Label naming a volume within its agent.
+pub const LABEL_VOLUME: &str = "hive.volume";
+/// Label marking a volume kept when its agent is deleted.
+pub const LABEL_RETAIN: &str = "hive.retain";
+/// Label with the hash of the spec the container was created from.
+pub const LABEL_SPEC_HASH: &str = "hive.spec-hash";
+/// Whether the volume `name` (the agent's `spec.volumes[i]`), whose labels `label` reads,
+/// may be mounted for the agent of `spec` on `instance`: only one made by Hive for this
+/// instance and owner, for this agent (same uid), or retained by an earlier agent of the
+/// name when the volume says `adoptRetained`. Every backend asks this before mounting.
+pub fn may_mount<'a>(
+    instance: &str,
+    spec: &Workload,
+    i: usize,
+    name: &str,
+    label: impl Fn(&str) -> Option<&'a str>,
+) -> Result<(), OrchestratorError> {
+    let refuse = |why: String| {
+        Err(OrchestratorError::VolumeConflict(format!(
+            "spec.volumes[{i}]: volume {name} {why}"
+        )))
+    };
+    if label(LABEL_MANAGED) != Some("true") || label(LABEL_INSTANCE).is_none() {
+        return refuse(
+            "exists but was not made by Hive; it is never mounted (remove or rename it)".into(),
+        );
+    }
+    if label(LABEL_INSTANCE) != Some(instance) {
+        return refuse("belongs to another Hive instance; it is never mounted here".into());
+    }
+    if label(LABEL_OWNER) != Some(spec.owner.as_str()) {
+        return refuse("belongs to another owner; it is never mounted for this agent".into());
+    }
+    if label(LABEL_UID) == Some(spec.uid.to_string().as_str()) {
+        return Ok(());
+    }
+    let volume = &spec.volumes[i];
+    if label(LABEL_RETAIN) == Some("true") && volume.adopt_retained {
+        tracing::info!(volume = %name, "mounting a volume retained from an earlier agent of this name, as adoptRetained says");
+        return Ok(());
+    }
+    if label(LABEL_RETAIN) == Some("true") {
+        return refuse(
+            "holds data retained from an earlier agent of this name; set adoptRetained: true \
+             on the volume to mount it, or remove the volume"
+                .into(),
+        );
+    }
+    refuse("belongs to another agent of this name; it is never mounted for this one".into())
+}
+
 /// What an agent should be, in no engine's terms.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {

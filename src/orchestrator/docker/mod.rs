@@ -62,24 +62,10 @@ use plan::{Container, ContainerAction, ContainerState};
 pub mod plan;
 use crate::agent::RestartPolicy;
 
-/// Label every Hive container carries.
-pub const LABEL_MANAGED: &str = "hive.managed";
-/// Label naming the Hive instance that owns a container.
-pub const LABEL_INSTANCE: &str = "hive.instance";
-/// Label naming the store that declared a container.
-pub const LABEL_STORE: &str = "hive.store";
-/// Label naming the agent a container runs.
-pub const LABEL_AGENT: &str = "hive.agent";
-/// Label with the agent's uid.
-pub const LABEL_UID: &str = "hive.uid";
-/// Label naming the agent's owner.
-pub const LABEL_OWNER: &str = "hive.owner";
-/// Label naming a volume within its agent.
-pub const LABEL_VOLUME: &str = "hive.volume";
-/// Label marking a volume kept when its agent is deleted.
-pub const LABEL_RETAIN: &str = "hive.retain";
-/// Label with the hash of the spec the container was created from.
-pub const LABEL_SPEC_HASH: &str = "hive.spec-hash";
+pub use super::{
+    LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, LABEL_RETAIN, LABEL_SPEC_HASH,
+    LABEL_STORE, LABEL_UID, LABEL_VOLUME,
+};
 /// Label naming the instance a lease (or its renewal stamp) belongs to.
 pub const LABEL_LEASE: &str = "hive.lease";
 /// Prefix of the lease's other labels.
@@ -305,39 +291,9 @@ impl DockerOrchestrator {
         name: &str,
         labels: &HashMap<String, String>,
     ) -> Result<(), OrchestratorError> {
-        let label = |k: &str| labels.get(k).map(String::as_str);
-        let refuse = |why: String| {
-            Err(OrchestratorError::VolumeConflict(format!(
-                "spec.volumes[{i}]: volume {name} {why}"
-            )))
-        };
-        if label(LABEL_MANAGED) != Some("true") || label(LABEL_INSTANCE).is_none() {
-            return refuse(
-                "exists but was not made by Hive; it is never mounted (remove or rename it)".into(),
-            );
-        }
-        if label(LABEL_INSTANCE) != Some(self.settings.instance.as_str()) {
-            return refuse("belongs to another Hive instance; it is never mounted here".into());
-        }
-        if label(LABEL_OWNER) != Some(spec.owner.as_str()) {
-            return refuse("belongs to another owner; it is never mounted for this agent".into());
-        }
-        if label(LABEL_UID) == Some(spec.uid.to_string().as_str()) {
-            return Ok(());
-        }
-        let volume = &spec.volumes[i];
-        if label(LABEL_RETAIN) == Some("true") && volume.adopt_retained {
-            tracing::info!(volume = %name, "mounting a volume retained from an earlier agent of this name, as adoptRetained says");
-            return Ok(());
-        }
-        if label(LABEL_RETAIN) == Some("true") {
-            return refuse(
-                "holds data retained from an earlier agent of this name; set adoptRetained: true \
-                 on the volume to mount it, or remove the volume"
-                    .into(),
-            );
-        }
-        refuse("belongs to another agent of this name; it is never mounted for this one".into())
+        super::may_mount(&self.settings.instance, spec, i, name, |k| {
+            labels.get(k).map(String::as_str)
+        })
     }
 
     /// Refuses a workload whose name another container on the network answers to (its
@@ -802,7 +758,7 @@ impl Orchestrator for DockerOrchestrator {
             .into_iter()
             .partition(|c| ownership.owns(&c.observed(), Some(&uid)));
         let plan = plan::plan(want, &containers);
-        if let Some(ContainerAction::Create { .. }) = plan.action {
+        if let Some(ContainerAction::Create) = plan.action {
             // Another store's container holds the name: leave it alone and say so.
             if let Some(f) = foreign.iter().find(|c| c.state != ContainerState::Removing) {
                 return Err(OrchestratorError::HeldByForeign {
@@ -847,7 +803,7 @@ impl Orchestrator for DockerOrchestrator {
             })
         };
         match action {
-            ContainerAction::Create { start } => {
+            ContainerAction::Create => {
                 let id = self.create_container(want).await?;
                 applied.done.push(Done::Created {
                     id: id.clone(),
@@ -856,22 +812,18 @@ impl Orchestrator for DockerOrchestrator {
                         .iter()
                         .any(|(_, r)| *r == RemoveReason::SpecChanged),
                 });
-                let mut made = Observed {
-                    id: id.clone(),
+                self.start_container(&id).await?;
+                applied.done.push(Done::Started { id: id.clone() });
+                applied.current = Some(Observed {
+                    id,
                     agent: want.agent.clone(),
                     uid: uid.clone(),
                     spec_hash: want.hash(),
                     store: Some(want.store.clone()),
-                    state: RunState::Starting,
+                    state: RunState::Running,
                     restarts: 0,
                     created: unix_ms() / 1000,
-                };
-                if start {
-                    self.start_container(&id).await?;
-                    applied.done.push(Done::Started { id });
-                    made.state = RunState::Running;
-                }
-                applied.current = Some(made);
+                });
             }
             ContainerAction::Start { id, repair } => {
                 self.start_container(&id).await?;

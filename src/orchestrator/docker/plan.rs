@@ -68,10 +68,10 @@ impl Container {
 /// One operation on the agent's container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContainerAction {
-    /// Create it from the current spec, and start it when `start`.
-    Create {
-        start: bool,
-    },
+    /// Create it from the current spec and start it. (A stopped agent without a
+    /// container gets none: like a Deployment scaled to zero, it costs the engine nothing
+    /// until it is started, which makes a large declared-but-stopped fleet cheap.)
+    Create,
     /// Start it; `repair` when it had run and exited against the spec.
     Start {
         id: String,
@@ -133,9 +133,7 @@ pub fn plan(want: &Workload, containers: &[Container]) -> Plan {
             .any(|c| c.state == ContainerState::Removing);
         return Plan {
             remove,
-            action: (!waiting).then_some(ContainerAction::Create {
-                start: want.running,
-            }),
+            action: (!waiting && want.running).then_some(ContainerAction::Create),
             keeper: None,
             waiting_for_removal: waiting,
         };
@@ -260,10 +258,23 @@ mod tests {
     #[test]
     fn a_missing_container_is_created_and_started_unless_stopped() {
         let p = plan(&running(), &[]);
-        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
+        assert_eq!(p.action, Some(ContainerAction::Create));
         assert!(p.remove.is_empty());
         let p = plan(&want(false, RestartPolicy::Always), &[]);
-        assert_eq!(p.action, Some(ContainerAction::Create { start: false }));
+        assert_eq!(p.action, None, "a stopped agent gets no container");
+        assert!(p.keeper.is_none() && !p.waiting_for_removal);
+    }
+
+    #[test]
+    fn a_stopped_agent_whose_spec_changed_loses_its_old_container_and_gets_none() {
+        let mut old = container("c1", ContainerState::Exited(Some(0)));
+        old.spec_hash = "h0".into();
+        let p = plan(&want(false, RestartPolicy::Always), &[old]);
+        assert_eq!(
+            p.remove,
+            vec![("c1".to_string(), RemoveReason::SpecChanged)]
+        );
+        assert_eq!(p.action, None);
     }
 
     #[test]
@@ -283,7 +294,7 @@ mod tests {
             p.remove,
             vec![("c1".to_string(), RemoveReason::SpecChanged)]
         );
-        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
+        assert_eq!(p.action, Some(ContainerAction::Create));
     }
 
     #[test]
@@ -295,7 +306,7 @@ mod tests {
             p.remove,
             vec![("c1".to_string(), RemoveReason::EarlierAgent)]
         );
-        assert_eq!(p.action, Some(ContainerAction::Create { start: true }));
+        assert_eq!(p.action, Some(ContainerAction::Create));
     }
 
     #[test]
