@@ -8,10 +8,12 @@
 #   2. a Docker engine that answers (dockerd is started if `docker info` fails);
 #   3. the deployment's base images, made from Debian's archive by
 #      deployment/local-images.sh --bases (kept: a second run finds them);
-#   4. a Python environment in .venv with nanobot-ai and Sol's tool (clients/nanobot);
+#   4. a Python environment in .venv with nanobot-ai and Sol's tool (clients/nanobot), and
+#      kubernetes-validate (the Kubernetes schema check of deployment/kubernetes);
 # then the Rust unit and integration tests against the real engine (cargo test), and the
 # Python tests: Sol's tool against a real `hive serve`, both images built from their
-# Dockerfiles, and the compose deployment run for real (agent-api and Sol in containers).
+# Dockerfiles, the compose deployment run for real (agent-api and Sol in containers), and
+# the Kubernetes manifests and the objects Hive renders checked against the API's schema.
 #
 #   ./test.sh                 # everything
 #   ./test.sh -k compose      # extra arguments go to pytest
@@ -72,7 +74,8 @@ as_root deployment/local-images.sh --bases \
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/pip install -q --disable-pip-version-check -e "clients/nanobot[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e "clients/nanobot[test]" \
+  "kubernetes-validate==1.37.0" "pyyaml>=6"
 
 cargo test --locked
-.venv/bin/python -m pytest clients/nanobot -q -rs "$@"
+.venv/bin/python -m pytest clients/nanobot deployment/kubernetes -q -rs "$@"

@@ -14,6 +14,21 @@ pub struct Config {
     #[arg(long, env = "HIVE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Where agents run: `docker` (one engine, `--docker-host`) or `kubernetes` (Pods in
+    /// one namespace of a cluster, `--namespace`, `--kubeconfig`).
+    #[arg(long, env = "HIVE_BACKEND", value_enum, default_value_t = Backend::Docker)]
+    pub backend: Backend,
+
+    /// Kubernetes: the namespace agents live in (default: the service account's, or the
+    /// kubeconfig context's).
+    #[arg(long, env = "HIVE_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Kubernetes: a kubeconfig file to use (default: the in-cluster service account,
+    /// else KUBECONFIG or ~/.kube/config).
+    #[arg(long, env = "HIVE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
     /// Docker engine: unix:///path, tcp://host:port. Defaults to DOCKER_HOST or the local socket.
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
@@ -120,6 +135,13 @@ pub struct Config {
 }
 
 /// How log lines are written.
+/// Where agents run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Docker,
+    Kubernetes,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,

@@ -14,7 +14,7 @@
 //! - [`controller`]: the runtime (queue, triggers, backoff by error kind) apart from
 //!   `reconcile`, the pure `plan`, and `workload` (what an agent asks a backend to run).
 //! - [`orchestrator`]: the workload-level backend trait; [`orchestrator::docker`] is the
-//!   only user of bollard.
+//!   only user of bollard, [`orchestrator::kubernetes`] the only user of kube-rs.
 //! - [`lease`]: leader election, so that one Hive at a time reconciles an instance.
 //! - [`access`]: keys, owners and roles; [`policy`]: what an agent may be (admission);
 //!   [`image`]: image references and patterns; [`selector`]: label selectors;
@@ -25,7 +25,7 @@
 //!   the Ctrl-C / SIGTERM signal; `testing` (feature): the in-memory backend for tests.
 //!
 //! [`App`] wires them together around a backend it is given; [`run`] serves it. `main`
-//! only parses flags, makes the Docker backend and calls [`run`].
+//! only parses flags, makes the backend `--backend` names and calls [`run`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -96,6 +96,27 @@ pub fn docker_backend(config: &Config) -> Arc<dyn Orchestrator> {
             timeout: config.engine_timeout.into(),
         },
     ))
+}
+
+/// The Kubernetes backend `config` asks for (`--namespace`, `--kubeconfig`,
+/// `--instance`, `--engine-timeout`). Connects lazily: no I/O here.
+pub fn kubernetes_backend(config: &Config) -> Arc<dyn Orchestrator> {
+    Arc::new(orchestrator::kubernetes::KubernetesOrchestrator::new(
+        orchestrator::kubernetes::KubernetesSettings {
+            namespace: config.namespace.clone(),
+            kubeconfig: config.kubeconfig.clone(),
+            instance: config.instance.clone(),
+            timeout: config.engine_timeout.into(),
+        },
+    ))
+}
+
+/// The backend `--backend` names.
+pub fn backend(config: &Config) -> Arc<dyn Orchestrator> {
+    match config.backend {
+        config::Backend::Docker => docker_backend(config),
+        config::Backend::Kubernetes => kubernetes_backend(config),
+    }
 }
 
 /// Runs Hive with `backend` on `listener` until `shutdown` completes: see [`App`].

@@ -87,7 +87,7 @@ async fn serve(config: hive::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let backend = hive::docker_backend(&config);
+    let backend = hive::backend(&config);
     hive::run(config, backend, listener, hive::shutdown::signal()).await?;
     Ok(())
 }

@@ -25,6 +25,7 @@ use crate::agent::{Env, RestartPolicy, Volume};
 pub mod docker;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
+pub mod kubernetes;
 
 /// Label every Hive container (and object) carries.
 pub const LABEL_MANAGED: &str = "hive.managed";

@@ -110,6 +110,12 @@ enum Running {
     Process(Child),
 }
 
+/// Makes the backend a Hive runs on, inside its runtime (the default: the Docker
+/// backend its flags name).
+pub type BackendFactory = std::sync::Arc<
+    dyn Fn(&hive::Config) -> std::sync::Arc<dyn hive::orchestrator::Orchestrator> + Send + Sync,
+>;
+
 /// One running Hive with its own instance, data directory and key.
 pub struct Hive {
     pub instance: String,
@@ -130,6 +136,8 @@ pub struct Hive {
     log_id: String,
     /// Whether dropping this Hive removes its instance's containers.
     cleanup: bool,
+    /// The backend, when not Docker's.
+    backend: Option<BackendFactory>,
 }
 
 impl Hive {
@@ -162,6 +170,11 @@ impl Hive {
         Hive::launch(env, args, false).await
     }
 
+    /// Starts Hive in this process on the backend `factory` makes.
+    pub async fn start_on_backend(factory: BackendFactory) -> Hive {
+        Hive::launch_with(HashMap::new(), Vec::new(), false, Some(factory)).await
+    }
+
     /// Starts `hive serve` as a child process: for tests that signal it, `kill -9` it,
     /// limit its file descriptors (`HIVE_TEST_NOFILE`) or read its log format.
     pub async fn process(env: HashMap<String, Option<String>>, args: Vec<String>) -> Hive {
@@ -170,8 +183,17 @@ impl Hive {
 
     async fn launch(
         env: HashMap<String, Option<String>>,
+        args: Vec<String>,
+        process: bool,
+    ) -> Hive {
+        Hive::launch_with(env, args, process, None).await
+    }
+
+    async fn launch_with(
+        env: HashMap<String, Option<String>>,
         mut args: Vec<String>,
         process: bool,
+        backend: Option<BackendFactory>,
     ) -> Hive {
         ensure_image().await;
         let instance = match args.iter().position(|a| a == "--instance") {
@@ -198,6 +220,7 @@ impl Hive {
             starts: 0,
             log_id: token(),
             cleanup: true,
+            backend,
         };
         hive.spawn().await;
         hive
@@ -272,6 +295,7 @@ impl Hive {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let span_id = self.log_id.clone();
+        let factory = self.backend.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -285,7 +309,10 @@ impl Hive {
                         .await
                         .map_err(|e| e.to_string())?;
                     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-                    let backend = hive::docker_backend(&config);
+                    let backend = match factory {
+                        Some(make) => make(&config),
+                        None => hive::docker_backend(&config),
+                    };
                     let app = match hive::App::new(config, backend).await {
                         Ok(app) => app,
                         Err(e) => {

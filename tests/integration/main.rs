@@ -8,6 +8,7 @@ mod proxy;
 
 mod api;
 mod cli;
+mod contract;
 mod drift;
 mod faults;
 mod gitops;

@@ -1,0 +1,854 @@
+//! The Kubernetes backend: the [`Orchestrator`] over a cluster's API server, through
+//! kube-rs. This module (with its pure half, [`render`]) is the only user of `kube` and
+//! `k8s-openapi`, as `docker` is of bollard.
+//!
+//! What an agent becomes, and why, is said in [`render`]. The backend works in one
+//! namespace (`--namespace`, else the one of its service account or kubeconfig) and only
+//! on objects labelled with its instance; every name it makes is checked for its labels
+//! before it is used, as on Docker. Changes arrive through kube-runtime's watcher on the
+//! instance's Pods; the instance's lease is a `coordination.k8s.io/v1` Lease named
+//! `hive-<instance>`. What differs from Docker: images are pulled by the kubelet (so
+//! [`Orchestrator::pull`] does nothing and a bad image shows as the kubelet's waiting
+//! reason), a stopped agent has no Pod (so its logs go with it), and there is no CPU
+//! counter to read (metrics.k8s.io gives rates), so an idle timeout never fires here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
+use kube::{Client, Config};
+use uuid::Uuid;
+
+use super::{
+    Applied, CreateGate, Done, Holder, Lease, LogOptions, Observed, Orchestrator,
+    OrchestratorError, Ownership, RemoveReason, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE,
+    LABEL_MANAGED, LABEL_RETAIN,
+};
+
+#[cfg(any(test, feature = "testing"))]
+pub mod apiserver;
+pub mod render;
+#[cfg(test)]
+mod tests;
+
+use render::Create;
+
+/// Where the cluster is and which part of it is this Hive's.
+#[derive(Clone, Debug)]
+pub struct KubernetesSettings {
+    /// The namespace agents live in (None: the service account's, or the kubeconfig's).
+    pub namespace: Option<String>,
+    /// A kubeconfig file (None: the in-cluster service account, else the usual
+    /// `KUBECONFIG` / `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// The Hive instance: every object made carries it.
+    pub instance: String,
+    /// How long one API call may take.
+    pub timeout: Duration,
+}
+
+/// The Kubernetes backend. Connects lazily: building one does no I/O.
+#[derive(Clone)]
+pub struct KubernetesOrchestrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: KubernetesSettings,
+    /// The client and the namespace, once connected.
+    client: tokio::sync::OnceCell<(Client, String)>,
+}
+
+/// Annotations of the lease naming its holder to a person (the token is the Lease's
+/// holderIdentity).
+const LEASE_HOST: &str = "hive.lease/host";
+const LEASE_PID: &str = "hive.lease/pid";
+const LEASE_DATA_DIR: &str = "hive.lease/data-dir";
+const LEASE_STORE: &str = "hive.lease/store";
+
+impl KubernetesOrchestrator {
+    pub fn new(settings: KubernetesSettings) -> Self {
+        KubernetesOrchestrator {
+            inner: Arc::new(Inner {
+                settings,
+                client: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+
+    /// A backend over a client already made (tests hand it one over a mock server).
+    pub fn with_client(client: Client, namespace: &str, instance: &str) -> Self {
+        let settings = KubernetesSettings {
+            namespace: Some(namespace.to_string()),
+            kubeconfig: None,
+            instance: instance.to_string(),
+            timeout: Duration::from_secs(30),
+        };
+        KubernetesOrchestrator {
+            inner: Arc::new(Inner {
+                settings,
+                client: tokio::sync::OnceCell::new_with(Some((client, namespace.to_string()))),
+            }),
+        }
+    }
+
+    fn instance(&self) -> &str {
+        &self.inner.settings.instance
+    }
+
+    fn lease_name(&self) -> String {
+        format!("hive-{}", self.instance())
+    }
+
+    /// The client and namespace (connecting on first use), as a future that owns what it
+    /// needs, so that streams can start from it.
+    fn connection(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(Client, String), OrchestratorError>> + 'static
+    {
+        let inner = self.inner.clone();
+        async move {
+            inner
+                .client
+                .get_or_try_init(|| connect(&inner.settings))
+                .await
+                .cloned()
+        }
+    }
+
+    async fn api<K>(&self) -> Result<Api<K>, OrchestratorError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let (client, ns) = self.connection().await?;
+        Ok(Api::namespaced(client, &ns))
+    }
+
+    /// Runs one API call under the deadline.
+    async fn call<T>(
+        &self,
+        call: &'static str,
+        f: impl std::future::Future<Output = kube::Result<T>>,
+    ) -> Result<kube::Result<T>, OrchestratorError> {
+        let limit = self.inner.settings.timeout;
+        tokio::time::timeout(limit, f)
+            .await
+            .map_err(|_| OrchestratorError::Timeout {
+                call,
+                secs: limit.as_secs(),
+            })
+    }
+
+    /// This instance's Pods (of one agent when given).
+    async fn pods(&self, agent: Option<&str>) -> Result<Vec<Pod>, OrchestratorError> {
+        let api: Api<Pod> = self.api().await?;
+        let params = ListParams::default().labels(&render::selector(self.instance(), agent));
+        let list = self
+            .call("list pods", api.list(&params))
+            .await?
+            .map_err(map_err)?;
+        Ok(list.items)
+    }
+
+    /// Makes the agent's Service unless it is there; refuses a name another object holds.
+    async fn ensure_service(&self, want: &Workload) -> Result<(), OrchestratorError> {
+        let api: Api<Service> = self.api().await?;
+        let existing = self
+            .call("get service", api.get_opt(&want.agent))
+            .await?
+            .map_err(map_err)?;
+        let existing = match existing {
+            Some(s) => s,
+            None => {
+                let made = self
+                    .call(
+                        "create service",
+                        api.create(
+                            &PostParams::default(),
+                            &render::service(self.instance(), want),
+                        ),
+                    )
+                    .await?;
+                match made {
+                    Ok(_) => return Ok(()),
+                    // Made meanwhile: look at whose it is.
+                    Err(e) if status_code(&e) == Some(409) => self
+                        .call("get service", api.get(&want.agent))
+                        .await?
+                        .map_err(map_err)?,
+                    Err(e) => return Err(map_err(e)),
+                }
+            }
+        };
+        let labels = existing.metadata.labels.unwrap_or_default();
+        let ours = labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
+            && labels.get(LABEL_INSTANCE).map(String::as_str) == Some(self.instance())
+            && labels.get(LABEL_AGENT) == Some(&want.agent);
+        if ours {
+            return Ok(());
+        }
+        let (_, ns) = self.connection().await?;
+        Err(OrchestratorError::NameInUse {
+            name: want.agent.clone(),
+            network: format!("namespace {ns}"),
+            holder: match labels.get(LABEL_INSTANCE) {
+                Some(i) if labels.contains_key(LABEL_MANAGED) => {
+                    format!("the Service of an agent of Hive instance {i}")
+                }
+                _ => format!("Service {} (not made by this Hive)", want.agent),
+            },
+        })
+    }
+
+    /// Makes the agent's claims, or checks that those there are its to mount.
+    async fn ensure_claims(&self, want: &Workload) -> Result<(), OrchestratorError> {
+        let api: Api<PersistentVolumeClaim> = self.api().await?;
+        for (i, v) in want.volumes.iter().enumerate() {
+            let name = render::claim_name(self.instance(), &want.agent, &v.name);
+            let claim = match self
+                .call("get claim", api.get_opt(&name))
+                .await?
+                .map_err(map_err)?
+            {
+                Some(c) => c,
+                None => match self
+                    .call(
+                        "create claim",
+                        api.create(
+                            &PostParams::default(),
+                            &render::claim(self.instance(), want, i),
+                        ),
+                    )
+                    .await?
+                {
+                    Ok(c) => c,
+                    Err(e) if status_code(&e) == Some(409) => self
+                        .call("get claim", api.get(&name))
+                        .await?
+                        .map_err(map_err)?,
+                    Err(e) => return Err(map_err(e)),
+                },
+            };
+            let labels = claim.metadata.labels.unwrap_or_default();
+            super::may_mount(self.instance(), want, i, &name, |k| {
+                labels.get(k).map(String::as_str)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Makes a Pod for `want` (its Service, claims and environment first).
+    async fn create_pod(&self, want: &Workload) -> Result<Pod, OrchestratorError> {
+        self.ensure_service(want).await?;
+        self.ensure_claims(want).await?;
+        let name = format!(
+            "{}-{}",
+            want.agent,
+            &Uuid::new_v4().simple().to_string()[..5]
+        );
+        let pods: Api<Pod> = self.api().await?;
+        let pod = self
+            .call(
+                "create pod",
+                pods.create(
+                    &PostParams::default(),
+                    &render::pod(self.instance(), want, &name),
+                ),
+            )
+            .await?
+            .map_err(map_err)?;
+        // The environment, owned by the Pod: made right after it (the kubelet waits for
+        // it), so that it can never outlive the Pod.
+        if let Some(mut secret) = render::env_secret(self.instance(), want, &name) {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            secret.metadata.owner_references = Some(vec![render::owned_by_pod(&name, &uid)]);
+            let secrets: Api<Secret> = self.api().await?;
+            let made = self
+                .call(
+                    "create secret",
+                    secrets.create(&PostParams::default(), &secret),
+                )
+                .await?;
+            if let Err(e) = made {
+                let _ = self.delete_pod(&name).await;
+                return Err(map_err(e));
+            }
+        }
+        Ok(pod)
+    }
+
+    /// Deletes a Pod with the stop grace; one already gone is fine. Gives back the Pod as
+    /// the server last had it, when it had one.
+    async fn delete_pod(&self, name: &str) -> Result<Option<Pod>, OrchestratorError> {
+        let api: Api<Pod> = self.api().await?;
+        let params = DeleteParams {
+            grace_period_seconds: Some(render::STOP_GRACE_SECS as u32),
+            ..Default::default()
+        };
+        match self.call("delete pod", api.delete(name, &params)).await? {
+            Ok(either) => Ok(either.left()),
+            Err(e) if status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// Deletes the agent's Service if it is this instance's.
+    async fn delete_service(&self, agent: &str) -> Result<(), OrchestratorError> {
+        let api: Api<Service> = self.api().await?;
+        let Some(s) = self
+            .call("get service", api.get_opt(agent))
+            .await?
+            .map_err(map_err)?
+        else {
+            return Ok(());
+        };
+        let labels = s.metadata.labels.unwrap_or_default();
+        if labels.get(LABEL_INSTANCE).map(String::as_str) != Some(self.instance())
+            || labels.get(LABEL_AGENT).map(String::as_str) != Some(agent)
+        {
+            return Ok(());
+        }
+        match self
+            .call(
+                "delete service",
+                api.delete(agent, &DeleteParams::default()),
+            )
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// The Lease object of a [`Lease`], to write with its resourceVersion.
+    fn lease_object(&self, lease: &Lease, holder: Option<&Holder>) -> KubeLease {
+        let micro = |ms: i64| {
+            k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+                .ok()
+                .map(MicroTime)
+        };
+        let annotations = holder.map(|h| {
+            [
+                (LEASE_HOST, h.host.clone()),
+                (LEASE_PID, h.pid.to_string()),
+                (LEASE_DATA_DIR, h.data_dir.clone()),
+                (LEASE_STORE, h.store.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+        });
+        KubeLease {
+            metadata: ObjectMeta {
+                name: Some(self.lease_name()),
+                resource_version: (!lease.handle.is_empty()).then(|| lease.handle.clone()),
+                labels: Some([(LABEL_INSTANCE.to_string(), self.instance().to_string())].into()),
+                annotations,
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(|h| h.token.clone()),
+                acquire_time: micro(lease.acquired_ms),
+                renew_time: micro(lease.renewed_ms),
+                lease_duration_seconds: Some(
+                    lease.duration.as_secs().clamp(1, i32::MAX as u64) as i32
+                ),
+                lease_transitions: Some(lease.transitions.min(i32::MAX as u64) as i32),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Writes a lease over the version `lease.handle`; a newer one is a conflict.
+    async fn write_lease(
+        &self,
+        lease: &Lease,
+        holder: Option<&Holder>,
+        lost: &str,
+    ) -> Result<Lease, OrchestratorError> {
+        let api: Api<KubeLease> = self.api().await?;
+        let object = self.lease_object(lease, holder);
+        let written = if lease.handle.is_empty() {
+            self.call("create lease", api.create(&PostParams::default(), &object))
+                .await?
+        } else {
+            self.call(
+                "replace lease",
+                api.replace(&self.lease_name(), &PostParams::default(), &object),
+            )
+            .await?
+        };
+        match written {
+            Ok(o) => Ok(Lease {
+                handle: o.metadata.resource_version.unwrap_or_default(),
+                ..lease.clone()
+            }),
+            Err(e) if status_code(&e) == Some(409) => {
+                Err(OrchestratorError::LeaseConflict(lost.to_string()))
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    /// The lease object as the server has it, and what it says (None: nobody holds it).
+    async fn lease_now(&self) -> Result<(Option<KubeLease>, Option<Lease>), OrchestratorError> {
+        let api: Api<KubeLease> = self.api().await?;
+        let object = self
+            .call("get lease", api.get_opt(&self.lease_name()))
+            .await?
+            .map_err(map_err)?;
+        let lease = object.as_ref().and_then(lease_of);
+        Ok((object, lease))
+    }
+}
+
+/// Connects as the settings say: a kubeconfig file, else the in-cluster service account,
+/// else the usual kubeconfig.
+async fn connect(settings: &KubernetesSettings) -> Result<(Client, String), OrchestratorError> {
+    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+        OrchestratorError::Unavailable(format!("{what}: {e}"))
+    };
+    let config = match &settings.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                unavailable(&format!("cannot read --kubeconfig {}", path.display()), &e)
+            })?;
+            Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| unavailable("cannot use --kubeconfig", &e))?
+        }
+        None => match Config::incluster() {
+            Ok(c) => c,
+            Err(_) => Config::infer()
+                .await
+                .map_err(|e| unavailable("no in-cluster service account and no kubeconfig", &e))?,
+        },
+    };
+    let namespace = settings
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|e| unavailable("cannot make a client", &e))?;
+    Ok((client, namespace))
+}
+
+/// What a Lease object says, when someone holds it.
+fn lease_of(object: &KubeLease) -> Option<Lease> {
+    let spec = object.spec.as_ref()?;
+    let token = spec.holder_identity.clone().filter(|t| !t.is_empty())?;
+    let note = |k: &str| {
+        object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(k))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ms = |t: &Option<MicroTime>| t.as_ref().map_or(0, |t| t.0.as_millisecond());
+    Some(Lease {
+        holder: Holder {
+            token,
+            host: note(LEASE_HOST),
+            pid: note(LEASE_PID).parse().unwrap_or(0),
+            data_dir: note(LEASE_DATA_DIR),
+            store: note(LEASE_STORE),
+        },
+        acquired_ms: ms(&spec.acquire_time),
+        renewed_ms: ms(&spec.renew_time).max(ms(&spec.acquire_time)),
+        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
+        transitions: spec.lease_transitions.unwrap_or(0).max(0) as u64,
+        handle: object.metadata.resource_version.clone().unwrap_or_default(),
+    })
+}
+
+fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// The API server's answer in the orchestrator's words.
+fn map_err(e: kube::Error) -> OrchestratorError {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => OrchestratorError::NotFound(s.message.clone()),
+        kube::Error::Api(s) if s.code >= 500 || s.code == 429 => OrchestratorError::Unavailable(
+            format!("the API server answered {}: {}", s.code, s.message),
+        ),
+        kube::Error::Api(s) => OrchestratorError::Refused(format!(
+            "the API server refused ({} {}): {}",
+            s.code, s.reason, s.message
+        )),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            OrchestratorError::Unavailable(e.to_string())
+        }
+        _ => OrchestratorError::Refused(e.to_string()),
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[async_trait]
+impl Orchestrator for KubernetesOrchestrator {
+    async fn ping(&self) -> Result<(), OrchestratorError> {
+        let (client, _) = self.connection().await?;
+        self.call("version", client.apiserver_version())
+            .await?
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn list(&self) -> Result<Vec<Observed>, OrchestratorError> {
+        Ok(self
+            .pods(None)
+            .await?
+            .iter()
+            .filter_map(render::observed)
+            .map(|o| Observed { restarts: 0, ..o })
+            .collect())
+    }
+
+    async fn observe(&self, agent: &str) -> Result<Vec<Observed>, OrchestratorError> {
+        Ok(self
+            .pods(Some(agent))
+            .await?
+            .iter()
+            .filter_map(render::observed)
+            .collect())
+    }
+
+    async fn apply(
+        &self,
+        want: &Workload,
+        ownership: &Ownership,
+        gate: &dyn CreateGate,
+    ) -> Result<Applied, OrchestratorError> {
+        let uid = want.uid.to_string();
+        let pods = self.pods(Some(&want.agent)).await?;
+        let (mine, foreign): (Vec<(Observed, &Pod)>, Vec<(Observed, &Pod)>) = pods
+            .iter()
+            .filter_map(|p| render::observed(p).map(|o| (o, p)))
+            .partition(|(o, _)| ownership.owns(o, Some(&uid)));
+        let observed: Vec<Observed> = mine.iter().map(|(o, _)| o.clone()).collect();
+        let plan = render::plan(want, &observed);
+        if plan.create.is_some() {
+            if let Some((f, _)) = foreign
+                .iter()
+                .find(|(o, _)| o.state != RunState::Terminating)
+            {
+                return Err(OrchestratorError::HeldByForeign {
+                    agent: want.agent.clone(),
+                    store: f.store.clone().unwrap_or_else(|| "unknown".into()),
+                });
+            }
+            if !gate.may_create() {
+                return Err(OrchestratorError::CreateDeferred);
+            }
+        }
+        let mut applied = Applied {
+            current: plan.keeper.clone(),
+            note: None,
+            done: Vec::new(),
+        };
+        for (id, reason) in &plan.remove {
+            self.delete_pod(id).await?;
+            applied.done.push(Done::Removed {
+                id: id.clone(),
+                reason: *reason,
+            });
+        }
+        for id in &plan.stop {
+            self.delete_pod(id).await?;
+            if plan.create.is_none() {
+                applied.done.push(Done::Stopped { id: id.clone() });
+            }
+        }
+        let Some(why) = plan.create else {
+            if let Some(k) = &plan.keeper {
+                applied.note = mine
+                    .iter()
+                    .find(|(o, _)| o.id == k.id)
+                    .and_then(|(_, p)| render::waiting_note(p));
+            }
+            return Ok(applied);
+        };
+        let pod = self.create_pod(want).await?;
+        let made = render::observed(&pod).unwrap_or_else(|| Observed {
+            id: pod.metadata.name.clone().unwrap_or_default(),
+            agent: want.agent.clone(),
+            uid: uid.clone(),
+            spec_hash: want.hash(),
+            store: Some(want.store.clone()),
+            state: RunState::Starting,
+            restarts: 0,
+            created: unix_ms() / 1000,
+        });
+        let id = made.id.clone();
+        match why {
+            Create::Missing => {
+                applied.done.push(Done::Created {
+                    id: id.clone(),
+                    replacing: plan
+                        .remove
+                        .iter()
+                        .any(|(_, r)| *r == RemoveReason::SpecChanged),
+                });
+                applied.done.push(Done::Started { id });
+            }
+            Create::Restart => applied.done.push(Done::Restarted { id }),
+            Create::Repair { exit_code } => applied.done.push(Done::Repaired { id, exit_code }),
+        }
+        applied.current = Some(made);
+        Ok(applied)
+    }
+
+    async fn remove(
+        &self,
+        ids: &[String],
+        reason: RemoveReason,
+    ) -> Result<Vec<Done>, OrchestratorError> {
+        let mut done = Vec::new();
+        for id in ids {
+            let gone = self.delete_pod(id).await?;
+            if matches!(reason, RemoveReason::AgentDeleted | RemoveReason::NoAgent) {
+                let agent = gone
+                    .and_then(|p| p.metadata.labels)
+                    .and_then(|l| l.get(LABEL_AGENT).cloned());
+                if let Some(agent) = agent {
+                    self.delete_service(&agent).await?;
+                }
+            }
+            done.push(Done::Removed {
+                id: id.clone(),
+                reason,
+            });
+        }
+        Ok(done)
+    }
+
+    async fn remove_volumes(&self, agent: &str, uid: Uuid) -> Result<(), OrchestratorError> {
+        self.delete_service(agent).await?;
+        let api: Api<PersistentVolumeClaim> = self.api().await?;
+        let params = ListParams::default().labels(&format!(
+            "{},{}={uid}",
+            render::selector(self.instance(), Some(agent)),
+            super::LABEL_UID
+        ));
+        let claims = self
+            .call("list claims", api.list(&params))
+            .await?
+            .map_err(map_err)?;
+        for c in claims.items {
+            let keep = c
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_RETAIN))
+                .is_some_and(|r| r == "true");
+            let Some(name) = c.metadata.name.filter(|_| !keep) else {
+                continue;
+            };
+            match self
+                .call("delete claim", api.delete(&name, &DeleteParams::default()))
+                .await?
+            {
+                Ok(_) => {}
+                Err(e) if status_code(&e) == Some(404) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn pull(&self, _image: &str) -> Result<(), OrchestratorError> {
+        // The kubelet pulls images itself; a failure shows as the Pod's waiting reason.
+        Ok(())
+    }
+
+    async fn cpu_time(&self, _id: &str) -> Result<Option<u64>, OrchestratorError> {
+        // No cumulative counter through the API server (metrics.k8s.io has rates only):
+        // without a reading, an agent is never stopped for idleness.
+        Ok(None)
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        options: LogOptions,
+    ) -> BoxStream<'static, Result<Vec<u8>, OrchestratorError>> {
+        let params = LogParams {
+            container: Some(render::CONTAINER.to_string()),
+            follow: options.follow,
+            tail_lines: options.tail.map(|n| n.min(i64::MAX as u64) as i64),
+            since_seconds: options.since.map(|s| (unix_ms() / 1000 - s).max(1)),
+            ..Default::default()
+        };
+        let id = id.to_string();
+        let connection = self.connection();
+        stream::once(async move {
+            let (client, ns) = connection.await?;
+            let api: Api<Pod> = Api::namespaced(client, &ns);
+            let reader = api.log_stream(&id, &params).await.map_err(map_err)?;
+            Ok::<_, OrchestratorError>(stream::unfold(Box::pin(reader), |mut reader| async move {
+                use futures_util::io::AsyncReadExt;
+                let mut buf = vec![0u8; 16 * 1024];
+                match reader.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(buf), reader))
+                    }
+                    Err(e) => Some((
+                        Err(OrchestratorError::Unavailable(format!("reading logs: {e}"))),
+                        reader,
+                    )),
+                }
+            }))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {
+        use kube::runtime::watcher::{self, Event};
+        let selector = render::selector(self.instance(), None);
+        let connection = self.connection();
+        stream::once(async move {
+            let (client, ns) = connection.await?;
+            let pods: Api<Pod> = Api::namespaced(client, &ns);
+            Ok::<_, OrchestratorError>(
+                watcher::watcher(pods, watcher::Config::default().labels(&selector))
+                    .map_err(|e| OrchestratorError::Unavailable(format!("watching Pods: {e}"))),
+            )
+        })
+        .try_flatten()
+        // The caller subscribes again after an error: the watcher's own retry would spin.
+        .scan(false, |failed, item| {
+            if *failed {
+                return futures_util::future::ready(None);
+            }
+            *failed = item.is_err();
+            futures_util::future::ready(Some(item))
+        })
+        .filter_map(|item| {
+            futures_util::future::ready(match item {
+                Ok(Event::Apply(p) | Event::Delete(p) | Event::InitApply(p)) => p
+                    .metadata
+                    .labels
+                    .and_then(|l| l.get(LABEL_AGENT).cloned())
+                    .map(Ok),
+                Ok(Event::Init | Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            })
+        })
+        .boxed()
+    }
+
+    async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError> {
+        Ok(self.lease_now().await?.1)
+    }
+
+    async fn acquire_lease(
+        &self,
+        me: &Holder,
+        duration: Duration,
+        current: Option<&Lease>,
+    ) -> Result<Lease, OrchestratorError> {
+        let (object, held) = self.lease_now().await?;
+        let conflict = || {
+            OrchestratorError::LeaseConflict(
+                "another Hive changed the instance's lease first".to_string(),
+            )
+        };
+        // What the caller saw must still be what is there.
+        if held.as_ref().map(|l| (&l.holder.token, &l.handle))
+            != current.map(|l| (&l.holder.token, &l.handle))
+        {
+            return Err(conflict());
+        }
+        let now = unix_ms();
+        let lease = Lease {
+            holder: me.clone(),
+            acquired_ms: now,
+            renewed_ms: now,
+            duration,
+            transitions: held.as_ref().map_or(0, |l| l.transitions + 1),
+            handle: object
+                .and_then(|o| o.metadata.resource_version)
+                .unwrap_or_default(),
+        };
+        self.write_lease(
+            &lease,
+            Some(me),
+            "another Hive took the instance's lease first",
+        )
+        .await
+    }
+
+    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, OrchestratorError> {
+        let renewed = Lease {
+            renewed_ms: unix_ms(),
+            ..lease.clone()
+        };
+        self.write_lease(
+            &renewed,
+            Some(&lease.holder),
+            "the instance's lease is no longer this Hive's",
+        )
+        .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), OrchestratorError> {
+        self.write_lease(lease, None, "the instance's lease is no longer this Hive's")
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The backend over a mock API server (kube-rs's way of testing controllers): every
+/// request Hive makes reaches the returned handle as an `http::Request` with its whole
+/// body, and is answered with what the test's server sends back.
+#[cfg(any(test, feature = "testing"))]
+pub fn mock(namespace: &str, instance: &str) -> (KubernetesOrchestrator, mock::Handle) {
+    let (service, handle) = tower_test::mock::pair::<mock::Request, mock::Response>();
+    let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let mut service = service.clone();
+        async move {
+            use http_body_util::BodyExt;
+            use tower::{Service, ServiceExt};
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await?.to_bytes();
+            service.ready().await?;
+            service.call(http::Request::from_parts(parts, body)).await
+        }
+    });
+    let client = Client::new(service, namespace);
+    (
+        KubernetesOrchestrator::with_client(client, namespace, instance),
+        handle,
+    )
+}
+
+/// The types a mock API server deals in.
+#[cfg(any(test, feature = "testing"))]
+pub mod mock {
+    /// A request with its whole body.
+    pub type Request = http::Request<bytes::Bytes>;
+    /// An answer; its body may stream (a watch).
+    pub type Response =
+        http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>>;
+    pub type Handle = tower_test::mock::Handle<Request, Response>;
+}

@@ -1,0 +1,269 @@
+//! The backend contract: one scenario, through the real HTTP API, the real store and the
+//! real controller, run against the Docker backend on the real engine and against the
+//! Kubernetes backend on the mock API server (no API server runs on these machines).
+//! Only how the test looks at and disturbs the workloads differs; the controller does
+//! not know which backend it drives.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use hive::orchestrator::kubernetes::{apiserver::ApiServer, mock};
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// A workload as the test sees it on the backend: its id, whether it runs.
+type Seen = (String, bool);
+
+/// How the test looks at and disturbs a backend from outside Hive.
+#[async_trait]
+trait Outside: Send + Sync {
+    /// The agent's workloads.
+    async fn workloads(&self, hive: &Hive, agent: &str) -> Vec<Seen>;
+    /// Removes a workload as an operator would (`docker rm -f`, `kubectl delete pod`).
+    async fn remove(&self, hive: &Hive, id: &str);
+    /// The names of the agent's volumes (`spec.volumes[].name`).
+    async fn volumes(&self, hive: &Hive, agent: &str) -> Vec<String>;
+}
+
+struct Docker;
+
+#[async_trait]
+impl Outside for Docker {
+    async fn workloads(&self, hive: &Hive, agent: &str) -> Vec<Seen> {
+        hive.containers()
+            .await
+            .into_iter()
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .and_then(|l| l.get("hive.agent"))
+                    .map(String::as_str)
+                    == Some(agent)
+            })
+            .map(|c| {
+                (
+                    c.id.unwrap_or_default(),
+                    c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING),
+                )
+            })
+            .collect()
+    }
+
+    async fn remove(&self, _hive: &Hive, id: &str) {
+        engine()
+            .await
+            .remove_container(
+                id,
+                Some(bollard::query_parameters::RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn volumes(&self, hive: &Hive, agent: &str) -> Vec<String> {
+        let filters = std::collections::HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("hive.instance={}", hive.instance),
+                format!("hive.agent={agent}"),
+            ],
+        )]);
+        let mut names: Vec<String> = engine()
+            .await
+            .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .unwrap()
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.labels.get("hive.volume").cloned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+struct Kubernetes(ApiServer);
+
+impl Kubernetes {
+    fn of_agent(&self, resource: &str, agent: &str) -> Vec<Value> {
+        self.0
+            .objects(resource)
+            .into_iter()
+            .filter(|o| o["metadata"]["labels"]["hive.agent"] == agent)
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Outside for Kubernetes {
+    async fn workloads(&self, _hive: &Hive, agent: &str) -> Vec<Seen> {
+        self.of_agent("pods", agent)
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    p["status"]["phase"] == "Running",
+                )
+            })
+            .collect()
+    }
+
+    async fn remove(&self, _hive: &Hive, id: &str) {
+        assert!(self.0.delete("pods", id));
+    }
+
+    async fn volumes(&self, _hive: &Hive, agent: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .of_agent("persistentvolumeclaims", agent)
+            .iter()
+            .map(|c| {
+                c["metadata"]["labels"]["hive.volume"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// A Hive on the Kubernetes backend over a mock API server, and that server.
+async fn on_kubernetes() -> (Hive, Kubernetes) {
+    let server = ApiServer::default();
+    let shared = Arc::new(Mutex::new(server.clone()));
+    let hive = Hive::start_on_backend(Arc::new(move |config: &hive::Config| {
+        let (backend, handle) = mock("agents", &config.instance);
+        shared.lock().unwrap().serve_on(handle);
+        Arc::new(backend) as Arc<dyn hive::orchestrator::Orchestrator>
+    }))
+    .await;
+    (hive, Kubernetes(server))
+}
+
+/// Waits until the agent runs its current generation on a workload other than `not`.
+async fn running_on_new(hive: &Hive, name: &str, not: &str) -> String {
+    wait_for(
+        &format!("{name} to run on a workload other than {not}"),
+        || async {
+            let a = hive.get(name).await?;
+            let settled = a["status"]["observedGeneration"] == a["metadata"]["generation"]
+                && a["status"]["phase"] == "Running";
+            let id = a["status"]["containerId"].as_str()?.to_string();
+            (settled && id != not).then_some(id)
+        },
+    )
+    .await
+}
+
+/// Create, change, stop, start, drift, delete: what every backend must do alike.
+async fn lifecycle(hive: &Hive, outside: &dyn Outside) {
+    let volumes = "  volumes:\n  - {name: keep, mountPath: /keep, retain: true}\n  - {name: scratch, mountPath: /scratch}\n";
+    let with = |extra: &str| agent_yaml("c1", &format!("  env: {{V: \"1\"}}\n{volumes}{extra}"));
+    assert_eq!(hive.put_yaml("c1", &with("")).await.status(), 201);
+    let first = container_id(&hive.wait_phase("c1", "Running").await);
+    let running = |id: &str| vec![(id.to_string(), true)];
+    assert_eq!(outside.workloads(hive, "c1").await, running(&first));
+    assert_eq!(outside.volumes(hive, "c1").await, ["keep", "scratch"]);
+
+    // A change of spec replaces the workload.
+    let changed = agent_yaml("c1", &format!("  env: {{V: \"2\"}}\n{volumes}"));
+    assert_eq!(hive.put_yaml("c1", &changed).await.status(), 200);
+    let second = running_on_new(hive, "c1", &first).await;
+    wait_for("the old workload to go", || async {
+        (outside.workloads(hive, "c1").await == running(&second)).then_some(())
+    })
+    .await;
+
+    // Stopped: nothing of it runs. Started: it runs again.
+    let stopped = agent_yaml(
+        "c1",
+        &format!("  env: {{V: \"2\"}}\n{volumes}  state: Stopped\n"),
+    );
+    assert_eq!(hive.put_yaml("c1", &stopped).await.status(), 200);
+    let a = hive.wait_phase("c1", "Stopped").await;
+    assert!(
+        outside
+            .workloads(hive, "c1")
+            .await
+            .iter()
+            .all(|(_, up)| !up),
+        "{a:#}"
+    );
+    assert_eq!(hive.put_yaml("c1", &changed).await.status(), 200);
+    let started = container_id(&hive.wait_phase("c1", "Running").await);
+
+    // Drift: its workload removed out of band is made again.
+    outside.remove(hive, &started).await;
+    let third = running_on_new(hive, "c1", &started).await;
+    assert_eq!(outside.workloads(hive, "c1").await, running(&third));
+
+    // Deleted: its workload and its volumes go, except the one to retain.
+    let r = hive
+        .req(reqwest::Method::DELETE, "/v1/agents/c1")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    wait_for("c1 to be deleted", || async {
+        hive.get("c1").await.is_none().then_some(())
+    })
+    .await;
+    wait_for("its workloads and unretained volumes to go", || async {
+        (outside.workloads(hive, "c1").await.is_empty()
+            && outside.volumes(hive, "c1").await == ["keep"])
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_lifecycle_on_docker() {
+    let hive = Hive::start().await;
+    lifecycle(&hive, &Docker).await;
+}
+
+#[tokio::test]
+async fn the_lifecycle_on_kubernetes() {
+    let (hive, kubernetes) = on_kubernetes().await;
+    lifecycle(&hive, &kubernetes).await;
+    // What the controller asked of the cluster stayed within the Role in
+    // deployment/kubernetes/rbac.yaml.
+    let allowed = [
+        ("GET", "pods"),
+        ("POST", "pods"),
+        ("DELETE", "pods"),
+        ("GET", "log"),
+        ("POST", "secrets"),
+        ("GET", "services"),
+        ("POST", "services"),
+        ("DELETE", "services"),
+        ("GET", "persistentvolumeclaims"),
+        ("POST", "persistentvolumeclaims"),
+        ("DELETE", "persistentvolumeclaims"),
+        ("GET", "leases"),
+        ("POST", "leases"),
+        ("PUT", "leases"),
+        ("GET", "version"),
+    ];
+    for seen in kubernetes.0.take_requests() {
+        let resource = seen
+            .path
+            .split('/')
+            .rev()
+            .find(|part| allowed.iter().any(|(_, r)| r == part))
+            .unwrap_or("?");
+        assert!(
+            allowed.contains(&(seen.method.as_str(), resource)),
+            "{} is not in the Role",
+            seen.line()
+        );
+    }
+}
