@@ -309,13 +309,29 @@ impl Elector {
     }
 
     async fn renew(&mut self, lease: Lease) -> Option<bool> {
-        match self.backend.renew_lease(&lease).await {
+        // A renewal may not outlast the renew deadline: a call hanging past it would keep
+        // this Hive leading while another takes the expired lease (client-go bounds it
+        // the same way).
+        let left = self.last_renewed.map_or(Duration::ZERO, |t| {
+            self.settings.renew_deadline().saturating_sub(t.elapsed())
+        });
+        let renewed = tokio::time::timeout(
+            left.max(Duration::from_millis(100)),
+            self.backend.renew_lease(&lease),
+        )
+        .await
+        .unwrap_or(Err(OrchestratorError::Timeout {
+            call: "renew lease",
+            secs: left.as_secs(),
+        }));
+        match renewed {
             Ok(lease) => {
                 self.last_renewed = Some(Instant::now());
                 self.set(Leadership::Leading { lease });
                 None
             }
-            Err(OrchestratorError::LeaseConflict(m)) => {
+            // Taken, or the lease object is gone (removed by hand): no longer ours.
+            Err(OrchestratorError::LeaseConflict(m) | OrchestratorError::NotFound(m)) => {
                 warn!(instance = %self.settings.instance, "lost the lease: {m}");
                 // The next look says who holds it now.
                 self.set(Leadership::Unknown {

@@ -25,9 +25,9 @@ WANTED_VERSION = (1, 33)
 
 # Exactly what Hive's Kubernetes backend needs: (API group, resource) -> verbs.
 EXPECTED_RULES = {
-    ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods"): {"list", "watch", "create", "delete"},
     ("", "pods/log"): {"get"},
-    ("", "secrets"): {"create"},
+    ("", "secrets"): {"get", "create"},
     ("", "services"): {"get", "create", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "create", "delete"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},

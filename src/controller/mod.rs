@@ -425,25 +425,18 @@ async fn resync_once(ctx: &Context, everything: bool) -> Result<Resync, Reconcil
     let snapshot = ctx.store.snapshot();
     let records: Vec<&crate::store::Record> = snapshot.agents.values().map(|e| &e.record).collect();
     let listed = ctx.orchestrator.list().await?;
-    let uids: BTreeMap<&str, String> = records
-        .iter()
-        .map(|r| {
-            let uid = r
-                .agent
-                .metadata
-                .uid
-                .map(|u| u.to_string())
-                .unwrap_or_default();
-            (r.agent.metadata.name.as_str(), uid)
-        })
-        .collect();
+    // The uid of the agent a listed workload names (looked up for what is listed only).
+    let uid_of = |agent: &str| {
+        snapshot
+            .agents
+            .get(agent)
+            .and_then(|e| e.record.agent.metadata.uid)
+            .map(|u| u.to_string())
+    };
     let mut by_agent: BTreeMap<&str, Vec<Observed>> = BTreeMap::new();
     let mut foreign = Vec::new();
     for w in &listed {
-        if ctx
-            .ownership
-            .owns(w, uids.get(w.agent.as_str()).map(String::as_str))
-        {
+        if ctx.ownership.owns(w, uid_of(&w.agent).as_deref()) {
             by_agent
                 .entry(w.agent.as_str())
                 .or_default()
@@ -460,11 +453,14 @@ async fn resync_once(ctx: &Context, everything: bool) -> Result<Resync, Reconcil
     for r in records {
         let name = r.agent.metadata.name.as_str();
         let mine = by_agent.remove(name).unwrap_or_default();
-        // The hash of what it asks to run (None: nothing can run; a pass said why).
-        let hash = workload::workload(r, &ctx.store, &ctx.policy)
-            .ok()
-            .map(|w| w.hash());
-        if everything || plan::needs_pass(r, hash.as_deref(), &mine) {
+        // The hash of what it asks to run, made only when needed (None: nothing can run;
+        // a pass said why).
+        let hash = || {
+            workload::workload(r, &ctx.store, &ctx.policy)
+                .ok()
+                .map(|w| w.hash())
+        };
+        if everything || plan::needs_pass(r, hash, &mine) {
             names.insert(name.to_string());
         }
     }

@@ -83,9 +83,13 @@ fn phase_of(agent: &Agent, state: RunState) -> (Phase, Option<String>) {
 }
 
 /// Whether a resync should queue the agent of `record`, judged from this store's
-/// workloads of it in a listing (`hash`: its workload's hash, None when it has none to
-/// run, such as a missing secret, which a pass already reported).
-pub fn needs_pass(record: &Record, hash: Option<&str>, mine: &[Observed]) -> bool {
+/// workloads of it in a listing (`hash` makes its workload's hash, only when needed:
+/// None when it has none to run, such as a missing secret, which a pass already reported).
+pub fn needs_pass(
+    record: &Record,
+    hash: impl FnOnce() -> Option<String>,
+    mine: &[Observed],
+) -> bool {
     let now = time::OffsetDateTime::now_utc();
     let due = |t: Option<time::OffsetDateTime>| t.is_some_and(|t| t <= now);
     if record.agent.is_terminating()
@@ -98,20 +102,24 @@ pub fn needs_pass(record: &Record, hash: Option<&str>, mine: &[Observed]) -> boo
     // An agent stopped for idleness is settled when its workload is stopped.
     let record = record.effective();
     let agent = &record.agent;
-    let Some(hash) = hash else { return false };
     let status = &agent.status;
+    let running = agent.spec.state == DesiredState::Running;
+    // A stopped agent without a workload is settled once its status says so; nothing of
+    // it is hashed, so a resync of a stopped fleet costs next to nothing per agent.
+    // (Failed: a pass said why it cannot be run, such as a missing secret.)
+    if mine.is_empty() && !running {
+        let said = status.observed_generation == agent.metadata.generation
+            && status.container_id.is_none()
+            && matches!(status.phase, Phase::Stopped | Phase::Failed);
+        return !said;
+    }
+    let Some(hash) = hash() else { return false };
     if status.observed_generation != agent.metadata.generation {
         return true;
     }
-    let running = agent.spec.state == DesiredState::Running;
-    let w = match mine {
-        [w] => w,
-        // A stopped agent has none: settled once its status says so.
-        [] if !running => {
-            return status.phase != Phase::Stopped || status.container_id.is_some();
-        }
+    let [w] = mine else {
         // None to run it, or duplicates.
-        _ => return true,
+        return true;
     };
     let uid = agent
         .metadata
@@ -286,35 +294,41 @@ mod tests {
         r.agent.status.phase = Phase::Running;
         r.agent.status.container_id = Some("c1".into());
         let running = [observed(RunState::Running)];
-        assert!(!needs_pass(&r, Some("h"), &running), "settled");
-        assert!(needs_pass(&r, Some("h2"), &running), "the spec changed");
-        assert!(needs_pass(&r, Some("h"), &[]), "no workload");
+        assert!(!needs_pass(&r, || Some("h".into()), &running), "settled");
+        assert!(
+            needs_pass(&r, || Some("h2".into()), &running),
+            "the spec changed"
+        );
+        assert!(needs_pass(&r, || Some("h".into()), &[]), "no workload");
         assert!(
             needs_pass(
                 &r,
-                Some("h"),
+                || Some("h".into()),
                 &[observed(RunState::Running), observed(RunState::Running)]
             ),
             "duplicates"
         );
         assert!(needs_pass(
             &r,
-            Some("h"),
+            || Some("h".into()),
             &[observed(RunState::Exited { code: Some(1) })]
         ));
         assert!(
-            !needs_pass(&r, None, &[]),
+            !needs_pass(&r, || None, &[]),
             "nothing to run: a pass said why already"
         );
         r.internal.restarts_requested = 1;
-        assert!(needs_pass(&r, Some("h"), &running), "a restart is pending");
+        assert!(
+            needs_pass(&r, || Some("h".into()), &running),
+            "a restart is pending"
+        );
         let mut done = record(DesiredState::Running, RestartPolicy::Never);
         done.agent.status.observed_generation = 1;
         done.agent.status.phase = Phase::Succeeded;
         done.agent.status.container_id = Some("c1".into());
         assert!(!needs_pass(
             &done,
-            Some("h"),
+            || Some("h".into()),
             &[observed(RunState::Exited { code: Some(0) })]
         ));
     }
@@ -327,16 +341,19 @@ mod tests {
         r.agent.status.observed_generation = 1;
         r.agent.status.phase = Phase::Stopped;
         assert!(
-            !needs_pass(&r, Some("h"), &[]),
+            !needs_pass(&r, || Some("h".into()), &[]),
             "a resync leaves a stopped fleet alone"
         );
         r.agent.status.container_id = Some("c1".into());
         assert!(
-            needs_pass(&r, Some("h"), &[]),
+            needs_pass(&r, || Some("h".into()), &[]),
             "its container went away: the status must say so"
         );
         r.agent.status.container_id = None;
         r.agent.status.phase = Phase::Pending;
-        assert!(needs_pass(&r, Some("h"), &[]), "not yet said stopped");
+        assert!(
+            needs_pass(&r, || Some("h".into()), &[]),
+            "not yet said stopped"
+        );
     }
 }

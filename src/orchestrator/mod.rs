@@ -72,10 +72,17 @@ pub fn may_mount<'a>(
     if label(LABEL_OWNER) != Some(spec.owner.as_str()) {
         return refuse("belongs to another owner; it is never mounted for this agent".into());
     }
+    let volume = &spec.volumes[i];
+    if label(LABEL_AGENT) != Some(spec.agent.as_str())
+        || label(LABEL_VOLUME) != Some(volume.name.as_str())
+    {
+        return refuse(
+            "was made for another agent or volume name; it is never mounted for this one".into(),
+        );
+    }
     if label(LABEL_UID) == Some(spec.uid.to_string().as_str()) {
         return Ok(());
     }
-    let volume = &spec.volumes[i];
     if label(LABEL_RETAIN) == Some("true") && volume.adopt_retained {
         tracing::info!(volume = %name, "mounting a volume retained from an earlier agent of this name, as adoptRetained says");
         return Ok(());

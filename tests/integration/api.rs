@@ -97,7 +97,9 @@ async fn writes_answer_as_documented() {
         .as_str()
         .unwrap()
         .ends_with('Z'));
-    let rv = created["metadata"]["resourceVersion"]
+    // Once the controller has settled the agent nothing else writes it.
+    let settled = hive.wait_phase("w1", "Stopped").await;
+    let rv = settled["metadata"]["resourceVersion"]
         .as_str()
         .unwrap()
         .to_string();
@@ -133,8 +135,8 @@ async fn writes_answer_as_documented() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
-    // Once the controller has settled the agent nothing else writes it.
-    let now = hive.wait_phase("w1", "Stopped").await;
+    let now = hive.get("w1").await.unwrap();
+    assert_eq!(now["metadata"]["resourceVersion"], rv.as_str());
     assert_eq!(now["metadata"]["generation"], 1);
     assert!(now["spec"].get("env").is_none());
 

@@ -3,7 +3,8 @@
 //! machines). It keeps objects in memory and answers as a real server would for what Hive
 //! uses: get, list and watch by label selector, create (409 when the name is taken),
 //! replace (409 on a stale resourceVersion), delete, Pod logs and `/version`; the
-//! kubelet's part (a new Pod runs; an exit is restarted or ends the Pod as its
+//! kubelet's part (a new Pod runs once the Secret its `envFrom` names exists, else waits
+//! in CreateContainerConfigError; an exit is restarted or ends the Pod as its
 //! restartPolicy says) and the garbage collector's (a Secret goes with the Pod that owns
 //! it). Every request is recorded with its method, path, query and body, so tests assert
 //! what Hive asked. It deals in JSON only: what it checks, it checks by the API's rules,
@@ -274,6 +275,12 @@ impl ApiServer {
             .as_i64()
             .unwrap_or(0);
         let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
+        if restart && s.missing_secret(&pod).is_some() {
+            // Restarting needs the environment again.
+            s.update("pods", name, pod);
+            s.kubelet_start(name);
+            return;
+        }
         if restart {
             pod["status"]["containerStatuses"][0]["restartCount"] = json!(restarts + 1);
             pod["status"]["containerStatuses"][0]["state"] =
@@ -421,6 +428,23 @@ impl ApiServer {
                 if t.resource == "pods" {
                     s.kubelet_start(&name);
                 }
+                if t.resource == "secrets" {
+                    // The kubelet retries Pods that waited for it.
+                    let waiting: Vec<String> = s
+                        .objects
+                        .iter()
+                        .filter(|((r, _), p)| {
+                            r == "pods"
+                                && s.missing_secret(p).is_none()
+                                && p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                                    == "CreateContainerConfigError"
+                        })
+                        .map(|((_, n), _)| n.clone())
+                        .collect();
+                    for pod in waiting {
+                        s.kubelet_start(&pod);
+                    }
+                }
                 answer(201, object)
             }
             ("PUT", Some(name), None) => {
@@ -523,7 +547,23 @@ impl State {
         Some(gone)
     }
 
-    /// The kubelet starts a new Pod's container (or cannot pull its image).
+    /// The Secret a Pod's `envFrom` needs and that does not exist (optional ones aside).
+    fn missing_secret(&self, pod: &Value) -> Option<String> {
+        pod["spec"]["containers"][0]["envFrom"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["secretRef"]["optional"] != json!(true))
+            .filter_map(|e| e["secretRef"]["name"].as_str())
+            .find(|n| {
+                !self
+                    .objects
+                    .contains_key(&("secrets".to_string(), n.to_string()))
+            })
+            .map(str::to_string)
+    }
+
+    /// The kubelet starts a Pod's container (or cannot: its environment's Secret is
+    /// missing, or its image cannot be pulled).
     fn kubelet_start(&mut self, name: &str) {
         let Some(mut pod) = self.objects.get(&("pods".into(), name.into())).cloned() else {
             return;
@@ -533,7 +573,13 @@ impl State {
             .unwrap_or_default()
             .to_string();
         let container = pod["spec"]["containers"][0]["name"].clone();
-        if self.bad_images.contains(&image) {
+        if let Some(secret) = self.missing_secret(&pod) {
+            pod["status"]["phase"] = json!("Pending");
+            pod["status"]["containerStatuses"] = json!([{"name": container, "image": image,
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerConfigError",
+                          "message": format!("secret \"{secret}\" not found")}}}]);
+        } else if self.bad_images.contains(&image) {
             pod["status"]["containerStatuses"] = json!([{"name": container, "image": image,
                 "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"waiting": {"reason": "ImagePullBackOff",

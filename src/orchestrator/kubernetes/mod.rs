@@ -28,7 +28,7 @@ use uuid::Uuid;
 use super::{
     Applied, CreateGate, Done, Holder, Lease, LogOptions, Observed, Orchestrator,
     OrchestratorError, Ownership, RemoveReason, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE,
-    LABEL_MANAGED, LABEL_RETAIN,
+    LABEL_MANAGED, LABEL_RETAIN, LABEL_STORE, LABEL_UID,
 };
 
 #[cfg(any(test, feature = "testing"))]
@@ -158,15 +158,16 @@ impl KubernetesOrchestrator {
     }
 
     /// Makes the agent's Service unless it is there; refuses a name another object holds.
+    /// One left by an earlier agent of the name in this store is made again for this one.
     async fn ensure_service(&self, want: &Workload) -> Result<(), OrchestratorError> {
         let api: Api<Service> = self.api().await?;
-        let existing = self
-            .call("get service", api.get_opt(&want.agent))
-            .await?
-            .map_err(map_err)?;
-        let existing = match existing {
-            Some(s) => s,
-            None => {
+        let uid = want.uid.to_string();
+        for _ in 0..2 {
+            let existing = self
+                .call("get service", api.get_opt(&want.agent))
+                .await?
+                .map_err(map_err)?;
+            let Some(existing) = existing else {
                 let made = self
                     .call(
                         "create service",
@@ -179,32 +180,42 @@ impl KubernetesOrchestrator {
                 match made {
                     Ok(_) => return Ok(()),
                     // Made meanwhile: look at whose it is.
-                    Err(e) if status_code(&e) == Some(409) => self
-                        .call("get service", api.get(&want.agent))
-                        .await?
-                        .map_err(map_err)?,
+                    Err(e) if status_code(&e) == Some(409) => continue,
                     Err(e) => return Err(map_err(e)),
                 }
+            };
+            let labels = existing.metadata.labels.unwrap_or_default();
+            let label = |k: &str| labels.get(k).map(String::as_str);
+            let ours = label(LABEL_MANAGED) == Some("true")
+                && label(LABEL_INSTANCE) == Some(self.instance())
+                && label(LABEL_AGENT) == Some(want.agent.as_str())
+                && label(LABEL_STORE) == Some(want.store.as_str());
+            if ours && label(LABEL_UID) == Some(uid.as_str()) {
+                return Ok(());
             }
-        };
-        let labels = existing.metadata.labels.unwrap_or_default();
-        let ours = labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
-            && labels.get(LABEL_INSTANCE).map(String::as_str) == Some(self.instance())
-            && labels.get(LABEL_AGENT) == Some(&want.agent);
-        if ours {
-            return Ok(());
+            if !ours {
+                let (_, ns) = self.connection().await?;
+                return Err(OrchestratorError::NameInUse {
+                    name: want.agent.clone(),
+                    network: format!("namespace {ns}"),
+                    holder: match label(LABEL_INSTANCE) {
+                        Some(i) if label(LABEL_MANAGED).is_some() => {
+                            format!(
+                                "the Service of an agent of Hive instance {i} (store {})",
+                                label(LABEL_STORE).unwrap_or("unknown")
+                            )
+                        }
+                        _ => format!("Service {} (not made by this Hive)", want.agent),
+                    },
+                });
+            }
+            // An earlier agent's of this name, in this store: this agent's now.
+            self.delete_service(&want.agent, None).await?;
         }
-        let (_, ns) = self.connection().await?;
-        Err(OrchestratorError::NameInUse {
-            name: want.agent.clone(),
-            network: format!("namespace {ns}"),
-            holder: match labels.get(LABEL_INSTANCE) {
-                Some(i) if labels.contains_key(LABEL_MANAGED) => {
-                    format!("the Service of an agent of Hive instance {i}")
-                }
-                _ => format!("Service {} (not made by this Hive)", want.agent),
-            },
-        })
+        Err(OrchestratorError::Unavailable(format!(
+            "the Service {} keeps changing under this Hive",
+            want.agent
+        )))
     }
 
     /// Makes the agent's claims, or checks that those there are its to mount.
@@ -236,6 +247,11 @@ impl KubernetesOrchestrator {
                     Err(e) => return Err(map_err(e)),
                 },
             };
+            if claim.metadata.deletion_timestamp.is_some() {
+                return Err(OrchestratorError::VolumeConflict(format!(
+                    "spec.volumes[{i}]: volume {name} is still being deleted (with an earlier agent); it is made again once it is gone"
+                )));
+            }
             let labels = claim.metadata.labels.unwrap_or_default();
             super::may_mount(self.instance(), want, i, &name, |k| {
                 labels.get(k).map(String::as_str)
@@ -269,19 +285,60 @@ impl KubernetesOrchestrator {
         if let Some(mut secret) = render::env_secret(self.instance(), want, &name) {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             secret.metadata.owner_references = Some(vec![render::owned_by_pod(&name, &uid)]);
-            let secrets: Api<Secret> = self.api().await?;
-            let made = self
-                .call(
-                    "create secret",
-                    secrets.create(&PostParams::default(), &secret),
-                )
-                .await?;
+            let made = match self.api::<Secret>().await {
+                Ok(secrets) => self
+                    .call(
+                        "create secret",
+                        secrets.create(&PostParams::default(), &secret),
+                    )
+                    .await
+                    .and_then(|r| r.map_err(map_err)),
+                Err(e) => Err(e),
+            };
+            // Without its environment the Pod cannot start: it goes, whatever failed.
             if let Err(e) = made {
                 let _ = self.delete_pod(&name).await;
-                return Err(map_err(e));
+                return Err(e);
             }
         }
         Ok(pod)
+    }
+
+    /// Makes the environment Secret of the Pod `id` again when the kubelet says it is
+    /// missing (a Hive stopped between making the Pod and its Secret): without it the Pod
+    /// would wait forever.
+    async fn repair_secret(
+        &self,
+        want: &Workload,
+        id: &str,
+        pod: &Pod,
+    ) -> Result<(), OrchestratorError> {
+        let waiting_for_config = render::waiting_reason(pod) == Some("CreateContainerConfigError");
+        let Some(mut secret) =
+            render::env_secret(self.instance(), want, id).filter(|_| waiting_for_config)
+        else {
+            return Ok(());
+        };
+        let api: Api<Secret> = self.api().await?;
+        if self
+            .call("get secret", api.get_opt(id))
+            .await?
+            .map_err(map_err)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        secret.metadata.owner_references = Some(vec![render::owned_by_pod(id, &uid)]);
+        tracing::warn!(agent = %want.agent, pod = %id, "the agent's Pod has no environment Secret; making it again");
+        match self
+            .call("create secret", api.create(&PostParams::default(), &secret))
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status_code(&e) == Some(409) => Ok(()),
+            Err(e) => Err(map_err(e)),
+        }
     }
 
     /// Deletes a Pod with the stop grace; one already gone is fine. Gives back the Pod as
@@ -299,8 +356,13 @@ impl KubernetesOrchestrator {
         }
     }
 
-    /// Deletes the agent's Service if it is this instance's.
-    async fn delete_service(&self, agent: &str) -> Result<(), OrchestratorError> {
+    /// Deletes the agent's Service if it is this instance's (and, given `uid`, made for
+    /// that agent: a Service a newer agent of the name took over is left to it).
+    async fn delete_service(
+        &self,
+        agent: &str,
+        uid: Option<&str>,
+    ) -> Result<(), OrchestratorError> {
         let api: Api<Service> = self.api().await?;
         let Some(s) = self
             .call("get service", api.get_opt(agent))
@@ -310,8 +372,11 @@ impl KubernetesOrchestrator {
             return Ok(());
         };
         let labels = s.metadata.labels.unwrap_or_default();
-        if labels.get(LABEL_INSTANCE).map(String::as_str) != Some(self.instance())
-            || labels.get(LABEL_AGENT).map(String::as_str) != Some(agent)
+        let label = |k: &str| labels.get(k).map(String::as_str);
+        if label(LABEL_MANAGED) != Some("true")
+            || label(LABEL_INSTANCE) != Some(self.instance())
+            || label(LABEL_AGENT) != Some(agent)
+            || uid.is_some_and(|u| label(LABEL_UID) != Some(u))
         {
             return Ok(());
         }
@@ -504,8 +569,13 @@ fn unix_ms() -> i64 {
 #[async_trait]
 impl Orchestrator for KubernetesOrchestrator {
     async fn ping(&self) -> Result<(), OrchestratorError> {
-        let (client, _) = self.connection().await?;
-        self.call("version", client.apiserver_version())
+        // Not /version, which anyone may read: this asks what the backend needs (a list
+        // of the instance's Pods), so a Role that lost its verbs is not "reachable".
+        let api: Api<Pod> = self.api().await?;
+        let params = ListParams::default()
+            .labels(&render::selector(self.instance(), None))
+            .limit(1);
+        self.call("list pods", api.list_metadata(&params))
             .await?
             .map(|_| ())
             .map_err(map_err)
@@ -572,16 +642,36 @@ impl Orchestrator for KubernetesOrchestrator {
         }
         for id in &plan.stop {
             self.delete_pod(id).await?;
-            if plan.create.is_none() {
-                applied.done.push(Done::Stopped { id: id.clone() });
-            }
+            applied.done.push(match &plan.create {
+                Some(Create::Restart) => Done::Restarted { id: id.clone() },
+                Some(Create::Repair { exit_code }) => Done::Repaired {
+                    id: id.clone(),
+                    exit_code: *exit_code,
+                },
+                _ if !want.running => Done::Stopped { id: id.clone() },
+                // A finished Pod started again: the new one says so.
+                _ => continue,
+            });
         }
-        let Some(why) = plan.create else {
-            if let Some(k) = &plan.keeper {
-                applied.note = mine
-                    .iter()
-                    .find(|(o, _)| o.id == k.id)
-                    .and_then(|(_, p)| render::waiting_note(p));
+        let Some(_) = plan.create.as_ref().filter(|_| !plan.waiting) else {
+            applied.note = if plan.waiting {
+                Some("waiting for the old Pod to terminate".into())
+            } else {
+                plan.keeper.as_ref().and_then(|k| {
+                    mine.iter()
+                        .find(|(o, _)| o.id == k.id)
+                        .and_then(|(_, p)| render::waiting_note(p))
+                })
+            };
+            if let Some((k, pod)) = plan
+                .keeper
+                .as_ref()
+                .and_then(|k| mine.iter().find(|(o, _)| o.id == k.id).map(|m| (k, m.1)))
+            {
+                // Its name and environment, in case they went (by hand, or a Hive that
+                // stopped halfway through making them).
+                self.ensure_service(want).await?;
+                self.repair_secret(want, &k.id, pod).await?;
             }
             return Ok(applied);
         };
@@ -597,20 +687,14 @@ impl Orchestrator for KubernetesOrchestrator {
             created: unix_ms() / 1000,
         });
         let id = made.id.clone();
-        match why {
-            Create::Missing => {
-                applied.done.push(Done::Created {
-                    id: id.clone(),
-                    replacing: plan
-                        .remove
-                        .iter()
-                        .any(|(_, r)| *r == RemoveReason::SpecChanged),
-                });
-                applied.done.push(Done::Started { id });
-            }
-            Create::Restart => applied.done.push(Done::Restarted { id }),
-            Create::Repair { exit_code } => applied.done.push(Done::Repaired { id, exit_code }),
-        }
+        applied.done.push(Done::Created {
+            id: id.clone(),
+            replacing: plan
+                .remove
+                .iter()
+                .any(|(_, r)| *r == RemoveReason::SpecChanged),
+        });
+        applied.done.push(Done::Started { id });
         applied.current = Some(made);
         Ok(applied)
     }
@@ -624,11 +708,9 @@ impl Orchestrator for KubernetesOrchestrator {
         for id in ids {
             let gone = self.delete_pod(id).await?;
             if matches!(reason, RemoveReason::AgentDeleted | RemoveReason::NoAgent) {
-                let agent = gone
-                    .and_then(|p| p.metadata.labels)
-                    .and_then(|l| l.get(LABEL_AGENT).cloned());
-                if let Some(agent) = agent {
-                    self.delete_service(&agent).await?;
+                let labels = gone.and_then(|p| p.metadata.labels).unwrap_or_default();
+                if let (Some(agent), Some(uid)) = (labels.get(LABEL_AGENT), labels.get(LABEL_UID)) {
+                    self.delete_service(agent, Some(uid)).await?;
                 }
             }
             done.push(Done::Removed {
@@ -640,12 +722,11 @@ impl Orchestrator for KubernetesOrchestrator {
     }
 
     async fn remove_volumes(&self, agent: &str, uid: Uuid) -> Result<(), OrchestratorError> {
-        self.delete_service(agent).await?;
+        self.delete_service(agent, Some(&uid.to_string())).await?;
         let api: Api<PersistentVolumeClaim> = self.api().await?;
         let params = ListParams::default().labels(&format!(
-            "{},{}={uid}",
+            "{},{LABEL_UID}={uid}",
             render::selector(self.instance(), Some(agent)),
-            super::LABEL_UID
         ));
         let claims = self
             .call("list claims", api.list(&params))
@@ -785,7 +866,11 @@ impl Orchestrator for KubernetesOrchestrator {
             acquired_ms: now,
             renewed_ms: now,
             duration,
-            transitions: held.as_ref().map_or(0, |l| l.transitions + 1),
+            // Every change of holder counts, a release in between or not (client-go's way).
+            transitions: object
+                .as_ref()
+                .and_then(|o| o.spec.as_ref()?.lease_transitions)
+                .map_or(0, |t| t.max(0) as u64 + 1),
             handle: object
                 .and_then(|o| o.metadata.resource_version)
                 .unwrap_or_default(),

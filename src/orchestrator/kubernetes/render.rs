@@ -14,7 +14,7 @@
 //! - The environment goes into a **Secret** named as the Pod and owned by it (an
 //!   ownerReference), mounted with `envFrom`: no value is in the Pod spec, and the
 //!   Secret goes when the Pod goes.
-//! - Named volumes are **PersistentVolumeClaims** (`hive-<instance>-<agent>-<volume>`,
+//! - Named volumes are **PersistentVolumeClaims** (`hive.<instance>.<agent>.<volume>`,
 //!   1Gi ReadWriteOnce, the cluster's default storage class), labelled as Docker's
 //!   volumes are, checked the same way before they are mounted, and removed with the
 //!   agent unless `retain` says keep.
@@ -24,7 +24,8 @@
 //! - The hardening is the restricted Pod Security Standard: runAsNonRoot,
 //!   allowPrivilegeEscalation false, every capability dropped and only the policy's
 //!   allowed ones added back, seccomp RuntimeDefault; no service account token and no
-//!   service links, so an agent holds no cluster credentials. Resources become limits
+//!   service links, so an agent holds no cluster credentials. The image's own user runs
+//!   (it must be numeric and not root), with fsGroup 65532 so it can write its volumes. Resources become limits
 //!   (requests default to them). Kubernetes has no per-Pod process limit (`pids`): the
 //!   kubelet's podPidsLimit applies instead.
 
@@ -50,6 +51,8 @@ use crate::orchestrator::{
 pub const CONTAINER: &str = "agent";
 /// How long a Pod has to stop before it is killed (Docker's stop grace, too).
 pub const STOP_GRACE_SECS: i64 = 10;
+/// The group that owns the agent's volumes (and is one of its process's groups).
+pub const FS_GROUP: i64 = 65532;
 /// The size asked for a volume: the spec has none, and most classes round up anyway.
 pub const VOLUME_SIZE: &str = "1Gi";
 
@@ -74,9 +77,10 @@ pub fn selector(instance: &str, agent: Option<&str>) -> String {
     s
 }
 
-/// The claim name of an agent's volume in this instance.
+/// The claim name of an agent's volume in this instance: joined by `.`, which no
+/// instance, agent or volume name holds, so no two (instance, agent, volume) share one.
 pub fn claim_name(instance: &str, agent: &str, volume: &str) -> String {
-    format!("hive-{instance}-{agent}-{volume}")
+    format!("hive.{instance}.{agent}.{volume}")
 }
 
 /// The Pod that runs `want`, named `name`, its environment in the Secret `name` (when
@@ -160,6 +164,9 @@ pub fn pod(instance: &str, want: &Workload, name: &str) -> Pod {
             termination_grace_period_seconds: Some(STOP_GRACE_SECS),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
+                // Volumes are group-writable for the agent whatever its (non-root) user.
+                fs_group: Some(FS_GROUP),
+                fs_group_change_policy: Some("OnRootMismatch".to_string()),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".to_string(),
                     ..Default::default()
@@ -322,11 +329,14 @@ pub fn observed(pod: &Pod) -> Option<Observed> {
     })
 }
 
-/// What the kubelet says is holding a Pod back, when the status should say so (an image
-/// it cannot pull, a config it cannot use, a crash loop).
-pub fn waiting_note(pod: &Pod) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    let waiting = status
+/// Why the agent's container waits, as the kubelet says (`ImagePullBackOff`, ...).
+pub fn waiting_reason(pod: &Pod) -> Option<&str> {
+    waiting(pod)?.reason.as_deref()
+}
+
+fn waiting(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::ContainerStateWaiting> {
+    pod.status
+        .as_ref()?
         .container_statuses
         .iter()
         .flatten()
@@ -334,7 +344,28 @@ pub fn waiting_note(pod: &Pod) -> Option<String> {
         .state
         .as_ref()?
         .waiting
-        .as_ref()?;
+        .as_ref()
+}
+
+/// What is holding a Pod back, when the status should say so: the scheduler (no node
+/// fits, a claim is not bound) or the kubelet (an image it cannot pull, a config it
+/// cannot use, a crash loop).
+pub fn waiting_note(pod: &Pod) -> Option<String> {
+    let unscheduled = pod
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(c) = unscheduled {
+        let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+        return Some(match &c.message {
+            Some(m) => format!("the scheduler says {reason}: {m}"),
+            None => format!("the scheduler says {reason}"),
+        });
+    }
+    let waiting = waiting(pod)?;
     let reason = waiting.reason.as_deref()?;
     if matches!(reason, "ContainerCreating" | "PodInitializing") {
         return None;
@@ -354,8 +385,11 @@ pub struct Plan {
     pub stop: Vec<String>,
     /// The Pod that stays.
     pub keeper: Option<Observed>,
-    /// Make a new Pod, and why.
+    /// A new Pod is due, and why (made now unless `waiting`).
     pub create: Option<Create>,
+    /// A new Pod is due but an old one is still terminating: it waits (as Docker's plan
+    /// waits for a removal), so that two processes never share the agent's volumes.
+    pub waiting: bool,
 }
 
 /// Why a new Pod is made.
@@ -369,8 +403,9 @@ pub enum Create {
     Repair { exit_code: Option<i64> },
 }
 
-/// Decides what to do for `want`, given this store's Pods of the agent.
-pub fn plan(want: &Workload, pods: &[Observed]) -> Plan {
+/// Decides what to do for `want`, given this store's Pods of the agent, as if deleted
+/// Pods were gone at once.
+fn decide(want: &Workload, pods: &[Observed]) -> Plan {
     let hash = want.hash();
     let uid = want.uid.to_string();
     let live = |p: &&Observed| p.state != RunState::Terminating;
@@ -385,6 +420,7 @@ pub fn plan(want: &Workload, pods: &[Observed]) -> Plan {
         stop: Vec::new(),
         keeper: None,
         create: None,
+        waiting: false,
     };
     for p in pods.iter().filter(live) {
         if keeper.as_ref().is_some_and(|k| k.id == p.id) {
@@ -427,6 +463,17 @@ pub fn plan(want: &Workload, pods: &[Observed]) -> Plan {
         }
         _ => plan.keeper = Some(k),
     }
+    plan
+}
+
+/// Decides as `decide`, then holds a new Pod back while any of the agent's Pods (one
+/// being deleted now included) is still terminating: the Pod that replaces another is
+/// made by the pass its deletion wakes.
+pub fn plan(want: &Workload, pods: &[Observed]) -> Plan {
+    let mut plan = decide(want, pods);
+    let terminating = pods.iter().any(|p| p.state == RunState::Terminating);
+    let replacing = !plan.remove.is_empty() || !plan.stop.is_empty();
+    plan.waiting = plan.create.is_some() && (terminating || replacing);
     plan
 }
 
@@ -512,7 +559,7 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .claim_name,
-            "hive-i-a-data"
+            "hive.i.a.data"
         );
         let labels = pod.metadata.labels.unwrap();
         assert_eq!(labels[LABEL_SPEC_HASH], w.hash());
@@ -580,6 +627,7 @@ mod tests {
         let p = plan(&w, &[old]);
         assert_eq!(p.remove, vec![("a-1".into(), RemoveReason::SpecChanged)]);
         assert_eq!(p.create, Some(Create::Missing));
+        assert!(p.waiting, "the new Pod waits until the old one is gone");
         w.running = false;
         let p = plan(&w, &[seen("a-1", RunState::Running)]);
         assert_eq!((p.stop, p.create), (vec!["a-1".to_string()], None));
@@ -589,7 +637,8 @@ mod tests {
                 remove: vec![],
                 stop: vec![],
                 keeper: None,
-                create: None
+                create: None,
+                waiting: false
             }
         );
     }
@@ -625,7 +674,7 @@ mod tests {
         };
         let p = plan(&workload(), &[gone]);
         assert!(p.remove.is_empty(), "already going");
-        assert_eq!(p.create, Some(Create::Missing));
+        assert_eq!((p.create, p.waiting), (Some(Create::Missing), true));
     }
 
     /// The objects an agent becomes, as deployment/kubernetes/rendered/agent.yaml keeps

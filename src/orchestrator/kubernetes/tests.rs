@@ -103,9 +103,9 @@ async fn create_makes_the_service_claims_pod_and_its_secret_in_that_order() {
             format!("GET {PODS}"),
             format!("GET {SERVICES}/a"),
             format!("POST {SERVICES}"),
-            format!("GET {CLAIMS}/hive-i-a-keep"),
+            format!("GET {CLAIMS}/hive.i.a.keep"),
             format!("POST {CLAIMS}"),
-            format!("GET {CLAIMS}/hive-i-a-scratch"),
+            format!("GET {CLAIMS}/hive.i.a.scratch"),
             format!("POST {CLAIMS}"),
             format!("POST {PODS}"),
             format!("POST {SECRETS}"),
@@ -163,7 +163,10 @@ async fn create_makes_the_service_claims_pod_and_its_secret_in_that_order() {
     );
     // The kubelet ran it: the next look sees it running, and changes nothing.
     let again = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
-    assert_eq!(lines(&server.take_requests()), vec![format!("GET {PODS}")]);
+    assert_eq!(
+        lines(&server.take_requests()),
+        vec![format!("GET {PODS}"), format!("GET {SERVICES}/a")]
+    );
     assert!(again.done.is_empty());
     assert_eq!(again.current.unwrap().state, RunState::Running);
 }
@@ -176,35 +179,45 @@ async fn a_spec_change_replaces_the_pod_and_its_secret_goes_with_the_old_one() {
     let old = pod_names(&server).pop().unwrap();
     server.take_requests();
     w.image = "img:2".into();
+    // First the old Pod goes; the new one waits until it is gone (a real Pod terminates
+    // for up to its grace period, and the two must not share the agent's volumes).
     let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
     let seen = server.take_requests();
     assert_eq!(
-        lines(&seen)[..3],
-        [
-            format!("GET {PODS}"),
-            format!("DELETE {PODS}/{old}"),
-            format!("GET {SERVICES}/a"),
-        ]
+        lines(&seen),
+        vec![format!("GET {PODS}"), format!("DELETE {PODS}/{old}")]
     );
     assert_eq!(
         body(&seen, &format!("DELETE {PODS}/{old}"))["gracePeriodSeconds"],
         10
     );
+    assert_eq!(
+        applied.done,
+        vec![Done::Removed {
+            id: old.clone(),
+            reason: RemoveReason::SpecChanged
+        }]
+    );
+    assert_eq!(
+        applied.note.as_deref(),
+        Some("waiting for the old Pod to terminate")
+    );
+    // The pass its deletion wakes makes the new one.
+    let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
     let new = pod_names(&server).pop().unwrap();
     assert_ne!(new, old);
     assert_eq!(
-        applied.done[..2],
-        [
-            Done::Removed {
-                id: old.clone(),
-                reason: RemoveReason::SpecChanged
-            },
-            Done::Created {
-                id: new.clone(),
-                replacing: true
-            }
+        lines(&server.take_requests()),
+        vec![
+            format!("GET {PODS}"),
+            format!("GET {SERVICES}/a"),
+            format!("GET {CLAIMS}/hive.i.a.keep"),
+            format!("GET {CLAIMS}/hive.i.a.scratch"),
+            format!("POST {PODS}"),
+            format!("POST {SECRETS}"),
         ]
     );
+    assert!(matches!(&applied.done[0], Done::Created { id, .. } if *id == new));
     let secrets: Vec<Value> = server.objects("secrets");
     assert_eq!(
         secrets.len(),
@@ -244,8 +257,11 @@ async fn stop_deletes_the_pod_and_start_makes_a_new_one() {
     w.restart = true;
     let before = pod_names(&server).pop().unwrap();
     let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
+    assert_eq!(applied.done, vec![Done::Restarted { id: before.clone() }]);
+    assert!(server.objects("pods").is_empty());
+    let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
     let after = pod_names(&server).pop().unwrap();
-    assert_eq!(applied.done, vec![Done::Restarted { id: after.clone() }]);
+    assert!(matches!(&applied.done[0], Done::Created { id, .. } if *id == after));
     assert_ne!(before, after);
 }
 
@@ -277,14 +293,16 @@ async fn drift_a_pod_deleted_out_of_band_is_made_again_and_an_evicted_one_replac
     server.put("pods", never);
     server.exit_pod(&second, 137);
     let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
-    let third = pod_names(&server).pop().unwrap();
     assert_eq!(
         applied.done,
         vec![Done::Repaired {
-            id: third,
+            id: second.clone(),
             exit_code: Some(137)
         }]
     );
+    let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
+    let third = pod_names(&server).pop().unwrap();
+    assert!(matches!(&applied.done[0], Done::Created { id, .. } if *id == third));
 }
 
 #[tokio::test]
@@ -315,7 +333,7 @@ async fn delete_removes_the_pod_service_and_claims_except_those_retained() {
             format!("DELETE {SERVICES}/a"),
             format!("GET {SERVICES}/a"),
             format!("GET {CLAIMS}"),
-            format!("DELETE {CLAIMS}/hive-i-a-scratch"),
+            format!("DELETE {CLAIMS}/hive.i.a.scratch"),
         ]
     );
     assert!(seen[4]
@@ -323,7 +341,7 @@ async fn delete_removes_the_pod_service_and_claims_except_those_retained() {
         .contains("hive.uid%3D00000000-0000-0000-0000-000000000007"));
     let claims = server.objects("persistentvolumeclaims");
     assert_eq!(claims.len(), 1);
-    assert_eq!(claims[0]["metadata"]["name"], "hive-i-a-keep", "retained");
+    assert_eq!(claims[0]["metadata"]["name"], "hive.i.a.keep", "retained");
     assert!(server.objects("services").is_empty() && server.objects("secrets").is_empty());
     // A new agent of the name does not get the retained claim unless it adopts it.
     let mut next = workload();
@@ -490,9 +508,94 @@ async fn the_lease_is_a_coordination_lease_with_optimistic_writes() {
         .acquire_lease(&other, Duration::from_secs(15), None)
         .await
         .unwrap();
-    assert_eq!(taken.transitions, 0, "nobody held it");
+    assert_eq!(
+        taken.transitions, 1,
+        "a change of holder, released in between or not"
+    );
     let seen = server.take_requests();
     assert!(lines(&seen)
         .iter()
         .all(|l| l.contains("/apis/coordination.k8s.io/v1/namespaces/agents/leases")));
+}
+
+#[tokio::test]
+async fn a_pod_left_without_its_secret_gets_it_again() {
+    let (k, server) = backend();
+    let w = workload();
+    k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
+    let pod = pod_names(&server).pop().unwrap();
+    // As if Hive had stopped between making the Pod and its Secret.
+    assert!(server.delete("secrets", &pod));
+    server.exit_pod(&pod, 1);
+    let seen = k.observe("a").await.unwrap();
+    assert_eq!(
+        seen[0].state,
+        RunState::Starting,
+        "the kubelet waits for the Secret"
+    );
+    let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
+    assert!(applied.note.unwrap().contains("CreateContainerConfigError"));
+    let seen = server.take_requests();
+    assert!(lines(&seen).ends_with(&[format!("GET {SECRETS}/{pod}"), format!("POST {SECRETS}"),]));
+    assert_eq!(
+        body(&seen, &format!("POST {SECRETS}"))["metadata"]["ownerReferences"][0]["name"],
+        json!(pod)
+    );
+    assert_eq!(k.observe("a").await.unwrap()[0].state, RunState::Running);
+    server.take_requests();
+    // Settled: the next pass asks for nothing more than the Pods and the Service.
+    k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
+    assert_eq!(
+        lines(&server.take_requests()),
+        vec![format!("GET {PODS}"), format!("GET {SERVICES}/a")]
+    );
+}
+
+#[tokio::test]
+async fn claims_are_mounted_only_for_their_agent_and_volume() {
+    let (k, server) = backend();
+    let mut w = workload();
+    w.volumes.truncate(1);
+    // A claim under the name Hive would use, but labelled for another agent.
+    let mut theirs = serde_json::to_value(super::render::claim("i", &w, 0)).unwrap();
+    theirs["metadata"]["labels"]["hive.agent"] = json!("b");
+    server.put("persistentvolumeclaims", theirs);
+    let err = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap_err();
+    assert!(
+        matches!(&err, OrchestratorError::VolumeConflict(m) if m.contains("another agent or volume")),
+        "{err}"
+    );
+    // One still being deleted is waited for, said so.
+    let mut going = serde_json::to_value(super::render::claim("i", &w, 0)).unwrap();
+    going["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    server.delete("persistentvolumeclaims", "hive.i.a.keep");
+    server.put("persistentvolumeclaims", going);
+    let err = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap_err();
+    assert!(err.to_string().contains("still being deleted"), "{err}");
+    assert!(server.objects("pods").is_empty(), "nothing made");
+}
+
+#[tokio::test]
+async fn an_earlier_agents_service_is_made_again_for_the_new_one() {
+    let (k, server) = backend();
+    let w = workload();
+    k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
+    let pod = pod_names(&server).pop().unwrap();
+    // The agent is deleted and its Pod goes, but its Service stays (a Hive stopped
+    // halfway); a new agent of the name comes.
+    server.delete("pods", &pod);
+    let next = Workload {
+        uid: Uuid::from_u128(8),
+        volumes: vec![],
+        ..workload()
+    };
+    k.apply(&next, &ours(), &AlwaysCreate).await.unwrap();
+    let service = server.object("services", "a").unwrap();
+    assert_eq!(
+        service["metadata"]["labels"]["hive.uid"],
+        json!(next.uid.to_string())
+    );
+    // Deleting the earlier agent's volumes leaves the new agent's Service alone.
+    k.remove_volumes("a", w.uid).await.unwrap();
+    assert!(server.object("services", "a").is_some());
 }
