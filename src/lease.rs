@@ -549,6 +549,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_renewal_that_hangs_ends_leadership_by_the_renew_deadline() {
+        // An engine that stops answering must not keep a leader leading past the point
+        // where a standby may take the expired lease.
+        let engine = Arc::new(FakeOrchestrator::default());
+        let lasting = Settings {
+            duration: Duration::from_secs(3),
+            ..settings(false)
+        };
+        let (mut leader, state) = Elector::new(engine.clone(), holder("a", "s1"), lasting);
+        leader.start().await.unwrap();
+        let (fatal, _rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(leader.run(stop.clone(), fatal));
+        engine
+            .hang_renewals
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // The last renewal the engine answered: the lease expires 3 s after it, and this
+        // Hive must have stopped leading by then (its renew deadline is 2 s after it).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.borrow().is_leading() {
+            assert!(
+                Instant::now() < deadline,
+                "still leading with renewals hanging"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ended = now_ms();
+        let renewed = engine.read_lease().await.unwrap().unwrap().renewed_ms;
+        assert!(
+            ended < renewed + 3000,
+            "stopped leading {} ms after the last renewal; the lease had expired at 3000",
+            ended - renewed
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_silent_holder_loses_the_lease_after_its_duration() {
         let engine = Arc::new(FakeOrchestrator::default());
         // A holder that took the lease and then died without renewing.

@@ -478,8 +478,13 @@ async fn event_loop(
     shutdown: CancellationToken,
 ) {
     let mut reconnected = false;
+    // Failures in a row: a stream that breaks again soon after it was opened keeps the
+    // backoff growing (a watch the backend refuses while it answers pings would otherwise
+    // resubscribe, and resync everything, twice a second).
+    let mut failures = 0;
     loop {
         let mut events = orchestrator.events();
+        let opened = std::time::Instant::now();
         if reconnected {
             info!("engine event stream resumed; resyncing every agent");
             handle.resync_all();
@@ -497,16 +502,18 @@ async fn event_loop(
                 },
             }
         }
-        let mut failures = 0;
+        if opened.elapsed() > std::time::Duration::from_secs(60) {
+            failures = 0;
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(queue::backoff(failures)) => {}
             }
+            failures += 1;
             if orchestrator.ping().await.is_ok() {
                 break;
             }
-            failures += 1;
         }
         reconnected = true;
     }

@@ -33,6 +33,8 @@ pub struct FakeOrchestrator {
     pub max_pulls: AtomicUsize,
     /// The CPU time every running workload reports.
     pub cpu_ns: std::sync::atomic::AtomicU64,
+    /// Lease renewals never answer (an engine that hangs).
+    pub hang_renewals: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -243,11 +245,7 @@ impl Orchestrator for FakeOrchestrator {
             if keeper.as_ref().is_some_and(|k| k.id == w.id) {
                 continue;
             }
-            let reason = if w.spec_hash != hash {
-                RemoveReason::SpecChanged
-            } else {
-                RemoveReason::Duplicate
-            };
+            let reason = RemoveReason::of_extra(&uid, &hash, &w.uid, &w.spec_hash);
             applied
                 .done
                 .extend(self.remove_one(&w.id, &want.agent, reason).await);
@@ -434,6 +432,9 @@ impl Orchestrator for FakeOrchestrator {
     }
 
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, OrchestratorError> {
+        if self.hang_renewals.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let mut s = self.state.lock().unwrap();
         match &mut s.lease {
             Some(l) if l.handle == lease.handle => {

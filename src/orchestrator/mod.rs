@@ -250,6 +250,19 @@ pub enum RemoveReason {
 }
 
 impl RemoveReason {
+    /// Why a workload of an agent that is not the one kept goes: it was made for an
+    /// earlier agent of the name (`uid`), from another spec (`spec_hash`), or it is a
+    /// duplicate. `want_uid` and `want_hash` are the agent's now.
+    pub fn of_extra(want_uid: &str, want_hash: &str, uid: &str, spec_hash: &str) -> Self {
+        if uid != want_uid {
+            RemoveReason::EarlierAgent
+        } else if spec_hash != want_hash {
+            RemoveReason::SpecChanged
+        } else {
+            RemoveReason::Duplicate
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RemoveReason::SpecChanged => "the spec changed",

@@ -24,6 +24,8 @@ trait Outside: Send + Sync {
     async fn remove(&self, hive: &Hive, id: &str);
     /// The names of the agent's volumes (`spec.volumes[].name`).
     async fn volumes(&self, hive: &Hive, agent: &str) -> Vec<String>;
+    /// The workload `id` writes `line` (on Docker its command does so itself).
+    fn writes(&self, id: &str, line: &str);
 }
 
 struct Docker;
@@ -87,6 +89,8 @@ impl Outside for Docker {
         names.sort();
         names
     }
+
+    fn writes(&self, _id: &str, _line: &str) {}
 }
 
 struct Kubernetes(ApiServer);
@@ -132,6 +136,10 @@ impl Outside for Kubernetes {
             .collect();
         names.sort();
         names
+    }
+
+    fn writes(&self, id: &str, line: &str) {
+        self.0.set_logs(id, &format!("{line}\n"));
     }
 }
 
@@ -222,6 +230,72 @@ async fn lifecycle(hive: &Hive, outside: &dyn Outside) {
         .then_some(())
     })
     .await;
+}
+
+/// A restart asked for, and the agent's output: alike on every backend.
+async fn restart_and_logs(hive: &Hive, outside: &dyn Outside) {
+    let talker = agent_yaml("talker", "").replace(
+        "[\"/bin/sleep\", \"3600\"]",
+        "[/bin/sh, -c, 'echo hello from talker; exec /bin/sleep 3600']",
+    );
+    assert!(talker.contains("echo hello"), "{talker}");
+    assert_eq!(hive.put_yaml("talker", &talker).await.status(), 201);
+    let id = container_id(&hive.wait_phase("talker", "Running").await);
+    outside.writes(&id, "hello from talker");
+    wait_for("its output", || async {
+        let r = hive
+            .req(reqwest::Method::GET, "/v1/agents/talker/logs")
+            .send()
+            .await
+            .ok()?;
+        r.text()
+            .await
+            .ok()?
+            .contains("hello from talker")
+            .then_some(())
+    })
+    .await;
+    let r = hive
+        .post_json(
+            "/v1/agents/talker/action",
+            &serde_json::json!({"action": "restart"}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let events = wait_for("a Restarted event and the agent running again", || async {
+        let a = hive.get("talker").await?;
+        let events = hive.get_json("/v1/agents/talker/events").await;
+        let restarted = events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["reason"] == "Restarted");
+        let settled = a["status"]["phase"] == "Running"
+            && a["status"]["observedGeneration"] == a["metadata"]["generation"];
+        (restarted && settled).then_some(events)
+    })
+    .await;
+    let restarts = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "Restarted")
+        .count();
+    assert_eq!(restarts, 1, "restarted once: {events:#}");
+    let running = outside.workloads(hive, "talker").await;
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].1, "{running:?}");
+}
+
+#[tokio::test]
+async fn restart_and_logs_on_docker() {
+    let hive = Hive::start().await;
+    restart_and_logs(&hive, &Docker).await;
+}
+
+#[tokio::test]
+async fn restart_and_logs_on_kubernetes() {
+    let (hive, kubernetes) = on_kubernetes().await;
+    restart_and_logs(&hive, &kubernetes).await;
 }
 
 #[tokio::test]

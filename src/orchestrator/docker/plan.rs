@@ -118,13 +118,7 @@ pub fn plan(want: &Workload, containers: &[Container]) -> Plan {
         if keeper.as_ref().is_some_and(|k| k.id == c.id) || c.state == ContainerState::Removing {
             continue;
         }
-        let reason = if c.uid != uid {
-            RemoveReason::EarlierAgent
-        } else if c.spec_hash != hash {
-            RemoveReason::SpecChanged
-        } else {
-            RemoveReason::Duplicate
-        };
+        let reason = RemoveReason::of_extra(&uid, &hash, &c.uid, &c.spec_hash);
         remove.push((c.id.clone(), reason));
     }
     let Some(c) = keeper else {

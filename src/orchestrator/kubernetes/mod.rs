@@ -582,11 +582,15 @@ impl Orchestrator for KubernetesOrchestrator {
     }
 
     async fn list(&self) -> Result<Vec<Observed>, OrchestratorError> {
+        // Pods already being deleted are left out: removing them again at every resync
+        // (one on a lost node terminates for ever) would only say "removed" again. An
+        // agent's own pass still sees them (observe), and waits for them.
         Ok(self
             .pods(None)
             .await?
             .iter()
             .filter_map(render::observed)
+            .filter(|o| o.state != RunState::Terminating)
             .map(|o| Observed { restarts: 0, ..o })
             .collect())
     }

@@ -426,13 +426,7 @@ fn decide(want: &Workload, pods: &[Observed]) -> Plan {
         if keeper.as_ref().is_some_and(|k| k.id == p.id) {
             continue;
         }
-        let reason = if p.uid != uid {
-            RemoveReason::EarlierAgent
-        } else if p.spec_hash != hash {
-            RemoveReason::SpecChanged
-        } else {
-            RemoveReason::Duplicate
-        };
+        let reason = RemoveReason::of_extra(&uid, &hash, &p.uid, &p.spec_hash);
         plan.remove.push((p.id.clone(), reason));
     }
     if !want.running {
