@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use hive::orchestrator::kubernetes::{apiserver::ApiServer, mock};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::harness::*;
 
@@ -340,4 +340,87 @@ async fn the_lifecycle_on_kubernetes() {
             seen.line()
         );
     }
+}
+
+/// The mock API server on a real TCP port, for a Hive that connects through a kubeconfig.
+async fn serve_over_tcp(server: ApiServer) -> String {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let server = server.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>(
+                                server.answer(http::Request::from_parts(parts, body)),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// `hive serve --backend kubernetes --kubeconfig FILE` as a process: the real client
+/// (kubeconfig, HTTP, the watch) against the mock API server on a TCP port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hive_process_runs_agents_through_its_kubeconfig() {
+    let server = ApiServer::default();
+    let url = serve_over_tcp(server.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster: {{server: \"{url}\"}}\n\
+             users:\n- name: hive\n  user: {{token: not-a-real-token}}\ncontexts:\n\
+             - name: mock\n  context: {{cluster: mock, user: hive, namespace: agents}}\n\
+             current-context: mock\n"
+        ),
+    )
+    .unwrap();
+    let hive = Hive::process(
+        std::collections::HashMap::new(),
+        vec![
+            "--backend".into(),
+            "kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+        ],
+    )
+    .await;
+    wait_for("Hive to be ready (lease taken, Pods listed)", || async {
+        (hive.get_open("/readyz").await.status() == 200).then_some(())
+    })
+    .await;
+    hive.running("k1", "").await;
+    let pods = server.objects("pods");
+    assert_eq!(pods.len(), 1);
+    assert_eq!(
+        pods[0]["metadata"]["namespace"], "agents",
+        "the kubeconfig's namespace"
+    );
+    assert_eq!(
+        pods[0]["metadata"]["labels"]["hive.instance"],
+        json!(hive.instance)
+    );
+    let lease = server
+        .object("leases", &format!("hive-{}", hive.instance))
+        .unwrap();
+    assert!(lease["spec"]["holderIdentity"].is_string());
+    // A Pod deleted out of band is seen through the watch and made again.
+    let first = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    server.delete("pods", &first);
+    running_on_new(&hive, "k1", &first).await;
 }

@@ -313,6 +313,11 @@ impl ApiServer {
             .push(image.to_string());
     }
 
+    /// Answers one request (tests that serve it over TCP call this).
+    pub fn answer(&self, request: mock::Request) -> mock::Response {
+        self.handle(request)
+    }
+
     fn handle(&self, request: mock::Request) -> mock::Response {
         let (parts, body) = request.into_parts();
         let method = parts.method.to_string();
