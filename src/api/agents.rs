@@ -306,11 +306,14 @@ pub(super) fn container_of(
     name: &str,
 ) -> Result<String, ApiError> {
     let record = state.service.visible(p, name)?;
-    record
-        .agent
-        .status
-        .container_id
-        .ok_or_else(|| ApiError::NotFound(format!("agent {name:?} has no container yet")))
+    let stopped = record.agent.status.phase == crate::agent::Phase::Stopped;
+    record.agent.status.container_id.ok_or_else(|| {
+        ApiError::NotFound(if stopped {
+            format!("agent {name:?} is stopped and has not run since it was declared: it has no container, and no logs")
+        } else {
+            format!("agent {name:?} has no container yet")
+        })
+    })
 }
 
 /// Unix seconds of `since`: a duration back from now, or an RFC 3339 time.

@@ -92,6 +92,10 @@ async fn apply_get_wait_describe_and_delete_from_the_command_line() {
     assert_eq!(out, "second-line\n");
     let (ok, out, _) = hive.cli(&["logs", "talker", "--since", "10m"]);
     assert!(ok && out.contains("hello-from-talker"));
+    // An agent declared Stopped has never run: no container, so no logs, and it says so.
+    hive.wait_phase("quiet", "Stopped").await;
+    let (ok, _, err) = hive.cli(&["logs", "quiet"]);
+    assert!(!ok && err.contains("is stopped and has not run"), "{err}");
 
     // A dry run shows the diff and changes nothing; the real run configures.
     let changed = talker.replace("team: research", "team: ops");
