@@ -134,7 +134,6 @@ pub struct Config {
     pub api_key: Option<Secret>,
 }
 
-/// How log lines are written.
 /// Where agents run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -142,6 +141,7 @@ pub enum Backend {
     Kubernetes,
 }
 
+/// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,

@@ -312,18 +312,22 @@ impl Elector {
         // A renewal may not outlast the renew deadline: a call hanging past it would keep
         // this Hive leading while another takes the expired lease (client-go bounds it
         // the same way).
+        // Once leadership has ended, safety no longer needs the bound: a renewal then
+        // gets the lease's duration, so that one slow engine does not keep it out for good.
         let left = self.last_renewed.map_or(Duration::ZERO, |t| {
             self.settings.renew_deadline().saturating_sub(t.elapsed())
         });
-        let renewed = tokio::time::timeout(
-            left.max(Duration::from_millis(100)),
-            self.backend.renew_lease(&lease),
-        )
-        .await
-        .unwrap_or(Err(OrchestratorError::Timeout {
-            call: "renew lease",
-            secs: left.as_secs(),
-        }));
+        let bound = if self.state.borrow().is_leading() {
+            left
+        } else {
+            self.settings.duration
+        };
+        let renewed = tokio::time::timeout(bound, self.backend.renew_lease(&lease))
+            .await
+            .unwrap_or(Err(OrchestratorError::Timeout {
+                call: "renew lease",
+                secs: bound.as_secs(),
+            }));
         match renewed {
             Ok(lease) => {
                 self.last_renewed = Some(Instant::now());
@@ -582,6 +586,22 @@ mod tests {
             "stopped leading {} ms after the last renewal; the lease had expired at 3000",
             ended - renewed
         );
+        // The engine answers again, slowly (slower than the time that was left): the lease
+        // is renewed and this Hive leads again.
+        engine
+            .renew_delay_ms
+            .store(1500, std::sync::atomic::Ordering::SeqCst);
+        engine
+            .hang_renewals
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !state.borrow().is_leading() {
+            assert!(
+                Instant::now() < deadline,
+                "never led again once renewals answered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         stop.cancel();
         task.await.unwrap();
     }

@@ -309,7 +309,7 @@ pub(super) fn container_of(
     let stopped = record.agent.status.phase == crate::agent::Phase::Stopped;
     record.agent.status.container_id.ok_or_else(|| {
         ApiError::NotFound(if stopped {
-            format!("agent {name:?} is stopped and has not run since it was declared: it has no container, and no logs")
+            format!("agent {name:?} is stopped and has no container: it has not run, or its logs went with its container")
         } else {
             format!("agent {name:?} has no container yet")
         })

@@ -478,10 +478,11 @@ async fn event_loop(
     shutdown: CancellationToken,
 ) {
     let mut reconnected = false;
-    // Failures in a row: a stream that breaks again soon after it was opened keeps the
-    // backoff growing (a watch the backend refuses while it answers pings would otherwise
-    // resubscribe, and resync everything, twice a second).
-    let mut failures = 0;
+    // Streams in a row that broke within a minute of opening: each waits longer before
+    // subscribing again (a watch the backend refuses while it answers pings would
+    // otherwise resubscribe, and resync everything, twice a second). A stream that lived
+    // longer starts the count again, so a blip after a long outage waits 0.5 s, not 30.
+    let mut quick_breaks = 0;
     loop {
         let mut events = orchestrator.events();
         let opened = std::time::Instant::now();
@@ -502,9 +503,12 @@ async fn event_loop(
                 },
             }
         }
-        if opened.elapsed() > std::time::Duration::from_secs(60) {
-            failures = 0;
-        }
+        quick_breaks = if opened.elapsed() < std::time::Duration::from_secs(60) {
+            quick_breaks + 1
+        } else {
+            1
+        };
+        let mut failures = quick_breaks - 1;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

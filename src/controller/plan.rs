@@ -341,9 +341,17 @@ mod tests {
         r.agent.status.observed_generation = 1;
         r.agent.status.phase = Phase::Stopped;
         assert!(
-            !needs_pass(&r, || Some("h".into()), &[]),
+            !needs_pass(&r, || panic!("no workload is built for it"), &[]),
             "a resync leaves a stopped fleet alone"
         );
+        // Failed (a missing secret, say): a pass said why; settled too.
+        r.agent.status.phase = Phase::Failed;
+        assert!(!needs_pass(
+            &r,
+            || panic!("no workload is built for it"),
+            &[]
+        ));
+        r.agent.status.phase = Phase::Stopped;
         r.agent.status.container_id = Some("c1".into());
         assert!(
             needs_pass(&r, || Some("h".into()), &[]),

@@ -35,6 +35,8 @@ pub struct FakeOrchestrator {
     pub cpu_ns: std::sync::atomic::AtomicU64,
     /// Lease renewals never answer (an engine that hangs).
     pub hang_renewals: std::sync::atomic::AtomicBool,
+    /// How long a lease renewal takes (ms).
+    pub renew_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -434,6 +436,10 @@ impl Orchestrator for FakeOrchestrator {
     async fn renew_lease(&self, lease: &Lease) -> Result<Lease, OrchestratorError> {
         if self.hang_renewals.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        let delay = self.renew_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         let mut s = self.state.lock().unwrap();
         match &mut s.lease {

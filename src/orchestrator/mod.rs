@@ -529,6 +529,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_volume_is_mounted_only_for_the_agent_and_volume_it_was_made_for() {
+        let w = Workload {
+            volumes: vec![Volume {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                retain: false,
+                adopt_retained: false,
+            }],
+            ..Workload {
+                agent: "a".into(),
+                uid: Uuid::from_u128(7),
+                owner: "o".into(),
+                store: "s".into(),
+                image: "img".into(),
+                command: None,
+                args: None,
+                env: Env::default(),
+                restart_policy: RestartPolicy::Always,
+                memory_bytes: None,
+                cpu_nanos: None,
+                pids: None,
+                capabilities: vec![],
+                volumes: vec![],
+                running: true,
+                restart: false,
+                resume: false,
+            }
+        };
+        let labels = |agent: &str, volume: &str| {
+            std::collections::HashMap::from([
+                (LABEL_MANAGED, "true".to_string()),
+                (LABEL_INSTANCE, "i".to_string()),
+                (LABEL_OWNER, "o".to_string()),
+                (LABEL_AGENT, agent.to_string()),
+                (LABEL_VOLUME, volume.to_string()),
+                (LABEL_UID, w.uid.to_string()),
+            ])
+        };
+        let check = |l: std::collections::HashMap<&str, String>| {
+            may_mount("i", &w, 0, "vol", |k| l.get(k).map(String::as_str))
+        };
+        assert!(check(labels("a", "data")).is_ok());
+        for (agent, volume) in [("a-x", "data"), ("a", "x-data")] {
+            let err = check(labels(agent, volume)).unwrap_err().to_string();
+            assert!(err.contains("another agent or volume"), "{err}");
+        }
+        let mut other_instance = labels("a", "data");
+        other_instance.insert(LABEL_INSTANCE, "j".into());
+        assert!(check(other_instance)
+            .unwrap_err()
+            .to_string()
+            .contains("another Hive instance"));
+    }
+
+    #[test]
     fn the_hash_is_the_one_earlier_hives_stamped() {
         // An upgrade must not recreate every container: the digest of this workload was
         // computed by the previous release's ContainerSpec.

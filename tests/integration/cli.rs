@@ -95,7 +95,10 @@ async fn apply_get_wait_describe_and_delete_from_the_command_line() {
     // An agent declared Stopped has never run: no container, so no logs, and it says so.
     hive.wait_phase("quiet", "Stopped").await;
     let (ok, _, err) = hive.cli(&["logs", "quiet"]);
-    assert!(!ok && err.contains("is stopped and has not run"), "{err}");
+    assert!(
+        !ok && err.contains("is stopped and has no container"),
+        "{err}"
+    );
 
     // A dry run shows the diff and changes nothing; the real run configures.
     let changed = talker.replace("team: research", "team: ops");

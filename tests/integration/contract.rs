@@ -197,6 +197,11 @@ async fn lifecycle(hive: &Hive, outside: &dyn Outside) {
     );
     assert_eq!(hive.put_yaml("c1", &stopped).await.status(), 200);
     let a = hive.wait_phase("c1", "Stopped").await;
+    assert_eq!(
+        outside.volumes(hive, "c1").await,
+        ["keep", "scratch"],
+        "volumes outlive a stop"
+    );
     assert!(
         outside
             .workloads(hive, "c1")
@@ -308,38 +313,86 @@ async fn the_lifecycle_on_docker() {
 async fn the_lifecycle_on_kubernetes() {
     let (hive, kubernetes) = on_kubernetes().await;
     lifecycle(&hive, &kubernetes).await;
-    // What the controller asked of the cluster stayed within the Role in
-    // deployment/kubernetes/rbac.yaml.
-    let allowed = [
-        ("GET", "pods"),
-        ("POST", "pods"),
-        ("DELETE", "pods"),
-        ("GET", "log"),
-        ("POST", "secrets"),
-        ("GET", "services"),
-        ("POST", "services"),
-        ("DELETE", "services"),
-        ("GET", "persistentvolumeclaims"),
-        ("POST", "persistentvolumeclaims"),
-        ("DELETE", "persistentvolumeclaims"),
-        ("GET", "leases"),
-        ("POST", "leases"),
-        ("PUT", "leases"),
-        ("GET", "version"),
-    ];
-    for seen in kubernetes.0.take_requests() {
-        let resource = seen
-            .path
-            .split('/')
-            .rev()
-            .find(|part| allowed.iter().any(|(_, r)| r == part))
-            .unwrap_or("?");
+    // Every request, as the verb RBAC would check, is one the Role in
+    // deployment/kubernetes/rbac.yaml grants.
+    let seen = kubernetes.0.take_requests();
+    assert!(seen.len() > 20, "{} requests", seen.len());
+    let granted = role_grants();
+    for s in &seen {
+        let need = rbac_verb(s);
         assert!(
-            allowed.contains(&(seen.method.as_str(), resource)),
-            "{} is not in the Role",
-            seen.line()
+            granted.contains(&need),
+            "{} {} needs {need:?}, which the Role does not grant",
+            s.line(),
+            s.query
         );
     }
+}
+
+/// (API group, resource, verb) the Role grants, read from the deployment's rbac.yaml.
+fn role_grants() -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deployment/kubernetes/rbac.yaml"),
+    )
+    .unwrap();
+    let mut granted = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let doc: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if doc["kind"] != "Role" {
+            continue;
+        }
+        for rule in doc["rules"].as_array().unwrap() {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        granted.push((
+                            group.as_str().unwrap().to_string(),
+                            resource.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(!granted.is_empty(), "no Role in rbac.yaml");
+    granted
+}
+
+/// The RBAC (group, resource, verb) a request needs, as the API server derives it.
+fn rbac_verb(s: &hive::orchestrator::kubernetes::apiserver::Seen) -> (String, String, String) {
+    let parts: Vec<&str> = s.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _, rest @ ..] => (*group, rest),
+        _ => panic!("unexpected path {}", s.path),
+    };
+    let (resource, name, sub) = match rest {
+        ["namespaces", _, resource] => (*resource, None, None),
+        ["namespaces", _, resource, name] => (*resource, Some(*name), None),
+        ["namespaces", _, resource, name, sub] => (*resource, Some(*name), Some(*sub)),
+        _ => panic!("unexpected path {}", s.path),
+    };
+    let watch = s
+        .query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1");
+    let verb = match (s.method.as_str(), name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if watch => "watch",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", Some(_)) => "delete",
+        ("DELETE", None) => "deletecollection",
+        (m, _) => panic!("unexpected method {m}"),
+    };
+    let resource = match sub {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource.to_string(),
+    };
+    (group.to_string(), resource, verb.to_string())
 }
 
 /// The mock API server on a real TCP port, for a Hive that connects through a kubeconfig.
