@@ -207,6 +207,24 @@ async fn a_fresh_store_keeps_another_stores_fleet_unless_told_to_adopt_it() {
     assert!(second.logs().contains("belong to another store"));
     let c = engine().await.inspect_container(&id, None).await.unwrap();
     assert_eq!(c.state.unwrap().running, Some(true));
+    // Declared here too, stopped: it has no container of its own, and its status says
+    // whose container holds the name (the one its start would meet).
+    let stopped = agent_yaml("theirs", "  state: Stopped\n");
+    assert_eq!(second.put_yaml("theirs", &stopped).await.status(), 201);
+    let a = second.wait_phase("theirs", "Failed").await;
+    assert!(
+        a["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another Hive store"),
+        "{a:#}"
+    );
+    let c = engine().await.inspect_container(&id, None).await.unwrap();
+    assert_eq!(
+        c.state.unwrap().running,
+        Some(true),
+        "still running, untouched"
+    );
     assert!(second.stop().success());
 
     // Told to adopt it, a store that does not declare the agent removes it as an orphan.

@@ -758,17 +758,19 @@ impl Orchestrator for DockerOrchestrator {
             .into_iter()
             .partition(|c| ownership.owns(&c.observed(), Some(&uid)));
         let plan = plan::plan(want, &containers);
-        if let Some(ContainerAction::Create) = plan.action {
-            // Another store's container holds the name: leave it alone and say so.
+        let creating = plan.action == Some(ContainerAction::Create);
+        // Another store's container holds the name (for an agent to make, or a stopped
+        // one that has none, whose start would meet it): leave it alone and say so.
+        if creating || (!want.running && plan.keeper.is_none()) {
             if let Some(f) = foreign.iter().find(|c| c.state != ContainerState::Removing) {
                 return Err(OrchestratorError::HeldByForeign {
                     agent: want.agent.clone(),
                     store: f.store.clone().unwrap_or_else(|| "unknown".into()),
                 });
             }
-            if !gate.may_create() {
-                return Err(OrchestratorError::CreateDeferred);
-            }
+        }
+        if creating && !gate.may_create() {
+            return Err(OrchestratorError::CreateDeferred);
         }
         let mut done = Vec::new();
         for (id, reason) in &plan.remove {

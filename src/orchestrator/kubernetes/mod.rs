@@ -618,7 +618,9 @@ impl Orchestrator for KubernetesOrchestrator {
             .partition(|(o, _)| ownership.owns(o, Some(&uid)));
         let observed: Vec<Observed> = mine.iter().map(|(o, _)| o.clone()).collect();
         let plan = render::plan(want, &observed);
-        if plan.create.is_some() {
+        // Another store's Pod carries the agent (for an agent to make, or a stopped one,
+        // whose start would meet it): leave it alone and say so.
+        if plan.create.is_some() || !want.running {
             if let Some((f, _)) = foreign
                 .iter()
                 .find(|(o, _)| o.state != RunState::Terminating)
@@ -628,9 +630,9 @@ impl Orchestrator for KubernetesOrchestrator {
                     store: f.store.clone().unwrap_or_else(|| "unknown".into()),
                 });
             }
-            if !gate.may_create() {
-                return Err(OrchestratorError::CreateDeferred);
-            }
+        }
+        if plan.create.is_some() && !plan.waiting && !gate.may_create() {
+            return Err(OrchestratorError::CreateDeferred);
         }
         let mut applied = Applied {
             current: plan.keeper.clone(),

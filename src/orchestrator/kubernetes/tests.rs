@@ -398,6 +398,16 @@ async fn names_and_pods_that_are_not_this_stores_are_left_alone() {
         matches!(err, OrchestratorError::HeldByForeign { .. }),
         "{err}"
     );
+    // Declared stopped, it says so too: its start would meet the other store's Pod.
+    let stopped = Workload {
+        running: false,
+        ..workload()
+    };
+    let err = k.apply(&stopped, &ours(), &AlwaysCreate).await.unwrap_err();
+    assert!(
+        matches!(err, OrchestratorError::HeldByForeign { .. }),
+        "{err}"
+    );
     assert_eq!(server.objects("pods").len(), 1, "theirs is untouched");
 }
 
