@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease as KubeLease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::{Client, Config};
 use uuid::Uuid;
@@ -37,7 +37,7 @@ pub mod render;
 #[cfg(test)]
 mod tests;
 
-use render::Create;
+use render::{Create, LEASE_DATA_DIR, LEASE_HOST, LEASE_PID, LEASE_STORE};
 
 /// Where the cluster is and which part of it is this Hive's.
 #[derive(Clone, Debug)]
@@ -64,13 +64,6 @@ struct Inner {
     /// The client and the namespace, once connected.
     client: tokio::sync::OnceCell<(Client, String)>,
 }
-
-/// Annotations of the lease naming its holder to a person (the token is the Lease's
-/// holderIdentity).
-const LEASE_HOST: &str = "hive.lease/host";
-const LEASE_PID: &str = "hive.lease/pid";
-const LEASE_DATA_DIR: &str = "hive.lease/data-dir";
-const LEASE_STORE: &str = "hive.lease/store";
 
 impl KubernetesOrchestrator {
     pub fn new(settings: KubernetesSettings) -> Self {
@@ -103,7 +96,7 @@ impl KubernetesOrchestrator {
     }
 
     fn lease_name(&self) -> String {
-        format!("hive-{}", self.instance())
+        render::lease_name(self.instance())
     }
 
     /// The client and namespace (connecting on first use), as a future that owns what it
@@ -393,45 +386,6 @@ impl KubernetesOrchestrator {
         }
     }
 
-    /// The Lease object of a [`Lease`], to write with its resourceVersion.
-    fn lease_object(&self, lease: &Lease, holder: Option<&Holder>) -> KubeLease {
-        let micro = |ms: i64| {
-            k8s_openapi::jiff::Timestamp::from_millisecond(ms)
-                .ok()
-                .map(MicroTime)
-        };
-        let annotations = holder.map(|h| {
-            [
-                (LEASE_HOST, h.host.clone()),
-                (LEASE_PID, h.pid.to_string()),
-                (LEASE_DATA_DIR, h.data_dir.clone()),
-                (LEASE_STORE, h.store.clone()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
-        });
-        KubeLease {
-            metadata: ObjectMeta {
-                name: Some(self.lease_name()),
-                resource_version: (!lease.handle.is_empty()).then(|| lease.handle.clone()),
-                labels: Some([(LABEL_INSTANCE.to_string(), self.instance().to_string())].into()),
-                annotations,
-                ..Default::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: holder.map(|h| h.token.clone()),
-                acquire_time: micro(lease.acquired_ms),
-                renew_time: micro(lease.renewed_ms),
-                lease_duration_seconds: Some(
-                    lease.duration.as_secs().clamp(1, i32::MAX as u64) as i32
-                ),
-                lease_transitions: Some(lease.transitions.min(i32::MAX as u64) as i32),
-                ..Default::default()
-            }),
-        }
-    }
-
     /// Writes a lease over the version `lease.handle`; a newer one is a conflict.
     async fn write_lease(
         &self,
@@ -440,7 +394,7 @@ impl KubernetesOrchestrator {
         lost: &str,
     ) -> Result<Lease, OrchestratorError> {
         let api: Api<KubeLease> = self.api().await?;
-        let object = self.lease_object(lease, holder);
+        let object = render::lease(self.instance(), lease, holder);
         let written = if lease.handle.is_empty() {
             self.call("create lease", api.create(&PostParams::default(), &object))
                 .await?

@@ -31,6 +31,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvFromSource, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
@@ -38,13 +39,14 @@ use k8s_openapi::api::core::v1::{
     Volume as PodVolume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use k8s_openapi::ByteString;
 
 use crate::agent::RestartPolicy;
 use crate::orchestrator::{
-    Observed, RemoveReason, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED,
-    LABEL_OWNER, LABEL_RETAIN, LABEL_SPEC_HASH, LABEL_STORE, LABEL_UID, LABEL_VOLUME,
+    Holder, Lease, Observed, RemoveReason, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE,
+    LABEL_MANAGED, LABEL_OWNER, LABEL_RETAIN, LABEL_SPEC_HASH, LABEL_STORE, LABEL_UID,
+    LABEL_VOLUME,
 };
 
 /// The agent's container in its Pod.
@@ -274,6 +276,63 @@ pub fn claim(instance: &str, want: &Workload, i: usize) -> PersistentVolumeClaim
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// Annotations of the lease naming its holder to a person (the token is the Lease's
+/// holderIdentity).
+pub const LEASE_HOST: &str = "hive.lease/host";
+pub const LEASE_PID: &str = "hive.lease/pid";
+pub const LEASE_DATA_DIR: &str = "hive.lease/data-dir";
+pub const LEASE_STORE: &str = "hive.lease/store";
+
+/// The name of the instance's Lease.
+pub fn lease_name(instance: &str) -> String {
+    format!("hive-{instance}")
+}
+
+/// The Lease object of a [`Lease`] held by `holder` (None: released), to write with its
+/// resourceVersion (`lease.handle`; none for a new one).
+pub fn lease(instance: &str, lease: &Lease, holder: Option<&Holder>) -> KubeLease {
+    let micro = |ms: i64| {
+        k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+            .ok()
+            .map(MicroTime)
+    };
+    let annotations = holder.map(|h| {
+        [
+            (LEASE_HOST, h.host.clone()),
+            (LEASE_PID, h.pid.to_string()),
+            (LEASE_DATA_DIR, h.data_dir.clone()),
+            (LEASE_STORE, h.store.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    });
+    KubeLease {
+        metadata: ObjectMeta {
+            name: Some(lease_name(instance)),
+            resource_version: (!lease.handle.is_empty()).then(|| lease.handle.clone()),
+            labels: Some([(LABEL_INSTANCE.to_string(), instance.to_string())].into()),
+            annotations,
+            ..Default::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: holder.map(|h| h.token.clone()),
+            acquire_time: micro(lease.acquired_ms),
+            renew_time: micro(lease.renewed_ms),
+            // Whole seconds, rounded up: never shorter than the Hive's own duration.
+            lease_duration_seconds: Some(
+                lease
+                    .duration
+                    .as_secs_f64()
+                    .ceil()
+                    .clamp(1.0, i32::MAX as f64) as i32,
+            ),
+            lease_transitions: Some(lease.transitions.min(i32::MAX as u64) as i32),
+            ..Default::default()
+        }),
     }
 }
 
@@ -671,13 +730,20 @@ mod tests {
         assert_eq!((p.create, p.waiting), (Some(Create::Missing), true));
     }
 
-    /// The objects an agent becomes, as deployment/kubernetes/rendered/agent.yaml keeps
-    /// them for the schema check (kubernetes-validate, in test_manifests.py). Set
+    /// The objects an agent becomes (and the instance's Lease), as
+    /// deployment/kubernetes/rendered/agent.json keeps them for the schema check (kubernetes-validate, in test_manifests.py). Set
     /// HIVE_UPDATE_RENDERED=1 to write them after a change of the mapping.
     #[test]
     fn the_rendered_objects_are_those_checked_against_the_schema() {
         let w = workload();
         let name = "a-x1y2z";
+        let holder = Holder {
+            token: "5f1b2c3d-0000-4000-8000-000000000002".into(),
+            host: "hive-0".into(),
+            pid: 1,
+            data_dir: "/data".into(),
+            store: "s".into(),
+        };
         let mut secret = env_secret("i", &w, name).unwrap();
         secret.metadata.owner_references = Some(vec![owned_by_pod(
             name,
@@ -688,16 +754,25 @@ mod tests {
             serde_json::to_value(secret).unwrap(),
             serde_json::to_value(service("i", &w)).unwrap(),
             serde_json::to_value(claim("i", &w, 0)).unwrap(),
+            serde_json::to_value(lease(
+                "i",
+                &Lease {
+                    holder: holder.clone(),
+                    acquired_ms: 1_767_225_600_000,
+                    renewed_ms: 1_767_225_605_250,
+                    duration: std::time::Duration::from_millis(15_500),
+                    transitions: 2,
+                    handle: "41".into(),
+                },
+                Some(&holder),
+            ))
+            .unwrap(),
         ];
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-        let rendered = format!(
-            "# What Hive's Kubernetes backend makes for one agent (src/orchestrator/kubernetes/render.rs),\n\
-             # written by its test the_rendered_objects_are_those_checked_against_the_schema\n\
-             # (HIVE_UPDATE_RENDERED=1 rewrites it) and validated by test_manifests.py.\n{}",
-            serde_yaml::to_string(&list).unwrap()
-        );
+        // JSON, as Hive sends it (YAML would turn the Lease's times into timestamps).
+        let rendered = serde_json::to_string_pretty(&list).unwrap() + "\n";
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("deployment/kubernetes/rendered/agent.yaml");
+            .join("deployment/kubernetes/rendered/agent.json");
         if std::env::var_os("HIVE_UPDATE_RENDERED").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, &rendered).unwrap();
