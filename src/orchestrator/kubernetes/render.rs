@@ -9,8 +9,8 @@
 //!   when lost), and a bare Pod keeps one object between Hive and the kubelet, so the
 //!   status Hive reports is the Pod's own. A stopped agent has no Pod (as a Deployment
 //!   scaled to zero; on Docker a stopped agent keeps its exited container only once it
-//!   has run). Pod names are `<agent>-<5 random>`, so a replacement never waits for
-//!   the old Pod's name to be free.
+//!   has run). Pod names are `<agent>-<5 random>`, so no name is reused; a replacement
+//!   is made once the old Pod has terminated, so that two never share the volumes.
 //! - The environment goes into a **Secret** named as the Pod and owned by it (an
 //!   ownerReference), mounted with `envFrom`: no value is in the Pod spec, and the
 //!   Secret goes when the Pod goes.
@@ -25,9 +25,9 @@
 //!   allowPrivilegeEscalation false, every capability dropped and only the policy's
 //!   allowed ones added back, seccomp RuntimeDefault; no service account token and no
 //!   service links, so an agent holds no cluster credentials. The image's own user runs
-//!   (it must be numeric and not root), with fsGroup 65532 so it can write its volumes. Resources become limits
-//!   (requests default to them). Kubernetes has no per-Pod process limit (`pids`): the
-//!   kubelet's podPidsLimit applies instead.
+//!   (it must be numeric and not root), with fsGroup 65532 so it can write its volumes.
+//!   Resources become limits (requests default to them). Kubernetes has no per-Pod
+//!   process limit (`pids`): the kubelet's podPidsLimit applies instead.
 
 use std::collections::BTreeMap;
 
