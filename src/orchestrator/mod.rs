@@ -176,6 +176,33 @@ impl Workload {
     }
 }
 
+#[cfg(test)]
+impl Workload {
+    /// For tests: agent `a` (uid 7) of owner `o` in store `s`, image `img`, running, with
+    /// nothing else set.
+    pub(crate) fn example() -> Workload {
+        Workload {
+            agent: "a".into(),
+            uid: Uuid::from_u128(7),
+            owner: "o".into(),
+            store: "s".into(),
+            image: "img".into(),
+            command: None,
+            args: None,
+            env: crate::agent::Env::default(),
+            restart_policy: RestartPolicy::Always,
+            memory_bytes: None,
+            cpu_nanos: None,
+            pids: None,
+            capabilities: vec![],
+            volumes: vec![],
+            running: true,
+            restart: false,
+            resume: false,
+        }
+    }
+}
+
 /// How a workload's process stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -537,25 +564,7 @@ mod tests {
                 retain: false,
                 adopt_retained: false,
             }],
-            ..Workload {
-                agent: "a".into(),
-                uid: Uuid::from_u128(7),
-                owner: "o".into(),
-                store: "s".into(),
-                image: "img".into(),
-                command: None,
-                args: None,
-                env: Env::default(),
-                restart_policy: RestartPolicy::Always,
-                memory_bytes: None,
-                cpu_nanos: None,
-                pids: None,
-                capabilities: vec![],
-                volumes: vec![],
-                running: true,
-                restart: false,
-                resume: false,
-            }
+            ..Workload::example()
         };
         let labels = |agent: &str, volume: &str| {
             std::collections::HashMap::from([

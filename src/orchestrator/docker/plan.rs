@@ -207,28 +207,13 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::Env;
     use uuid::Uuid;
 
     fn want(running: bool, policy: RestartPolicy) -> Workload {
         Workload {
-            agent: "a".into(),
-            uid: Uuid::from_u128(7),
-            owner: "o".into(),
-            store: "s".into(),
-            image: "img".into(),
-            command: None,
-            args: None,
-            env: Env::default(),
-            restart_policy: policy,
-            memory_bytes: None,
-            cpu_nanos: None,
-            pids: None,
-            capabilities: vec![],
-            volumes: vec![],
             running,
-            restart: false,
-            resume: false,
+            restart_policy: policy,
+            ..Workload::example()
         }
     }
 

@@ -85,6 +85,14 @@ pub fn claim_name(instance: &str, agent: &str, volume: &str) -> String {
     format!("hive.{instance}.{agent}.{volume}")
 }
 
+/// The container runtime's default seccomp profile (the restricted standard asks for it).
+fn runtime_default() -> Option<SeccompProfile> {
+    Some(SeccompProfile {
+        type_: "RuntimeDefault".to_string(),
+        ..Default::default()
+    })
+}
+
 /// The Pod that runs `want`, named `name`, its environment in the Secret `name` (when
 /// it has any).
 pub fn pod(instance: &str, want: &Workload, name: &str) -> Pod {
@@ -127,10 +135,7 @@ pub fn pod(instance: &str, want: &Workload, name: &str) -> Pod {
                 drop: Some(vec!["ALL".to_string()]),
                 add: (!want.capabilities.is_empty()).then(|| want.capabilities.clone()),
             }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                ..Default::default()
-            }),
+            seccomp_profile: runtime_default(),
             ..Default::default()
         }),
         volume_mounts: (!want.volumes.is_empty()).then(|| {
@@ -169,10 +174,7 @@ pub fn pod(instance: &str, want: &Workload, name: &str) -> Pod {
                 // Volumes are group-writable for the agent whatever its (non-root) user.
                 fs_group: Some(FS_GROUP),
                 fs_group_change_policy: Some("OnRootMismatch".to_string()),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".to_string(),
-                    ..Default::default()
-                }),
+                seccomp_profile: runtime_default(),
                 ..Default::default()
             }),
             volumes: (!want.volumes.is_empty()).then(|| {
@@ -534,19 +536,13 @@ pub fn plan(want: &Workload, pods: &[Observed]) -> Plan {
 mod tests {
     use super::*;
     use crate::agent::{Env, Volume};
-    use uuid::Uuid;
 
-    pub(crate) fn workload() -> Workload {
+    fn workload() -> Workload {
         Workload {
-            agent: "a".into(),
-            uid: Uuid::from_u128(7),
-            owner: "o".into(),
-            store: "s".into(),
             image: "img:1".into(),
             command: Some(vec!["/bin/sleep".into()]),
             args: Some(vec!["3600".into()]),
             env: Env([("TOKEN".to_string(), "hunter2".to_string())].into()),
-            restart_policy: RestartPolicy::Always,
             memory_bytes: Some(64 << 20),
             cpu_nanos: Some(250_000_000),
             pids: Some(64),
@@ -557,9 +553,7 @@ mod tests {
                 retain: true,
                 adopt_retained: false,
             }],
-            running: true,
-            restart: false,
-            resume: false,
+            ..Workload::example()
         }
     }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::apiserver::{ApiServer, Seen};
 use super::{mock, KubernetesOrchestrator};
-use crate::agent::{Env, RestartPolicy, Volume};
+use crate::agent::{Env, Volume};
 use crate::orchestrator::{
     AlwaysCreate, Done, Holder, Orchestrator, OrchestratorError, Ownership, RemoveReason, RunState,
     Workload,
@@ -36,19 +36,10 @@ fn ours() -> Ownership {
 
 fn workload() -> Workload {
     Workload {
-        agent: "a".into(),
-        uid: Uuid::from_u128(7),
-        owner: "o".into(),
-        store: "s".into(),
         image: "img:1".into(),
         command: Some(vec!["/bin/sleep".into(), "3600".into()]),
-        args: None,
         env: Env([("TOKEN".to_string(), "hunter2".to_string())].into()),
-        restart_policy: RestartPolicy::Always,
         memory_bytes: Some(64 << 20),
-        cpu_nanos: None,
-        pids: None,
-        capabilities: vec![],
         volumes: vec![
             Volume {
                 name: "keep".into(),
@@ -63,9 +54,7 @@ fn workload() -> Workload {
                 adopt_retained: false,
             },
         ],
-        running: true,
-        restart: false,
-        resume: false,
+        ..Workload::example()
     }
 }
 
