@@ -40,6 +40,18 @@ pub enum Role {
     System,
 }
 
+impl Role {
+    /// The role's name, as the keys file and the audit log write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::System => "system",
+        }
+    }
+}
+
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
@@ -48,7 +60,24 @@ pub struct Principal {
     /// Whose agents it sees and makes.
     pub owner: String,
     pub role: Role,
+    /// Which keys-file entry admitted it (None: the admin key, or Hive itself), so that
+    /// what it holds open can be ended when that entry goes ([`Keys::is_valid`]).
+    credential: Option<Digest32>,
 }
+
+/// A key's SHA-256, never shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Digest32([u8; 32]);
+
+impl std::fmt::Debug for Digest32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<digest>")
+    }
+}
+
+/// Key ids that name Hive's own identities: a keys-file entry may not take one, or it
+/// would share their audit trail and stream budget.
+pub const RESERVED_KEY_IDS: [&str; 3] = [ADMIN_KEY_ID, GITOPS_KEY_ID, "-"];
 
 impl Principal {
     fn admin() -> Principal {
@@ -56,6 +85,7 @@ impl Principal {
             key_id: ADMIN_KEY_ID.into(),
             owner: ADMIN_OWNER.into(),
             role: Role::Admin,
+            credential: None,
         }
     }
 
@@ -65,7 +95,14 @@ impl Principal {
             key_id: GITOPS_KEY_ID.into(),
             owner: owner.to_string(),
             role: Role::System,
+            credential: None,
         }
+    }
+
+    /// Whether this is an admin or Hive itself, whose audit entries refusals never push
+    /// out.
+    pub fn is_privileged(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::System)
     }
 
     /// Whether this caller may see an agent of `owner`.
@@ -135,6 +172,9 @@ struct Entry {
     principal: Principal,
 }
 
+/// The largest keys file read.
+pub const MAX_KEYS_FILE: u64 = 1 << 20;
+
 /// The keys Hive accepts.
 pub struct Keys {
     admin: [u8; 32],
@@ -142,6 +182,8 @@ pub struct Keys {
     entries: RwLock<Arc<Vec<Entry>>>,
     /// Why the keys file does not load, while it does not (its keys are refused meanwhile).
     broken: RwLock<Option<String>>,
+    /// Counts reloads: what holds a key's stream open waits on it to look again.
+    reloads: tokio::sync::watch::Sender<u64>,
 }
 
 impl Keys {
@@ -152,6 +194,7 @@ impl Keys {
             file: None,
             entries: RwLock::new(Arc::new(Vec::new())),
             broken: RwLock::new(None),
+            reloads: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -169,6 +212,7 @@ impl Keys {
             file: keys_file.map(Path::to_path_buf),
             entries: RwLock::new(Arc::new(Vec::new())),
             broken: RwLock::new(None),
+            reloads: tokio::sync::watch::Sender::new(0),
         };
         if keys_file.is_some() {
             keys.reload()?;
@@ -194,7 +238,41 @@ impl Keys {
         };
         *self.entries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(entries);
         *self.broken.write().unwrap_or_else(|p| p.into_inner()) = broken;
+        self.reloads.send_modify(|n| *n += 1);
         result
+    }
+
+    /// Whether `p` would still be let in: the admin key and Hive itself always are; a
+    /// keys-file caller while the entry that admitted it is in the file as it was.
+    pub fn is_valid(&self, p: &Principal) -> bool {
+        let Some(credential) = p.credential else {
+            return true;
+        };
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        entries
+            .iter()
+            .any(|e| e.digest == credential.0 && e.principal == *p)
+    }
+
+    /// Resolves once `p` is no longer valid (its entry removed or changed, or the file
+    /// broken or gone); never for the admin key.
+    pub async fn revoked(&self, p: &Principal) {
+        if p.credential.is_none() {
+            return std::future::pending().await;
+        }
+        let mut reloads = self.reloads.subscribe();
+        loop {
+            if !self.is_valid(p) {
+                return;
+            }
+            if reloads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Why the keys file does not load, while it does not.
@@ -237,39 +315,69 @@ fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Reads the keys file: a regular file of at most [`MAX_KEYS_FILE`] bytes. Blocks.
 fn read_keys_file(path: &Path) -> Result<Vec<Entry>, KeyError> {
-    let invalid = |message: String| KeyError::Invalid {
+    let bytes = crate::files::read_regular(path, MAX_KEYS_FILE).map_err(|e| match e {
+        crate::files::ReadError::Io { source, .. } => KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => KeyError::Invalid {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| KeyError::Invalid {
+        path: path.to_path_buf(),
+        message: "is not UTF-8 text".into(),
+    })?;
+    parse_keys(&text).map_err(|message| KeyError::Invalid {
         path: path.to_path_buf(),
         message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let file: KeysFile = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-    let mut entries = Vec::new();
+    })
+}
+
+/// The entries of a keys file's text. Each id and each key belongs to one entry, and no
+/// entry takes the id of one of Hive's own identities ([`RESERVED_KEY_IDS`]).
+fn parse_keys(text: &str) -> Result<Vec<Entry>, String> {
+    let file: KeysFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+    let mut entries: Vec<Entry> = Vec::new();
     let mut ids = std::collections::HashSet::new();
     for (i, k) in file.keys.into_iter().enumerate() {
         let at = format!("keys[{i}]");
         if k.id.trim().is_empty() {
-            return Err(invalid(format!("{at}.id is empty")));
+            return Err(format!("{at}.id is empty"));
+        }
+        let shown = crate::agent::shown_key(&k.id);
+        if k.id.len() > 63 || k.id.chars().any(|c| c.is_control()) {
+            return Err(format!("{at}.id must be at most 63 printable characters"));
+        }
+        if RESERVED_KEY_IDS.contains(&k.id.as_str()) {
+            return Err(format!(
+                "{at}.id {shown:?} is one of Hive's own identities ({}); choose another",
+                RESERVED_KEY_IDS.join(", ")
+            ));
         }
         if !ids.insert(k.id.clone()) {
-            return Err(invalid(format!("{at}.id {:?} appears twice", k.id)));
+            return Err(format!("{at}.id {shown:?} appears twice"));
         }
-        validate_name(&k.owner).map_err(|m| invalid(format!("{at}.owner: {m}")))?;
+        validate_name(&k.owner).map_err(|m| format!("{at}.owner: {m}"))?;
         let mut d = [0u8; 32];
-        hex::decode_to_slice(k.sha256.trim(), &mut d).map_err(|_| {
-            invalid(format!(
-                "{at}.sha256 must be 64 hex digits (the SHA-256 of the key)"
-            ))
-        })?;
+        hex::decode_to_slice(k.sha256.trim(), &mut d)
+            .map_err(|_| format!("{at}.sha256 must be 64 hex digits (the SHA-256 of the key)"))?;
+        if let Some(first) = entries.iter().find(|e| e.digest == d) {
+            return Err(format!(
+                "{at}.sha256 is the key of {:?} too: one key, one entry",
+                first.principal.key_id
+            ));
+        }
         entries.push(Entry {
             digest: d,
             principal: Principal {
                 key_id: k.id,
                 owner: k.owner,
                 role: k.role,
+                credential: Some(Digest32(d)),
             },
         });
     }
@@ -304,10 +412,17 @@ fn admin_key(
 }
 
 fn read_key(path: &Path) -> Result<String, KeyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-        path: path.to_path_buf(),
-        source,
+    let bytes = crate::files::read_regular(path, 4096).map_err(|e| match e {
+        crate::files::ReadError::Io { source, .. } => KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => KeyError::Invalid {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
     })?;
+    let text = String::from_utf8_lossy(&bytes);
     let key = text.trim();
     if key.is_empty() {
         return Err(KeyError::Empty(path.display().to_string()));
@@ -436,6 +551,56 @@ mod tests {
             let err = Keys::load(Some("k"), None, Some(&file), dir.path()).unwrap_err();
             assert!(err.to_string().contains(want), "{err}");
         }
+    }
+
+    #[test]
+    fn one_key_one_entry_and_hives_own_ids_are_not_taken() {
+        let (_, sol) = new_key("sol-1", "sol", Role::Operator).unwrap();
+        let twice = format!(
+            "keys:\n{}{}",
+            indent(&sol),
+            indent(&sol.replace("sol-1", "bob-1"))
+        );
+        let e = parse_keys(&twice).map(|_| ()).unwrap_err();
+        assert!(
+            e.contains("keys[1].sha256") && e.contains("one key, one entry"),
+            "{e}"
+        );
+        for id in RESERVED_KEY_IDS {
+            let text = format!(
+                "keys:\n{}",
+                indent(&sol.replace("sol-1", &format!("{id:?}")))
+            );
+            let e = parse_keys(&text).map(|_| ()).unwrap_err();
+            assert!(e.contains("Hive's own identities"), "{id}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_principal_is_revoked_when_its_entry_goes_or_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys.yaml");
+        let (key, entry) = new_key("sol-1", "sol", Role::Operator).unwrap();
+        std::fs::write(&file, format!("keys:\n{}", indent(&entry))).unwrap();
+        let (k, _) = Keys::load(Some("admin-key"), None, Some(&file), dir.path()).unwrap();
+        let sol = k.authenticate(&key).unwrap();
+        let admin = k.authenticate("admin-key").unwrap();
+        assert!(k.is_valid(&sol) && k.is_valid(&admin));
+        let revoked = k.revoked(&sol);
+        tokio::pin!(revoked);
+        assert!(futures_util::poll!(&mut revoked).is_pending());
+        // The same key, now a viewer: what it opened as an operator ends.
+        std::fs::write(
+            &file,
+            format!("keys:\n{}", indent(&entry.replace("operator", "viewer"))),
+        )
+        .unwrap();
+        k.reload().unwrap();
+        assert!(!k.is_valid(&sol));
+        tokio::time::timeout(std::time::Duration::from_secs(1), revoked)
+            .await
+            .expect("revoked");
+        assert!(k.is_valid(&admin), "the admin key is never revoked");
     }
 
     fn indent(yaml: &str) -> String {

@@ -79,6 +79,12 @@ pub struct Config {
     #[arg(long, env = "HIVE_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Client connections one address may hold at once (below --max-connections, so
+    /// one client cannot take them all). Behind a reverse proxy every client has the
+    /// proxy's address: set it to --max-connections there and limit clients in the proxy.
+    #[arg(long, env = "HIVE_MAX_CONNECTIONS_PER_PEER", default_value_t = 128)]
+    pub max_connections_per_peer: usize,
+
     /// Names no agent may have: the deployment's services on the agents' network, which
     /// an agent of that name would impersonate. Comma-separated.
     #[arg(
@@ -102,6 +108,12 @@ pub struct Config {
     /// Concurrent watches, log follows and MCP waits one key may hold open.
     #[arg(long, env = "HIVE_MAX_STREAMS_PER_KEY", default_value_t = 16)]
     pub max_streams_per_key: usize,
+
+    /// Pin a host name to an address for Hive's own lookups (registries), as curl's
+    /// --resolve: NAME=IP, comma-separated or repeated. For tests and split-horizon
+    /// setups; the engine still resolves names itself.
+    #[arg(long, env = "HIVE_RESOLVE", value_delimiter = ',')]
+    pub resolve: Vec<String>,
 
     /// File holding the API key (takes precedence over AGENT_API_KEY).
     #[arg(long, env = "HIVE_API_KEY_FILE")]
@@ -128,6 +140,31 @@ pub struct Config {
     /// Follow filesystem events in --manifests-dir (false: rely on the rescan alone).
     #[arg(long, env = "HIVE_MANIFESTS_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pub manifests_watch: bool,
+
+    /// The largest manifest file read from --manifests-dir (bytes); a bigger one is
+    /// reported and not read.
+    #[arg(long, env = "HIVE_MANIFESTS_MAX_FILE_BYTES", default_value_t = 1 << 20)]
+    pub manifests_max_file_bytes: u64,
+
+    /// The most bytes one scan of --manifests-dir reads in all; past it the scan is
+    /// incomplete and nothing is pruned.
+    #[arg(long, env = "HIVE_MANIFESTS_MAX_BYTES", default_value_t = 32 << 20)]
+    pub manifests_max_bytes: u64,
+
+    /// The deepest directory level below --manifests-dir that is read; deeper, the scan
+    /// is incomplete and nothing is pruned.
+    #[arg(long, env = "HIVE_MANIFESTS_MAX_DEPTH", default_value_t = 16)]
+    pub manifests_max_depth: usize,
+
+    /// The most directory entries (files and directories) one scan looks at; past it the
+    /// scan is incomplete and nothing is pruned.
+    #[arg(long, env = "HIVE_MANIFESTS_MAX_ENTRIES", default_value_t = 10_000)]
+    pub manifests_max_entries: usize,
+
+    /// How long one scan of --manifests-dir may take to read; past it the scan is
+    /// incomplete and nothing is pruned.
+    #[arg(long, env = "HIVE_MANIFESTS_SCAN_TIMEOUT", default_value = "10s")]
+    pub manifests_scan_timeout: humantime::Duration,
 
     /// The API key itself; from the environment only, so it never shows in `ps`.
     #[arg(skip = std::env::var("AGENT_API_KEY").ok().map(Secret))]

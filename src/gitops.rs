@@ -11,7 +11,15 @@
 //! stays declared (nothing of it is pruned) until it is fixed; an empty or unreadable
 //! directory (an unmounted volume, say) prunes nothing and is reported.
 //!
-//! Changes are picked up from filesystem events (debounced) and by a periodic rescan.
+//! Changes are picked up from filesystem events (writes, creates, renames and removals
+//! only, debounced: reading a file is not a change) and by a periodic rescan.
+//!
+//! The directory is someone else's, so its shape must not stall Hive: a scan runs on a
+//! blocking thread (never on the runtime that serves requests), one at a time, and within
+//! [`Limits`]: regular files only (a FIFO, socket or device is reported, never waited
+//! on; see [`crate::files`]), a size per file and in all, a depth, a number of entries
+//! and a time. A file past its limit is an error of that file (what it declared is kept);
+//! a directory past one is a problem of the whole scan (nothing is pruned).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -33,6 +41,11 @@ pub const SOURCE: &str = crate::agent::SOURCE_ANNOTATION;
 /// How long the directory must be quiet after an event before a scan.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// How often a file that failed to apply, unchanged since, is applied again (a conflict
+/// may have gone away meanwhile); between such retries it is neither applied nor audited
+/// again.
+const RETRY_UNCHANGED: Duration = Duration::from_secs(600);
+
 /// How the directory is followed.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -41,6 +54,35 @@ pub struct Settings {
     pub rescan: Duration,
     /// Whether to follow filesystem events (the rescan runs either way).
     pub watch: bool,
+    /// What one scan may read.
+    pub limits: Limits,
+}
+
+/// What one scan of the directory may read (`--manifests-max-*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of one file.
+    pub file_bytes: u64,
+    /// Bytes of all files together.
+    pub total_bytes: u64,
+    /// Directory levels below the top.
+    pub depth: usize,
+    /// Directory entries looked at, files and directories together.
+    pub entries: usize,
+    /// How long one scan's reading may take.
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            file_bytes: 1 << 20,
+            total_bytes: 32 << 20,
+            depth: 16,
+            entries: 10_000,
+            time: Duration::from_secs(10),
+        }
+    }
 }
 
 /// What `GET /v1/sync` shows.
@@ -50,6 +92,8 @@ pub struct SyncStatus {
     pub dir: String,
     /// RFC 3339 time of the last full scan.
     pub last_scan: Option<String>,
+    /// Scans since Hive started (a rescan, or a change in the directory).
+    pub scans: u64,
     /// A problem with the directory as a whole (nothing is pruned while there is one).
     pub problem: Option<String>,
     /// Per file, by path relative to the directory.
@@ -80,6 +124,9 @@ pub struct Syncer {
     service: Arc<Service>,
     leadership: tokio::sync::watch::Receiver<Leadership>,
     status: Arc<Mutex<SyncStatus>>,
+    /// Files that failed to apply: the hash of what they held, and when they were last
+    /// applied, so an unchanged one is not applied (and audited) again at every scan.
+    failed: Mutex<BTreeMap<String, (u64, std::time::Instant)>>,
 }
 
 impl Syncer {
@@ -94,6 +141,7 @@ impl Syncer {
             service,
             leadership,
             status,
+            failed: Mutex::default(),
         }
     }
 
@@ -105,12 +153,20 @@ impl Syncer {
             () = stop.cancelled() => return,
             r = leadership.wait_for(|l| l.is_leading()) => if r.is_err() { return },
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // Changes wake the loop through one flag, however many there are.
+        let changed = Arc::new(tokio::sync::Notify::new());
         let _watcher = if self.settings.watch {
-            match watch(&self.settings.dir, tx) {
-                Ok(w) => Some(w),
-                Err(e) => {
+            // Setting up a recursive watch walks the directory: off the runtime.
+            let dir = self.settings.dir.clone();
+            let wake = changed.clone();
+            match tokio::task::spawn_blocking(move || watch(&dir, wake)).await {
+                Ok(Ok(w)) => Some(w),
+                Ok(Err(e)) => {
                     warn!(dir = %self.settings.dir.display(), error = %e, "cannot watch the manifests directory; relying on the rescan");
+                    None
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot watch the manifests directory; relying on the rescan");
                     None
                 }
             }
@@ -122,13 +178,13 @@ impl Syncer {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
-                Some(()) = rx.recv() => {
-                    // Debounce: wait until events stop for a moment.
+                () = changed.notified() => {
+                    // Debounce: wait until changes stop for a moment.
                     loop {
                         tokio::select! {
                             () = stop.cancelled() => return,
                             _ = tokio::time::sleep(DEBOUNCE) => break,
-                            Some(()) = rx.recv() => {}
+                            () = changed.notified() => {}
                         }
                     }
                 }
@@ -152,45 +208,40 @@ impl Syncer {
         let mut status = SyncStatus {
             dir: dir.display().to_string(),
             last_scan: Some(now_rfc3339()),
+            scans: previous.scans + 1,
             ..Default::default()
         };
-        let files = match walk(dir) {
-            Ok(w) => {
-                if !w.skipped.is_empty() {
-                    warn!(skipped = ?w.skipped, "manifests directory: paths not read");
-                }
-                status.skipped = w.skipped;
-                Ok(w.files)
-            }
-            Err(e) => Err(e),
+        // The directory is read, and its files parsed, on a blocking thread.
+        let read = {
+            let dir = dir.clone();
+            let limits = self.settings.limits;
+            tokio::task::spawn_blocking(move || read_tree(&dir, &limits))
+                .await
+                .unwrap_or_else(|e| Tree {
+                    problem: Some(format!("reading it failed: {e}")),
+                    ..Tree::default()
+                })
         };
-        let files = match files {
-            Ok(f) if f.is_empty() => {
-                status.problem = Some(format!(
-                    "{} holds no manifests; nothing is pruned",
-                    dir.display()
-                ));
-                Vec::new()
-            }
-            Ok(f) => f,
-            Err(e) => {
-                status.problem = Some(format!(
-                    "cannot read {}: {e}; nothing is pruned",
-                    dir.display()
-                ));
-                Vec::new()
-            }
+        if !read.skipped.is_empty() {
+            warn!(skipped = ?read.skipped, "manifests directory: paths not read");
+        }
+        status.skipped = read.skipped;
+        status.problem = match read.problem {
+            Some(p) => Some(format!("{}: {p}; nothing is pruned", dir.display())),
+            None if read.files.is_empty() => Some(format!(
+                "{} holds no manifests; nothing is pruned",
+                dir.display()
+            )),
+            None => None,
         };
 
-        // First read every file, so that a name moving from one file to another is seen
-        // as a move, not a conflict.
-        let mut read = Vec::new();
+        // A name moving from one file to another is a move, not a conflict: every file
+        // was read before any is applied.
         let mut declared_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for path in &files {
-            let rel = path.strip_prefix(dir).unwrap_or(path).display().to_string();
-            let before = previous.files.get(&rel).cloned().unwrap_or_default();
-            let docs = read_file(path, &rel);
-            let names: Vec<String> = match &docs {
+        let mut files = Vec::new();
+        for file in read.files {
+            let before = previous.files.get(&file.rel).cloned().unwrap_or_default();
+            let names: Vec<String> = match &file.docs {
                 Ok(d) => d
                     .iter()
                     .filter_map(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string))
@@ -198,12 +249,21 @@ impl Syncer {
                 Err(_) => before.objects.keys().cloned().collect(),
             };
             for n in names {
-                declared_by.entry(n).or_default().push(rel.clone());
+                declared_by.entry(n).or_default().push(file.rel.clone());
             }
-            read.push((rel, docs, before));
+            files.push((file, before));
         }
-        for (rel, docs, before) in read {
-            let file = match docs {
+        for (file, before) in files {
+            let FileRead { rel, docs, hash } = file;
+            let unchanged_failure = {
+                let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.get(&rel).is_some_and(|(h, at)| {
+                    *h == hash && !before.errors.is_empty() && at.elapsed() < RETRY_UNCHANGED
+                })
+            };
+            let result = match docs {
+                // Failed before, unchanged since: reported as before, not applied again.
+                _ if unchanged_failure => before,
                 Ok(docs) => {
                     self.apply_file(docs, &rel, &principal, before, &declared_by)
                         .await
@@ -216,11 +276,27 @@ impl Syncer {
                     }
                 }
             };
-            status.files.insert(rel, file);
+            {
+                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+                if result.errors.is_empty() {
+                    failed.remove(&rel);
+                } else if !unchanged_failure {
+                    failed.insert(rel.clone(), (hash, std::time::Instant::now()));
+                }
+            }
+            status.files.insert(rel, result);
+        }
+        {
+            // Files that went away are forgotten.
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.retain(|rel, _| status.files.contains_key(rel));
         }
 
         if let Some(p) = &status.problem {
-            warn!(problem = %p, "manifests directory");
+            // Said once while it lasts, not at every scan.
+            if previous.problem.as_ref() != Some(p) {
+                warn!(problem = %p, "manifests directory");
+            }
         } else if let Err(e) = self.prune(&principal, &mut status).await {
             warn!(error = %e, "pruning failed; will try again");
         }
@@ -328,7 +404,15 @@ impl Syncer {
             .collect();
         let pruned = self
             .service
-            .prune(p, Prune { annotation: SOURCE }, &declared)
+            .prune(
+                p,
+                Prune {
+                    annotation: SOURCE,
+                    set: None,
+                    owners: BTreeSet::new(),
+                },
+                &declared,
+            )
             .await?;
         if !pruned.is_empty() {
             info!(agents = ?pruned, "pruned agents whose manifests went away");
@@ -338,11 +422,93 @@ impl Syncer {
     }
 }
 
-/// Reads and parses one file; a file with no documents counts as an error, since it may
-/// be one caught mid-write.
-fn read_file(path: &Path, rel: &str) -> Result<Vec<Value>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{rel}: cannot read: {e}"))?;
-    let docs = crate::document::stream(&bytes).map_err(|e| format!("{rel}: {e}"))?;
+/// One manifest file as a scan read it.
+#[derive(Debug)]
+struct FileRead {
+    /// Its path relative to the directory.
+    rel: String,
+    /// Its documents, or why they could not be had.
+    docs: Result<Vec<Value>, String>,
+    /// A hash of its bytes (0 when it could not be read).
+    hash: u64,
+}
+
+/// What one scan read.
+#[derive(Debug, Default)]
+struct Tree {
+    files: Vec<FileRead>,
+    /// Paths not read, each with why.
+    skipped: Vec<String>,
+    /// Why the scan is incomplete (a limit of the whole directory): nothing is pruned.
+    problem: Option<String>,
+}
+
+/// Walks `dir` and reads and parses its manifests within `limits`. Blocks.
+fn read_tree(dir: &Path, limits: &Limits) -> Tree {
+    let deadline = std::time::Instant::now() + limits.time;
+    let walk = match walk_within(dir, limits, deadline) {
+        Ok(w) => w,
+        Err(e) => {
+            return Tree {
+                problem: Some(format!("cannot read it: {e}")),
+                ..Tree::default()
+            }
+        }
+    };
+    let mut tree = Tree {
+        skipped: walk.skipped,
+        problem: walk.problem,
+        ..Tree::default()
+    };
+    let mut total = 0u64;
+    for path in walk.files {
+        let rel = path
+            .strip_prefix(dir)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        if std::time::Instant::now() > deadline {
+            tree.problem = Some(format!(
+                "reading it took longer than {}",
+                humantime::format_duration(limits.time)
+            ));
+            break;
+        }
+        let bytes = crate::files::read_regular(&path, limits.file_bytes).map_err(|e| match e {
+            crate::files::ReadError::NotRegular { kind, .. } => {
+                format!("{rel}: is {kind}, not a regular file; it is not read")
+            }
+            crate::files::ReadError::TooLarge { max, .. } => format!(
+                "{rel}: is larger than {max} bytes (--manifests-max-file-bytes); it is not read"
+            ),
+            crate::files::ReadError::Io { source, .. } => format!("{rel}: cannot read: {source}"),
+        });
+        if let Ok(b) = &bytes {
+            total += b.len() as u64;
+            if total > limits.total_bytes {
+                tree.problem = Some(format!(
+                    "its manifests hold more than {} bytes in all (--manifests-max-bytes)",
+                    limits.total_bytes
+                ));
+                break;
+            }
+        }
+        let hash = bytes.as_ref().map_or(0, |b| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            b.hash(&mut h);
+            h.finish()
+        });
+        let docs = bytes.and_then(|b| parse_documents(&b, &rel));
+        tree.files.push(FileRead { rel, docs, hash });
+    }
+    tree
+}
+
+/// Parses one file's bytes; a file with no documents counts as an error, since it may be
+/// one caught mid-write.
+fn parse_documents(bytes: &[u8], rel: &str) -> Result<Vec<Value>, String> {
+    let docs = crate::document::stream(bytes).map_err(|e| format!("{rel}: {e}"))?;
     if docs.is_empty() {
         return Err(format!(
             "{rel}: holds no documents; what it declared is kept (delete the file to remove its agents)"
@@ -353,7 +519,8 @@ fn read_file(path: &Path, rel: &str) -> Result<Vec<Value>, String> {
 
 /// The manifest files below `dir`, sorted; hidden files and directories and editor
 /// leftovers (`~`, `#...#`, `.swp`) are skipped, and so are symlinks that leave the
-/// directory or loop.
+/// directory or loop. (The command line's reading of a directory; the server's scan
+/// reads within its [`Limits`].)
 pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(walk(dir)?.files)
 }
@@ -365,86 +532,182 @@ pub struct Walk {
     pub files: Vec<PathBuf>,
     /// Paths not read, each with why (a symlink out of the directory, a loop).
     pub skipped: Vec<String>,
+    /// Why the walk stopped short (a limit of the whole directory).
+    pub problem: Option<String>,
 }
 
-/// Walks `dir` for manifests. A symlink is followed only if where it leads is inside
-/// the directory, and a directory is read once, so a loop is reported, not walked.
+/// Walks `dir` for manifests within the default [`Limits`]. A symlink is followed only if
+/// where it leads is inside the directory, and a directory is read once, so a loop is
+/// reported, not walked.
 pub fn walk(dir: &Path) -> std::io::Result<Walk> {
+    let limits = Limits::default();
+    let w = walk_within(dir, &limits, std::time::Instant::now() + limits.time)?;
+    match &w.problem {
+        Some(p) => Err(std::io::Error::other(p.clone())),
+        None => Ok(w),
+    }
+}
+
+/// Walks `dir` for manifests, stopping (with a problem) at `limits`' depth or number of
+/// entries, or at `deadline`.
+fn walk_within(dir: &Path, limits: &Limits, deadline: std::time::Instant) -> std::io::Result<Walk> {
     let root = std::fs::canonicalize(dir)?;
     let mut visited = std::collections::HashSet::from([root.clone()]);
     let mut out = Walk::default();
-    collect(dir, dir, &root, &mut visited, &mut out)?;
+    let mut walker = Walker {
+        base: dir,
+        root: &root,
+        limits,
+        deadline,
+        entries: 0,
+        stopped: false,
+    };
+    walker.collect(dir, 0, &mut visited, &mut out)?;
     Ok(out)
 }
 
-fn collect(
-    base: &Path,
-    dir: &Path,
-    root: &Path,
-    visited: &mut std::collections::HashSet<PathBuf>,
-    out: &mut Walk,
-) -> std::io::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
-            continue;
-        }
-        let rel = p.strip_prefix(base).unwrap_or(&p).display().to_string();
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        let target = if meta.is_symlink() {
-            match std::fs::canonicalize(&p) {
-                Ok(t) if !t.starts_with(root) => {
-                    out.skipped.push(format!(
-                        "{rel}: a symlink that leads out of the directory; not followed"
-                    ));
-                    continue;
-                }
-                Ok(t) => t,
-                Err(e) => {
-                    out.skipped.push(format!(
-                        "{rel}: a symlink that does not resolve ({e}); not followed"
-                    ));
-                    continue;
-                }
-            }
-        } else {
-            p.clone()
-        };
-        if target.is_dir() {
-            let canonical = std::fs::canonicalize(&target)?;
-            if !visited.insert(canonical) {
-                out.skipped.push(format!(
-                    "{rel}: leads to a directory already read (a symlink loop); not followed"
-                ));
-                continue;
-            }
-            collect(base, &p, root, visited, out)?;
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.files.push(p);
-        }
-    }
-    Ok(())
+/// One walk's bounds and progress.
+struct Walker<'a> {
+    base: &'a Path,
+    root: &'a Path,
+    limits: &'a Limits,
+    deadline: std::time::Instant,
+    /// Entries looked at so far.
+    entries: usize,
+    /// Whether a limit of the whole walk (entries, time) ended it.
+    stopped: bool,
 }
 
-/// Sends a unit on `tx` for every filesystem event below `dir`.
+impl Walker<'_> {
+    fn collect(
+        &mut self,
+        dir: &Path,
+        depth: usize,
+        visited: &mut std::collections::HashSet<PathBuf>,
+        out: &mut Walk,
+    ) -> std::io::Result<()> {
+        let mut entries: Vec<PathBuf> = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            self.entries += 1;
+            if self.entries > self.limits.entries {
+                self.stopped = true;
+                out.problem = Some(format!(
+                    "it holds more than {} entries (--manifests-max-entries)",
+                    self.limits.entries
+                ));
+                return Ok(());
+            }
+            if let Ok(e) = e {
+                entries.push(e.path());
+            }
+        }
+        entries.sort();
+        for p in entries {
+            if self.stopped {
+                return Ok(());
+            }
+            if std::time::Instant::now() > self.deadline {
+                self.stopped = true;
+                out.problem = Some(format!(
+                    "reading it took longer than {}",
+                    humantime::format_duration(self.limits.time)
+                ));
+                return Ok(());
+            }
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with('.') || name.ends_with('~') || name.starts_with('#') {
+                continue;
+            }
+            let rel = p
+                .strip_prefix(self.base)
+                .unwrap_or(&p)
+                .display()
+                .to_string();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let target = if meta.is_symlink() {
+                match std::fs::canonicalize(&p) {
+                    Ok(t) if !t.starts_with(self.root) => {
+                        out.skipped.push(format!(
+                            "{rel}: a symlink that leads out of the directory; not followed"
+                        ));
+                        continue;
+                    }
+                    Ok(t) => t,
+                    Err(e) => {
+                        out.skipped.push(format!(
+                            "{rel}: a symlink that does not resolve ({e}); not followed"
+                        ));
+                        continue;
+                    }
+                }
+            } else {
+                p.clone()
+            };
+            let is_dir = if meta.is_symlink() {
+                target.is_dir()
+            } else {
+                meta.is_dir()
+            };
+            if is_dir {
+                if depth + 1 > self.limits.depth {
+                    // Not read, and so the scan is incomplete; the rest is still read.
+                    out.skipped.push(format!(
+                        "{rel}: more than {} levels deep (--manifests-max-depth); not read",
+                        self.limits.depth
+                    ));
+                    out.problem.get_or_insert_with(|| {
+                        format!(
+                            "{rel} is more than {} levels deep (--manifests-max-depth)",
+                            self.limits.depth
+                        )
+                    });
+                    continue;
+                }
+                let canonical = std::fs::canonicalize(&target)?;
+                if !visited.insert(canonical) {
+                    out.skipped.push(format!(
+                        "{rel}: leads to a directory already read (a symlink loop); not followed"
+                    ));
+                    continue;
+                }
+                self.collect(&p, depth + 1, visited, out)?;
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                // Its type is checked when it is opened (a FIFO is reported there).
+                out.files.push(p);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a filesystem event can change what the directory declares: a write, a
+/// create, a rename or a removal. Opening, reading and closing a file (the scan's own
+/// reads) and changes of access times are not.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
+}
+
+/// Wakes `changed` for every change below `dir` (see [`is_change`]); a burst is one
+/// wake-up, coalesced by the caller's debounce.
 fn watch(
     dir: &Path,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
+    changed: Arc<tokio::sync::Notify>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut w = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
+        if event.is_ok_and(|e| is_change(&e.kind)) {
+            changed.notify_one();
         }
     })?;
     w.watch(dir, notify::RecursiveMode::Recursive)?;

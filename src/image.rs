@@ -86,11 +86,17 @@ impl Reference {
                 );
             }
         }
+        // As the engine splits a name: a first component with a '.', a ':' or an upper-case
+        // letter, or `localhost`, is a registry (host names are case-insensitive, so it
+        // is kept in lower case: `LOCALHOST:5000` is `localhost:5000`).
         let (registry, path) = match name.split_once('/') {
             Some((first, rest))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.bytes().any(|b| b.is_ascii_uppercase()) =>
             {
-                (first.to_string(), rest.to_string())
+                (first.to_ascii_lowercase(), rest.to_string())
             }
             _ if !name.contains('/') => (DEFAULT_REGISTRY.to_string(), format!("library/{name}")),
             _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),
@@ -139,33 +145,86 @@ impl Reference {
 
     /// Whether the registry is on this host or a private network (loopback, link-local,
     /// private or unspecified addresses, `localhost`), where a pull would make the engine
-    /// reach what it should not.
+    /// reach what it should not. Read from the reference alone: addresses in any form
+    /// the system's resolver takes as one (`127.1`, `0x7f000001`, `2130706433`), and
+    /// `localhost` names; other names are resolved before a pull (see
+    /// [`crate::resolve`]).
     pub fn is_private_registry(&self) -> bool {
         let host = self.host();
         if host == "localhost" || host.ends_with(".localhost") {
             return true;
         }
-        match host.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
-                ip.is_loopback()
-                    || ip.is_private()
-                    || ip.is_link_local()
-                    || ip.is_unspecified()
-                    || ip.is_broadcast()
-                    // Shared address space (carrier-grade NAT), 100.64.0.0/10.
-                    || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
+        literal_address(host).is_some_and(|ip| !is_public(ip))
+    }
+}
+
+/// The address a host name stands for without a lookup: an IPv6 address, or an IPv4 one
+/// in any form `inet_aton` reads (one to four parts, each decimal, `0x` hex or `0` octal),
+/// as the system's resolver (and so the engine) does.
+pub fn literal_address(host: &str) -> Option<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let numbers = parts
+        .iter()
+        .map(|p| {
+            let p = p.to_ascii_lowercase();
+            if let Some(hex) = p.strip_prefix("0x") {
+                u64::from_str_radix(hex, 16).ok()
+            } else if p.len() > 1 && p.starts_with('0') {
+                u64::from_str_radix(&p[1..], 8).ok()
+            } else {
+                p.parse::<u64>().ok()
             }
-            Ok(IpAddr::V6(ip)) => {
-                ip.is_loopback()
-                    || ip.is_unspecified()
-                    // Unique local (fc00::/7) and link-local (fe80::/10).
-                    || (ip.segments()[0] & 0xfe00) == 0xfc00
-                    || (ip.segments()[0] & 0xffc0) == 0xfe80
-                    || ip.to_ipv4_mapped().is_some_and(|v4| {
-                        v4.is_loopback() || v4.is_private() || v4.is_link_local()
-                    })
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    // The last part fills the bytes the others leave.
+    let (last, first) = numbers.split_last()?;
+    if first.iter().any(|n| *n > 255) || *last >= 1u64 << (8 * (4 - first.len())) {
+        return None;
+    }
+    let mut value = *last;
+    for (i, n) in first.iter().enumerate() {
+        value |= n << (8 * (3 - i));
+    }
+    Some(IpAddr::V4(std::net::Ipv4Addr::from(value as u32)))
+}
+
+/// Whether `ip` is an address on the public internet: not loopback, private, link-local,
+/// unspecified, broadcast, multicast, shared (carrier-grade NAT) or unique-local, nor an
+/// IPv4 address of such a kind inside IPv6.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            !(ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_multicast()
+                // "This network", 0.0.0.0/8.
+                || ip.octets()[0] == 0
+                // Shared address space (carrier-grade NAT), 100.64.0.0/10.
+                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64))
+        }
+        IpAddr::V6(ip) => {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
             }
-            Err(_) => false,
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                // Unique local (fc00::/7) and link-local (fe80::/10).
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96) forms.
+                || (ip.segments()[..6] == [0; 6])
+                || (ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                    && ip.to_ipv4().is_some_and(|v4| !is_public(IpAddr::V4(v4)))))
         }
     }
 }
@@ -272,7 +331,10 @@ mod tests {
             (d.registry.as_str(), d.repository.as_str(), d.tag),
             ("ghcr.io", "a/b", None)
         );
-        for bad in ["", "UPPER/x", "a b", "x:", "x@sha256:zz", "x:t@"] {
+        // Host names are case-insensitive: kept in lower case, as a registry.
+        assert_eq!(r("LOCALHOST:5999/x:1").registry, "localhost:5999");
+        assert_eq!(r("Localhost/x").registry, "localhost");
+        for bad in ["", "a b", "x:", "x@sha256:zz", "x:t@", "Ab/UPPER"] {
             assert!(Reference::parse(bad).is_err(), "{bad}");
         }
     }
@@ -314,6 +376,17 @@ mod tests {
             "[fd00::1]/x",
             "0.0.0.0/x",
             "100.64.0.1/x",
+            // Spelled otherwise, the same hosts.
+            "LOCALHOST:5999/x:1",
+            "Localhost:5999/x",
+            "127.1:5999/x",
+            "2130706433:5999/x",
+            "0x7f000001:5999/x",
+            "0177.0.0.1:5999/x",
+            "0x7f.1/x",
+            "[::ffff:127.0.0.1]:5000/x",
+            "[::127.0.0.1]:5000/x",
+            "a.localhost/x",
         ] {
             assert!(r(private).is_private_registry(), "{private}");
         }
@@ -322,6 +395,7 @@ mod tests {
             "ghcr.io/a/b",
             "8.8.8.8/x",
             "registry.example:5000/x",
+            "134744072/x",
         ] {
             assert!(!r(public).is_private_registry(), "{public}");
         }

@@ -17,8 +17,10 @@
 //!   only user of bollard, [`orchestrator::kubernetes`] the only user of kube-rs.
 //! - [`lease`]: leader election, so that one Hive at a time reconciles an instance.
 //! - [`access`]: keys, owners and roles; [`policy`]: what an agent may be (admission);
-//!   [`image`]: image references and patterns; [`selector`]: label selectors;
-//!   [`document`]: strict JSON/YAML parsing, shared with the CLI.
+//!   [`image`]: image references and patterns; [`resolve`]: where a registry's name
+//!   leads, looked up before the engine dials it; [`selector`]: label selectors;
+//!   [`document`]: strict JSON/YAML parsing, shared with the CLI; [`files`]: bounded
+//!   reads of files others control (manifests, keys, policy), off the runtime.
 //! - [`cli`]: the client commands of the `hive` binary (apply, get, describe, delete, ...).
 //! - [`metrics`]: Prometheus metrics; [`serve`]: the HTTP server loop (connection cap,
 //!   header timeout, graceful close); [`config`]: the flags of `hive serve`; [`shutdown`]:
@@ -41,12 +43,14 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod document;
+pub mod files;
 pub mod gitops;
 pub mod image;
 pub mod lease;
 pub mod metrics;
 pub mod orchestrator;
 pub mod policy;
+pub mod resolve;
 pub mod selector;
 pub mod serve;
 pub mod service;
@@ -71,6 +75,9 @@ pub enum Error {
     Key(#[from] access::KeyError),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    /// A flag's value cannot be used.
+    #[error("{0}")]
+    Config(String),
     #[error("invalid --instance {0:?}: {1}")]
     Instance(String, String),
     #[error("cannot use --data-dir {path}: {source}")]
@@ -82,7 +89,13 @@ pub enum Error {
     Serve(std::io::Error),
     /// Another Hive holds the instance (and this one is not a standby).
     #[error(transparent)]
-    Held(#[from] lease::InstanceHeld),
+    Held(Box<lease::InstanceHeld>),
+}
+
+impl From<lease::InstanceHeld> for Error {
+    fn from(held: lease::InstanceHeld) -> Self {
+        Error::Held(Box::new(held))
+    }
 }
 
 /// The Docker backend `config` asks for (`--docker-host`, `--instance`,
@@ -154,35 +167,21 @@ impl App {
     pub async fn new(config: Config, backend: Arc<dyn Orchestrator>) -> Result<App, Error> {
         agent::validate_name(&config.instance)
             .map_err(|m| Error::Instance(config.instance.clone(), m))?;
-        // The store holds secrets: only Hive's user may read the directory.
-        std::fs::create_dir_all(&config.data_dir)
-            .and_then(|()| {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
-            })
-            .map_err(|source| Error::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?;
-        let store = Arc::new(Store::open(&config.data_dir)?);
-        let (keys, source) = Keys::load(
-            config.api_key.as_ref().map(|s| s.0.as_str()),
-            config.api_key_file.as_deref(),
-            config.keys_file.as_deref(),
-            &config.data_dir,
-        )?;
+        // Files and the store are opened on a blocking thread, as every file Hive reads.
+        let opening = config.clone();
+        let (store, keys, source, policy) = tokio::task::spawn_blocking(move || open(&opening))
+            .await
+            .map_err(|e| Error::Config(format!("opening the store and files failed: {e}")))??;
+        let store = Arc::new(store);
         let keys = Arc::new(keys);
-        let policy = match &config.policy {
+        match &config.policy {
             Some(path) => {
-                let p = policy::Policy::load(path)?;
-                info!(path = %path.display(), rules = ?policy::describe(&p), "admission policy");
-                p
+                info!(path = %path.display(), rules = ?policy::describe(&policy), "admission policy")
             }
             None => {
-                warn!("no --policy: every image is allowed (containers still get default limits)");
-                policy::Policy::default()
+                warn!("no --policy: every image is allowed (containers still get default limits)")
             }
-        };
+        }
         let policy = Arc::new(policy);
         match source {
             KeySource::Environment => info!("API key from AGENT_API_KEY"),
@@ -223,12 +222,14 @@ impl App {
             }
         }
 
+        let resolver = Arc::new(resolve::Resolver::new(&config.resolve).map_err(Error::Config)?);
         let metrics = Arc::new(metrics::Metrics::default());
         let controller = controller::Controller::new(
             store.clone(),
             backend.clone(),
             metrics.clone(),
             policy.clone(),
+            resolver.clone(),
             controller::Settings {
                 resync_interval: config.resync_interval.into(),
                 max_concurrent: config.max_concurrent_reconciles,
@@ -246,6 +247,7 @@ impl App {
             Arc::new(config.reserved_names.clone()),
             leadership.clone(),
             config.instance.clone(),
+            resolver,
         ));
         let state = api::AppState {
             service: service.clone(),
@@ -260,7 +262,10 @@ impl App {
                 .map(|_| Arc::new(std::sync::Mutex::new(gitops::SyncStatus::default()))),
             leadership: leadership.clone(),
             instance: config.instance.clone(),
-            streams: Arc::new(api::streams::StreamLimits::new(config.max_streams_per_key)),
+            streams: Arc::new(api::streams::StreamLimits::new(
+                config.max_streams_per_key,
+                keys.clone(),
+            )),
             mcp_allowed_hosts: Arc::new(config.mcp_allowed_hosts.clone()),
         };
         Ok(App {
@@ -312,6 +317,13 @@ impl App {
                     dir: dir.clone(),
                     rescan: config.manifests_rescan.into(),
                     watch: config.manifests_watch,
+                    limits: gitops::Limits {
+                        file_bytes: config.manifests_max_file_bytes,
+                        total_bytes: config.manifests_max_bytes,
+                        depth: config.manifests_max_depth,
+                        entries: config.manifests_max_entries,
+                        time: config.manifests_scan_timeout.into(),
+                    },
                 },
                 service,
                 leadership.clone(),
@@ -338,7 +350,10 @@ impl App {
             serve::serve(
                 listener,
                 api::router(state),
-                config.max_connections,
+                serve::Caps {
+                    connections: config.max_connections,
+                    per_peer: config.max_connections_per_peer,
+                },
                 stop.clone(),
                 SHUTDOWN_GRACE,
             )
@@ -384,18 +399,51 @@ impl App {
     }
 }
 
+/// Opens the data directory (made private to Hive's user: the store holds secrets) and
+/// the store, and reads the keys and the policy. Blocks.
+fn open(config: &Config) -> Result<(Store, Keys, KeySource, policy::Policy), Error> {
+    std::fs::create_dir_all(&config.data_dir)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|source| Error::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    let store = Store::open(&config.data_dir)?;
+    let (keys, source) = Keys::load(
+        config.api_key.as_ref().map(|s| s.0.as_str()),
+        config.api_key_file.as_deref(),
+        config.keys_file.as_deref(),
+        &config.data_dir,
+    )?;
+    let policy = match &config.policy {
+        Some(path) => policy::Policy::load(path)?,
+        None => policy::Policy::default(),
+    };
+    Ok((store, keys, source, policy))
+}
+
 /// Re-reads the keys file on SIGHUP and whenever its modification time or size changes
-/// (checked every two seconds). A file that does not parse, or is gone, fails closed.
+/// (looked at every second, off the runtime). A file that does not parse, or is gone,
+/// fails closed; either way every stream a key no longer valid holds ends at once (see
+/// [`api::streams`]).
 async fn watch_keys(keys: Arc<Keys>, stop: CancellationToken) {
     let Some(path) = keys.file().map(std::path::Path::to_path_buf) else {
         return;
     };
-    let stamp = |p: &std::path::Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.modified().ok(), m.len()))
+    let stamp = |p: std::path::PathBuf| async move {
+        tokio::task::spawn_blocking(move || {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()))
+        })
+        .await
+        .ok()
+        .flatten()
     };
-    let mut last = stamp(&path);
+    let mut last = stamp(path.clone()).await;
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -403,7 +451,7 @@ async fn watch_keys(keys: Arc<Keys>, stop: CancellationToken) {
             None
         }
     };
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut tick = tokio::time::interval(KEYS_FILE_POLL);
     loop {
         let signalled = async {
             match hup.as_mut() {
@@ -415,22 +463,29 @@ async fn watch_keys(keys: Arc<Keys>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = signalled => {}
             _ = tick.tick() => {
-                let now = stamp(&path);
+                let now = stamp(path.clone()).await;
                 if now == last {
                     continue;
                 }
                 last = now;
             }
         }
-        match keys.reload() {
-            Ok(n) => info!(path = %path.display(), keys = n, "reloaded the keys file"),
-            Err(e) => tracing::error!(
+        let reloading = keys.clone();
+        let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
+        match reloaded {
+            Ok(Ok(n)) => info!(path = %path.display(), keys = n, "reloaded the keys file"),
+            Ok(Err(e)) => tracing::error!(
                 error = %e,
                 "the keys file does not load: none of its keys is accepted until it does (the admin key still is)"
             ),
+            Err(e) => tracing::error!(error = %e, "reloading the keys file failed"),
         }
     }
 }
+
+/// How often the keys file's modification time and size are looked at: a revoked key's
+/// streams end within about this long.
+const KEYS_FILE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long open requests and reconciles in flight may take to finish once shutdown
 /// begins. With the lease given up and the store flushed after it, Hive exits within 15 s

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::agent::{parse_cpus, parse_memory, Agent, Invalid};
+use crate::agent::{parse_cpus, parse_memory, Agent, Invalid, SpecDuration};
 use crate::image::{Pattern, Reference};
 
 /// The policy file (`--policy`). What it leaves out, down to a single limit, keeps the
@@ -54,10 +54,11 @@ pub struct Images {
 }
 
 /// Reads one field of [`LifecycleLimits`].
-type Field = fn(&LifecycleLimits) -> &Option<String>;
+type Field = fn(&LifecycleLimits) -> &Option<SpecDuration>;
 
-/// `lifecycle:` in the policy: what `spec.lifecycle` gets when it says nothing, the most
-/// it may say, and both again for single owners (their fields win over the general ones).
+/// `lifecycle:` in the policy: what `spec.ttl` and `spec.lifecycle` get when they say
+/// nothing, the most they may say, and both again for single owners (their fields win
+/// over the general ones).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LifecyclePolicy {
@@ -73,17 +74,20 @@ pub struct OwnerLifecycle {
     pub max: LifecycleLimits,
 }
 
-/// Durations (humantime) for `spec.lifecycle`'s fields.
+/// Durations (humantime, read when the policy loads) for `spec.ttl` and
+/// `spec.lifecycle`'s fields.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, rename_all = "camelCase")]
 pub struct LifecycleLimits {
-    pub idle_timeout: Option<String>,
-    pub ttl_after_finished: Option<String>,
+    pub ttl: Option<SpecDuration>,
+    pub idle_timeout: Option<SpecDuration>,
+    pub ttl_after_finished: Option<SpecDuration>,
 }
 
 impl LifecycleLimits {
-    fn fields(&self) -> [(&'static str, &Option<String>); 2] {
+    fn fields(&self) -> [(&'static str, &Option<SpecDuration>); 3] {
         [
+            ("ttl", &self.ttl),
             ("idleTimeout", &self.idle_timeout),
             ("ttlAfterFinished", &self.ttl_after_finished),
         ]
@@ -100,17 +104,10 @@ impl LifecyclePolicy {
         for (at, defaults, max) in all {
             for (kind, limits) in [("defaults", defaults), ("max", max)] {
                 for (field, value) in limits.fields() {
-                    if let Some(v) = value {
-                        match humantime::parse_duration(v) {
-                            Ok(d)
-                                if d >= std::time::Duration::from_secs(1)
-                                    && d <= crate::agent::MAX_LIFECYCLE => {}
-                            _ => {
-                                return Err(format!(
-                                "{at}.{kind}.{field}: not a duration such as 15m (from 1s to 365d)"
-                            ))
-                            }
-                        }
+                    if value.as_ref().is_some_and(|d| !d.is_bounded()) {
+                        return Err(format!(
+                            "{at}.{kind}.{field}: not a duration such as 15m (from 1s to 365d)"
+                        ));
                     }
                 }
             }
@@ -118,8 +115,9 @@ impl LifecyclePolicy {
         Ok(())
     }
 
-    /// Fills the owner's defaults into `lifecycle` and refuses what is above its maxima.
-    fn admit(&self, owner: &str, lifecycle: &mut crate::agent::Lifecycle) -> Result<(), Refusal> {
+    /// Fills the owner's defaults into `spec.ttl` and `spec.lifecycle` and refuses what
+    /// is above its maxima.
+    fn admit(&self, owner: &str, spec: &mut crate::agent::AgentSpec) -> Result<(), Refusal> {
         let mine = self.owners.get(owner);
         let pick = |f: Field, defaults: bool| {
             let (general, own) = if defaults {
@@ -130,29 +128,31 @@ impl LifecyclePolicy {
             own.and_then(|o| f(o).clone())
                 .or_else(|| f(general).clone())
         };
-        let fields: [(&str, Field, &mut Option<String>); 2] = [
+        let fields: [(&str, &str, Field, &mut Option<SpecDuration>); 3] = [
+            ("ttl", "spec.ttl", |l| &l.ttl, &mut spec.ttl),
             (
                 "idleTimeout",
+                "spec.lifecycle.idleTimeout",
                 |l| &l.idle_timeout,
-                &mut lifecycle.idle_timeout,
+                &mut spec.lifecycle.idle_timeout,
             ),
             (
                 "ttlAfterFinished",
+                "spec.lifecycle.ttlAfterFinished",
                 |l| &l.ttl_after_finished,
-                &mut lifecycle.ttl_after_finished,
+                &mut spec.lifecycle.ttl_after_finished,
             ),
         ];
-        let long = |t: &str| humantime::parse_duration(t).unwrap_or(std::time::Duration::MAX);
-        for (field, get, value) in fields {
+        for (field, at, get, value) in fields {
             if value.is_none() {
                 // A default above the maximum that applies is lowered to it.
                 *value = match (pick(get, true), pick(get, false)) {
-                    (Some(d), Some(m)) if long(&d) > long(&m) => Some(m),
+                    (Some(d), Some(m)) if d.get() > m.get() => Some(m),
                     (d, _) => d,
                 };
             }
-            if let (Some(v), Some(max)) = (value.as_deref(), pick(get, false)) {
-                if long(v) > long(&max) {
+            if let (Some(v), Some(max)) = (value.as_ref(), pick(get, false)) {
+                if v.get() > max.get() {
                     let rule = if mine.is_some_and(|o| get(&o.max).is_some()) {
                         format!("lifecycle.owners.{owner}.max.{field}")
                     } else {
@@ -160,7 +160,7 @@ impl LifecyclePolicy {
                     };
                     return Err(Refusal::invalid(
                         &rule,
-                        &format!("spec.lifecycle.{field}"),
+                        at,
                         format!("is above the maximum of {max}"),
                     ));
                 }
@@ -285,11 +285,13 @@ pub struct PolicyError {
 }
 
 /// A refusal: the rule, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     /// The agent is not allowed as written (422).
+    #[error("{invalid}")]
     Invalid { rule: String, invalid: Invalid },
     /// The owner's quota would be exceeded (403).
+    #[error("{message}")]
     Quota { rule: String, message: String },
 }
 
@@ -419,19 +421,28 @@ pub fn screen(document: &Value) -> Result<(), Invalid> {
 }
 
 impl Policy {
-    /// Reads a policy file; every limit and pattern in it must parse.
+    /// Reads a policy file (a regular file of at most 1 MiB); every limit and pattern in
+    /// it must parse. Blocks.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let err = |message: String| PolicyError {
             path: path.display().to_string(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let bytes = crate::files::read_regular(path, 1 << 20).map_err(|e| err(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| err("is not UTF-8 text".into()))?;
         Policy::from_yaml(&text).map_err(err)
     }
 
     /// A policy from its YAML text, with the built-in limits filled in where it is silent.
     pub fn from_yaml(text: &str) -> Result<Policy, String> {
-        let mut policy: Policy = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        // The error names the field at fault.
+        let mut policy: Policy = serde_path_to_error::deserialize(
+            serde_yaml::Deserializer::from_str(text),
+        )
+        .map_err(|e| match e.path().to_string().as_str() {
+            "." | "" => e.into_inner().to_string(),
+            path => format!("{path}: {}", e.into_inner()),
+        })?;
         let builtin = Policy::default();
         policy.defaults = std::mem::take(&mut policy.defaults).or(&builtin.defaults);
         policy.max = std::mem::take(&mut policy.max).or(&builtin.max);
@@ -510,7 +521,7 @@ impl Policy {
         let owner = agent.metadata.owner.clone().unwrap_or_default();
         let spec = &mut agent.spec;
         self.admit_image(&spec.image)?;
-        self.lifecycle.admit(&owner, &mut spec.lifecycle)?;
+        self.lifecycle.admit(&owner, spec)?;
 
         let r = &mut spec.resources;
         if r.memory.is_none() {
@@ -617,6 +628,43 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// [`Policy::admit_image`], then where the image's registry leads, looked up: refused
+    /// (rule `images.privateRegistries`) if its host resolves to an address that is not
+    /// public, or does not resolve, unless the policy lists the registry. Docker Hub, the
+    /// engine's own default, is not looked up. Runs before admission and again before a
+    /// pull.
+    pub async fn screen_registry(
+        &self,
+        image: &str,
+        resolver: &crate::resolve::Resolver,
+    ) -> Result<(), Refusal> {
+        let Ok(reference) = Reference::parse(image) else {
+            return Ok(()); // admission says what is wrong with it
+        };
+        // What the reference alone refuses is refused first: nothing is looked up for an
+        // image the policy would not run anyway.
+        self.admit_image(image)?;
+        let listed = self
+            .images
+            .private_registries
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&reference.registry));
+        if listed || reference.registry == crate::image::DEFAULT_REGISTRY {
+            return Ok(());
+        }
+        match resolver.non_public(reference.host()).await {
+            None => Ok(()),
+            Some(why) => Err(Refusal::invalid(
+                "images.privateRegistries",
+                "spec.image",
+                format!(
+                    "names a registry whose host is not admitted: {why}; images come from a \
+                     registry on this host or a private network only if the policy lists it"
+                ),
+            )),
+        }
     }
 
     /// Checks the whole environment an agent gets. `from_secrets` says part of it comes
@@ -825,12 +873,20 @@ mod tests {
         let mut a = agent(serde_json::json!({"image": "x"}));
         admit(&p, &mut a, &[]).unwrap();
         assert_eq!(
-            a.spec.lifecycle.idle_timeout.as_deref(),
+            a.spec
+                .lifecycle
+                .idle_timeout
+                .as_ref()
+                .map(SpecDuration::as_str),
             Some("15m"),
             "sol's own"
         );
         assert_eq!(
-            a.spec.lifecycle.ttl_after_finished.as_deref(),
+            a.spec
+                .lifecycle
+                .ttl_after_finished
+                .as_ref()
+                .map(SpecDuration::as_str),
             Some("1h"),
             "the general one"
         );

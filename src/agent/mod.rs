@@ -8,14 +8,15 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+mod duration;
 mod quantity;
 mod validate;
 mod wait;
 
-pub(crate) use validate::MAX_LIFECYCLE;
+pub use duration::{earlier, later, until, SpecDuration, MAX_DURATION, MIN_DURATION};
 
 pub use quantity::{parse_cpus, parse_memory};
-pub use validate::{shown_key, validate_env_name, validate_name};
+pub use validate::{shown_key, validate_env_name, validate_label_value, validate_name};
 pub use wait::WaitFor;
 
 /// The only apiVersion this server speaks.
@@ -116,9 +117,10 @@ pub struct AgentSpec {
     /// Named volumes Hive creates and labels; never host paths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<Vec<Volume>>,
-    /// Delete the agent this long after its creation (humantime, e.g. `2h`).
+    /// Delete the agent this long after its creation (humantime, e.g. `2h`; at most 365d).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub ttl: Option<SpecDuration>,
     /// When Hive stops an idle agent, and deletes a finished one.
     #[serde(default, skip_serializing_if = "Lifecycle::is_empty")]
     pub lifecycle: Lifecycle,
@@ -131,11 +133,13 @@ pub struct Lifecycle {
     /// Stop the agent (its volumes kept) after this long without activity: no write or
     /// action on it, no `touch`, and no work of its own (CPU time) since the last look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub idle_timeout: Option<SpecDuration>,
     /// Delete the agent this long after it finished (phase Succeeded or Failed, as
     /// Kubernetes Jobs' `ttlSecondsAfterFinished`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl_after_finished: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub ttl_after_finished: Option<SpecDuration>,
 }
 
 impl Lifecycle {
@@ -144,11 +148,11 @@ impl Lifecycle {
     }
 
     pub fn idle_timeout(&self) -> Option<std::time::Duration> {
-        humantime::parse_duration(self.idle_timeout.as_deref()?).ok()
+        self.idle_timeout.as_ref().map(SpecDuration::get)
     }
 
     pub fn ttl_after_finished(&self) -> Option<std::time::Duration> {
-        humantime::parse_duration(self.ttl_after_finished.as_deref()?).ok()
+        self.ttl_after_finished.as_ref().map(SpecDuration::get)
     }
 }
 
@@ -384,15 +388,15 @@ impl Invalid {
 }
 
 impl Agent {
-    /// When `spec.ttl` runs out, if it is set (None also for a ttl that does not parse).
+    /// When `spec.ttl` runs out, if it is set (None also past the last time there is).
     pub fn expires_at(&self) -> Option<time::OffsetDateTime> {
-        let ttl = humantime::parse_duration(self.spec.ttl.as_deref()?).ok()?;
+        let ttl = self.spec.ttl.as_ref()?.get();
         let created = time::OffsetDateTime::parse(
             self.metadata.creation_timestamp.as_deref()?,
             &time::format_description::well_known::Rfc3339,
         )
         .ok()?;
-        Some(created + ttl)
+        later(created, ttl)
     }
 
     /// True while a delete is in progress.

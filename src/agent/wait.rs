@@ -16,10 +16,9 @@ impl FromStr for WaitFor {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
+        // The value is not echoed: what a client sent is never repeated back at length.
         let wrong = || {
-            format!(
-                "{text:?} is not understood; use phase=<Pending|Running|Stopped|Succeeded|Failed> or condition=<Ready|Progressing>"
-            )
+            "is not understood; use phase=<Pending|Running|Stopped|Succeeded|Failed> or condition=<Ready|Progressing>".to_string()
         };
         match text.split_once('=') {
             Some(("phase", p)) => Phase::ALL
@@ -101,6 +100,7 @@ mod tests {
         ] {
             let err = bad.parse::<WaitFor>().unwrap_err();
             assert!(err.contains("use phase=<Pending"), "{bad}: {err}");
+            assert!(!err.contains(bad), "the value is not echoed: {err}");
         }
         assert_eq!(WaitFor::Phase(Phase::Stopped).to_string(), "phase=Stopped");
     }

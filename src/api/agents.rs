@@ -258,18 +258,23 @@ pub async fn logs(
     let id = container_of(&state, &p, &name)?;
     let place = query
         .follow
-        .then(|| state.streams.acquire(&p.key_id))
+        .then(|| state.streams.acquire(&p))
         .transpose()?;
-    // A follow holds its place among the key's open streams until it ends.
-    let stream = state.orchestrator.logs(&id, options).map(move |chunk| {
-        let _ = &place;
-        chunk.map_err(|e| std::io::Error::other(e.to_string()))
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    let stream = state
+        .orchestrator
+        .logs(&id, options)
+        .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
+    // A follow holds its place among the key's open streams until it ends, and breaks
+    // off (the body ends in an error, as plain text has no error line) when the key is
+    // revoked.
+    let body = match place {
+        Some(place) => Body::from_stream(place.bind(
+            stream,
+            Some(Err(std::io::Error::other(super::streams::REVOKED))),
+        )),
+        None => Body::from_stream(stream),
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// The options of a logs request, checked: `tail` at most [`MAX_TAIL`], `since` a
@@ -320,7 +325,7 @@ pub(super) fn container_of(
 fn since_unix(text: &str) -> Option<i64> {
     let now = time::OffsetDateTime::now_utc();
     if let Ok(d) = humantime::parse_duration(text) {
-        return Some((now - d).unix_timestamp());
+        return Some(crate::agent::earlier(now, d)?.unix_timestamp());
     }
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .ok()

@@ -21,16 +21,25 @@ use crate::service::{ApplyResult, Prune};
 /// manifests directory never takes over what carries this one.
 pub const APPLY_SOURCE: &str = "hive-apply/source";
 
+/// The annotation naming the apply set an agent belongs to (`?applyset=`): a prune
+/// deletes only members of its own set.
+pub const APPLY_SET: &str = "hive-apply/set";
+
 /// Query of `POST /v1/apply`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApplyQuery {
     #[serde(default)]
     dry_run: bool,
-    /// Also delete the caller's agents marked `hive-apply/source` that these documents do
-    /// not declare.
+    /// Also delete the members of the apply set (of the owners in scope) that these
+    /// documents do not declare.
     #[serde(default)]
     prune: bool,
+    /// The apply set's name; required with `prune`, and stamped on every document.
+    applyset: Option<String>,
+    /// Owners an admin prunes across, comma-separated (required when a prune spans
+    /// more than one owner).
+    prune_owners: Option<String>,
 }
 
 /// The body of a successful `POST /v1/apply`.
@@ -41,7 +50,7 @@ pub struct ApplyAnswer {
     pub items: Vec<ApplyResult>,
 }
 
-#[utoipa::path(post, path = "/v1/apply", tag = "agents", params(("dryRun" = Option<bool>, Query), ("prune" = Option<bool>, Query, description = "also delete the caller's agents marked hive-apply/source that these documents do not declare")),
+#[utoipa::path(post, path = "/v1/apply", tag = "agents", params(("dryRun" = Option<bool>, Query), ("prune" = Option<bool>, Query, description = "also delete the members of the apply set, of the owners in scope, that these documents do not declare"), ("applyset" = Option<String>, Query, description = "the apply set's name (required with prune), stamped on every document as hive-apply/set"), ("pruneOwners" = Option<String>, Query, description = "owners an admin prunes across, comma-separated")),
     request_body(content((Vec<Agent> = "application/json"), (Vec<Agent> = "application/yaml")), description = "a JSON array, or YAML documents separated by ---"),
     responses((status = 200, body = ApplyAnswer), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `POST /v1/apply[?dryRun=true][&prune=true]`
@@ -52,9 +61,39 @@ pub async fn apply(
     Query(query): Query<ApplyQuery>,
     Documents(values): Documents,
 ) -> Result<Response, ApiError> {
-    let prune = query.prune.then_some(Prune {
-        annotation: APPLY_SOURCE,
-    });
+    let prune =
+        match (query.prune, query.applyset) {
+            (false, _) => None,
+            (true, None) => return Err(ApiError::BadRequest(
+                "prune needs applyset=NAME: the name of the set of manifests these documents are; \
+                 only its members are pruned (hive apply --prune sends the directory's name)"
+                    .into(),
+            )),
+            (true, Some(set)) => {
+                if set.is_empty() {
+                    return Err(ApiError::BadRequest("applyset: is empty".into()));
+                }
+                crate::agent::validate_label_value(&set)
+                    .map_err(|m| ApiError::BadRequest(format!("applyset: {m}")))?;
+                let owners = query
+                    .prune_owners
+                    .iter()
+                    .flat_map(|o| o.split(','))
+                    .map(str::trim)
+                    .filter(|o| !o.is_empty())
+                    .map(|o| {
+                        crate::agent::validate_name(o)
+                            .map(|()| o.to_string())
+                            .map_err(|m| ApiError::BadRequest(format!("pruneOwners: {m}")))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Some(Prune {
+                    annotation: APPLY_SET,
+                    set: Some(set),
+                    owners,
+                })
+            }
+        };
     let items = mark.through(state.service.apply(&p, values, query.dry_run, prune).await)?;
     Ok(Json(ApplyAnswer {
         dry_run: query.dry_run,

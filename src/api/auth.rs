@@ -35,7 +35,7 @@ impl AuditMark {
 
 /// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 /// More than one credential header is refused rather than guessed between.
-fn presented(headers: &HeaderMap) -> Result<&str, &'static str> {
+pub(super) fn presented(headers: &HeaderMap) -> Result<&str, &'static str> {
     let auth: Vec<_> = headers
         .get_all(axum::http::header::AUTHORIZATION)
         .iter()

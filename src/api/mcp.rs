@@ -351,7 +351,7 @@ impl HiveTools {
         };
         // A read of the engine's output holds a place among the key's streams, as a log
         // follow does, and ends when the client goes away.
-        let _place = match self.state.streams.acquire(&p.key_id) {
+        let place = match self.state.streams.acquire(&p) {
             Ok(place) => place,
             Err(e) => return Ok(refusal(e)),
         };
@@ -372,6 +372,7 @@ impl HiveTools {
         };
         tokio::select! {
             _ = ctx.ct.cancelled() => return Err(gone()),
+            () = place.revoked() => return Ok(refusal(ApiError::Unauthorized(super::streams::REVOKED))),
             r = read => if let Err(e) = r { return Ok(refusal(e)) },
         }
         let start = output.len().saturating_sub(MAX_LOG_BYTES);
@@ -403,7 +404,7 @@ impl HiveTools {
             }
         };
         // A wait holds a place among the key's open streams, as a watch does.
-        let _place = match self.state.streams.acquire(&p.key_id) {
+        let place = match self.state.streams.acquire(&p) {
             Ok(place) => place,
             Err(e) => return Ok(refusal(e)),
         };
@@ -440,14 +441,19 @@ impl HiveTools {
             let changed = async {
                 tokio::select! {
                     _ = ctx.ct.cancelled() => None,
-                    c = changed => Some(c),
+                    // A revoked key's wait ends as if it had never been let in.
+                    () = place.revoked() => Some(Err(())),
+                    c = changed => Some(Ok(c)),
                 }
             };
             match tokio::time::timeout(left, changed).await {
                 // The client went away: stop waiting, and give its place back.
                 Ok(None) => return Err(gone()),
-                Ok(Some(true)) => continue,
-                Ok(Some(false)) => {
+                Ok(Some(Err(()))) => {
+                    return Ok(refusal(ApiError::Unauthorized(super::streams::REVOKED)))
+                }
+                Ok(Some(Ok(true))) => continue,
+                Ok(Some(Ok(false))) => {
                     return Ok(refusal(ApiError::Unavailable("Hive is shutting down".into())))
                 }
                 Err(_) => {

@@ -158,6 +158,8 @@ pub fn router(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .layer(TraceLayer::new_for_http())
+        // A handler that panics answers 500 (and is logged), as any other failure.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
 }
 
@@ -188,8 +190,9 @@ async fn healthz() -> Json<serde_json::Value> {
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "the store reads, the engine answers and this Hive holds its instance", body = Readiness), (status = 503, body = ErrorBody)))]
 /// 200 only while the store reads, the engine answers and this Hive holds its instance's
-/// lease; otherwise 503 saying which. Containers of other stores are reported either way.
-async fn readyz(State(state): State<AppState>) -> Response {
+/// lease; otherwise 503 saying which. Containers of other stores are counted either way,
+/// and named (with their agents) only to a caller presenting an admin key.
+async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     if !state.store.is_healthy() {
         return ApiError::Unavailable("the store cannot be read".into()).into_response();
     }
@@ -209,13 +212,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if let crate::lease::Leadership::Unknown { reason } = leadership {
         return ApiError::Unavailable(format!("not reconciling: {reason}")).into_response();
     }
+    let foreign = state.controller.foreign();
+    let admin = auth::presented(&headers)
+        .ok()
+        .and_then(|key| state.keys.authenticate(key))
+        .is_some_and(|p| p.is_admin());
     (
         StatusCode::OK,
         Json(Readiness {
             status: "ready",
             instance: state.instance.clone(),
             store: state.store.id().to_string(),
-            foreign_containers: state.controller.foreign(),
+            foreign_container_count: foreign.len(),
+            foreign_containers: admin.then_some(foreign),
         }),
     )
         .into_response()
@@ -231,8 +240,11 @@ pub struct Readiness {
     pub instance: String,
     /// The id of this Hive's store, stamped on the containers it declares.
     pub store: String,
-    /// Containers of this instance declared by another store: left alone.
-    pub foreign_containers: Vec<crate::controller::ForeignContainer>,
+    /// How many containers of this instance another store declared (left alone).
+    pub foreign_container_count: usize,
+    /// Those containers, with their agents: only for a caller with an admin key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign_containers: Option<Vec<crate::controller::ForeignContainer>>,
 }
 
 #[utoipa::path(get, path = "/v1/sync", tag = "gitops", responses((status = 200, body = crate::gitops::SyncStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -275,8 +287,17 @@ async fn whoami(axum::Extension(p): axum::Extension<Principal>) -> Json<WhoAmI> 
     Json(WhoAmI {
         key_id: p.key_id.clone(),
         owner: p.owner.clone(),
-        role: format!("{:?}", p.role).to_lowercase(),
+        role: p.role.name().to_string(),
     })
+}
+
+/// The answer to a request whose handler panicked: a 500 in the API's error shape,
+/// without the panic's text.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = crate::controller::reconcile::panic_message(&*panic);
+    tracing::error!(error = %message, "a request handler panicked");
+    ApiError::Internal("the request failed unexpectedly (a bug in Hive); see its log".into())
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

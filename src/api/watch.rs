@@ -27,7 +27,7 @@ pub(super) fn watch(
     selector: Selector,
     since: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let place = state.streams.acquire(&p.key_id)?;
+    let place = state.streams.acquire(&p)?;
     let since = since
         .map(|v| {
             v.parse::<u64>().map_err(|_| {
@@ -85,15 +85,12 @@ pub(super) fn watch(
             }
         }
     });
-    // The stream holds its place among the key's open streams until it ends.
-    let body = Body::from_stream(
-        futures_util::stream::iter(first)
-            .chain(live)
-            .map(move |line| {
-                let _ = &place;
-                line
-            }),
-    );
+    // The stream holds its place among the key's open streams until it ends, and ends
+    // with an ERROR line when the key is revoked.
+    let revoked = serde_json::json!({"code": 401, "message": super::streams::REVOKED});
+    let revoked = Ok(watch_line("ERROR", revoked.to_string().as_bytes()));
+    let body =
+        Body::from_stream(place.bind(futures_util::stream::iter(first).chain(live), Some(revoked)));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 

@@ -1,6 +1,7 @@
-//! `hive apply -f FILE|DIR|- [--dry-run] [--prune]`: many agents at once through
-//! `POST /v1/apply`; with `--prune`, the server also deletes what an earlier prune made
-//! from the directory that it no longer declares.
+//! `hive apply -f FILE|DIR|- [--dry-run] [--prune [--applyset NAME] [--prune-owner O]...]`:
+//! many agents at once through `POST /v1/apply`; with `--prune`, the server also deletes
+//! the members of the apply set (by default named after the directory) that it no longer
+//! declares.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,13 +12,22 @@ use serde_json::{json, Value};
 use super::{read_documents, CliError, Client, Sourced};
 use crate::api::APPLY_SOURCE;
 
+/// What `--prune` was given.
+pub(super) struct PruneArgs {
+    /// `--applyset`.
+    pub applyset: Option<String>,
+    /// `--prune-owner`.
+    pub owners: Vec<String>,
+}
+
 pub(super) async fn apply(
     client: &Client,
     files: &[PathBuf],
     dry_run: bool,
-    prune: bool,
+    prune: Option<PruneArgs>,
 ) -> Result<(), CliError> {
-    let docs = if prune {
+    let mut query: Vec<(&str, String)> = Vec::new();
+    let docs = if let Some(prune) = &prune {
         let [dir] = files else {
             return Err(CliError::new("--prune takes exactly one directory: -f DIR"));
         };
@@ -27,17 +37,22 @@ pub(super) async fn apply(
                 dir.display()
             )));
         }
+        let set = match &prune.applyset {
+            Some(set) => set.clone(),
+            None => default_applyset(dir)?,
+        };
+        query.push(("prune", "true".into()));
+        query.push(("applyset", set));
+        if !prune.owners.is_empty() {
+            query.push(("pruneOwners", prune.owners.join(",")));
+        }
         read_sourced(dir)?
     } else {
         read_documents(files)?
     };
     let body: Vec<&Value> = docs.iter().map(|d| &d.value).collect();
-    let mut query = Vec::new();
     if dry_run {
-        query.push(("dryRun", "true"));
-    }
-    if prune {
-        query.push(("prune", "true"));
+        query.push(("dryRun", "true".into()));
     }
     let r = client
         .request(Method::POST, "/v1/apply")
@@ -92,6 +107,34 @@ pub(super) async fn apply(
         }
     }
     Ok(())
+}
+
+/// The apply set a directory's prune names when `--applyset` is not given: the
+/// directory's own name (as a label value: other characters dropped, at most 63), so
+/// that `hive apply -f a --prune` never prunes what `hive apply -f b --prune` made.
+fn default_applyset(dir: &std::path::Path) -> Result<String, CliError> {
+    let name = std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let kept: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    let set: String = kept
+        .trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .chars()
+        .take(63)
+        .collect();
+    let set = set
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string();
+    if set.is_empty() {
+        return Err(CliError::new(
+            "the directory's name cannot name its apply set; name the set with --applyset NAME",
+        ));
+    }
+    Ok(set)
 }
 
 /// Every document below `dir`, annotated with its source path as the manifests sync does.

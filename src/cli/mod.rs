@@ -43,10 +43,19 @@ pub enum ClientCommand {
         #[arg(long)]
         dry_run: bool,
         /// One-shot sync of a directory: also delete the agents an earlier `apply --prune`
-        /// made (marked `hive-apply/source`) that the directory no longer declares. Nothing
-        /// is pruned if any file is invalid or the directory holds no manifests.
+        /// of the same apply set made that the directory no longer declares (your own
+        /// agents only; an admin's, those of the owners its documents name). Nothing is
+        /// pruned if any file is invalid or the directory holds no manifests.
         #[arg(long)]
         prune: bool,
+        /// The apply set's name (marked `hive-apply/set` on every agent): a prune deletes
+        /// only its members. Default: the directory's name.
+        #[arg(long, requires = "prune")]
+        applyset: Option<String>,
+        /// An owner whose agents an admin's prune may delete besides those its documents
+        /// name; needed for each owner when a prune spans more than one. Repeatable.
+        #[arg(long = "prune-owner", requires = "prune")]
+        prune_owners: Vec<String>,
     },
     /// List agents, or show one.
     Get {
@@ -147,7 +156,15 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
             files,
             dry_run,
             prune,
-        } => apply::apply(&client, &files, dry_run, prune).await,
+            applyset,
+            prune_owners,
+        } => {
+            let prune = prune.then_some(apply::PruneArgs {
+                applyset,
+                owners: prune_owners,
+            });
+            apply::apply(&client, &files, dry_run, prune).await
+        }
         ClientCommand::Get {
             name,
             selector,

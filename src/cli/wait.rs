@@ -13,7 +13,7 @@ pub(super) async fn wait(
 ) -> Result<(), CliError> {
     let wanted: WaitFor = condition
         .parse()
-        .map_err(|e| CliError::new(format!("--for {e}")))?;
+        .map_err(|e| CliError::new(format!("--for {condition:?} {e}")))?;
     let start = Instant::now();
     loop {
         let last = match client.agent(name).await? {

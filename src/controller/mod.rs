@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -122,6 +122,7 @@ impl Controller {
         orchestrator: Arc<dyn Orchestrator>,
         metrics: Arc<crate::metrics::Metrics>,
         policy: Arc<crate::policy::Policy>,
+        resolver: Arc<crate::resolve::Resolver>,
         settings: Settings,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -133,7 +134,12 @@ impl Controller {
                     adopt_foreign: settings.adopt_foreign,
                 },
                 store,
-                pulls: Arc::new(pulls::Pulls::new(orchestrator.clone(), tx.clone())),
+                pulls: Arc::new(pulls::Pulls::new(
+                    orchestrator.clone(),
+                    tx.clone(),
+                    policy.clone(),
+                    resolver,
+                )),
                 orchestrator,
                 metrics,
                 policy,
@@ -202,7 +208,14 @@ impl Controller {
                 passes.spawn(
                     async move {
                         let start = std::time::Instant::now();
-                        let result = reconcile(&name, &ctx).await;
+                        // A panic in one agent's pass is that agent's failure: it is
+                        // recorded on the agent, and the agent backs off like any other
+                        // failure, its place in the queue given back.
+                        let pass = std::panic::AssertUnwindSafe(reconcile(&name, &ctx));
+                        let result = match pass.catch_unwind().await {
+                            Ok(result) => result,
+                            Err(panic) => Err(reconcile::panicked(&name, &ctx, &*panic)),
+                        };
                         observe_pass(&ctx, start.elapsed(), result.as_ref().err());
                         (name, result.map_err(|e| error_policy(&e)))
                     }
@@ -360,7 +373,13 @@ async fn resync_loop(
     loop {
         if leadership.borrow().is_leading() {
             let everything = first || handle.full.swap(false, std::sync::atomic::Ordering::SeqCst);
-            match resync_once(&ctx, everything).await {
+            let resync = std::panic::AssertUnwindSafe(resync_once(&ctx, everything))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(ReconcileError::Panicked(reconcile::panic_message(&*panic)))
+                });
+            match resync {
                 Ok(resync) => {
                     let queued = resync.names.len();
                     report_foreign(&ctx, &handle, resync.foreign);
@@ -523,5 +542,7 @@ async fn event_loop(
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,10 @@
 //! the agents waiting for the image are woken when the pull is done. Pulls are bounded
 //! per owner and in all, so one owner's images cannot hold up another owner's agents. A
 //! failed pull is remembered for a while, so that its agents fail with its message
-//! instead of pulling again at once.
+//! instead of pulling again at once. Right before a pull the image's registry is looked
+//! up again ([`crate::policy::Policy::screen_registry`]): the engine never dials a
+//! registry whose name leads to this host or a private network, whatever it resolved to
+//! when the agent was admitted.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -52,14 +55,25 @@ pub struct Pulls {
     orchestrator: Arc<dyn Orchestrator>,
     /// Queues an agent for a reconcile.
     wake: mpsc::UnboundedSender<String>,
+    /// Which registries images may come from.
+    policy: Arc<crate::policy::Policy>,
+    /// Looks registries up right before a pull.
+    resolver: Arc<crate::resolve::Resolver>,
 }
 
 impl Pulls {
-    pub fn new(orchestrator: Arc<dyn Orchestrator>, wake: mpsc::UnboundedSender<String>) -> Self {
+    pub fn new(
+        orchestrator: Arc<dyn Orchestrator>,
+        wake: mpsc::UnboundedSender<String>,
+        policy: Arc<crate::policy::Policy>,
+        resolver: Arc<crate::resolve::Resolver>,
+    ) -> Self {
         Pulls {
             state: Mutex::default(),
             orchestrator,
             wake,
+            policy,
+            resolver,
         }
     }
 
@@ -105,9 +119,18 @@ impl Pulls {
             s.running.insert(image.clone(), owner.clone());
             let me = self.clone();
             tokio::spawn(tracing::Instrument::in_current_span(async move {
-                info!(%image, %owner, "pulling an image");
-                let result = me.orchestrator.pull(&image).await;
-                me.finish(&image, result.map_err(|e| e.to_string()));
+                let screened = me.policy.screen_registry(&image, &me.resolver).await;
+                let result = match screened {
+                    Ok(()) => {
+                        info!(%image, %owner, "pulling an image");
+                        me.orchestrator
+                            .pull(&image)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(refusal) => Err(format!("not pulled: {refusal}")),
+                };
+                me.finish(&image, result);
             }));
         }
     }
@@ -136,5 +159,40 @@ impl Pulls {
             .unwrap_or_else(|p| p.into_inner())
             .running
             .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::orchestrator::fake::FakeOrchestrator;
+
+    #[tokio::test]
+    async fn a_registry_that_leads_to_this_host_is_never_pulled_from() {
+        let fake = Arc::new(FakeOrchestrator::default());
+        let (wake, mut woken) = mpsc::unbounded_channel();
+        // Admitted while the name led elsewhere; now it leads to loopback.
+        let resolver = crate::resolve::Resolver::new(&["reg.test=127.0.0.1".into()]).unwrap();
+        let pulls = Arc::new(Pulls::new(
+            fake.clone(),
+            wake,
+            Arc::new(crate::policy::Policy::default()),
+            Arc::new(resolver),
+        ));
+        let image = "reg.test:5000/x:1";
+        assert_eq!(pulls.request(image, "o", "a"), PullStatus::Pulling);
+        assert_eq!(woken.recv().await.as_deref(), Some("a"));
+        let PullStatus::Failed(why) = pulls.request(image, "o", "a") else {
+            panic!("the pull did not fail");
+        };
+        assert!(
+            why.contains("127.0.0.1") && why.contains("images.privateRegistries"),
+            "{why}"
+        );
+        assert_eq!(
+            fake.max_pulls.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the engine was never asked to pull"
+        );
     }
 }

@@ -52,6 +52,32 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Orchestrator(#[from] OrchestratorError),
+    /// The pass panicked: a bug in Hive, recorded on the agent it was for.
+    #[error("the pass failed unexpectedly (a bug in Hive): {0}")]
+    Panicked(String),
+}
+
+/// The text a panic carried (its message, never a backtrace).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    crate::service::clip(&text, 200)
+}
+
+/// Records a pass that panicked on its agent (Failed, with an event), and returns the
+/// error the runtime backs off from.
+pub fn panicked(name: &str, ctx: &Context, panic: &(dyn std::any::Any + Send)) -> ReconcileError {
+    let e = ReconcileError::Panicked(panic_message(panic));
+    tracing::error!(agent = %name, error = %e, "a reconcile pass panicked");
+    if let Ok(Some(record)) = ctx.store.get(name) {
+        if let Err(write) = write_failure(ctx, &record, &e.to_string(), false) {
+            tracing::error!(agent = %name, error = %write, "could not record the failure");
+        }
+    }
+    e
 }
 
 /// Converges one agent.
@@ -76,7 +102,13 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
                 Reason::Expired,
                 format!(
                     "spec.ttl ({}) ran out; deleting the agent",
-                    record.agent.spec.ttl.clone().unwrap_or_default()
+                    record
+                        .agent
+                        .spec
+                        .ttl
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
                 ),
             );
             events.record(ctx, Some(&record));
@@ -96,7 +128,7 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
                 format!(
                     "finished (phase {:?}) and spec.lifecycle.ttlAfterFinished ({}) ran out; deleting the agent",
                     record.agent.status.phase,
-                    record.agent.spec.lifecycle.ttl_after_finished.clone().unwrap_or_default()
+                    record.agent.spec.lifecycle.ttl_after_finished.as_ref().map(ToString::to_string).unwrap_or_default()
                 ),
             );
             events.record(ctx, Some(&record));
@@ -203,7 +235,7 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
                     } else {
                         time::OffsetDateTime::now_utc()
                     };
-                    Some(since + ttl)
+                    crate::agent::later(since, ttl)
                 });
             // Running now: the idle clock runs (and wakes this agent when it runs out).
             let stops_at = (o.phase == Phase::Running)
@@ -220,7 +252,7 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
             let idle_message = record.internal.idle_since.as_ref().map(|_| {
                 format!(
                     "stopped after {} without activity (spec.lifecycle.idleTimeout); start or touch it to resume",
-                    agent.spec.lifecycle.idle_timeout.clone().unwrap_or_default()
+                    agent.spec.lifecycle.idle_timeout.as_ref().map(ToString::to_string).unwrap_or_default()
                 )
             });
             let status = AgentStatus {
@@ -367,7 +399,7 @@ async fn idle_check(ctx: &Context, record: &Record) -> Result<Option<Duration>, 
             Reason::Idled,
             format!(
                 "no activity for {} (spec.lifecycle.idleTimeout): stopping it, its volumes kept; start or touch it to resume",
-                record.agent.spec.lifecycle.idle_timeout.clone().unwrap_or_default()
+                record.agent.spec.lifecycle.idle_timeout.as_ref().map(ToString::to_string).unwrap_or_default()
             ),
         );
         events.record(ctx, Some(record));

@@ -60,6 +60,7 @@ fn start_with(fake: FakeOrchestrator, max_concurrent: usize, leading: bool) -> H
         fake.clone(),
         metrics.clone(),
         Arc::new(crate::policy::Policy::default()),
+        Arc::new(crate::resolve::Resolver::new(&[]).unwrap()),
         Settings {
             resync_interval: Duration::from_secs(3600),
             max_concurrent,
@@ -157,6 +158,38 @@ async fn one_agent_is_never_reconciled_twice_at_once() {
         .filter(|c| c.starts_with("create"))
         .count();
     assert_eq!(creates, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_pass_fails_its_agent_only_and_its_delete_completes() {
+    let fake = FakeOrchestrator::default();
+    fake.panic_on("boom", true);
+    let h = start(fake, 2);
+    h.add("boom");
+    for i in 0..8 {
+        h.add(&format!("ok{i}"));
+    }
+    // The others converge meanwhile; the panicking one is Failed, saying why.
+    h.until("the others running", |h| {
+        (0..8).all(|i| h.phase(&format!("ok{i}")) == Some(Phase::Running))
+    })
+    .await;
+    h.until("boom failed", |h| h.phase("boom") == Some(Phase::Failed))
+        .await;
+    let message = h.store.get("boom").unwrap().unwrap().agent.status.message;
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("a bug in Hive") && m.contains("injected panic")),
+        "{message:?}"
+    );
+    // Its place in the queue was given back: once deleted, its next pass (which does
+    // not go through the panicking apply) removes it.
+    h.store.mark_deleted("boom").unwrap();
+    h.handle.enqueue("boom");
+    h.until("boom deleted", |h| h.store.get("boom").unwrap().is_none())
+        .await;
     h.stop().await;
 }
 

@@ -60,6 +60,8 @@ struct FakeState {
     reported: Vec<String>,
     /// Images not on the engine until pulled.
     missing_images: Vec<String>,
+    /// Agents whose applies panic (a bug in a pass, for the runtime's tests).
+    panicking: Vec<String>,
     /// The instance's lease.
     lease: Option<Lease>,
     /// Lease handles handed out so far.
@@ -102,6 +104,15 @@ impl FakeOrchestrator {
         let mut s = self.state.lock().unwrap();
         s.failing_creates = n;
         s.failing_transient = transient;
+    }
+
+    /// Makes every apply of `agent` panic (`true`), or stop panicking.
+    pub fn panic_on(&self, agent: &str, panics: bool) {
+        let mut s = self.state.lock().unwrap();
+        s.panicking.retain(|a| a != agent);
+        if panics {
+            s.panicking.push(agent.to_string());
+        }
     }
 
     pub fn calls(&self) -> Vec<String> {
@@ -230,6 +241,9 @@ impl Orchestrator for FakeOrchestrator {
         ownership: &Ownership,
         gate: &dyn CreateGate,
     ) -> Result<Applied, OrchestratorError> {
+        if self.state.lock().unwrap().panicking.contains(&want.agent) {
+            panic!("injected panic applying {}", want.agent);
+        }
         let uid = want.uid.to_string();
         let hash = want.hash();
         let mine: Vec<Observed> = self

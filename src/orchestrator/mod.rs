@@ -45,6 +45,11 @@ pub const LABEL_VOLUME: &str = "hive.volume";
 pub const LABEL_RETAIN: &str = "hive.retain";
 /// Label with the hash of the spec the container was created from.
 pub const LABEL_SPEC_HASH: &str = "hive.spec-hash";
+
+/// Whether a label key is in Hive's own namespace (`hive.*`), which only Hive sets.
+pub fn is_hive_label(key: &str) -> bool {
+    key.to_ascii_lowercase().starts_with("hive.")
+}
 /// Whether the volume `name` (the agent's `spec.volumes[i]`), whose labels `label` reads,
 /// may be mounted for the agent of `spec` on `instance`: only one made by Hive for this
 /// instance and owner, for this agent (same uid), or retained by an earlier agent of the
@@ -441,6 +446,10 @@ pub enum OrchestratorError {
         network: String,
         holder: String,
     },
+    /// The image carries labels in Hive's own namespace, which its containers would
+    /// inherit.
+    #[error("image {image:?} carries labels in Hive's own namespace ({}): a container inherits its image's labels, and Hive's labels on a container are Hive's alone; rebuild the image without them", .labels.join(", "))]
+    ImageLabels { image: String, labels: Vec<String> },
     /// A volume the spec names exists but may not be mounted for this agent.
     #[error("{0}")]
     VolumeConflict(String),
@@ -472,6 +481,7 @@ impl OrchestratorError {
             OrchestratorError::HeldByForeign { .. } => "held_by_foreign",
             OrchestratorError::NameInUse { .. } => "name_in_use",
             OrchestratorError::VolumeConflict(_) => "volume_conflict",
+            OrchestratorError::ImageLabels { .. } => "image_labels",
             OrchestratorError::CreateDeferred => "create_deferred",
             OrchestratorError::NotFound(_) => "not_found",
             OrchestratorError::Refused(_) => "refused",

@@ -183,6 +183,7 @@ impl Service {
         let result = async {
             self.writable()?;
             require_write(who, "create agents")?;
+            self.screen_registry(&agent.spec.image).await?;
             let record = {
                 let _admission = self.admission.lock().await;
                 if self.store.get(&name)?.is_some() {
@@ -218,6 +219,7 @@ impl Service {
                     "differs from the name in the path",
                 ));
             }
+            self.screen_registry(&agent.spec.image).await?;
             let (record, applied, take_over) = {
                 let _admission = self.admission.lock().await;
                 let admitted = self.prepare(who, agent, &[])?;

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::agents::Admitted;
 use super::{require_write, Service, ServiceError};
 use crate::access::{Principal, Role};
-use crate::agent::Agent;
+use crate::agent::{shown_key, Agent};
 use crate::store::Applied;
 
 /// What applying one document did (or would do).
@@ -45,11 +45,33 @@ pub struct ApplyResult {
     pub diff: Option<String>,
 }
 
-/// Which agents a prune may delete: the caller's agents marked with this annotation (the
-/// file they came from), that the source no longer declares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which agents a prune may delete: members of one set (marked with `annotation`, of the
+/// value `set`), of the owners in scope, that the source no longer declares.
+///
+/// The owners in scope are never "everything the caller can see": an operator's own; an
+/// admin's, the owners the documents name (the admin's own where they name none) and
+/// those it names in `owners`, which it must when the prune spans more than one owner;
+/// the manifests directory's, the owners the policy lets it declare agents for.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prune {
+    /// The annotation that marks the members of the set.
     pub annotation: &'static str,
+    /// The value members carry; None: any (the manifests directory's own annotation,
+    /// which only Hive writes and whose set is the whole directory).
+    pub set: Option<String>,
+    /// Owners an admin names to prune across.
+    pub owners: BTreeSet<String>,
+}
+
+impl Prune {
+    /// Whether `agent` belongs to this prune's set.
+    fn has_member(&self, agent: &Agent) -> bool {
+        match (agent.metadata.annotations.get(self.annotation), &self.set) {
+            (Some(value), Some(set)) => value == set,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
 impl Service {
@@ -110,16 +132,48 @@ impl Service {
         }
         require_write(who, "apply agents")?;
         let total = values.len();
+        // Registries are looked up before the admission lock, each image once, at once.
+        let images: BTreeSet<&str> = values
+            .iter()
+            .filter_map(|v| v.pointer("/spec/image").and_then(Value::as_str))
+            .collect();
+        let verdicts =
+            futures_util::future::join_all(images.iter().map(|i| self.screen_registry(i))).await;
+        let screened: std::collections::HashMap<String, Result<(), ServiceError>> = images
+            .into_iter()
+            .map(str::to_string)
+            .zip(verdicts)
+            .collect();
         let _admission = self.admission.lock().await;
 
         let mut ready: Vec<Admitted> = Vec::new();
         let mut errors = Vec::new();
         let mut seen = HashSet::new();
-        for (index, value) in values.into_iter().enumerate() {
+        for (index, mut value) in values.into_iter().enumerate() {
+            if let Some(Prune {
+                annotation,
+                set: Some(set),
+                ..
+            }) = &prune
+            {
+                // Every document of a pruning apply is a member of its set.
+                if let Err(e) = mark_member(&mut value, annotation, set) {
+                    errors.push(e.for_document(index, None));
+                    continue;
+                }
+            }
             let hint = value
                 .pointer("/metadata/name")
                 .and_then(|n| n.as_str())
                 .map(crate::agent::shown_key);
+            let refused = value
+                .pointer("/spec/image")
+                .and_then(Value::as_str)
+                .and_then(|image| screened.get(image)?.clone().err());
+            if let Some(e) = refused {
+                errors.push(e.for_document(index, hint));
+                continue;
+            }
             let checked = crate::document::typed::<Agent>(value)
                 .map_err(ServiceError::from)
                 .and_then(|agent| {
@@ -148,6 +202,16 @@ impl Service {
             .iter()
             .map(|a| a.agent.metadata.name.clone())
             .collect();
+        let scope = match &prune {
+            Some(prune) => {
+                let named: BTreeSet<String> = ready
+                    .iter()
+                    .filter_map(|a| a.agent.metadata.owner.clone())
+                    .collect();
+                Some(self.prune_scope(who, prune, named)?)
+            }
+            None => None,
+        };
         let mut results = Vec::new();
         let mut changed = Vec::new();
         for Admitted {
@@ -194,8 +258,8 @@ impl Service {
                 diff: None,
             });
         }
-        if let Some(prune) = prune {
-            for name in self.prune_unlocked(who, prune, &declared, dry_run)? {
+        if let (Some(prune), Some(scope)) = (prune, scope) {
+            for name in self.prune_unlocked(&prune, &scope, &declared, dry_run)? {
                 if !dry_run {
                     changed.push(name.clone());
                 }
@@ -213,8 +277,9 @@ impl Service {
         Ok(results)
     }
 
-    /// Deletes the caller's agents marked with `prune.annotation` that are not in
-    /// `declared` (the manifests directory's prune, across all its files). Audited.
+    /// Deletes the members of `prune`'s set, of the owners in the caller's scope, that
+    /// are not in `declared` (the manifests directory's prune, across all its files).
+    /// Audited.
     pub async fn prune(
         &self,
         who: &Principal,
@@ -224,9 +289,10 @@ impl Service {
         let result = async {
             self.writable()?;
             require_write(who, "delete agents")?;
+            let scope = self.prune_scope(who, &prune, BTreeSet::new())?;
             let pruned = {
                 let _admission = self.admission.lock().await;
-                self.prune_unlocked(who, prune, declared, false)?
+                self.prune_unlocked(&prune, &scope, declared, false)?
             };
             let names: Vec<&str> = pruned.iter().map(String::as_str).collect();
             self.commit(&names).await?;
@@ -244,20 +310,73 @@ impl Service {
         result
     }
 
+    /// The owners whose agents a prune by `who` may delete (see [`Prune`]): `named` are
+    /// the owners its documents name.
+    fn prune_scope(
+        &self,
+        who: &Principal,
+        prune: &Prune,
+        named: BTreeSet<String>,
+    ) -> Result<Owners, ServiceError> {
+        match who.role {
+            Role::System => Ok(Owners::GitOps),
+            Role::Admin => {
+                let mut scope = named;
+                if scope.is_empty() {
+                    scope.insert(who.owner.clone());
+                }
+                let unnamed: Vec<&String> = scope
+                    .iter()
+                    .filter(|o| !prune.owners.contains(*o))
+                    .collect();
+                if scope.len() + prune.owners.len() > 1 && !unnamed.is_empty() {
+                    let all: BTreeSet<&String> = scope.iter().chain(&prune.owners).collect();
+                    let all: Vec<&str> = all.into_iter().map(String::as_str).collect();
+                    return Err(ServiceError::invalid(
+                        "pruneOwners",
+                        format!(
+                            "this prune spans the agents of owners {}: name each owner to prune across owners (pruneOwners={})",
+                            all.join(", "),
+                            all.join(",")
+                        ),
+                    ));
+                }
+                scope.extend(prune.owners.iter().cloned());
+                Ok(Owners::These(scope))
+            }
+            Role::Operator | Role::Viewer => {
+                if let Some(other) = prune.owners.iter().find(|o| **o != who.owner) {
+                    return Err(ServiceError::Forbidden(format!(
+                        "only an admin key may prune the agents of another owner ({})",
+                        shown_key(other)
+                    )));
+                }
+                Ok(Owners::These(BTreeSet::from([who.owner.clone()])))
+            }
+        }
+    }
+
     /// The prune itself, under the admission lock the caller holds.
     fn prune_unlocked(
         &self,
-        who: &Principal,
-        prune: Prune,
+        prune: &Prune,
+        scope: &Owners,
         declared: &BTreeSet<String>,
         dry_run: bool,
     ) -> Result<Vec<String>, ServiceError> {
         let mut pruned = Vec::new();
-        for r in self.store.list()? {
-            let a = &r.agent;
-            let from_source = a.metadata.annotations.contains_key(prune.annotation);
-            let visible = who.sees(a.metadata.owner.as_deref().unwrap_or_default());
-            if !from_source || !visible || a.is_terminating() || declared.contains(&a.metadata.name)
+        let snapshot = self.store.snapshot();
+        for entry in snapshot.agents.values() {
+            let a = &entry.record.agent;
+            let owner = a.metadata.owner.as_deref().unwrap_or_default();
+            let in_scope = match scope {
+                Owners::These(owners) => owners.contains(owner),
+                Owners::GitOps => self.policy.gitops_may_name(owner),
+            };
+            if !in_scope
+                || !prune.has_member(a)
+                || a.is_terminating()
+                || declared.contains(&a.metadata.name)
             {
                 continue;
             }
@@ -267,6 +386,38 @@ impl Service {
             pruned.push(a.metadata.name.clone());
         }
         Ok(pruned)
+    }
+}
+
+/// The owners whose agents a prune may delete.
+enum Owners {
+    These(BTreeSet<String>),
+    /// Those the manifests directory may declare agents for.
+    GitOps,
+}
+
+/// Marks a document as a member of `set`; a document that says it belongs to another
+/// set is refused (it would be pruned by that set's next apply, or prune this one's).
+fn mark_member(doc: &mut Value, annotation: &str, set: &str) -> Result<(), ServiceError> {
+    let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return Ok(()); // typed checking reports it
+    };
+    let notes = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(notes) = notes.as_object_mut() else {
+        return Ok(()); // typed checking reports it
+    };
+    match notes.get(annotation) {
+        Some(Value::String(v)) if v == set => Ok(()),
+        Some(_) => Err(ServiceError::invalid(
+            format!("metadata.annotations.{annotation}"),
+            "names another apply set than the one this apply prunes",
+        )),
+        None => {
+            notes.insert(annotation.to_string(), Value::String(set.to_string()));
+            Ok(())
+        }
     }
 }
 

@@ -207,6 +207,8 @@ pub struct Service {
     instance: String,
     /// Held from an admission check to its write, so quotas cannot be raced past.
     admission: tokio::sync::Mutex<()>,
+    /// Looks registries up before an image naming one is admitted.
+    resolver: Arc<crate::resolve::Resolver>,
 }
 
 impl Service {
@@ -217,6 +219,7 @@ impl Service {
         reserved_names: Arc<Vec<String>>,
         leadership: watch::Receiver<Leadership>,
         instance: String,
+        resolver: Arc<crate::resolve::Resolver>,
     ) -> Service {
         Service {
             store,
@@ -226,7 +229,14 @@ impl Service {
             leadership,
             instance,
             admission: tokio::sync::Mutex::new(()),
+            resolver,
         }
+    }
+
+    /// Looks the registry of an image up (see [`Policy::screen_registry`]), before the
+    /// admission lock is taken: a slow lookup holds up its own request only.
+    async fn screen_registry(&self, image: &str) -> Result<(), ServiceError> {
+        Ok(self.policy.screen_registry(image, &self.resolver).await?)
     }
 
     /// The store, for reads.
@@ -292,6 +302,7 @@ impl Service {
             time: now_rfc3339(),
             key_id: who.key_id.clone(),
             owner: who.owner.clone(),
+            role: who.role.name().into(),
             verb: verb.to_string(),
             agent: agent.to_string(),
             outcome: if result.is_ok() {
@@ -307,8 +318,8 @@ impl Service {
     }
 
     /// Records a mutation refused before it reached the service: no valid key (`who` is
-    /// None), or a body that could not be read. Refusals without a key are counted into
-    /// one entry a minute of each kind.
+    /// None), or a body that could not be read. Refusals are counted into one entry a
+    /// minute of each kind, per key (see [`crate::store`]'s audit budgets).
     pub fn audit_refusal(
         &self,
         who: Option<&Principal>,
@@ -322,6 +333,7 @@ impl Service {
             time: now_rfc3339(),
             key_id: who.map_or("-".into(), |p| p.key_id.clone()),
             owner: who.map_or("-".into(), |p| p.owner.clone()),
+            role: who.map_or("-", |p| p.role.name()).into(),
             verb: verb.to_string(),
             agent: agent.to_string(),
             outcome: "refused".into(),
@@ -331,17 +343,13 @@ impl Service {
         });
     }
 
-    /// Stores an entry, its fields cut short, and logs it (a flood without a key once a
-    /// minute, as it is stored).
+    /// Stores an entry, its fields cut short, and logs it (a flood of refusals once a
+    /// minute of each kind, as it is stored).
     fn record(&self, mut entry: AuditEntry) {
         entry.verb = clip(&entry.verb, 128);
         entry.agent = clip(&entry.agent, 63);
         entry.reason = entry.reason.map(|r| clip(&r, 256));
-        let stored = if entry.key_id == "-" {
-            self.store.record_unauthenticated(entry.clone())
-        } else {
-            self.store.record_audit(entry.clone())
-        };
+        let stored = self.store.record_audit(entry.clone());
         match stored {
             Ok(e) if e.count > 1 => {}
             stored => {

@@ -77,7 +77,7 @@ impl Record {
             .metadata
             .creation_timestamp
             .as_deref())?;
-        Some(parse_time(since)? + timeout)
+        crate::agent::later(parse_time(since)?, timeout)
     }
 
     /// When it is deleted for having finished (`spec.lifecycle.ttlAfterFinished`): its
@@ -94,7 +94,7 @@ impl Record {
         if !finished {
             return None;
         }
-        Some(parse_time(status.last_transition_time.as_deref()?)? + ttl)
+        crate::agent::later(parse_time(status.last_transition_time.as_deref()?)?, ttl)
     }
 }
 

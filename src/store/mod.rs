@@ -21,7 +21,7 @@ mod view;
 mod watch;
 
 pub use agents::{Internal, Record};
-pub use audit::{AuditEntry, AUDIT_KEEP};
+pub use audit::{AuditEntry, AUDIT_KEEP, KEEP_PER_KEY, REFUSALS_PER_KEY};
 pub use events::{Event, NewEvent, EVENTS_KEPT};
 pub use secrets::Secret;
 pub use view::{Entry, Snapshot};
@@ -92,6 +92,8 @@ pub struct Store {
     agents: sled::Tree,
     /// Audit entries keyed by a big-endian sequence number.
     audit: sled::Tree,
+    /// Which audit entries count against which principal's share, and the next id.
+    audit_index: Mutex<audit::AuditIndex>,
     /// Secrets by name. Values never leave the store but into containers' environments.
     secrets: sled::Tree,
     /// The reconciler's recent decisions per agent, by name.
@@ -138,6 +140,7 @@ impl Store {
             })?;
         let agents = db.open_tree("agents")?;
         let audit = db.open_tree("audit")?;
+        let audit_index = Mutex::new(audit::AuditIndex::load(&audit)?);
         let secrets = db.open_tree("secrets")?;
         let events = db.open_tree("events")?;
         let meta = db.open_tree("meta")?;
@@ -187,6 +190,7 @@ impl Store {
             db,
             agents,
             audit,
+            audit_index,
             secrets,
             events,
             write: Mutex::new(()),

@@ -337,11 +337,6 @@ impl DockerOrchestrator {
         for c in self.list_summaries(filters).await? {
             let labels = c.labels.clone().unwrap_or_default();
             let label = |k: &str| labels.get(k).map(String::as_str);
-            if label(LABEL_INSTANCE) == Some(self.settings.instance.as_str())
-                && label(LABEL_MANAGED).is_some()
-            {
-                continue;
-            }
             let name = c
                 .names
                 .iter()
@@ -349,6 +344,17 @@ impl DockerOrchestrator {
                 .next()
                 .map(|n| n.trim_start_matches('/').to_string())
                 .unwrap_or_default();
+            // The engine's DNS answers to every container's id and short id too, this
+            // Hive's own containers' included.
+            if let Some(id) = c.id.as_deref() {
+                names.push((id.to_string(), format!("the id of container {name}")));
+                names.push((short(id).to_string(), format!("the id of container {name}")));
+            }
+            if label(LABEL_INSTANCE) == Some(self.settings.instance.as_str())
+                && label(LABEL_MANAGED).is_some()
+            {
+                continue;
+            }
             names.push((name.clone(), format!("container {name}")));
             if let Some(agent) = label(LABEL_AGENT) {
                 names.push((
@@ -606,14 +612,22 @@ impl DockerOrchestrator {
                 continue;
             };
             let labels = s.labels.clone().unwrap_or_default();
+            // Labels alone make nothing a lease object (an image's labels pass into its
+            // containers): its name, and not being an agent's, say so too.
+            if labels.contains_key(LABEL_AGENT) {
+                continue;
+            }
             if names.contains(&wanted) {
                 objects.lease = Some((id, labels));
             } else if let Some(token) = labels.get(LABEL_STAMP) {
-                let ms = names
-                    .first()
-                    .and_then(|n| n.rsplit('_').next())
+                let prefix = format!("/{}_{token}_", self.lease_name());
+                let Some(ms) = names
+                    .iter()
+                    .find_map(|n| n.strip_prefix(&prefix))
                     .and_then(|ms| ms.parse().ok())
-                    .unwrap_or(0);
+                else {
+                    continue;
+                };
                 objects.stamps.push((id, token.clone(), ms));
             }
         }
@@ -1163,6 +1177,7 @@ impl DockerOrchestrator {
         let name = self.container_name(&spec.agent);
         self.ensure_network().await?;
         self.check_network_name(spec).await?;
+        self.check_image_labels(spec).await?;
         self.ensure_volumes(spec).await?;
         let docker = self.docker().await?;
         let options = CreateContainerOptions {
@@ -1184,6 +1199,44 @@ impl DockerOrchestrator {
             }),
             Err(e) => Err(map_err(e)),
         }
+    }
+
+    /// Refuses an image that carries labels in Hive's namespace (`hive.*`): a container
+    /// inherits its image's labels, and Hive's labels on a container must be the ones Hive
+    /// set. [`OrchestratorError::ImageMissing`] when the image must be pulled.
+    async fn check_image_labels(&self, spec: &Workload) -> Result<(), OrchestratorError> {
+        let docker = self.docker().await?;
+        let image = match self
+            .call(
+                "inspect image",
+                Duration::ZERO,
+                docker.inspect_image(&spec.image),
+            )
+            .await?
+        {
+            Ok(image) => image,
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(OrchestratorError::ImageMissing {
+                    image: spec.image.clone(),
+                })
+            }
+            Err(e) => return Err(map_err(e)),
+        };
+        let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
+        let mut ours: Vec<String> = labels
+            .into_keys()
+            .filter(|k| super::is_hive_label(k))
+            .map(|k| sanitize(&k))
+            .collect();
+        if ours.is_empty() {
+            return Ok(());
+        }
+        ours.sort();
+        ours.truncate(8);
+        Err(OrchestratorError::ImageLabels {
+            image: spec.image.clone(),
+            labels: ours,
+        })
     }
 
     async fn start_container(&self, id: &str) -> Result<(), OrchestratorError> {
