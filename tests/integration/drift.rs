@@ -155,7 +155,14 @@ async fn orphans_go_and_foreign_containers_stay() {
     .await;
     // The resync that removed the orphan reports the other store's containers.
     let reported = wait_for("the other stores' containers to be reported", || async {
-        let ready: serde_json::Value = hive.get_open("/readyz").await.json().await.ok()?;
+        let ready: serde_json::Value = hive
+            .req(reqwest::Method::GET, "/readyz")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
         let ids: Vec<String> = ready["foreignContainers"]
             .as_array()?
             .iter()

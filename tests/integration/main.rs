@@ -12,6 +12,7 @@ mod contract;
 mod drift;
 mod faults;
 mod gitops;
+mod guarantees;
 mod leases;
 mod lifecycle;
 mod observe;

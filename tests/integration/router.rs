@@ -534,7 +534,11 @@ async fn apply_checks_everything_first_diffs_on_a_dry_run_and_prunes_what_it_mad
             Some(("application/yaml", body)),
         )
     };
-    let r = apply("/v1/apply", yaml(&[marked("p1"), marked("p2")])).await;
+    let r = apply(
+        "/v1/apply?prune=true&applyset=demo",
+        yaml(&[marked("p1"), marked("p2")]),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let results: Vec<&str> = r.body["items"]
         .as_array()
@@ -557,8 +561,15 @@ async fn apply_checks_everything_first_diffs_on_a_dry_run_and_prunes_what_it_mad
         .admin(Method::GET, "/v1/agents/p1", "/v1/agents/{name}", None)
         .await;
     assert!(p1.body["spec"].get("env").is_none(), "nothing applied");
-    // With a prune, p2 (made by an earlier prune-apply) goes.
-    let r = apply("/v1/apply?prune=true", yaml(&[changed])).await;
+    // With a prune of the same set, p2 (made by an earlier apply of the set) goes; a
+    // prune names its set.
+    assert_eq!(
+        apply("/v1/apply?prune=true", yaml(&[changed.clone()]))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    let r = apply("/v1/apply?prune=true&applyset=demo", yaml(&[changed])).await;
     let results: Vec<(String, String)> = r.body["items"]
         .as_array()
         .unwrap()
