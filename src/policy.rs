@@ -37,9 +37,33 @@ pub struct Policy {
     pub lifecycle: LifecyclePolicy,
     /// Whose agents the manifests directory declares.
     pub gitops: GitOps,
+    /// Rules for single owners (an agent-run owner such as Sol's), which replace the
+    /// general ones for that owner's agents.
+    pub owners: BTreeMap<String, OwnerPolicy>,
     /// `images.allow`, parsed (None: every image).
     #[serde(skip)]
     patterns: Option<Vec<Pattern>>,
+}
+
+/// `owners.<name>:` in the policy.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnerPolicy {
+    /// Which images the owner's agents may run, instead of `images.allow`.
+    pub images: OwnerImages,
+    /// The owner's quota, instead of `quota`.
+    pub quota: Option<Quota>,
+    /// `images.allow`, parsed.
+    #[serde(skip)]
+    patterns: Option<Vec<Pattern>>,
+}
+
+/// `owners.<name>.images:` in the policy.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnerImages {
+    /// Image patterns the owner's agents may run (absent: `images.allow` applies).
+    pub allow: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -200,9 +224,32 @@ pub struct Quota {
 }
 
 impl Quota {
+    /// Every limit parses; `at` names where the quota is in the file.
+    fn check(&self, at: &str) -> Result<(), String> {
+        if let Some(m) = &self.memory {
+            parse_memory(m).map_err(|e| format!("{at}.memory: {e}"))?;
+        }
+        if let Some(c) = &self.cpus {
+            parse_cpus(c).map_err(|e| format!("{at}.cpus: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Quota {
     /// Whether any quota applies.
     pub fn is_set(&self) -> bool {
         self.agents.is_some() || self.memory.is_some() || self.cpus.is_some()
+    }
+}
+
+impl Policy {
+    /// Whether any quota applies to `owner`'s agents (the general one, or its own).
+    pub fn has_quota(&self, owner: &str) -> bool {
+        match self.owners.get(owner).and_then(|o| o.quota.as_ref()) {
+            Some(q) => q.is_set(),
+            None => self.quota.is_set(),
+        }
     }
 }
 
@@ -271,6 +318,7 @@ impl Default for Policy {
             env: EnvLimits::default(),
             lifecycle: LifecyclePolicy::default(),
             gitops: GitOps::default(),
+            owners: BTreeMap::new(),
             patterns: None,
         }
     }
@@ -463,16 +511,26 @@ impl Policy {
         if let (Some(dv), Some(mv)) = (d.pids, m.pids) {
             d.pids = Some(dv.min(mv));
         }
-        policy.patterns = match &policy.images.allow {
-            None => None,
-            Some(allow) => Some(
-                allow
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| Pattern::parse(p).map_err(|e| format!("images.allow[{i}] {e}")))
-                    .collect::<Result<_, _>>()?,
-            ),
+        let parse = |allow: &Option<Vec<String>>, at: &str| -> Result<_, String> {
+            allow
+                .as_ref()
+                .map(|allow| {
+                    allow
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| Pattern::parse(p).map_err(|e| format!("{at}[{i}] {e}")))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
         };
+        policy.patterns = parse(&policy.images.allow, "images.allow")?;
+        for (owner, o) in &mut policy.owners {
+            crate::agent::validate_name(owner).map_err(|e| format!("owners: {e}"))?;
+            o.patterns = parse(&o.images.allow, &format!("owners.{owner}.images.allow"))?;
+            if let Some(q) = &o.quota {
+                q.check(&format!("owners.{owner}.quota"))?;
+            }
+        }
         Ok(policy)
     }
 
@@ -490,12 +548,7 @@ impl Policy {
                 }
             }
         }
-        if let Some(m) = &self.quota.memory {
-            parse_memory(m).map_err(|e| format!("quota.memory: {e}"))?;
-        }
-        if let Some(c) = &self.quota.cpus {
-            parse_cpus(c).map_err(|e| format!("quota.cpus: {e}"))?;
-        }
+        self.quota.check("quota")?;
         for c in &self.capabilities.allow {
             normalize_cap(c)
                 .ok_or_else(|| format!("capabilities.allow: unknown capability {c:?}"))?;
@@ -520,7 +573,7 @@ impl Policy {
     ) -> Result<(), Refusal> {
         let owner = agent.metadata.owner.clone().unwrap_or_default();
         let spec = &mut agent.spec;
-        self.admit_image(&spec.image)?;
+        self.admit_image(&owner, &spec.image)?;
         self.lifecycle.admit(&owner, spec)?;
 
         let r = &mut spec.resources;
@@ -596,9 +649,10 @@ impl Policy {
         self.check_quota(agent, others)
     }
 
-    /// Whether an image may run: its registry is not a private one the policy does not
-    /// name, and it matches an allowed pattern.
-    pub fn admit_image(&self, image: &str) -> Result<(), Refusal> {
+    /// Whether an image may run for `owner`'s agent: its registry is not a private one the
+    /// policy does not name, and it matches a pattern the owner's images (or else the
+    /// general ones) allow.
+    pub fn admit_image(&self, owner: &str, image: &str) -> Result<(), Refusal> {
         let reference = Reference::parse(image).map_err(|e| Refusal::Invalid {
             rule: "images".into(),
             invalid: Invalid::new("spec.image", e),
@@ -618,10 +672,18 @@ impl Policy {
                     .into(),
             ));
         }
-        if let (Some(patterns), Some(allow)) = (&self.patterns, &self.images.allow) {
+        let (rule, patterns, allow) = match self.owners.get(owner) {
+            Some(o) if o.patterns.is_some() => (
+                format!("owners.{owner}.images.allow"),
+                &o.patterns,
+                &o.images.allow,
+            ),
+            _ => ("images.allow".into(), &self.patterns, &self.images.allow),
+        };
+        if let (Some(patterns), Some(allow)) = (patterns, allow) {
             if !patterns.iter().any(|p| p.admits(&reference)) {
                 return Err(Refusal::invalid(
-                    "images.allow",
+                    &rule,
                     "spec.image",
                     format!("matches none of the allowed images {allow:?}"),
                 ));
@@ -637,6 +699,7 @@ impl Policy {
     /// pull.
     pub async fn screen_registry(
         &self,
+        owner: &str,
         image: &str,
         resolver: &crate::resolve::Resolver,
     ) -> Result<(), Refusal> {
@@ -645,7 +708,7 @@ impl Policy {
         };
         // What the reference alone refuses is refused first: nothing is looked up for an
         // image the policy would not run anyway.
-        self.admit_image(image)?;
+        self.admit_image(owner, image)?;
         let listed = self
             .images
             .private_registries
@@ -734,12 +797,15 @@ impl Policy {
 
     fn check_quota(&self, agent: &Agent, others: &[&Agent]) -> Result<(), Refusal> {
         let owner = agent.metadata.owner.as_deref().unwrap_or_default();
-        let q = &self.quota;
+        let (q, at) = match self.owners.get(owner).and_then(|o| o.quota.as_ref()) {
+            Some(q) => (q, format!("owners.{owner}.quota")),
+            None => (&self.quota, "quota".to_string()),
+        };
         if let Some(max) = q.agents {
             if others.len() + 1 > max {
                 return Err(Refusal::Quota {
-                    rule: "quota.agents".into(),
-                    message: format!("owner {owner:?} has {} agents; the quota is {max} (policy rule quota.agents)", others.len()),
+                    rule: format!("{at}.agents"),
+                    message: format!("owner {owner:?} has {} agents; the quota is {max} (policy rule {at}.agents)", others.len()),
                 });
             }
         }
@@ -751,16 +817,16 @@ impl Policy {
         if let Some(max) = &q.memory {
             if memory > parse_memory(max).unwrap_or(i64::MAX) {
                 return Err(Refusal::Quota {
-                    rule: "quota.memory".into(),
-                    message: format!("owner {owner:?} would use {} MiB of memory; the quota is {max} (policy rule quota.memory)", memory >> 20),
+                    rule: format!("{at}.memory"),
+                    message: format!("owner {owner:?} would use {} MiB of memory; the quota is {max} (policy rule {at}.memory)", memory >> 20),
                 });
             }
         }
         if let Some(max) = &q.cpus {
             if cpus > parse_cpus(max).unwrap_or(i64::MAX) {
                 return Err(Refusal::Quota {
-                    rule: "quota.cpus".into(),
-                    message: format!("owner {owner:?} would use {:.2} CPUs; the quota is {max} (policy rule quota.cpus)", cpus as f64 / 1e9),
+                    rule: format!("{at}.cpus"),
+                    message: format!("owner {owner:?} would use {:.2} CPUs; the quota is {max} (policy rule {at}.cpus)", cpus as f64 / 1e9),
                 });
             }
         }
@@ -789,6 +855,10 @@ pub fn describe(p: &Policy) -> BTreeMap<&'static str, String> {
         ("max", format!("{:?}", p.max)),
         ("quota", format!("{:?}", p.quota)),
         ("capabilities", format!("{:?}", p.capabilities.allow)),
+        (
+            "owners",
+            format!("{:?}", p.owners.keys().collect::<Vec<_>>()),
+        ),
     ])
 }
 
@@ -863,6 +933,63 @@ mod tests {
         assert_eq!(rule(admit(&p, &mut big, &[])), "max.memory");
         let mut fast = agent(serde_json::json!({"image": "x", "resources": {"cpus": 2}}));
         assert_eq!(rule(admit(&p, &mut fast, &[])), "max.cpus");
+    }
+
+    #[test]
+    fn the_compose_deployments_policy_loads_and_bounds_sol() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deployment/policy.yaml");
+        let p = Policy::load(&path).unwrap();
+        let mut a = agent(serde_json::json!({"image": "nanobot:latest"}));
+        admit(&p, &mut a, &[]).unwrap();
+        assert_eq!(
+            a.spec
+                .lifecycle
+                .idle_timeout
+                .as_ref()
+                .map(SpecDuration::as_str),
+            Some("30m")
+        );
+        let mut rogue = agent(serde_json::json!({"image": "alpine:3"}));
+        assert_eq!(rule(admit(&p, &mut rogue, &[])), "owners.sol.images.allow");
+        assert_eq!(p.gitops.owner, "gitops");
+        assert!(p.has_quota("sol"));
+    }
+
+    #[test]
+    fn an_owner_s_images_and_quota_replace_the_general_ones_for_its_agents() {
+        let p = policy(
+            "images: {allow: [\"*\"]}\nquota: {agents: 100}\nowners:\n  sol:\n    images: {allow: [\"nanobot:*\"]}\n    quota: {agents: 1}\n",
+        );
+        let mut a = agent(serde_json::json!({"image": "nanobot:1"}));
+        admit(&p, &mut a, &[]).unwrap();
+        let mut evil = agent(serde_json::json!({"image": "evil:1"}));
+        let refused = admit(&p, &mut evil, &[]).unwrap_err();
+        assert_eq!(rule(Err(refused.clone())), "owners.sol.images.allow");
+        assert!(
+            refused
+                .to_string()
+                .contains("policy rule owners.sol.images.allow"),
+            "{refused}"
+        );
+        let other = agent(serde_json::json!({"image": "nanobot:1"}));
+        let mut second = agent(serde_json::json!({"image": "nanobot:1"}));
+        assert_eq!(
+            rule(admit(&p, &mut second, &[&other])),
+            "owners.sol.quota.agents"
+        );
+        // Another owner has the general rules.
+        let mut bobs = agent(serde_json::json!({"image": "evil:1"}));
+        bobs.metadata.owner = Some("bob".into());
+        admit(&p, &mut bobs, &[&other]).unwrap();
+        assert!(p.has_quota("bob") && p.has_quota("sol"));
+        for bad in [
+            "owners: {Sol: {}}",
+            "owners: {sol: {images: {allow: [\"a b\"]}}}",
+            "owners: {sol: {quota: {memory: lots}}}",
+            "owners: {sol: {wrong: 1}}",
+        ] {
+            assert!(Policy::from_yaml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -259,7 +259,30 @@ def test_one_hive_recreated_not_rolled():
     assert "--backend=kubernetes" in container["args"]
     env = {e["name"]: e for e in container["env"]}
     assert env["HIVE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
-    assert env["AGENT_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "agent-api-key", "key": "AGENT_API_KEY"}
+    # The admin key only here, as a file; no key in its environment.
+    assert "AGENT_API_KEY" not in env
+    assert "--api-key-file=/run/hive/admin.key" in container["args"]
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"hive-admin-key", "hive-keys"}, secrets
+
+
+def test_sol_holds_only_its_own_key():
+    pod = _pod_spec(_one("Deployment", "sol"))
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for c in pod["containers"] for e in c.get("env") or []
+        if "secretKeyRef" in (e.get("valueFrom") or {})
+    }
+    assert refs["AGENT_API_KEY"] == refs["NANOBOT_AGENT_API_KEY"] == "sol-api-key", refs
+    assert "hive-admin-key" not in json.dumps(pod) and "hive-keys" not in json.dumps(pod)
+    for name, pod in [(d["metadata"]["name"], _pod_spec(d)) for d in _find("Deployment")]:
+        if name != "agent-api":
+            assert "hive-admin-key" not in json.dumps(pod), name
+
+
+def test_the_policy_is_the_compose_deployments():
+    configmap = _one("ConfigMap", "hive-policy")
+    assert configmap["data"]["policy.yaml"] == (HERE.parent / "policy.yaml").read_text()
 
 
 def _pod_specs(objects):

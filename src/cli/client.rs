@@ -22,10 +22,14 @@ pub struct Connection {
         global = true
     )]
     pub server: String,
-    /// The API key (default: AGENT_API_KEY, else the key a local `hive serve` generated in
-    /// $HIVE_DATA_DIR/api-key or ./data/api-key).
+    /// The API key (default: AGENT_API_KEY, else the file --key-file names, else the key a
+    /// local `hive serve` generated in $HIVE_DATA_DIR/api-key or ./data/api-key).
     #[arg(long, env = "AGENT_API_KEY", hide_env_values = true, global = true)]
     pub api_key: Option<String>,
+    /// A file holding the API key (HIVE_API_KEY_FILE, as `hive serve --api-key-file`: in
+    /// the compose deployment's agent-api, the admin key's file).
+    #[arg(long, env = "HIVE_API_KEY_FILE", global = true)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// A failure of a command, as the one line the user sees.
@@ -51,11 +55,24 @@ pub struct Client {
 
 impl Client {
     pub fn new(c: &Connection) -> Result<Client, CliError> {
-        let key = match &c.api_key {
-            Some(k) if !k.trim().is_empty() => k.trim().to_string(),
+        let key = match (&c.api_key, &c.key_file) {
+            (Some(k), _) if !k.trim().is_empty() => k.trim().to_string(),
+            (_, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    CliError::new(format!("cannot read the key file {}: {e}", path.display()))
+                })?;
+                let key = text.trim();
+                if key.is_empty() {
+                    return Err(CliError::new(format!(
+                        "the key file {} is empty",
+                        path.display()
+                    )));
+                }
+                key.to_string()
+            }
             _ => local_key().ok_or_else(|| {
                 CliError::new(
-                    "no API key: set --api-key or AGENT_API_KEY (a local `hive serve` keeps one in ./data/api-key)",
+                    "no API key: set --api-key or AGENT_API_KEY, or --key-file (a local `hive serve` keeps one in ./data/api-key)",
                 )
             })?,
         };

@@ -135,6 +135,9 @@ pub enum SecretCommand {
         /// A file of KEY=VALUE lines, as docker's --env-file; - reads stdin (repeatable).
         #[arg(long = "from-env-file", value_name = "FILE")]
         env_files: Vec<PathBuf>,
+        /// Whose secret it is (an admin key only; default: the key's own owner).
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// List secrets, or show one: names and keys.
     Get { name: Option<String> },
@@ -203,7 +206,8 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
             name,
             literals,
             env_files,
-        }) => secret::set(&client, &name, &literals, &env_files).await,
+            owner,
+        }) => secret::set(&client, &name, &literals, &env_files, owner.as_deref()).await,
         ClientCommand::Secret(SecretCommand::Get { name }) => {
             secret::get(&client, name.as_deref()).await
         }

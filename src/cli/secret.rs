@@ -65,6 +65,7 @@ pub(super) async fn set(
     name: &str,
     literals: &[String],
     env_files: &[PathBuf],
+    owner: Option<&str>,
 ) -> Result<(), CliError> {
     let mut data = BTreeMap::new();
     for path in env_files {
@@ -80,9 +81,11 @@ pub(super) async fn set(
             "give the secret's keys with --from-literal KEY=VALUE or --from-env-file FILE (- for stdin)",
         ));
     }
-    let shown = client
-        .json(secret_request(client, Method::PUT, Some(name)).json(&data))
-        .await?;
+    let mut request = secret_request(client, Method::PUT, Some(name)).json(&data);
+    if let Some(owner) = owner {
+        request = request.query(&[("owner", owner)]);
+    }
+    let shown = client.json(request).await?;
     println!("secret/{name} set: {}", keys_of(&shown));
     Ok(())
 }

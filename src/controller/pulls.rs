@@ -119,7 +119,10 @@ impl Pulls {
             s.running.insert(image.clone(), owner.clone());
             let me = self.clone();
             tokio::spawn(tracing::Instrument::in_current_span(async move {
-                let screened = me.policy.screen_registry(&image, &me.resolver).await;
+                let screened = me
+                    .policy
+                    .screen_registry(&owner, &image, &me.resolver)
+                    .await;
                 let result = match screened {
                     Ok(()) => {
                         info!(%image, %owner, "pulling an image");

@@ -183,7 +183,7 @@ impl Service {
         let result = async {
             self.writable()?;
             require_write(who, "create agents")?;
-            self.screen_registry(&agent.spec.image).await?;
+            self.screen_registry(who, &agent).await?;
             let record = {
                 let _admission = self.admission.lock().await;
                 if self.store.get(&name)?.is_some() {
@@ -219,7 +219,7 @@ impl Service {
                     "differs from the name in the path",
                 ));
             }
-            self.screen_registry(&agent.spec.image).await?;
+            self.screen_registry(who, &agent).await?;
             let (record, applied, take_over) = {
                 let _admission = self.admission.lock().await;
                 let admitted = self.prepare(who, agent, &[])?;
@@ -428,7 +428,7 @@ impl Service {
             });
         }
         // The owner's other agents count only against a quota; without one, skip the scan.
-        let records = if self.policy.quota.is_set() {
+        let records = if self.policy.has_quota(&owner) {
             self.store.list()?
         } else {
             Vec::new()

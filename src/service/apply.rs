@@ -132,18 +132,25 @@ impl Service {
         }
         require_write(who, "apply agents")?;
         let total = values.len();
-        // Registries are looked up before the admission lock, each image once, at once.
-        let images: BTreeSet<&str> = values
-            .iter()
-            .filter_map(|v| v.pointer("/spec/image").and_then(Value::as_str))
-            .collect();
-        let verdicts =
-            futures_util::future::join_all(images.iter().map(|i| self.screen_registry(i))).await;
-        let screened: std::collections::HashMap<String, Result<(), ServiceError>> = images
-            .into_iter()
-            .map(str::to_string)
-            .zip(verdicts)
-            .collect();
+        // Registries are looked up before the admission lock, each (owner, image) once,
+        // at once.
+        let owner_image = |v: &Value| {
+            let image = v.pointer("/spec/image").and_then(Value::as_str)?;
+            let owner = v.pointer("/metadata/owner").and_then(Value::as_str);
+            Some((owner.map(str::to_string), image.to_string()))
+        };
+        let pairs: BTreeSet<(Option<String>, String)> =
+            values.iter().filter_map(owner_image).collect();
+        let verdicts = futures_util::future::join_all(
+            pairs
+                .iter()
+                .map(|(owner, image)| self.screen_image(who, owner.as_deref(), image)),
+        )
+        .await;
+        let screened: std::collections::HashMap<
+            (Option<String>, String),
+            Result<(), ServiceError>,
+        > = pairs.into_iter().zip(verdicts).collect();
         let _admission = self.admission.lock().await;
 
         let mut ready: Vec<Admitted> = Vec::new();
@@ -166,10 +173,7 @@ impl Service {
                 .pointer("/metadata/name")
                 .and_then(|n| n.as_str())
                 .map(crate::agent::shown_key);
-            let refused = value
-                .pointer("/spec/image")
-                .and_then(Value::as_str)
-                .and_then(|image| screened.get(image)?.clone().err());
+            let refused = owner_image(&value).and_then(|k| screened.get(&k)?.clone().err());
             if let Some(e) = refused {
                 errors.push(e.for_document(index, hint));
                 continue;

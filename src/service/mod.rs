@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::access::Principal;
-use crate::agent::{now_rfc3339, Invalid};
+use crate::agent::{now_rfc3339, Agent, Invalid};
 use crate::controller;
 use crate::lease::Leadership;
 use crate::policy::{Policy, Refusal};
@@ -233,10 +233,26 @@ impl Service {
         }
     }
 
-    /// Looks the registry of an image up (see [`Policy::screen_registry`]), before the
-    /// admission lock is taken: a slow lookup holds up its own request only.
-    async fn screen_registry(&self, image: &str) -> Result<(), ServiceError> {
-        Ok(self.policy.screen_registry(image, &self.resolver).await?)
+    /// Looks the registry of an agent's image up (see [`Policy::screen_registry`]),
+    /// before the admission lock is taken: a slow lookup holds up its own request only.
+    async fn screen_registry(&self, who: &Principal, agent: &Agent) -> Result<(), ServiceError> {
+        self.screen_image(who, agent.metadata.owner.as_deref(), &agent.spec.image)
+            .await
+    }
+
+    /// [`Service::screen_registry`] of an image for the owner a document names (or the
+    /// caller's).
+    async fn screen_image(
+        &self,
+        who: &Principal,
+        owner: Option<&str>,
+        image: &str,
+    ) -> Result<(), ServiceError> {
+        let owner = owner.unwrap_or(&who.owner);
+        Ok(self
+            .policy
+            .screen_registry(owner, image, &self.resolver)
+            .await?)
     }
 
     /// The store, for reads.

@@ -35,9 +35,25 @@ each_compose = pytest.mark.parametrize(
     ids=lambda c: "v1" if c == ["docker-compose"] else "v2")
 
 
+def make_keys(secrets: Path, socket_gid: int | None = None) -> dict[str, str]:
+    """deployment/setup.sh, as the README's step, into `secrets`: the key values made."""
+    env = {**os.environ, "HIVE_SECRETS": str(secrets)}
+    if socket_gid is not None:
+        env["DOCKER_GID"] = str(socket_gid)
+    out = subprocess.run([str(REPO / "deployment" / "setup.sh")], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    keys = {"admin": (secrets / "agent-api" / "admin.key").read_text().strip(),
+            "sol": (secrets / "sol.key").read_text().strip()}
+    # No key value is printed.
+    assert not any(k in out.stdout + out.stderr for k in keys.values()), out.stdout
+    return keys
+
+
 @each_compose
-def test_only_agent_api_holds_the_docker_socket(compose):
-    env = {**os.environ, "AGENT_API_KEY": "test-key"}
+def test_only_agent_api_holds_the_docker_socket_and_sol_only_its_own_key(compose, tmp_path):
+    keys = make_keys(tmp_path / "secrets")
+    env = {**os.environ, "HIVE_SECRETS": str(tmp_path / "secrets")}
+    env.pop("AGENT_API_KEY", None)
     out = subprocess.run(
         [*compose, "-f", str(REPO / "deployment" / "docker-compose.yml"), "config"],
         capture_output=True, text=True, env=env,
@@ -63,8 +79,19 @@ def test_only_agent_api_holds_the_docker_socket(compose):
     for name, service in services.items():
         assert "hive-net" in service["networks"], name
     assert services["sol"]["environment"]["AGENT_API_URL"] == "http://agent-api:8000"
-    assert services["sol"]["environment"]["NANOBOT_AGENT_API_KEY"] == "test-key"
-    assert "/manifests" in " ".join(services["agent-api"]["command"])
+    # Sol's environment holds Sol's own key, and nothing holds the admin key's value.
+    assert services["sol"]["environment"]["NANOBOT_AGENT_API_KEY"] == keys["sol"]
+    assert services["sol"]["environment"]["AGENT_API_KEY"] == keys["sol"]
+    rendered = json.dumps(services)
+    assert keys["admin"] not in rendered
+    assert keys["sol"] not in json.dumps(services["agent-api"])
+    command = " ".join(services["agent-api"]["command"])
+    for flag in ("--manifests-dir=/manifests", "--api-key-file=", "--keys-file=", "--policy="):
+        assert flag in command, command
+    # A fresh deployment's manifests directory is empty: it runs no agent but Sol.
+    manifests = [v for v in services["agent-api"]["volumes"] if v.get("target") == "/manifests"]
+    (source,) = [Path(v["source"]) for v in manifests]
+    assert not [p for p in source.rglob("*") if p.suffix in (".yaml", ".yml", ".json")], source
 
 
 def present(image):
@@ -207,6 +234,23 @@ for port in (2375, 2376):
 """
 
 
+#: Runs inside Sol's container: one request to agent-api with Sol's key from its
+#: environment; prints the status and the body.
+SOL_REQUEST = r"""
+import os, sys, urllib.request, urllib.error
+method, path, body = sys.argv[1], sys.argv[2], sys.argv[3]
+req = urllib.request.Request("http://agent-api:8000" + path, method=method,
+                             data=body.encode() if body else None,
+                             headers={"Authorization": "Bearer " + os.environ["AGENT_API_KEY"],
+                                      "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+
 def docker_json(*args):
     out = subprocess.run(["docker", *args], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -229,14 +273,18 @@ class Deployment:
         socket_path = host[len("unix://"):]
         manifests = tmp_path / "manifests"
         manifests.mkdir()
-        self.key = uuid.uuid4().hex
+        # The README's step: the keys, one per role (the deployment's own manifests
+        # directory and policy as shipped).
+        secrets = tmp_path / "secrets"
+        self.keys = make_keys(secrets, os.stat(socket_path).st_gid)
         self.env = {
             **os.environ,
-            "AGENT_API_KEY": self.key, "HIVE_IMAGE": hive_image, "SOL_IMAGE": sol_image,
+            "HIVE_IMAGE": hive_image, "SOL_IMAGE": sol_image,
             "HIVE_NETWORK": self.network, "HIVE_INSTANCE": self.project,
-            "HIVE_MANIFESTS": str(manifests), "DOCKER_SOCKET": socket_path,
-            "DOCKER_GID": str(os.stat(socket_path).st_gid),
+            "HIVE_MANIFESTS": str(manifests), "HIVE_SECRETS": str(secrets),
+            "DOCKER_SOCKET": socket_path, "DOCKER_GID": str(os.stat(socket_path).st_gid),
         }
+        self.env.pop("AGENT_API_KEY", None)
         self.compose_cmd = [*compose, "-p", self.project,
                             "-f", str(REPO / "deployment" / "docker-compose.yml")]
 
@@ -278,6 +326,19 @@ class Deployment:
     def tool(self, params, step="execute"):
         return self.in_sol(SOL_TOOL, step, json.dumps(params))
 
+    def as_sol(self, method, path, body=None):
+        """A request to agent-api from inside Sol's container, with Sol's own key (from its
+        environment): (status, body)."""
+        out = self.in_sol(SOL_REQUEST, method, path, json.dumps(body) if body is not None else "")
+        status, _, text = out.partition(" ")
+        return int(status), text
+
+    def hive(self, *args, stdin=None):
+        """`hive ARGS` inside agent-api: the admin key, from its file."""
+        out = subprocess.run([*self.compose_cmd, "exec", "-T", "agent-api", "hive", *args],
+                             input=stdin, capture_output=True, text=True, env=self.env)
+        return out
+
     def agent_containers(self, agent):
         """The ids of the containers Hive made for `agent` in this deployment."""
         return subprocess.run(
@@ -300,7 +361,7 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(compose, hive_image, sol_image, test_image, tmp_path):
+def deployment(compose, hive_image, sol_image, sub_agent_image, tmp_path):
     d = Deployment(compose, hive_image, sol_image, tmp_path)
     try:
         d.up()
@@ -312,8 +373,25 @@ def deployment(compose, hive_image, sol_image, test_image, tmp_path):
         d.teardown()
 
 
+#: An agent of the admin's, declared by a person with the admin key.
+ADMINS_AGENT = """apiVersion: hive/v1
+kind: Agent
+metadata: {{name: admins-own}}
+spec: {{image: "{image}", command: [sleep, "3600"], state: Stopped}}
+"""
+
+
+@pytest.fixture(scope="session")
+def sub_agent_image(test_image) -> str:
+    """The test image under a name the deployment's policy lets Sol's sub-agents run
+    (busybox:*), tagged locally (nothing is pulled)."""
+    tagged = "busybox:hive-test"
+    subprocess.run(["docker", "tag", test_image, tagged], check=True)
+    return tagged
+
+
 @each_compose
-def test_sol_runs_a_sub_agent_through_agent_api_and_talks_to_it_on_hive_net(deployment, test_image):
+def test_sol_runs_a_sub_agent_through_agent_api_and_talks_to_it_on_hive_net(deployment, sub_agent_image):
     d = deployment
     # Sol holds no way to the engine: no socket, no DOCKER_HOST, no engine port on its gateway.
     checks = dict(line.split(": ", 1) for line in d.in_sol(SOL_NO_ENGINE).splitlines())
@@ -325,16 +403,16 @@ def test_sol_runs_a_sub_agent_through_agent_api_and_talks_to_it_on_hive_net(depl
     assert all(not bound for bound in (api["NetworkSettings"]["Ports"] or {}).values())
     assert list(api["NetworkSettings"]["Networks"]) == [d.network]
 
-    # The README's step: a secret set through the hive client inside agent-api, from stdin.
+    # The README's step: a secret for Sol's sub-agents (owner sol), set through the hive
+    # client inside agent-api with the admin key, from stdin.
     page = f"hello from {d.project}"
-    out = subprocess.run([*d.compose_cmd, "exec", "-T", "agent-api", "hive", "secret", "set", "web-page",
-                          "--from-env-file", "-"], input=f"PAGE={page}\n", capture_output=True, text=True,
-                         env=d.env)
+    out = d.hive("secret", "set", "web-page", "--owner", "sol", "--from-env-file", "-",
+                 stdin=f"PAGE={page}\n")
     assert out.stdout.strip() == "secret/web-page set: PAGE", out
 
     # Sol declares a sub-agent serving that page, through nanobot's registry and agent_manager.
     answer = d.tool({
-        "action": "create", "name": "web", "image": test_image, "secrets": ["web-page"],
+        "action": "create", "name": "web", "image": sub_agent_image, "secrets": ["web-page"],
         "command": ["sh", "-c", "busybox mkdir -p /tmp/www && echo \"$PAGE\" > /tmp/www/index.html"
                     " && exec busybox httpd -f -p 8080 -h /tmp/www"],
     })
@@ -345,17 +423,48 @@ def test_sol_runs_a_sub_agent_through_agent_api_and_talks_to_it_on_hive_net(depl
     # Sol reaches it by its name on hive-net.
     assert d.in_sol(SOL_FETCH, "http://web:8080/") == page
 
-    # The container is Hive's, with its labels and hardening.
+    # The container is Hive's, with its labels and hardening, and Sol's sub-agent is owned
+    # by sol (Sol's key is an operator of sol, not the admin).
     (cid,) = d.agent_containers("web")
     c = docker_json("inspect", cid)[0]
     labels = c["Config"]["Labels"]
     assert labels["hive.managed"] == "true" and labels["hive.agent"] == "web", labels
+    assert labels["hive.owner"] == "sol", labels
     assert labels["hive.owner"] and labels["hive.uid"] and labels["hive.spec-hash"], labels
     host = c["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and not host["Privileged"], host
     assert "no-new-privileges" in host["SecurityOpt"] and host["PidsLimit"] > 0 and host["Init"], host
     assert host["NetworkMode"] == d.network and not host.get("Binds"), host
     assert all(m["Type"] == "volume" for m in c["Mounts"]), c["Mounts"]
+
+    # Sol's key is refused on every admin route: the audit log, the manifests sync,
+    # another owner's agent, a prune across owners.
+    assert d.hive("apply", "-f", "-", stdin=ADMINS_AGENT.format(image=sub_agent_image)).returncode == 0
+    assert d.as_sol("GET", "/v1/audit")[0] == 403
+    assert d.as_sol("GET", "/v1/sync")[0] == 403
+    assert d.as_sol("GET", "/v1/agents/admins-own")[0] == 404
+    status, body = d.as_sol("PUT", "/v1/agents/admins-own", {
+        "apiVersion": "hive/v1", "kind": "Agent", "metadata": {"name": "admins-own"},
+        "spec": {"image": sub_agent_image}})
+    assert status == 409, body
+    status, body = d.as_sol("POST", "/v1/apply?prune=true&applyset=x&pruneOwners=admin", [])
+    assert status == 403, body
+    assert d.hive("get", "admins-own").returncode == 0, "the admin's agent is untouched"
+    # An image outside the policy is refused, and the refusal reaches Sol as a sentence
+    # naming the rule.
+    answer = d.tool({"action": "create", "name": "rogue", "image": "evil:1",
+                     "command": ["sleep", "60"]})
+    assert "owners.sol.images.allow" in answer, answer
+    assert not d.agent_containers("rogue")
+    # No key's value is in agent-api's or Sol's container description, but Sol's own key
+    # in Sol's environment.
+    api_seen = json.dumps(docker_json("inspect", d.container("agent-api")))
+    sol_seen = docker_json("inspect", d.container("sol"))[0]
+    assert d.keys["admin"] not in api_seen and d.keys["sol"] not in api_seen
+    assert d.keys["admin"] not in json.dumps(sol_seen)
+    sol_env = sol_seen["Config"]["Env"]
+    assert f"AGENT_API_KEY={d.keys['sol']}" in sol_env
+    assert d.keys["sol"] not in json.dumps({k: v for k, v in sol_seen.items() if k != "Config"})
 
     # Stop: the container stops; remove: it goes.
     assert d.tool({"action": "stop", "name": "web"}).startswith("stop of agent web requested")
@@ -367,9 +476,9 @@ def test_sol_runs_a_sub_agent_through_agent_api_and_talks_to_it_on_hive_net(depl
 
 
 @each_compose
-def test_compose_down_leaves_the_agents_and_up_takes_them_back(deployment, test_image):
+def test_compose_down_leaves_the_agents_and_up_takes_them_back(deployment, sub_agent_image):
     d = deployment
-    d.tool({"action": "create", "name": "keeper", "image": test_image, "command": ["sleep", "3600"]})
+    d.tool({"action": "create", "name": "keeper", "image": sub_agent_image, "command": ["sleep", "3600"]})
     assert d.tool({"name": "keeper"}, step="wait-running").startswith("agent keeper: phase Running")
     (cid,) = d.agent_containers("keeper")
 
