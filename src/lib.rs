@@ -46,7 +46,10 @@ pub mod document;
 pub mod files;
 pub mod gitops;
 pub mod image;
+#[cfg(test)]
+mod layers;
 pub mod lease;
+pub mod manifests;
 pub mod metrics;
 pub mod orchestrator;
 pub mod policy;
@@ -58,6 +61,7 @@ pub mod shutdown;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod wire;
 
 pub use config::Config;
 
@@ -240,19 +244,19 @@ impl App {
         if config.adopt_foreign {
             warn!("--adopt-foreign: containers of this instance from other stores are replaced or removed as this store's own");
         }
-        let service = Arc::new(Service::new(
-            store.clone(),
+        let service = Arc::new(Service::new(service::Parts {
+            store: store.clone(),
             policy,
-            controller.handle(),
-            Arc::new(config.reserved_names.clone()),
-            leadership.clone(),
-            config.instance.clone(),
+            controller: controller.handle(),
+            reserved_names: config.reserved_names.clone(),
+            leadership: leadership.clone(),
+            instance: config.instance.clone(),
             resolver,
-        ));
+            orchestrator: backend,
+        }));
         let state = api::AppState {
             service: service.clone(),
             store: store.clone(),
-            orchestrator: backend,
             controller: controller.handle(),
             keys: keys.clone(),
             metrics,

@@ -154,6 +154,19 @@ pub fn shown_key(key: &str) -> String {
     shown
 }
 
+/// `text`, printable, cut to `max` characters.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > max {
+        out.push_str("...");
+    }
+    out
+}
+
 /// A DNS-1123 label: 1..63 of `[a-z0-9-]`, starting and ending alphanumeric.
 pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() {

@@ -6,7 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::auth::AuditMark;
 use super::body::{Document, Query};
@@ -14,9 +14,9 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::access::Principal;
 use crate::agent::{Agent, API_VERSION, LIST_KIND};
-use crate::orchestrator::LogOptions;
 use crate::selector::Selector;
-use crate::service::{Action as ServiceAction, Page};
+use crate::service::{Action as ServiceAction, LogRequest, Page};
+use crate::wire::{AgentList, EventList};
 
 /// A Kubernetes-style `Warning` header for an admin's take-over of another owner's object.
 pub(super) fn took_over(response: &mut Response, kind: &str, name: &str, from: &str) {
@@ -78,19 +78,6 @@ pub struct ListQuery {
     /// The next page of a list: the previous page's `metadata.continue`.
     #[serde(rename = "continue")]
     continue_token: Option<String>,
-}
-
-/// The body of `GET /v1/agents`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentList {
-    pub api_version: String,
-    pub kind: String,
-    /// `resourceVersion`: the version this list reflects, to watch from; `continue`: the
-    /// token of the next page, when `limit` cut the list short.
-    #[schema(value_type = Object)]
-    pub metadata: serde_json::Value,
-    pub items: Vec<Agent>,
 }
 
 #[utoipa::path(get, path = "/v1/agents", tag = "agents",
@@ -228,9 +215,6 @@ pub async fn action(
     Ok((StatusCode::ACCEPTED, Json(agent)).into_response())
 }
 
-/// The most lines `?tail=` asks for; follow the logs for more.
-const MAX_TAIL: u64 = 1_000_000;
-
 /// Query of `GET /v1/agents/{name}/logs`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,16 +238,19 @@ pub async fn logs(
     Path(name): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let options = log_options(query.tail, query.follow, query.since.as_deref())?;
-    let id = container_of(&state, &p, &name)?;
+    let request = LogRequest {
+        tail: query.tail,
+        follow: query.follow,
+        since: query.since.as_deref(),
+    };
+    let stream = state
+        .service
+        .logs(&p, &name, request)?
+        .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
     let place = query
         .follow
         .then(|| state.streams.acquire(&p))
         .transpose()?;
-    let stream = state
-        .orchestrator
-        .logs(&id, options)
-        .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
     // A follow holds its place among the key's open streams until it ends, and breaks
     // off (the body ends in an error, as plain text has no error line) when the key is
     // revoked.
@@ -277,61 +264,6 @@ pub async fn logs(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
-/// The options of a logs request, checked: `tail` at most [`MAX_TAIL`], `since` a
-/// duration back from now or an RFC 3339 time.
-pub(super) fn log_options(
-    tail: Option<u64>,
-    follow: bool,
-    since: Option<&str>,
-) -> Result<LogOptions, ApiError> {
-    if tail.is_some_and(|n| n > MAX_TAIL) {
-        return Err(ApiError::BadRequest(format!(
-            "tail: at most {MAX_TAIL} lines"
-        )));
-    }
-    let since = match since {
-        None => None,
-        Some(text) => Some(since_unix(text).ok_or_else(|| {
-            ApiError::BadRequest(
-                "since is neither a duration such as 10m nor an RFC 3339 time".into(),
-            )
-        })?),
-    };
-    Ok(LogOptions {
-        tail,
-        follow,
-        since,
-    })
-}
-
-/// The container of an agent the caller may see.
-pub(super) fn container_of(
-    state: &AppState,
-    p: &Principal,
-    name: &str,
-) -> Result<String, ApiError> {
-    let record = state.service.visible(p, name)?;
-    let stopped = record.agent.status.phase == crate::agent::Phase::Stopped;
-    record.agent.status.container_id.ok_or_else(|| {
-        ApiError::NotFound(if stopped {
-            format!("agent {name:?} is stopped and has no container: it has not run, or its logs went with its container")
-        } else {
-            format!("agent {name:?} has no container yet")
-        })
-    })
-}
-
-/// Unix seconds of `since`: a duration back from now, or an RFC 3339 time.
-fn since_unix(text: &str) -> Option<i64> {
-    let now = time::OffsetDateTime::now_utc();
-    if let Ok(d) = humantime::parse_duration(text) {
-        return Some(crate::agent::earlier(now, d)?.unix_timestamp());
-    }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
-}
-
 #[utoipa::path(get, path = "/v1/agents/{name}/events", tag = "agents", params(("name" = String, Path)),
     responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/agents/{name}/events`: what the reconciler did to the agent and why, oldest first.
@@ -343,11 +275,4 @@ pub async fn events(
     Ok(Json(EventList {
         items: state.service.events(&p, &name)?,
     }))
-}
-
-/// The body of `GET /v1/agents/{name}/events`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EventList {
-    /// Oldest first.
-    pub items: Vec<crate::store::Event>,
 }

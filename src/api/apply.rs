@@ -6,7 +6,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::auth::AuditMark;
 use super::body::{Documents, Query};
@@ -14,16 +14,8 @@ use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::access::Principal;
 use crate::agent::Agent;
-use crate::service::{ApplyResult, Prune};
-
-/// The annotation `hive apply --prune` marks what it applies with (the file, relative to
-/// the directory). A client's own: `hive/` annotations are the server's, and the server's
-/// manifests directory never takes over what carries this one.
-pub const APPLY_SOURCE: &str = "hive-apply/source";
-
-/// The annotation naming the apply set an agent belongs to (`?applyset=`): a prune
-/// deletes only members of its own set.
-pub const APPLY_SET: &str = "hive-apply/set";
+use crate::service::Prune;
+use crate::wire::{ApplyAnswer, APPLY_SET};
 
 /// Query of `POST /v1/apply`.
 #[derive(Debug, Default, Deserialize)]
@@ -40,14 +32,6 @@ pub struct ApplyQuery {
     /// Owners an admin prunes across, comma-separated (required when a prune spans
     /// more than one owner).
     prune_owners: Option<String>,
-}
-
-/// The body of a successful `POST /v1/apply`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyAnswer {
-    pub dry_run: bool,
-    pub items: Vec<ApplyResult>,
 }
 
 #[utoipa::path(post, path = "/v1/apply", tag = "agents", params(("dryRun" = Option<bool>, Query), ("prune" = Option<bool>, Query, description = "also delete the members of the apply set, of the owners in scope, that these documents do not declare"), ("applyset" = Option<String>, Query, description = "the apply set's name (required with prune), stamped on every document as hive-apply/set"), ("pruneOwners" = Option<String>, Query, description = "owners an admin prunes across, comma-separated")),

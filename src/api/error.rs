@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::agent::Invalid;
+use crate::agent::{clip, Invalid};
 use crate::service::{DocumentError, ServiceError};
 
 /// A failure answered to a client.
@@ -119,19 +119,6 @@ pub struct ErrorDetail {
     pub documents: Option<Vec<DocumentError>>,
 }
 
-/// `text`, printable, cut to `max` characters.
-pub fn clip(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if text.chars().count() > max {
-        out.push_str("...");
-    }
-    out
-}
-
 /// The message of an error response, for the audit log.
 #[derive(Clone, Debug)]
 pub struct AuditReason(pub String);
@@ -158,6 +145,7 @@ impl From<Invalid> for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
+            ServiceError::BadRequest(m) => ApiError::BadRequest(m),
             ServiceError::Invalid(i) => ApiError::Invalid(i),
             ServiceError::Refused { rule, invalid } => ApiError::Refused { rule, invalid },
             ServiceError::Quota { rule, message } => ApiError::QuotaExceeded { rule, message },

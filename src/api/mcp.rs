@@ -219,7 +219,7 @@ impl HiveTools {
             .service
             .apply(&p, documents, args.dry_run, None)
             .await
-            .map(|items| super::ApplyAnswer {
+            .map(|items| crate::wire::ApplyAnswer {
                 dry_run: args.dry_run,
                 items,
             });
@@ -272,7 +272,7 @@ impl HiveTools {
             self.state
                 .service
                 .events(&p, &args.name)
-                .map(|items| super::EventList { items }),
+                .map(|items| crate::wire::EventList { items }),
         ))
     }
 
@@ -337,16 +337,13 @@ impl HiveTools {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let p = caller(&ctx)?;
-        let options = match super::agents::log_options(
-            Some(args.tail.unwrap_or(100)),
-            false,
-            args.since.as_deref(),
-        ) {
-            Ok(o) => o,
-            Err(e) => return Ok(refusal(e)),
+        let request = crate::service::LogRequest {
+            tail: Some(args.tail.unwrap_or(100)),
+            follow: false,
+            since: args.since.as_deref(),
         };
-        let id = match super::agents::container_of(&self.state, &p, &args.name) {
-            Ok(id) => id,
+        let mut stream = match self.state.service.logs(&p, &args.name, request) {
+            Ok(stream) => stream,
             Err(e) => return Ok(refusal(e)),
         };
         // A read of the engine's output holds a place among the key's streams, as a log
@@ -356,12 +353,11 @@ impl HiveTools {
             Err(e) => return Ok(refusal(e)),
         };
         let mut output = Vec::new();
-        let mut stream = self.state.orchestrator.logs(&id, options);
         let read = async {
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(bytes) => output.extend_from_slice(&bytes),
-                    Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+                    Err(e) => return Err(ApiError::from(e)),
                 }
                 if output.len() > 2 * MAX_LOG_BYTES {
                     // Keep the end: the newest output is what the caller asked for.

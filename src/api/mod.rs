@@ -26,7 +26,6 @@ use tower_http::trace::TraceLayer;
 
 use crate::access::{Keys, Principal};
 use crate::controller;
-use crate::orchestrator::Orchestrator;
 use crate::service::Service;
 use crate::store::Store;
 
@@ -43,8 +42,6 @@ pub mod streams;
 mod ui;
 mod watch;
 
-pub use agents::{AgentList, EventList};
-pub use apply::{ApplyAnswer, APPLY_SOURCE};
 pub use error::ApiError;
 use error::ErrorBody;
 
@@ -55,8 +52,6 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// The store, for reads the service does not shape (watch, metrics, readiness).
     pub store: Arc<Store>,
-    /// The engine, for readiness and logs.
-    pub orchestrator: Arc<dyn Orchestrator>,
     /// What the controller found (other stores' workloads).
     pub controller: controller::Handle,
     /// The keys /v1 requests may carry.
@@ -193,26 +188,17 @@ async fn healthz() -> Json<serde_json::Value> {
 /// lease; otherwise 503 saying which. Containers of other stores are counted either way,
 /// and named (with their agents) only to a caller presenting an admin key.
 async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    if !state.store.is_healthy() {
-        return ApiError::Unavailable("the store cannot be read".into()).into_response();
-    }
-    if let Some(reason) = state.service.standby_reason() {
-        return ApiError::Unavailable(reason).into_response();
-    }
+    // The keys are the API's own: a broken keys file is a reason of the API's.
     if let Some(why) = state.keys.broken() {
         return ApiError::Unavailable(format!(
             "the keys file does not load ({why}): none of its keys is accepted until it does; only the admin key is"
         ))
         .into_response();
     }
-    if let Err(e) = state.orchestrator.ping().await {
-        return ApiError::Unavailable(e.to_string()).into_response();
-    }
-    let leadership = state.leadership.borrow().clone();
-    if let crate::lease::Leadership::Unknown { reason } = leadership {
-        return ApiError::Unavailable(format!("not reconciling: {reason}")).into_response();
-    }
-    let foreign = state.controller.foreign();
+    let ready = match state.service.readiness().await {
+        Ok(ready) => ready,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let admin = auth::presented(&headers)
         .ok()
         .and_then(|key| state.keys.authenticate(key))
@@ -223,8 +209,8 @@ async fn readyz(State(state): State<AppState>, headers: axum::http::HeaderMap) -
             status: "ready",
             instance: state.instance.clone(),
             store: state.store.id().to_string(),
-            foreign_container_count: foreign.len(),
-            foreign_containers: admin.then_some(foreign),
+            foreign_container_count: ready.foreign.len(),
+            foreign_containers: admin.then_some(ready.foreign),
         }),
     )
         .into_response()

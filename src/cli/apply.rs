@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{read_documents, CliError, Client, Sourced};
-use crate::api::APPLY_SOURCE;
+use crate::wire::APPLY_SOURCE;
 
 /// What `--prune` was given.
 pub(super) struct PruneArgs {
@@ -87,7 +87,7 @@ pub(super) async fn apply(
                 .to_string(),
         ));
     }
-    let answer: crate::api::ApplyAnswer = match client.json_of(r).await {
+    let answer: crate::wire::ApplyAnswer = match client.json_of(r).await {
         Ok(v) => serde_json::from_value(v)
             .map_err(|e| CliError::new(format!("the server's answer is not an apply's: {e}")))?,
         Err(e) => return Err(e),
@@ -139,7 +139,7 @@ fn default_applyset(dir: &std::path::Path) -> Result<String, CliError> {
 
 /// Every document below `dir`, annotated with its source path as the manifests sync does.
 fn read_sourced(dir: &std::path::Path) -> Result<Vec<Sourced>, CliError> {
-    let files = crate::gitops::manifest_files(dir)
+    let files = crate::manifests::manifest_files(dir)
         .map_err(|e| CliError::new(format!("cannot read {}: {e}", dir.display())))?;
     if files.is_empty() {
         return Err(CliError::new(format!(

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::agent::Agent;
-use crate::api::{AgentList, EventList};
+use crate::wire::{AgentList, EventList};
 
 /// Where the server is and how to prove who we are.
 #[derive(Clone, Debug, clap::Args)]

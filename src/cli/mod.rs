@@ -232,7 +232,7 @@ pub(crate) fn read_documents(paths: &[PathBuf]) -> Result<Vec<Sourced>, CliError
         if p.as_os_str() == "-" {
             files.push(p.clone());
         } else if p.is_dir() {
-            let found = crate::gitops::manifest_files(p)
+            let found = crate::manifests::manifest_files(p)
                 .map_err(|e| CliError::new(format!("cannot read {}: {e}", p.display())))?;
             files.extend(found);
         } else if p.exists() {

@@ -2,7 +2,7 @@
 //! and ages, all from the typed [`Agent`].
 
 use crate::agent::{Agent, DesiredState};
-use crate::store::Event;
+use crate::wire::Event;
 
 /// Agents as an aligned table (`-o wide` adds the owner, generations, when Hive stops or
 /// deletes it, and the message).

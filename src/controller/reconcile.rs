@@ -64,7 +64,7 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into());
-    crate::service::clip(&text, 200)
+    crate::agent::clip(&text, 200)
 }
 
 /// Records a pass that panicked on its agent (Failed, with an event), and returns the

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::agents::Admitted;
@@ -16,34 +15,7 @@ use super::{require_write, Service, ServiceError};
 use crate::access::{Principal, Role};
 use crate::agent::{shown_key, Agent};
 use crate::store::Applied;
-
-/// What applying one document did (or would do).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Created,
-    Configured,
-    Unchanged,
-    /// Deleted by a prune: its source no longer declares it.
-    Pruned,
-}
-
-/// What applying one document did (or would do).
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ApplyResult {
-    pub name: String,
-    pub result: Outcome,
-    /// The agent's generation after the apply (the current one on a dry run).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub generation: Option<u64>,
-    /// The stored resourceVersion after the apply.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    /// On a dry run: what would change, as `-`/`+` lines of YAML.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<String>,
-}
+use crate::wire::{ApplyResult, Outcome};
 
 /// Which agents a prune may delete: members of one set (marked with `annotation`, of the
 /// value `set`), of the owners in scope, that the source no longer declares.

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::access::Principal;
-use crate::agent::{now_rfc3339, Agent, Invalid};
+use crate::agent::{clip, now_rfc3339, Agent, Invalid};
 use crate::controller;
 use crate::lease::Leadership;
 use crate::policy::{Policy, Refusal};
@@ -23,15 +23,21 @@ use crate::store::{AuditEntry, Store, StoreError};
 
 mod agents;
 mod apply;
+mod engine;
 mod secrets;
 
+pub use crate::wire::{ApplyResult, Outcome};
 pub use agents::{Action, Page, Put};
-pub use apply::{diff, ApplyResult, Outcome, Prune};
+pub use apply::{diff, Prune};
+pub use engine::{LogRequest, LogStream, Readiness, MAX_TAIL};
 pub use secrets::{SecretShown, SecretWritten};
 
 /// Why the service refused or failed a request: the same words whatever adapter asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
+    /// A parameter of the request (not of a document) is wrong.
+    #[error("{0}")]
+    BadRequest(String),
     /// A field is wrong.
     #[error("{0}")]
     Invalid(Invalid),
@@ -86,6 +92,7 @@ impl ServiceError {
     /// A stable word for clients, and the HTTP status the API answers with.
     pub fn code_and_status(&self) -> (&'static str, u16) {
         match self {
+            ServiceError::BadRequest(_) => ("bad_request", 400),
             ServiceError::Invalid(_) => ("invalid", 422),
             ServiceError::Refused { .. } => ("refused_by_policy", 422),
             ServiceError::Quota { .. } => ("quota_exceeded", 403),
@@ -209,23 +216,41 @@ pub struct Service {
     admission: tokio::sync::Mutex<()>,
     /// Looks registries up before an image naming one is admitted.
     resolver: Arc<crate::resolve::Resolver>,
+    /// The engine, for what clients read of it (logs, readiness).
+    orchestrator: Arc<dyn crate::orchestrator::Orchestrator>,
+}
+
+/// What a service is made of (see [`Service::new`]).
+pub struct Parts {
+    pub store: Arc<Store>,
+    pub policy: Arc<Policy>,
+    pub controller: controller::Handle,
+    /// Names no agent may have (`--reserved-names`).
+    pub reserved_names: Vec<String>,
+    pub leadership: watch::Receiver<Leadership>,
+    pub instance: String,
+    pub resolver: Arc<crate::resolve::Resolver>,
+    pub orchestrator: Arc<dyn crate::orchestrator::Orchestrator>,
 }
 
 impl Service {
-    pub fn new(
-        store: Arc<Store>,
-        policy: Arc<Policy>,
-        controller: controller::Handle,
-        reserved_names: Arc<Vec<String>>,
-        leadership: watch::Receiver<Leadership>,
-        instance: String,
-        resolver: Arc<crate::resolve::Resolver>,
-    ) -> Service {
-        Service {
+    pub fn new(parts: Parts) -> Service {
+        let Parts {
             store,
             policy,
             controller,
             reserved_names,
+            leadership,
+            instance,
+            resolver,
+            orchestrator,
+        } = parts;
+        Service {
+            orchestrator,
+            store,
+            policy,
+            controller,
+            reserved_names: Arc::new(reserved_names),
             leadership,
             instance,
             admission: tokio::sync::Mutex::new(()),
@@ -382,19 +407,6 @@ impl Service {
             }
         }
     }
-}
-
-/// `text`, printable, cut to `max` characters.
-pub fn clip(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if text.chars().count() > max {
-        out.push_str("...");
-    }
-    out
 }
 
 /// Refuses viewers any change.

@@ -1,30 +1,12 @@
 //! The agents' events: the reconciler's decisions per agent, the newest [`EVENTS_KEPT`].
 
-use serde::{Deserialize, Serialize};
+use crate::wire::Event;
 
 use super::{Store, StoreError};
 use crate::agent::now_rfc3339;
 
 /// Events kept per agent.
 pub const EVENTS_KEPT: usize = 50;
-
-/// A decision of the reconciler about one agent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Event {
-    /// Normal or Warning.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// One word: Created, Recreated, Started, Stopped, Repaired, Failed, BackOff, ...
-    pub reason: String,
-    pub message: String,
-    /// The agent's generation when it happened.
-    pub generation: u64,
-    /// How often it happened in a row.
-    pub count: u32,
-    pub first_time: String,
-    pub last_time: String,
-}
 
 /// An event to record.
 #[derive(Clone, Debug)]

@@ -20,9 +20,10 @@ mod secrets;
 mod view;
 mod watch;
 
+pub use crate::wire::Event;
 pub use agents::{Internal, Record};
 pub use audit::{AuditEntry, AUDIT_KEEP, KEEP_PER_KEY, REFUSALS_PER_KEY};
-pub use events::{Event, NewEvent, EVENTS_KEPT};
+pub use events::{NewEvent, EVENTS_KEPT};
 pub use secrets::Secret;
 pub use view::{Entry, Snapshot};
 pub use watch::WatchEvent;

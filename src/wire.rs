@@ -1,0 +1,90 @@
+//! The wire: the shapes of what the API answers and takes besides the `Agent` itself
+//! (lists, events, an apply's answer) and the annotations clients set. The server and the
+//! client (`cli`) both use this module, so that the client imports nothing of the server.
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Agent;
+
+/// The annotation `hive apply --prune` marks what it applies with (the file, relative to
+/// the directory). A client's own: `hive/` annotations are the server's, and the server's
+/// manifests directory never takes over what carries this one.
+pub const APPLY_SOURCE: &str = "hive-apply/source";
+
+/// The annotation naming the apply set an agent belongs to (`?applyset=`): a prune
+/// deletes only members of its own set.
+pub const APPLY_SET: &str = "hive-apply/set";
+
+/// The body of `GET /v1/agents`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentList {
+    pub api_version: String,
+    pub kind: String,
+    /// `resourceVersion`: the version this list reflects, to watch from; `continue`: the
+    /// token of the next page, when `limit` cut the list short.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub items: Vec<Agent>,
+}
+
+/// The body of `GET /v1/agents/{name}/events`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventList {
+    /// Oldest first.
+    pub items: Vec<Event>,
+}
+
+/// A decision of the reconciler about one agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Normal or Warning.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// One word: Created, Recreated, Started, Stopped, Repaired, Failed, BackOff, ...
+    pub reason: String,
+    pub message: String,
+    /// The agent's generation when it happened.
+    pub generation: u64,
+    /// How often it happened in a row.
+    pub count: u32,
+    pub first_time: String,
+    pub last_time: String,
+}
+
+/// What applying one document did (or would do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+    /// Deleted by a prune: its source no longer declares it.
+    Pruned,
+}
+
+/// What applying one document did (or would do).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    pub name: String,
+    pub result: Outcome,
+    /// The agent's generation after the apply (the current one on a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// The stored resourceVersion after the apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// On a dry run: what would change, as `-`/`+` lines of YAML.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+/// The body of a successful `POST /v1/apply`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyAnswer {
+    pub dry_run: bool,
+    pub items: Vec<ApplyResult>,
+}
