@@ -352,7 +352,13 @@ fn parse_keys(text: &str) -> Result<Vec<Entry>, String> {
         if k.id.len() > 63 || k.id.chars().any(|c| c.is_control()) {
             return Err(format!("{at}.id must be at most 63 printable characters"));
         }
-        if RESERVED_KEY_IDS.contains(&k.id.as_str()) {
+        if k.id.trim() != k.id {
+            return Err(format!("{at}.id {shown:?} begins or ends with a space"));
+        }
+        if RESERVED_KEY_IDS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&k.id))
+        {
             return Err(format!(
                 "{at}.id {shown:?} is one of Hive's own identities ({}); choose another",
                 RESERVED_KEY_IDS.join(", ")
@@ -566,13 +572,19 @@ mod tests {
             e.contains("keys[1].sha256") && e.contains("one key, one entry"),
             "{e}"
         );
-        for id in RESERVED_KEY_IDS {
+        for id in RESERVED_KEY_IDS
+            .into_iter()
+            .chain(["Admin", "GITOPS", " sol"])
+        {
             let text = format!(
                 "keys:\n{}",
                 indent(&sol.replace("sol-1", &format!("{id:?}")))
             );
             let e = parse_keys(&text).map(|_| ()).unwrap_err();
-            assert!(e.contains("Hive's own identities"), "{id}: {e}");
+            assert!(
+                e.contains("Hive's own identities") || e.contains("begins or ends with a space"),
+                "{id}: {e}"
+            );
         }
     }
 

@@ -42,6 +42,8 @@ use crate::service::{Prune, Service, ServiceError};
 pub const SOURCE: &str = crate::agent::SOURCE_ANNOTATION;
 /// How long the directory must be quiet after an event before a scan.
 const DEBOUNCE: Duration = Duration::from_millis(300);
+/// The longest a burst of events holds a scan back.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// How often a file that failed to apply, unchanged since, is applied again (a conflict
 /// may have gone away meanwhile); between such retries it is neither applied nor audited
@@ -137,11 +139,11 @@ impl Syncer {
             match tokio::task::spawn_blocking(move || watch(&dir, wake)).await {
                 Ok(Ok(w)) => Some(w),
                 Ok(Err(e)) => {
-                    warn!(dir = %self.settings.dir.display(), error = %e, "cannot watch the manifests directory; relying on the rescan");
+                    warn!(dir = %self.settings.dir.display(), error = ?e, "cannot watch the manifests directory; relying on the rescan");
                     None
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot watch the manifests directory; relying on the rescan");
+                    warn!(error = ?e, "cannot watch the manifests directory; relying on the rescan");
                     None
                 }
             }
@@ -154,11 +156,15 @@ impl Syncer {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
                 () = changed.notified() => {
-                    // Debounce: wait until changes stop for a moment.
+                    // Debounce: wait until changes stop for a moment, but never longer
+                    // than a while in all, so that a file rewritten without pause
+                    // cannot hold every scan back.
+                    let most = tokio::time::Instant::now() + MAX_DEBOUNCE;
                     loop {
                         tokio::select! {
                             () = stop.cancelled() => return,
                             _ = tokio::time::sleep(DEBOUNCE) => break,
+                            _ = tokio::time::sleep_until(most) => break,
                             () = changed.notified() => {}
                         }
                     }
@@ -244,7 +250,7 @@ impl Syncer {
                         .await
                 }
                 Err(e) => {
-                    warn!(file = %rel, error = %e, "manifest not applied");
+                    warn!(file = ?rel, error = ?e, "manifest not applied");
                     FileStatus {
                         errors: vec![e],
                         ..before
@@ -270,10 +276,10 @@ impl Syncer {
         if let Some(p) = &status.problem {
             // Said once while it lasts, not at every scan.
             if previous.problem.as_ref() != Some(p) {
-                warn!(problem = %p, "manifests directory");
+                warn!(problem = ?p, "manifests directory");
             }
         } else if let Err(e) = self.prune(&principal, &mut status).await {
-            warn!(error = %e, "pruning failed; will try again");
+            warn!(error = ?e, "pruning failed; will try again");
         }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
@@ -336,7 +342,7 @@ impl Syncer {
             }
         }
         if !errors.is_empty() {
-            warn!(file = %rel, errors = ?errors, "manifest conflicts");
+            warn!(file = ?rel, errors = ?errors, "manifest conflicts");
             return failed(errors);
         }
         match self.service.apply(p, docs, false, None).await {
@@ -347,7 +353,7 @@ impl Syncer {
                     .map(|r| format!("{} {:?}", r.name, r.result))
                     .collect();
                 if !changed.is_empty() {
-                    info!(file = %rel, changed = ?changed, "applied manifest");
+                    info!(file = ?rel, changed = ?changed, "applied manifest");
                 }
                 FileStatus {
                     last_applied: Some(now_rfc3339()),
@@ -363,7 +369,7 @@ impl Syncer {
                     .iter()
                     .map(|d| format!("{rel} (document {}): {}", d.index + 1, d.message))
                     .collect::<Vec<_>>();
-                warn!(file = %rel, errors = ?errors, "manifest is invalid");
+                warn!(file = ?rel, errors = ?errors, "manifest is invalid");
                 failed(errors)
             }
             Err(e) => failed(vec![format!("{rel}: {e}")]),

@@ -209,22 +209,39 @@ pub fn is_public(ip: IpAddr) -> bool {
                 // "This network", 0.0.0.0/8.
                 || ip.octets()[0] == 0
                 // Shared address space (carrier-grade NAT), 100.64.0.0/10.
-                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64))
+                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
+                // Benchmarking, 198.18.0.0/15.
+                || (ip.octets()[0] == 198 && (ip.octets()[1] & 0xfe) == 18)
+                // Reserved, 240.0.0.0/4.
+                || ip.octets()[0] >= 240)
         }
         IpAddr::V6(ip) => {
-            if let Some(v4) = ip.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let s = ip.segments();
+            let v4 = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::from(
+                    (u32::from(hi) << 16) | u32::from(lo),
+                ))
+            };
+            // Forms that carry an IPv4 address: it decides. Mapped (::ffff:a.b.c.d),
+            // compatible (::a.b.c.d, deprecated), translated (::ffff:0:a.b.c.d), NAT64
+            // (64:ff9b::/96) and 6to4 (2002:AABB:CCDD::/48).
+            if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) && !(s[5] == 0 && s[6] == 0) {
+                return is_public(v4(s[6], s[7]));
+            }
+            if s[..6] == [0, 0, 0, 0, 0xffff, 0] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(v4(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public(v4(s[1], s[2]));
             }
             !(ip.is_loopback()
                 || ip.is_unspecified()
                 || ip.is_multicast()
                 // Unique local (fc00::/7) and link-local (fe80::/10).
-                || (ip.segments()[0] & 0xfe00) == 0xfc00
-                || (ip.segments()[0] & 0xffc0) == 0xfe80
-                // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96) forms.
-                || (ip.segments()[..6] == [0; 6])
-                || (ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-                    && ip.to_ipv4().is_some_and(|v4| !is_public(IpAddr::V4(v4)))))
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                // Local-use NAT64, 64:ff9b:1::/48.
+                || s[..3] == [0x64, 0xff9b, 1])
         }
     }
 }
@@ -387,6 +404,13 @@ mod tests {
             "[::ffff:127.0.0.1]:5000/x",
             "[::127.0.0.1]:5000/x",
             "a.localhost/x",
+            "[64:ff9b::7f00:1]/x",
+            "[64:ff9b::a00:5]/x",
+            "[::ffff:0:7f00:1]/x",
+            "[2002:7f00:1::]/x",
+            "[64:ff9b:1::1]/x",
+            "198.18.0.1/x",
+            "240.0.0.1/x",
         ] {
             assert!(r(private).is_private_registry(), "{private}");
         }
@@ -396,6 +420,9 @@ mod tests {
             "8.8.8.8/x",
             "registry.example:5000/x",
             "134744072/x",
+            "[2001:4860:4860::8888]/x",
+            "[64:ff9b::808:808]/x",
+            "[2002:808:808::1]/x",
         ] {
             assert!(!r(public).is_private_registry(), "{public}");
         }

@@ -259,7 +259,7 @@ impl App {
             store: store.clone(),
             controller: controller.handle(),
             keys: keys.clone(),
-            metrics,
+            metrics: metrics.clone(),
             sync: config
                 .manifests_dir
                 .as_ref()
@@ -269,6 +269,7 @@ impl App {
             streams: Arc::new(api::streams::StreamLimits::new(
                 config.max_streams_per_key,
                 keys.clone(),
+                metrics.streams.clone(),
             )),
             mcp_allowed_hosts: Arc::new(config.mcp_allowed_hosts.clone()),
         };

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub idled: Counter,
     /// Idle agents woken again (a start, a write, an action or a touch).
     pub resumed: Counter,
+    /// Long-lived answers open now (watches, log reads, MCP waits).
+    pub streams: Gauge<i64, AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -138,6 +140,12 @@ impl Default for Metrics {
             "Agents stopped for idleness (spec.lifecycle.idleTimeout)",
             idled.clone(),
         );
+        let streams = Gauge::default();
+        registry.register(
+            "open_streams",
+            "Watches, log reads and MCP waits open now, all keys together",
+            streams.clone(),
+        );
         let resumed = Counter::default();
         registry.register(
             "agents_resumed",
@@ -150,6 +158,7 @@ impl Default for Metrics {
             create_backoffs,
             idled,
             resumed,
+            streams,
             registry,
             reconciles,
             reconcile_seconds,

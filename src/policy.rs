@@ -215,12 +215,31 @@ impl Limits {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Quota {
     pub agents: Option<usize>,
     pub memory: Option<String>,
     #[serde(default, deserialize_with = "crate::agent::string_or_number")]
     pub cpus: Option<String>,
+    /// Secrets the owner may hold (default [`SECRETS_PER_OWNER`]).
+    pub secrets: Option<usize>,
+    /// Bytes of secrets (keys and values) the owner may hold (default
+    /// [`SECRET_BYTES_PER_OWNER`]), as a quantity (`16Mi`).
+    pub secret_bytes: Option<String>,
+}
+
+/// Secrets one owner may hold when the policy says nothing.
+pub const SECRETS_PER_OWNER: usize = 256;
+/// Bytes of secrets one owner may hold when the policy says nothing.
+pub const SECRET_BYTES_PER_OWNER: i64 = 16 << 20;
+
+/// What an owner may keep in secrets, and the rule that says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretQuota {
+    pub count: usize,
+    pub bytes: i64,
+    /// Where the limits are in the policy (`quota` or `owners.<name>.quota`).
+    pub rule: String,
 }
 
 impl Quota {
@@ -231,6 +250,9 @@ impl Quota {
         }
         if let Some(c) = &self.cpus {
             parse_cpus(c).map_err(|e| format!("{at}.cpus: {e}"))?;
+        }
+        if let Some(b) = &self.secret_bytes {
+            crate::agent::parse_bytes(b).map_err(|e| format!("{at}.secretBytes: {e}"))?;
         }
         Ok(())
     }
@@ -244,6 +266,27 @@ impl Quota {
 }
 
 impl Policy {
+    /// What `owner` may keep in secrets: its own quota's limits, else the general one's,
+    /// else the built-in ones.
+    pub fn secret_quota(&self, owner: &str) -> SecretQuota {
+        let own = self.owners.get(owner).and_then(|o| o.quota.as_ref());
+        let rule = if own.is_some_and(|q| q.secrets.is_some() || q.secret_bytes.is_some()) {
+            format!("owners.{owner}.quota")
+        } else {
+            "quota".to_string()
+        };
+        let count = own
+            .and_then(|q| q.secrets)
+            .or(self.quota.secrets)
+            .unwrap_or(SECRETS_PER_OWNER);
+        let bytes = own
+            .and_then(|q| q.secret_bytes.as_deref())
+            .or(self.quota.secret_bytes.as_deref())
+            .and_then(|b| crate::agent::parse_bytes(b).ok())
+            .unwrap_or(SECRET_BYTES_PER_OWNER);
+        SecretQuota { count, bytes, rule }
+    }
+
     /// Whether any quota applies to `owner`'s agents (the general one, or its own).
     pub fn has_quota(&self, owner: &str) -> bool {
         match self.owners.get(owner).and_then(|o| o.quota.as_ref()) {
@@ -717,7 +760,7 @@ impl Policy {
         if listed || reference.registry == crate::image::DEFAULT_REGISTRY {
             return Ok(());
         }
-        match resolver.non_public(reference.host()).await {
+        match resolver.non_public(owner, reference.host()).await {
             None => Ok(()),
             Some(why) => Err(Refusal::invalid(
                 "images.privateRegistries",

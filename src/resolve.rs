@@ -7,9 +7,11 @@
 //! ([`crate::image::is_public`]) unless the policy lists the registry
 //! (`images.privateRegistries`); a name that does not resolve in time is refused too.
 //!
-//! Lookups run on blocking threads (getaddrinfo blocks), at most [`CONCURRENT`] at once,
-//! each bounded by [`TIMEOUT`], and their answers (good or bad) are kept for [`KEEP`], so
-//! a flood of names costs a few threads and no more. `--resolve NAME=IP` pins a name for
+//! Lookups run on blocking threads (getaddrinfo blocks), at most [`CONCURRENT`] at once
+//! and [`PER_OWNER`] for one owner: a lookup holds its place until the system's call
+//! returns, even after its caller stopped waiting ([`TIMEOUT`]), so a flood of names that
+//! never answer costs a few threads and no more, and one owner's flood leaves the others
+//! their places. Answers (good or bad) are kept for [`KEEP`]. `--resolve NAME=IP` pins a name for
 //! Hive's own lookups, as curl's `--resolve` does (tests use it; the engine still resolves
 //! names itself, so a name that changes its answer between Hive's look and the engine's
 //! pull can still mislead it: SECURITY.md says so).
@@ -23,6 +25,8 @@ use std::time::{Duration, Instant};
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 /// Lookups running at once.
 pub const CONCURRENT: usize = 8;
+/// Lookups one owner may have running at once.
+pub const PER_OWNER: usize = 2;
 /// How long an answer is kept.
 const KEEP: Duration = Duration::from_secs(30);
 /// Answers kept at most (the oldest go first).
@@ -31,6 +35,9 @@ const KEEP_AT_MOST: usize = 4096;
 /// The addresses a name resolves to, or why it does not.
 type Answer = Result<Vec<IpAddr>, String>;
 
+/// No place to look a name up now.
+struct Busy(String);
+
 /// Looks host names up, with pins, a bound and a memory.
 pub struct Resolver {
     /// `--resolve` pins.
@@ -38,7 +45,9 @@ pub struct Resolver {
     /// Recent answers.
     answers: Mutex<HashMap<String, (Instant, Answer)>>,
     /// Places for lookups running at once.
-    slots: tokio::sync::Semaphore,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Places for lookups per owner.
+    owners: Mutex<HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Resolver {
@@ -60,12 +69,14 @@ impl Resolver {
         Ok(Resolver {
             pinned,
             answers: Mutex::default(),
-            slots: tokio::sync::Semaphore::new(CONCURRENT),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT)),
+            owners: Mutex::default(),
         })
     }
 
-    /// The addresses `host` resolves to, or why it does not.
-    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+    /// The addresses `host` resolves to (looked up on `owner`'s behalf), or why it does
+    /// not.
+    pub async fn lookup(&self, owner: &str, host: &str) -> Result<Vec<IpAddr>, String> {
         let host = host.to_ascii_lowercase();
         if let Some(ips) = self.pinned.get(&host) {
             return Ok(ips.clone());
@@ -76,9 +87,10 @@ impl Resolver {
         if let Some(answer) = self.kept(&host) {
             return answer;
         }
-        let answer = match tokio::time::timeout(TIMEOUT, self.ask(&host)).await {
+        let answer = match self.ask(owner, &host).await {
             Ok(answer) => answer,
-            Err(_) => Err(format!("it did not resolve within {}s", TIMEOUT.as_secs())),
+            // Busy: not an answer about the name, so not kept.
+            Err(Busy(why)) => return Err(why),
         };
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         if answers.len() >= KEEP_AT_MOST {
@@ -98,29 +110,54 @@ impl Resolver {
             .map(|(_, answer)| answer.clone())
     }
 
-    /// One lookup through the system's resolver, on a blocking thread.
-    async fn ask(&self, host: &str) -> Result<Vec<IpAddr>, String> {
-        let _slot = self
-            .slots
-            .acquire()
+    /// One lookup through the system's resolver, on a blocking thread that holds its
+    /// places (the resolver's and the owner's) until the call returns. The outer error:
+    /// no place was free, which says nothing about the name.
+    async fn ask(&self, owner: &str, host: &str) -> Result<Result<Vec<IpAddr>, String>, Busy> {
+        let owners_places = self
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(owner.to_string())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(PER_OWNER)))
+            .clone();
+        let busy = || Busy("every registry lookup place is taken; try again".into());
+        let owner_place = tokio::time::timeout(TIMEOUT, owners_places.acquire_owned())
             .await
-            .map_err(|_| "the resolver is closed".to_string())?;
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                Busy(format!(
+                    "{PER_OWNER} registry lookups of owner {owner:?} are running; try again"
+                ))
+            })?;
+        let place = tokio::time::timeout(TIMEOUT, self.slots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(busy)?;
         let target = format!("{host}:0");
-        let ips: Vec<IpAddr> = tokio::net::lookup_host(target)
-            .await
-            .map_err(|e| format!("it does not resolve ({e})"))?
-            .map(|a| a.ip())
-            .collect();
-        if ips.is_empty() {
-            return Err("it resolves to no address".into());
-        }
-        Ok(ips)
+        let call = tokio::task::spawn_blocking(move || {
+            let _places = (place, owner_place);
+            use std::net::ToSocketAddrs;
+            target
+                .to_socket_addrs()
+                .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>())
+        });
+        Ok(match tokio::time::timeout(TIMEOUT, call).await {
+            Err(_) => Err(format!("it did not resolve within {}s", TIMEOUT.as_secs())),
+            Ok(Err(e)) => Err(format!("its lookup failed ({e})")),
+            Ok(Ok(Err(e))) => Err(format!("it does not resolve ({e})")),
+            Ok(Ok(Ok(ips))) if ips.is_empty() => Err("it resolves to no address".into()),
+            Ok(Ok(Ok(ips))) => Ok(ips),
+        })
     }
 
-    /// Why a registry host may not be pulled from: it resolves to an address that is
-    /// not public (named), or does not resolve. None: every address is public.
-    pub async fn non_public(&self, host: &str) -> Option<String> {
-        match self.lookup(host).await {
+    /// Why a registry host may not be pulled from (looked up on `owner`'s behalf): it
+    /// resolves to an address that is not public (named), or does not resolve. None:
+    /// every address is public.
+    pub async fn non_public(&self, owner: &str, host: &str) -> Option<String> {
+        match self.lookup(owner, host).await {
             Ok(ips) => ips
                 .into_iter()
                 .find(|ip| !crate::image::is_public(*ip))
@@ -139,30 +176,38 @@ mod tests {
     #[tokio::test]
     async fn pins_literals_and_names_resolve_and_private_answers_are_named() {
         let r = Resolver::new(&["Reg.Test=127.0.0.1".into(), "pub.test=8.8.8.8".into()]).unwrap();
-        assert_eq!(
-            r.lookup("reg.test").await.unwrap(),
-            ["127.0.0.1".parse::<IpAddr>().unwrap()]
-        );
-        assert!(r
-            .non_public("REG.TEST")
-            .await
-            .unwrap()
-            .contains("127.0.0.1"));
-        assert_eq!(r.non_public("pub.test").await, None);
-        assert!(r
-            .non_public("2130706433")
-            .await
-            .unwrap()
-            .contains("127.0.0.1"));
+        let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(r.lookup("o", "reg.test").await.unwrap(), [loopback]);
+        let why = r.non_public("o", "REG.TEST").await.unwrap();
+        assert!(why.contains("127.0.0.1"), "{why}");
+        assert_eq!(r.non_public("o", "pub.test").await, None);
+        let why = r.non_public("o", "2130706433").await.unwrap();
+        assert!(why.contains("127.0.0.1"), "{why}");
         // /etc/hosts always names localhost.
-        assert!(r.non_public("localhost").await.is_some());
+        assert!(r.non_public("o", "localhost").await.is_some());
         // A name that cannot resolve is refused, saying so.
-        assert!(r
-            .non_public("nothing.invalid")
-            .await
-            .unwrap()
-            .contains("resolve"));
+        let why = r.non_public("o", "nothing.invalid").await.unwrap();
+        assert!(why.contains("resolve"), "{why}");
         assert!(Resolver::new(&["x".into()]).is_err());
         assert!(Resolver::new(&["x=y".into()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_owner_holds_at_most_its_share_of_lookups() {
+        let r = Resolver::new(&[]).unwrap();
+        let places = r
+            .owners
+            .lock()
+            .unwrap()
+            .entry("sol".into())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(PER_OWNER)))
+            .clone();
+        // sol's places all held (by lookups that never answer): sol waits, then hears so;
+        // another owner looks up at once.
+        let _held = places.acquire_many(PER_OWNER as u32).await.unwrap();
+        let why = r.lookup("sol", "a.invalid").await.unwrap_err();
+        assert!(why.contains("of owner \"sol\" are running"), "{why}");
+        let why = r.lookup("bob", "a.invalid").await.unwrap_err();
+        assert!(why.contains("resolve"), "{why}");
     }
 }

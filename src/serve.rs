@@ -8,7 +8,9 @@
 //!   them all (behind a reverse proxy every client is the proxy's address: raise it to
 //!   the global cap there and limit clients in the proxy).
 //! - A client has [`HEADER_TIMEOUT`] to send a request's headers (including a first one
-//!   on a new connection), so half-sent requests cannot hold connections.
+//!   on a new connection), so half-sent requests cannot hold connections; and one that
+//!   stops reading answers is cut off once a write has waited [`WRITE_STALL`].
+//! - Peers are counted by address, an IPv6 one by its /64 (what one host is given).
 //! - On shutdown, connections finish their request in flight within the grace, then close.
 
 use std::collections::HashMap;
@@ -28,8 +30,23 @@ use tracing::{debug, warn};
 
 /// How long a client may take to send a request's headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a write to a client may wait for the client to read before the connection is
+/// closed (a stream that is merely quiet never waits: it writes nothing).
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
 /// File descriptors kept back from clients for the store, the engine and the rest.
 const RESERVED_FDS: usize = 64;
+
+/// Closes the connection a request came on, at once, whatever it is sending (in the
+/// request's extensions when it came through [`serve`]).
+#[derive(Clone, Debug)]
+pub struct ConnectionCloser(CancellationToken);
+
+impl ConnectionCloser {
+    /// Closes it.
+    pub fn close(&self) {
+        self.0.cancel()
+    }
+}
 
 /// How many connections the server may hold.
 #[derive(Clone, Copy, Debug)]
@@ -108,7 +125,7 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Some(place) = peers.take(peer.ip(), per_peer) else {
+                let Some(place) = peers.take(peer_key(peer.ip()), per_peer) else {
                     refused_peer += 1;
                     if refused_peer.is_power_of_two() {
                         warn!(per_peer, peer = %peer.ip(), refused = refused_peer, "too many connections from one address: closing its new ones");
@@ -125,18 +142,30 @@ pub async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
+                // What a request may use to close its own connection at once (a stream
+                // whose key was revoked, while its client is not reading).
+                let kill = CancellationToken::new();
+                let close = ConnectionCloser(kill.clone());
+                let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                    router.clone(),
+                    move |mut request: hyper::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(close.clone());
+                        request
+                    },
+                ));
                 let stop = stop.clone();
                 connections.spawn(tracing::Instrument::in_current_span(async move {
                     let _permit = (permit, place);
                     let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(HEADER_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(WriteStall::new(stream, WRITE_STALL)), service)
                         .with_upgrades();
                     tokio::pin!(connection);
                     let result = tokio::select! {
                         r = connection.as_mut() => r,
+                        // Dropped at once: what it had not sent is not sent.
+                        () = kill.cancelled() => Ok(()),
                         () = stop.cancelled() => {
                             connection.as_mut().graceful_shutdown();
                             connection.await
@@ -157,6 +186,112 @@ pub async fn serve(
         while connections.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// What a peer is counted by: its IPv4 address, or its IPv6 /64.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// A connection whose writes fail once one has waited `stall` for the peer to read.
+struct WriteStall<T> {
+    io: T,
+    stall: Duration,
+    /// Running while a write waits.
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    fn new(io: T, stall: Duration) -> Self {
+        WriteStall {
+            io,
+            stall,
+            waiting: None,
+        }
+    }
+
+    /// After the inner write answered `r`: a ready answer ends the wait; a pending one
+    /// starts or goes on waiting, and fails once it has waited too long.
+    fn waited<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        use std::future::Future;
+        if r.is_ready() {
+            self.waiting = None;
+            return r;
+        }
+        let stall = self.stall;
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.waited(cx, r)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.waited(cx, r)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.waited(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// The connections allowed at once: `wanted`, but never more than the process's file
@@ -182,6 +317,32 @@ fn connection_cap(wanted: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_are_counted_by_address_and_ipv6_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(peer_key(a), peer_key(b));
+        assert_ne!(peer_key(a), peer_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(peer_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(peer_key(v4), v4);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_waits_too_long_for_the_reader_fails() {
+        use tokio::io::AsyncWriteExt;
+        // A pipe whose reader never reads: its buffer fills, then a write waits.
+        let (client, server) = tokio::io::duplex(64);
+        let mut w = WriteStall::new(server, Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let e = w.write_all(&[0u8; 4096]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        drop(client);
+    }
 
     #[test]
     fn the_cap_leaves_descriptors_for_the_rest_of_hive() {

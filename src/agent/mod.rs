@@ -15,7 +15,7 @@ mod wait;
 
 pub use duration::{earlier, later, until, SpecDuration, MAX_DURATION, MIN_DURATION};
 
-pub use quantity::{parse_cpus, parse_memory};
+pub use quantity::{parse_bytes, parse_cpus, parse_memory};
 pub use validate::{clip, shown_key, validate_env_name, validate_label_value, validate_name};
 pub use wait::WaitFor;
 

@@ -4,8 +4,18 @@
 /// Docker refuses memory limits below 6 MiB; say so before the engine does.
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 
-/// Parses a memory quantity into bytes: `512Mi`, `1Gi`, `500M`, `1.5G`, `1024`.
+/// Parses a memory quantity into bytes: `512Mi`, `1Gi`, `500M`, `1.5G`, `1024`; at least
+/// what the engine takes as a memory limit.
 pub fn parse_memory(text: &str) -> Result<i64, String> {
+    let bytes = parse_bytes(text)?;
+    if (bytes as u64) < MIN_MEMORY_BYTES {
+        return Err("is below the engine's minimum of 6Mi".into());
+    }
+    Ok(bytes)
+}
+
+/// Parses a quantity of bytes: `512Mi`, `1Gi`, `500M`, `1.5G`, `1024`.
+pub fn parse_bytes(text: &str) -> Result<i64, String> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -33,9 +43,6 @@ pub fn parse_memory(text: &str) -> Result<i64, String> {
     let bytes = (n * mult).round();
     if !bytes.is_finite() || bytes > i64::MAX as f64 {
         return Err("is too large".into());
-    }
-    if (bytes as u64) < MIN_MEMORY_BYTES {
-        return Err("is below the engine's minimum of 6Mi".into());
     }
     Ok(bytes as i64)
 }

@@ -15,6 +15,7 @@ use super::AppState;
 use crate::access::Principal;
 use crate::agent::{Agent, API_VERSION, LIST_KIND};
 use crate::selector::Selector;
+use crate::serve::ConnectionCloser;
 use crate::service::{Action as ServiceAction, LogRequest, Page};
 use crate::wire::{AgentList, EventList};
 
@@ -87,6 +88,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
+    closer: Option<Extension<ConnectionCloser>>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let selector = match &query.label {
@@ -99,7 +101,14 @@ pub async fn list(
                 "limit and continue page a list; a watch takes resourceVersion".into(),
             ));
         }
-        return super::watch::watch(&state, p, selector, query.resource_version.as_deref());
+        let closer = closer.map(|Extension(c)| c);
+        return super::watch::watch(
+            &state,
+            p,
+            selector,
+            query.resource_version.as_deref(),
+            closer,
+        );
     }
     let page = state.service.list(
         &p,
@@ -235,6 +244,7 @@ pub struct LogsQuery {
 pub async fn logs(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
+    closer: Option<Extension<ConnectionCloser>>,
     Path(name): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
@@ -247,20 +257,16 @@ pub async fn logs(
         .service
         .logs(&p, &name, request)?
         .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
-    let place = query
-        .follow
-        .then(|| state.streams.acquire(&p))
-        .transpose()?;
-    // A follow holds its place among the key's open streams until it ends, and breaks
-    // off (the body ends in an error, as plain text has no error line) when the key is
-    // revoked.
-    let body = match place {
-        Some(place) => Body::from_stream(place.bind(
-            stream,
-            Some(Err(std::io::Error::other(super::streams::REVOKED))),
-        )),
-        None => Body::from_stream(stream),
-    };
+    // Any read of the output is a stream (a slow reader holds one open as long as a
+    // follow does): it holds its place among the key's open streams until it ends, and
+    // breaks off (the body ends in an error, as plain text has no error line) when the
+    // key is revoked.
+    let place = state.streams.acquire(&p)?;
+    let body = Body::from_stream(place.bind(
+        stream,
+        Some(Err(std::io::Error::other(super::streams::REVOKED))),
+        closer.map(|Extension(c)| c),
+    ));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 

@@ -22,6 +22,8 @@ pub struct StreamLimits {
     open: Mutex<HashMap<String, usize>>,
     /// Whose keys are still valid.
     keys: Arc<Keys>,
+    /// Streams open in all (`hive_open_streams`).
+    gauge: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 /// One open stream; dropping it (when the answer ends) frees its place.
@@ -30,15 +32,23 @@ pub struct StreamGuard {
     principal: Principal,
 }
 
+/// How long a revoked stream may take to end by itself before its connection is closed.
+const CLOSE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What a stream cut short by revocation says last.
 pub const REVOKED: &str = "the key this stream was opened with is no longer valid";
 
 impl StreamLimits {
-    pub fn new(max: usize, keys: Arc<Keys>) -> Self {
+    pub fn new(
+        max: usize,
+        keys: Arc<Keys>,
+        gauge: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
+    ) -> Self {
         StreamLimits {
             max,
             open: Mutex::default(),
             keys,
+            gauge,
         }
     }
 
@@ -53,6 +63,7 @@ impl StreamLimits {
             )));
         }
         *n += 1;
+        self.gauge.inc();
         Ok(StreamGuard {
             limits: self.clone(),
             principal: p.clone(),
@@ -67,35 +78,62 @@ impl StreamGuard {
     }
 
     /// `stream`, ended when the key is revoked: `last` is sent then (when given), and
-    /// nothing after it. The guard (the stream's place) lives as long as the stream.
+    /// nothing after it. The guard (the stream's place) lives as long as the stream. With
+    /// `closer` (the connection's), a revocation also closes the connection at once, so
+    /// that a client that stopped reading cannot keep the stream (or its place) open.
     pub fn bind<S>(
         self,
         stream: S,
         last: Option<S::Item>,
+        closer: Option<crate::serve::ConnectionCloser>,
     ) -> impl Stream<Item = S::Item> + Send + 'static
     where
         S: Stream + Send + 'static,
         S::Item: Send + 'static,
     {
-        let state = (Box::pin(stream), self, last, false);
-        futures_util::stream::unfold(state, |(mut stream, guard, mut last, ended)| async move {
-            if ended {
-                return None;
-            }
-            tokio::select! {
-                biased;
-                item = stream.next() => item.map(|i| (i, (stream, guard, last, false))),
-                () = guard.revoked() => {
-                    let item = last.take()?;
-                    Some((item, (stream, guard, None, true)))
+        let guard = Arc::new(self);
+        // A watcher that outlives no longer than the stream.
+        let done = tokio_util::sync::CancellationToken::new();
+        if let Some(closer) = closer {
+            let (guard, done) = (guard.clone(), done.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = guard.revoked() => {}
+                    () = done.cancelled() => return,
                 }
-            }
-        })
+                // A client that reads gets the stream's last line and its end; one that
+                // does not loses its connection.
+                tokio::select! {
+                    () = done.cancelled() => {}
+                    () = tokio::time::sleep(CLOSE_AFTER) => closer.close(),
+                }
+            });
+        }
+        let state = (Box::pin(stream), guard, last, false, done.drop_guard());
+        futures_util::stream::unfold(
+            state,
+            |(mut stream, guard, mut last, ended, done)| async move {
+                if ended {
+                    return None;
+                }
+                // Revocation first: a stream whose items are always ready (a fast source,
+                // a slow reader) must still end.
+                tokio::select! {
+                    biased;
+                    () = guard.revoked() => {
+                        let item = last.take()?;
+                        Some((item, (stream, guard, None, true, done)))
+                    }
+                    item = stream.next() => item.map(|i| (i, (stream, guard, last, false, done))),
+                }
+            },
+        )
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.limits.gauge.dec();
         let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.principal.key_id) {
             *n -= 1;
@@ -116,7 +154,11 @@ mod tests {
 
     #[test]
     fn a_key_holds_at_most_its_share_and_a_closed_stream_frees_its_place() {
-        let limits = Arc::new(StreamLimits::new(2, Arc::new(Keys::admin_only("k"))));
+        let limits = Arc::new(StreamLimits::new(
+            2,
+            Arc::new(Keys::admin_only("k")),
+            Default::default(),
+        ));
         let p = admin();
         let a = limits.acquire(&p).unwrap();
         let _b = limits.acquire(&p).unwrap();

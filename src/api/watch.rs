@@ -26,6 +26,7 @@ pub(super) fn watch(
     p: Principal,
     selector: Selector,
     since: Option<&str>,
+    closer: Option<crate::serve::ConnectionCloser>,
 ) -> Result<Response, ApiError> {
     let place = state.streams.acquire(&p)?;
     let since = since
@@ -89,8 +90,11 @@ pub(super) fn watch(
     // with an ERROR line when the key is revoked.
     let revoked = serde_json::json!({"code": 401, "message": super::streams::REVOKED});
     let revoked = Ok(watch_line("ERROR", revoked.to_string().as_bytes()));
-    let body =
-        Body::from_stream(place.bind(futures_util::stream::iter(first).chain(live), Some(revoked)));
+    let body = Body::from_stream(place.bind(
+        futures_util::stream::iter(first).chain(live),
+        Some(revoked),
+        closer,
+    ));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 

@@ -110,31 +110,37 @@ pub(super) async fn apply(
 }
 
 /// The apply set a directory's prune names when `--applyset` is not given: the
-/// directory's own name (as a label value: other characters dropped, at most 63), so
-/// that `hive apply -f a --prune` never prunes what `hive apply -f b --prune` made.
+/// directory's own name (as a label value: other characters dropped) and a digest of the
+/// host and the directory's full path, so that no two directories share a set, not even
+/// two called `manifests` (`hive apply -f a/manifests --prune` never prunes what
+/// `hive apply -f b/manifests --prune` made). Name the set with `--applyset` to share it
+/// between checkouts or machines.
 fn default_applyset(dir: &std::path::Path) -> Result<String, CliError> {
-    let name = std::fs::canonicalize(dir)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+    use sha2::Digest;
+    let canonical = std::fs::canonicalize(dir)
+        .map_err(|e| CliError::new(format!("cannot read {}: {e}", dir.display())))?;
+    let name = canonical
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let kept: String = name
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .collect();
-    let set: String = kept
+    let stem: String = kept
         .trim_matches(|c: char| !c.is_ascii_alphanumeric())
         .chars()
-        .take(63)
+        .take(50)
         .collect();
-    let set = set
-        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string();
-    if set.is_empty() {
-        return Err(CliError::new(
-            "the directory's name cannot name its apply set; name the set with --applyset NAME",
-        ));
-    }
-    Ok(set)
+    let stem = stem.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let digest = sha2::Sha256::digest(format!("{}:{}", host.trim(), canonical.display()));
+    let tag = hex::encode(&digest[..4]);
+    Ok(if stem.is_empty() {
+        format!("dir-{tag}")
+    } else {
+        format!("{stem}-{tag}")
+    })
 }
 
 /// Every document below `dir`, annotated with its source path as the manifests sync does.

@@ -322,7 +322,7 @@ impl Service {
         &self,
         who: &Principal,
         agent: Agent,
-        pending: &[Agent],
+        pending: &[&Agent],
     ) -> Result<Admitted, ServiceError> {
         let name = agent.metadata.name.clone();
         let existing = self.store.get(&name)?;
@@ -352,7 +352,7 @@ impl Service {
         who: &Principal,
         mut agent: Agent,
         existing: Option<&Agent>,
-        pending: &[Agent],
+        pending: &[&Agent],
     ) -> Result<(Agent, Option<String>), ServiceError> {
         let (owner, named) = match (&agent.metadata.owner, who.role) {
             (Some(o), Role::Admin) => (o.clone(), true),
@@ -428,17 +428,16 @@ impl Service {
             });
         }
         // The owner's other agents count only against a quota; without one, skip the scan.
-        let records = if self.policy.has_quota(&owner) {
-            self.store.list()?
-        } else {
-            Vec::new()
-        };
+        // (Read in place from the snapshot: nothing is copied.)
+        let snapshot = self.policy.has_quota(&owner).then(|| self.store.snapshot());
         // Agents admitted earlier in the same batch count as if stored already.
-        let others: Vec<&Agent> = records
+        let pending_names: std::collections::HashSet<&str> =
+            pending.iter().map(|p| p.metadata.name.as_str()).collect();
+        let others: Vec<&Agent> = snapshot
             .iter()
-            .map(|r| &r.agent)
-            .filter(|a| !pending.iter().any(|p| p.metadata.name == a.metadata.name))
-            .chain(pending)
+            .flat_map(|s| s.agents.values().map(|e| &e.record.agent))
+            .filter(|a| !pending_names.contains(a.metadata.name.as_str()))
+            .chain(pending.iter().copied())
             .filter(|a| a.metadata.owner.as_deref() == Some(owner.as_str()))
             .filter(|a| a.metadata.name != agent.metadata.name)
             .collect();

@@ -104,6 +104,11 @@ impl Service {
         }
         require_write(who, "apply agents")?;
         let total = values.len();
+        if total > MAX_DOCUMENTS {
+            return Err(ServiceError::BadRequest(format!(
+                "an apply takes at most {MAX_DOCUMENTS} documents; this one has {total}: split it"
+            )));
+        }
         // Registries are looked up before the admission lock, each (owner, image) once,
         // at once.
         let owner_image = |v: &Value| {
@@ -113,6 +118,19 @@ impl Service {
         };
         let pairs: BTreeSet<(Option<String>, String)> =
             values.iter().filter_map(owner_image).collect();
+        // Each registry named may need a lookup (seconds, at worst): an apply names a few.
+        let registries: BTreeSet<String> = pairs
+            .iter()
+            .filter_map(|(_, image)| crate::image::Reference::parse(image).ok())
+            .map(|r| r.registry)
+            .filter(|r| r != crate::image::DEFAULT_REGISTRY)
+            .collect();
+        if registries.len() > MAX_REGISTRIES {
+            return Err(ServiceError::BadRequest(format!(
+                "an apply names images from at most {MAX_REGISTRIES} registries besides Docker Hub; this one names {}: split it",
+                registries.len()
+            )));
+        }
         let verdicts = futures_util::future::join_all(
             pairs
                 .iter()
@@ -159,7 +177,7 @@ impl Service {
                             "appears twice in this apply",
                         ));
                     }
-                    let pending: Vec<Agent> = ready.iter().map(|a| a.agent.clone()).collect();
+                    let pending: Vec<&Agent> = ready.iter().map(|a| &a.agent).collect();
                     self.prepare(who, agent, &pending)
                 });
             match checked {
@@ -430,10 +448,30 @@ fn declared(a: &Agent) -> String {
     serde_yaml::to_string(&doc).unwrap_or_default()
 }
 
-/// A line diff: unchanged lines indented, removed ones `- `, added ones `+ `.
+/// The most documents one apply takes: its work (and a dry run's diffs) stay bounded.
+pub const MAX_DOCUMENTS: usize = 1000;
+/// The most registries (besides Docker Hub) one apply's images come from: each may be
+/// looked up, and an owner has few lookups at once.
+pub const MAX_REGISTRIES: usize = 16;
+/// The largest diff table (lines before times lines after) a dry run computes; past it the
+/// diff shows every line removed and added.
+const MAX_DIFF_CELLS: usize = 1 << 20;
+
+/// A line diff: unchanged lines indented, removed ones `- `, added ones `+ `. Linear in
+/// its output past [`MAX_DIFF_CELLS`], where it says everything changed.
 pub fn diff(old: &str, new: &str) -> String {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
+    if (a.len() + 1).saturating_mul(b.len() + 1) > MAX_DIFF_CELLS {
+        let mut out = String::new();
+        for l in &a {
+            out += &format!("- {l}\n");
+        }
+        for l in &b {
+            out += &format!("+ {l}\n");
+        }
+        return out;
+    }
     // Longest common subsequence, table from the ends.
     let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
@@ -471,5 +509,16 @@ mod tests {
         let d = diff("a\nb\nc\n", "a\nB\nc\nd\n");
         assert_eq!(d, "  a\n- b\n+ B\n  c\n+ d\n");
         assert_eq!(diff("", "x\n"), "+ x\n");
+    }
+
+    #[test]
+    fn a_huge_diff_is_linear_and_says_everything_changed() {
+        let old: String = (0..20_000).map(|i| format!("a{i}\n")).collect();
+        let new: String = (0..20_000).map(|i| format!("b{i}\n")).collect();
+        let started = std::time::Instant::now();
+        let d = diff(&old, &new);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(d.lines().count(), 40_000);
+        assert!(d.starts_with("- a0\n") && d.ends_with("+ b19999\n"));
     }
 }

@@ -90,6 +90,47 @@ impl Service {
         result
     }
 
+    /// Refuses a secret of `bytes` named `name` that would take `owner` past its quota of
+    /// secrets (count or bytes; the secret it replaces does not count).
+    fn check_secret_quota(
+        &self,
+        owner: &str,
+        name: &str,
+        bytes: usize,
+    ) -> Result<(), ServiceError> {
+        let quota = self.policy.secret_quota(owner);
+        let (count, held) = self
+            .store
+            .secrets()?
+            .iter()
+            .filter(|s| s.owner == owner && s.name != name)
+            .fold((0usize, 0i64), |(n, b), s| {
+                let size: usize = s.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+                (n + 1, b + size as i64)
+            });
+        if count + 1 > quota.count {
+            return Err(ServiceError::Quota {
+                rule: format!("{}.secrets", quota.rule),
+                message: format!(
+                    "owner {owner:?} holds {count} secrets; the quota is {} (policy rule {}.secrets)",
+                    quota.count, quota.rule
+                ),
+            });
+        }
+        if held + bytes as i64 > quota.bytes {
+            return Err(ServiceError::Quota {
+                rule: format!("{}.secretBytes", quota.rule),
+                message: format!(
+                    "owner {owner:?} would hold {} KiB of secrets; the quota is {} KiB (policy rule {}.secretBytes)",
+                    (held + bytes as i64) >> 10,
+                    quota.bytes >> 10,
+                    quota.rule
+                ),
+            });
+        }
+        Ok(())
+    }
+
     async fn write_secret(
         &self,
         who: &Principal,
@@ -134,6 +175,11 @@ impl Service {
                 ));
             }
         }
+        // The owner's quota of secrets is checked and the secret written under the
+        // admission lock, so that concurrent writes cannot pass it together.
+        let _admission = self.admission.lock().await;
+        let stored_owner = owner.clone().unwrap_or_else(|| who.owner.clone());
+        self.check_secret_quota(&stored_owner, name, bytes)?;
         let in_use = || ServiceError::Conflict {
             code: "already_exists",
             message: format!("the secret name {name:?} is in use; choose another"),

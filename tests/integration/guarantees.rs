@@ -181,9 +181,10 @@ async fn a_prune_deletes_only_its_own_set_of_the_owners_it_names() {
 #[tokio::test]
 async fn hive_apply_prune_of_one_directory_never_prunes_another() {
     let hive = Hive::start().await;
+    // The reproduction (dirA, dirB), and the variant of two directories of one name.
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let (dir_a, dir_b) = (a.path().join("dir-a"), b.path().join("dir-b"));
+    let (dir_a, dir_b) = (a.path().join("manifests"), b.path().join("manifests"));
     std::fs::create_dir(&dir_a).unwrap();
     std::fs::create_dir(&dir_b).unwrap();
     std::fs::write(dir_a.join("a.yaml"), stopped("from-a")).unwrap();
@@ -193,17 +194,27 @@ async fn hive_apply_prune_of_one_directory_never_prunes_another() {
     let (ok, out, err) = hive.cli(&["apply", "-f", dir_b.to_str().unwrap(), "--prune"]);
     assert!(ok, "{err}");
     assert_eq!(out, "agent/from-b created\n");
-    assert!(hive.get("from-a").await.is_some());
-    let a = hive.get("from-a").await.unwrap();
-    assert_eq!(a["metadata"]["annotations"]["hive-apply/set"], "dir-a");
-    // Named sets: the same directory under another name prunes nothing of the first.
+    let a_set = hive.get("from-a").await.unwrap()["metadata"]["annotations"]["hive-apply/set"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b_set = hive.get("from-b").await.unwrap()["metadata"]["annotations"]["hive-apply/set"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        a_set.starts_with("manifests-") && b_set.starts_with("manifests-"),
+        "{a_set}"
+    );
+    assert_ne!(a_set, b_set, "two directories, two sets");
+    // Named sets: the other directory under the first's name would prune it.
     let (ok, out, err) = hive.cli(&[
         "apply",
         "-f",
         dir_b.to_str().unwrap(),
         "--prune",
         "--applyset",
-        "dir-a",
+        &a_set,
         "--dry-run",
     ]);
     assert!(ok, "{err}");
@@ -618,12 +629,13 @@ async fn a_revoked_keys_streams_end_within_two_seconds() {
         }
         broke
     });
-    // All three hold their places once a fourth is refused.
-    wait_for("sol's three streams to be open", || async {
-        let r = watch(&keys["sol"]).await.ok()?;
-        (r.status() == 429).then_some(())
+    // All four streams (sol's three, alice's one) hold their places.
+    wait_for("the four streams to be open", || async {
+        let metrics = hive.get_text("/metrics").await;
+        metrics.contains("hive_open_streams 4").then_some(())
     })
     .await;
+    assert!(!wait.is_finished(), "the MCP wait is waiting");
     let revoked = Instant::now();
     ring.write(&["alice", "viewer"]);
     let body = tokio::time::timeout(Duration::from_secs(5), sols_watch)
@@ -959,4 +971,302 @@ async fn lesser_findings_echoes_keys_files_and_readiness() {
         })
         .await;
     }
+}
+
+// --- What the self-attack found after the rules above were built (issue 23).
+
+#[tokio::test]
+async fn an_applys_work_is_bounded_and_never_holds_up_another_owner() {
+    let (hive, keys, _ring) = with_keys(&[]).await;
+    // A dry run whose diff is 12,000 lines each way: answered at once (the diff is
+    // linear past its bound), and another owner's write meanwhile is not held up.
+    let args = |p: &str| {
+        (0..12_000)
+            .map(|i| format!("\"{p}{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let big = |p: &str| {
+        format!(
+            "apiVersion: hive/v1\nkind: Agent\nmetadata: {{name: big1}}\nspec: {{image: {IMAGE}, state: Stopped, command: [/bin/sleep], args: [{}]}}\n",
+            args(p)
+        )
+    };
+    assert_eq!(
+        put_as(&hive, &keys["sol"], "big1", &big("a"))
+            .await
+            .status(),
+        201
+    );
+    let started = Instant::now();
+    let changed = [big("b")];
+    let dry = apply_as(&hive, &keys["sol"], "?dryRun=true", &changed);
+    let other = async {
+        let asked = Instant::now();
+        let r = put_as(&hive, &keys["alice"], "quick", &stopped("quick")).await;
+        (r.status(), asked.elapsed())
+    };
+    let (r, (status, waited)) = tokio::join!(dry, other);
+    assert_eq!(r.status(), 200);
+    let took = started.elapsed();
+    eprintln!(
+        "measured: a 12,000-line dry run took {took:?}; another owner's PUT waited {waited:?}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(status, 201);
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    // Too many documents, or images from too many registries: refused at once.
+    let many: Vec<String> = (0..1001).map(|i| stopped(&format!("m{i}"))).collect();
+    let r = apply_as(&hive, &keys["sol"], "?dryRun=true", &many).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("at most 1000 documents"));
+    let registries: Vec<String> = (0..17)
+        .map(|i| agent_yaml(&format!("r{i}"), "").replace(IMAGE, &format!("reg{i}.invalid/x:1")))
+        .collect();
+    let r = apply_as(&hive, &keys["sol"], "?dryRun=true", &registries).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("at most 16 registries"));
+}
+
+/// Imports the test image again as `tag` with `labels` (a `LABEL` change), unless the
+/// engine has it.
+async fn image_with_labels(tag: &str, labels: &str) {
+    use futures_util::TryStreamExt;
+    let d = engine().await;
+    if d.inspect_image(tag).await.is_ok() {
+        return;
+    }
+    let tar = hive::testing::busybox_tar(&["sh", "sleep"]).unwrap();
+    let (repo, version) = tag.split_once(':').unwrap();
+    d.create_image(
+        Some(bollard::query_parameters::CreateImageOptions {
+            from_src: Some("-".into()),
+            repo: Some(repo.into()),
+            tag: Some(version.into()),
+            changes: vec!["ENV PATH=/bin".into(), format!("LABEL {labels}")],
+            ..Default::default()
+        }),
+        Some(bollard::body_full(tar.into())),
+        None,
+    )
+    .try_collect::<Vec<_>>()
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_containers_labels_are_the_ones_hive_sets() {
+    let hive = Hive::start().await;
+    let image = "hive-test-compose-labels:1";
+    image_with_labels(
+        image,
+        "com.docker.compose.project=victim com.docker.compose.service=agent-api traefik.enable=true org.opencontainers.image.title=kept",
+    )
+    .await;
+    let doc = agent_yaml("lab", "").replace(IMAGE, image);
+    assert_eq!(hive.put_yaml("lab", &doc).await.status(), 201);
+    hive.wait_phase("lab", "Running").await;
+    let labels = hive
+        .inspect("lab")
+        .await
+        .unwrap()
+        .config
+        .unwrap()
+        .labels
+        .unwrap();
+    for key in [
+        "com.docker.compose.project",
+        "com.docker.compose.service",
+        "traefik.enable",
+    ] {
+        assert_eq!(
+            labels.get(key).map(String::as_str),
+            Some(""),
+            "{key}: {labels:?}"
+        );
+    }
+    assert_eq!(labels["org.opencontainers.image.title"], "kept");
+    assert_eq!(labels["hive.agent"], "lab");
+}
+
+#[tokio::test]
+async fn names_on_the_network_are_compared_as_its_dns_does() {
+    let (hive, keys, _ring) = with_keys(&[]).await;
+    // The network exists once Hive made its first agent.
+    hive.running("first", "").await;
+    let d = engine().await;
+    let name = format!("RT-DB-{}", token().to_uppercase());
+    let made = d
+        .create_container(
+            Some(bollard::query_parameters::CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            bollard::models::ContainerCreateBody {
+                image: Some(IMAGE.into()),
+                cmd: Some(vec!["/bin/sleep".into(), "60".into()]),
+                labels: Some(HashMap::from([(
+                    PLAIN_LABEL.to_string(),
+                    hive.instance.clone(),
+                )])),
+                host_config: Some(bollard::models::HostConfig {
+                    network_mode: Some(hive.network()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    d.start_container(
+        &made.id,
+        None::<bollard::query_parameters::StartContainerOptions>,
+    )
+    .await
+    .unwrap();
+    let lower = name.to_lowercase();
+    put_as(&hive, &keys["alice"], &lower, &agent_yaml(&lower, "")).await;
+    let status = wait_for("the agent to fail", || async {
+        let a = hive.get(&lower).await?;
+        (a["status"]["phase"] == "Failed").then_some(a["status"].clone())
+    })
+    .await;
+    assert!(
+        status["message"].as_str().unwrap().contains(&name),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_log_read_is_a_stream_that_revocation_ends() {
+    let (hive, keys, ring) = with_keys(&[]).await;
+    // Twenty megabytes of output (80 KB lines), then quiet.
+    let spec = "  command: [/bin/sh, -c, \"s=0123456789; for i in 1 2 3 4 5 6 7 8 9 10 11 12 13; do s=$s$s; done; i=0; while [ $i -lt 250 ]; do echo $s; i=$((i+1)); done; exec sleep 3600\"]\n";
+    let doc = agent_yaml("chatty", "").replace("  command: [\"/bin/sleep\", \"3600\"]\n", spec);
+    assert_eq!(
+        put_as(&hive, &keys["sol"], "chatty", &doc).await.status(),
+        201
+    );
+    hive.wait_phase("chatty", "Running").await;
+    wait_for("the output to be written", || async {
+        let r = hive
+            .req(Method::GET, "/v1/agents/chatty/logs")
+            .send()
+            .await
+            .ok()?;
+        let n = r.bytes().await.ok()?.len();
+        (n > 20_000_000).then_some(())
+    })
+    .await;
+    // A plain read (no follow) whose client stops reading after the first bytes.
+    let r = with_key(&hive, &keys["sol"], Method::GET, "/v1/agents/chatty/logs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    use futures_util::StreamExt;
+    let mut body = r.bytes_stream();
+    let mut got = body.next().await.unwrap().unwrap().len();
+    // Its place among the key's streams is held meanwhile.
+    wait_for("the read to hold a place", || async {
+        let metrics = hive.get_text("/metrics").await;
+        metrics.contains("hive_open_streams 1").then_some(())
+    })
+    .await;
+    let revoked = Instant::now();
+    ring.write(&["alice", "viewer"]);
+    // The server ends it, reader or no reader: the connection goes, and its place.
+    wait_for("the revoked read's place to be free", || async {
+        let metrics = hive.get_text("/metrics").await;
+        metrics.contains("hive_open_streams 0").then_some(())
+    })
+    .await;
+    let took = revoked.elapsed();
+    eprintln!("measured: a revoked log read, its client not reading, ended {took:?} after the file changed");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // What the client had not read yet in its own buffers comes, then the break.
+    let mut broke = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => got += c.len(),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(broke && got < 20_000_000, "{got} bytes, broke: {broke}");
+}
+
+#[tokio::test]
+async fn an_owners_secrets_have_a_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "quota: {secrets: 2, secretBytes: 1Ki}\n").unwrap();
+    let (hive, keys, _ring) = with_keys(&["--policy", &policy.display().to_string()]).await;
+    let put = |key: &str, name: &str, value: &str| {
+        with_key(&hive, key, Method::PUT, &format!("/v1/secrets/{name}"))
+            .json(&json!({"K": value}))
+            .send()
+    };
+    for name in ["s1", "s2"] {
+        assert!(put(&keys["sol"], name, "v")
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+    }
+    let r = put(&keys["sol"], "s3", "v").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["rule"], "quota.secrets", "{e}");
+    // Replacing one is not one more; growing past the bytes is refused.
+    assert!(put(&keys["sol"], "s2", "w")
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    let r = put(&keys["sol"], "s2", &"x".repeat(2000)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["rule"], "quota.secretBytes", "{e}");
+    // Another owner has its own.
+    assert!(put(&keys["alice"], "a1", "v")
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+}
+
+#[tokio::test]
+async fn a_file_rewritten_without_pause_does_not_hold_the_sync_back() {
+    let manifests = tempfile::tempdir().unwrap();
+    let m = manifests.path().to_path_buf();
+    std::fs::write(m.join("churn.yaml"), stopped("churn")).unwrap();
+    let hive = Hive::start_args(&[
+        "--manifests-dir".into(),
+        m.display().to_string(),
+        "--manifests-rescan".into(),
+        "1h".into(),
+    ])
+    .await;
+    synced(&hive).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (m, stop) = (m.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::fs::write(m.join("churn.yaml"), stopped("churn")).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::fs::write(m.join("new.yaml"), stopped("fresh")).unwrap();
+    wait_for(
+        "the new file to be applied while another keeps changing",
+        || async { hive.get("fresh").await.map(|_| ()) },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
 }

@@ -63,12 +63,19 @@ def test_only_agent_api_holds_the_docker_socket_and_sol_only_its_own_key(compose
     services = config["services"]
     assert set(services) == {"agent-api", "sol"}
 
-    def mounts_socket(service: dict) -> bool:
+    def mounts(service: dict) -> list[tuple[str, str]]:
+        """(source, target) of each volume, in v2's long form or v1's `src:dst[:mode]`."""
+        out = []
         for v in service.get("volumes", []):
-            source = v.get("source", "") if isinstance(v, dict) else str(v).split(":")[0]
-            if "docker.sock" in source:
-                return True
-        return False
+            if isinstance(v, dict):
+                out.append((v.get("source", ""), v.get("target", "")))
+            else:
+                source, target, *_ = str(v).split(":") + [""]
+                out.append((source, target))
+        return out
+
+    def mounts_socket(service: dict) -> bool:
+        return any("docker.sock" in source for source, _ in mounts(service))
 
     assert mounts_socket(services["agent-api"])
     assert [n for n, s in services.items() if mounts_socket(s)] == ["agent-api"]
@@ -89,8 +96,7 @@ def test_only_agent_api_holds_the_docker_socket_and_sol_only_its_own_key(compose
     for flag in ("--manifests-dir=/manifests", "--api-key-file=", "--keys-file=", "--policy="):
         assert flag in command, command
     # A fresh deployment's manifests directory is empty: it runs no agent but Sol.
-    manifests = [v for v in services["agent-api"]["volumes"] if v.get("target") == "/manifests"]
-    (source,) = [Path(v["source"]) for v in manifests]
+    (source,) = [Path(src) for src, target in mounts(services["agent-api"]) if target == "/manifests"]
     assert not [p for p in source.rglob("*") if p.suffix in (".yaml", ".yml", ".json")], source
 
 

@@ -301,7 +301,11 @@ impl DockerOrchestrator {
     /// would resolve the name to either. This Hive's own containers are skipped.
     async fn check_network_name(&self, spec: &Workload) -> Result<(), OrchestratorError> {
         let names = self.network_names(Instant::now()).await?;
-        match names.iter().find(|(name, _)| *name == spec.agent) {
+        // The engine's DNS answers names in any case.
+        match names
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&spec.agent))
+        {
             Some((_, holder)) => Err(OrchestratorError::NameInUse {
                 name: spec.agent.clone(),
                 network: self.settings.network.clone(),
@@ -469,8 +473,14 @@ impl DockerOrchestrator {
             .collect())
     }
 
-    fn create_body(&self, spec: &Workload) -> ContainerCreateBody {
-        let labels = HashMap::from([
+    /// The container for `spec`; `inherited` are labels of its image it must not carry
+    /// (set empty: the engine copies an image's labels, and cannot drop one).
+    fn create_body(&self, spec: &Workload, inherited: &[String]) -> ContainerCreateBody {
+        let mut labels: HashMap<String, String> = inherited
+            .iter()
+            .map(|k| (k.clone(), String::new()))
+            .collect();
+        labels.extend([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_INSTANCE.to_string(), self.settings.instance.clone()),
             (LABEL_STORE.to_string(), spec.store.clone()),
@@ -1177,7 +1187,7 @@ impl DockerOrchestrator {
         let name = self.container_name(&spec.agent);
         self.ensure_network().await?;
         self.check_network_name(spec).await?;
-        self.check_image_labels(spec).await?;
+        let inherited = self.image_labels(spec).await?;
         self.ensure_volumes(spec).await?;
         let docker = self.docker().await?;
         let options = CreateContainerOptions {
@@ -1188,7 +1198,7 @@ impl DockerOrchestrator {
             .call(
                 "create container",
                 Duration::ZERO,
-                docker.create_container(Some(options), self.create_body(spec)),
+                docker.create_container(Some(options), self.create_body(spec, &inherited)),
             )
             .await?
         {
@@ -1201,10 +1211,12 @@ impl DockerOrchestrator {
         }
     }
 
-    /// Refuses an image that carries labels in Hive's namespace (`hive.*`): a container
-    /// inherits its image's labels, and Hive's labels on a container must be the ones Hive
-    /// set. [`OrchestratorError::ImageMissing`] when the image must be pulled.
-    async fn check_image_labels(&self, spec: &Workload) -> Result<(), OrchestratorError> {
+    /// The labels of `spec`'s image its container must not carry: a container's labels
+    /// are the ones Hive sets (compose, proxies and other tools act on labels). An image
+    /// with labels in Hive's namespace (`hive.*`) is refused; its other labels but the
+    /// descriptive ones ([`descriptive_label`]) are returned, to be set empty on the
+    /// container. [`OrchestratorError::ImageMissing`] when the image must be pulled.
+    async fn image_labels(&self, spec: &Workload) -> Result<Vec<String>, OrchestratorError> {
         let docker = self.docker().await?;
         let image = match self
             .call(
@@ -1224,19 +1236,22 @@ impl DockerOrchestrator {
         };
         let labels = image.config.and_then(|c| c.labels).unwrap_or_default();
         let mut ours: Vec<String> = labels
-            .into_keys()
+            .keys()
             .filter(|k| super::is_hive_label(k))
-            .map(|k| sanitize(&k))
+            .map(|k| sanitize(k))
             .collect();
-        if ours.is_empty() {
-            return Ok(());
+        if !ours.is_empty() {
+            ours.sort();
+            ours.truncate(8);
+            return Err(OrchestratorError::ImageLabels {
+                image: spec.image.clone(),
+                labels: ours,
+            });
         }
-        ours.sort();
-        ours.truncate(8);
-        Err(OrchestratorError::ImageLabels {
-            image: spec.image.clone(),
-            labels: ours,
-        })
+        Ok(labels
+            .into_keys()
+            .filter(|k| !descriptive_label(k))
+            .collect())
     }
 
     async fn start_container(&self, id: &str) -> Result<(), OrchestratorError> {
@@ -1363,6 +1378,14 @@ impl DockerOrchestrator {
         }
         Ok(done)
     }
+}
+
+/// Whether an image label only describes the image (OCI annotations, label-schema,
+/// `maintainer`), and so may stay on its containers: nothing acts on it.
+fn descriptive_label(key: &str) -> bool {
+    key.starts_with("org.opencontainers.")
+        || key.starts_with("org.label-schema.")
+        || key == "maintainer"
 }
 
 /// The short form of a container id, as `docker ps` shows it.
