@@ -53,8 +53,17 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Asks to create `agent`'s container now, for `what` (its uid and spec hash).
+    /// Asks to create `agent`'s container now, for `what` (its uid and spec hash), and
+    /// counts the create as made: [`Guard::admit`] then [`Guard::record`].
     pub fn check(&mut self, agent: &str, what: &str, now: Instant) -> Result<(), Throttled> {
+        self.admit(agent, what, now)?;
+        self.record(agent, what, now);
+        Ok(())
+    }
+
+    /// Whether `agent`'s container may be created now, for `what`; counts nothing (a
+    /// create that then fails, such as one whose image must be pulled first, is not one).
+    pub fn admit(&mut self, agent: &str, what: &str, now: Instant) -> Result<(), Throttled> {
         let h = self.agents.entry(agent.to_string()).or_default();
         let vanished = h.last.as_deref() == Some(what);
         let recent = |q: &mut VecDeque<Instant>| {
@@ -77,38 +86,31 @@ impl Guard {
                     ..why.clone()
                 });
             }
-            // The create the backoff held back goes ahead; the next disappearance backs
+            // The create the backoff held back may go ahead; the next disappearance backs
             // off twice as long.
-            h.blocked = None;
-            if vanished {
-                h.vanished.push_back(now);
-            }
-            h.creates.push_back(now);
-            h.last = Some(what.to_string());
             return Ok(());
         }
-        if vanished {
+        if vanished && h.vanished.len() + 1 > MAX_VANISHED {
+            h.strikes += 1;
+            let wait = BACKOFF_BASE
+                .saturating_mul(1 << (h.strikes - 1).min(8))
+                .min(BACKOFF_CAP);
+            let why = Throttled {
+                wait,
+                vanishing: true,
+                message: format!(
+                    "its container keeps disappearing ({} times within {}): something else \
+                     removes Hive's containers (another Hive on this instance?); creating it \
+                     again in {}",
+                    h.vanished.len() + 1,
+                    humantime::format_duration(WINDOW),
+                    humantime::format_duration(wait)
+                ),
+            };
+            // This one disappeared too: it counts.
             h.vanished.push_back(now);
-            if h.vanished.len() > MAX_VANISHED {
-                h.strikes += 1;
-                let wait = BACKOFF_BASE
-                    .saturating_mul(1 << (h.strikes - 1).min(8))
-                    .min(BACKOFF_CAP);
-                let why = Throttled {
-                    wait,
-                    vanishing: true,
-                    message: format!(
-                        "its container keeps disappearing ({} times within {}): something else \
-                         removes Hive's containers (another Hive on this instance?); creating it \
-                         again in {}",
-                        h.vanished.len(),
-                        humantime::format_duration(WINDOW),
-                        humantime::format_duration(wait)
-                    ),
-                };
-                h.blocked = Some((now + wait, why.clone()));
-                return Err(why);
-            }
+            h.blocked = Some((now + wait, why.clone()));
+            return Err(why);
         }
         if h.creates.len() >= MAX_CREATES {
             let until = h.creates[0] + WINDOW;
@@ -126,9 +128,20 @@ impl Guard {
             h.blocked = Some((until, why.clone()));
             return Err(why);
         }
+        Ok(())
+    }
+
+    /// Counts a create of `agent`'s container for `what` that was made.
+    pub fn record(&mut self, agent: &str, what: &str, now: Instant) {
+        let h = self.agents.entry(agent.to_string()).or_default();
+        if h.blocked.as_ref().is_some_and(|(until, _)| now >= *until) {
+            h.blocked = None;
+        }
+        if h.last.as_deref() == Some(what) {
+            h.vanished.push_back(now);
+        }
         h.creates.push_back(now);
         h.last = Some(what.to_string());
-        Ok(())
     }
 
     /// Drops what is known of a deleted agent.
@@ -188,6 +201,18 @@ mod tests {
         assert!(!t.vanishing);
         assert_eq!(t.wait, Duration::from_secs(50));
         g.check("a", "h100", t0 + Duration::from_secs(61)).unwrap();
+    }
+
+    #[test]
+    fn a_create_that_fails_before_a_container_exists_is_not_counted() {
+        let mut g = Guard::default();
+        let t0 = Instant::now();
+        // An image that cannot be pulled: the create is asked for again and again, and
+        // never made. Nothing disappeared.
+        for s in 0..20 {
+            g.admit("a", "h1", t0 + Duration::from_secs(s)).unwrap();
+        }
+        g.check("a", "h1", t0 + Duration::from_secs(21)).unwrap();
     }
 
     #[test]

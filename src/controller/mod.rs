@@ -264,6 +264,8 @@ impl Controller {
                         }
                     }
                     Ok((name, Err(backoff))) => {
+                        // Said only when a retry waits for the backoff: one asked for
+                        // again meanwhile runs at once.
                         if let Some(delay) = queue.finish(&name, Some(backoff)) {
                             debug!(agent = %name, ?delay, "retrying after backoff");
                             back_off(&ctx, &name, delay);

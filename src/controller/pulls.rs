@@ -126,10 +126,14 @@ impl Pulls {
                 let result = match screened {
                     Ok(()) => {
                         info!(%image, %owner, "pulling an image");
-                        me.orchestrator
-                            .pull(&image)
-                            .await
-                            .map_err(|e| e.to_string())
+                        // What went wrong, once: the agent's status says the rest.
+                        me.orchestrator.pull(&image).await.map_err(|e| match e {
+                            crate::orchestrator::OrchestratorError::ImageNotFound {
+                                detail,
+                                ..
+                            } => detail,
+                            other => other.to_string(),
+                        })
                     }
                     Err(refusal) => Err(format!("not pulled: {refusal}")),
                 };

@@ -60,7 +60,8 @@ impl Queue {
     }
 
     /// Ends a pass of `name`. A failure schedules a retry after the name's backoff for
-    /// its kind; a success resets the backoff. Returns the delay of the retry.
+    /// its kind; a success resets the backoff. Returns the delay of the retry, when one
+    /// waits for it (not when the name was asked for again meanwhile: it runs at once).
     pub fn finish(&mut self, name: &str, failed: Option<Backoff>) -> Option<Duration> {
         self.running.remove(name);
         let retry = match failed {
@@ -82,7 +83,9 @@ impl Queue {
         };
         if self.dirty.remove(name) {
             self.push(name.to_string());
-        } else if let Some(delay) = retry {
+            return None;
+        }
+        if let Some(delay) = retry {
             let key = self.delayed.insert(name.to_string(), delay);
             self.delayed_keys.insert(name.to_string(), key);
         }
@@ -157,6 +160,16 @@ mod tests {
         );
         q.finish("a", None);
         assert_eq!(q.pop(), None);
+    }
+
+    #[tokio::test]
+    async fn a_failure_asked_for_again_meanwhile_runs_at_once_and_announces_no_wait() {
+        let mut q = Queue::default();
+        q.push("a".into());
+        q.pop();
+        q.push("a".into()); // a change arrives during the failing pass
+        assert_eq!(q.finish("a", Some(Backoff::Persistent)), None);
+        assert_eq!(q.pop().as_deref(), Some("a"), "due now, not in 5s");
     }
 
     #[tokio::test]

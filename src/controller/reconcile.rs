@@ -436,7 +436,7 @@ impl<'a> ChurnGate<'a> {
 
 impl CreateGate for ChurnGate<'_> {
     fn may_create(&self) -> bool {
-        let verdict = self.guard.lock().unwrap_or_else(|p| p.into_inner()).check(
+        let verdict = self.guard.lock().unwrap_or_else(|p| p.into_inner()).admit(
             self.agent,
             &self.what,
             Instant::now(),
@@ -448,6 +448,14 @@ impl CreateGate for ChurnGate<'_> {
                 false
             }
         }
+    }
+
+    fn created(&self) {
+        self.guard.lock().unwrap_or_else(|p| p.into_inner()).record(
+            self.agent,
+            &self.what,
+            Instant::now(),
+        );
     }
 }
 

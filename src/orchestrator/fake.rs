@@ -310,6 +310,7 @@ impl Orchestrator for FakeOrchestrator {
                 );
                 id
             };
+            gate.created();
             applied.done.push(Done::Created {
                 id: id.clone(),
                 replacing: !applied.done.is_empty(),

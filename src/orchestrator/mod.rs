@@ -357,7 +357,11 @@ pub struct Applied {
 /// Asked by a backend right before it makes a new workload for an agent: the storm guard
 /// may say not now.
 pub trait CreateGate: Send + Sync {
+    /// Whether a new workload may be made now.
     fn may_create(&self) -> bool;
+    /// A new workload was made (one that failed before it existed, such as one whose
+    /// image must be pulled first, is not).
+    fn created(&self) {}
 }
 
 /// A gate that always says yes.

@@ -15,6 +15,7 @@ mod gitops;
 mod guarantees;
 mod leases;
 mod lifecycle;
+mod messages;
 mod observe;
 mod redteam;
 mod restart;

@@ -831,6 +831,7 @@ impl Orchestrator for DockerOrchestrator {
         match action {
             ContainerAction::Create => {
                 let id = self.create_container(want).await?;
+                gate.created();
                 applied.done.push(Done::Created {
                     id: id.clone(),
                     replacing: plan

@@ -636,6 +636,7 @@ impl Orchestrator for KubernetesOrchestrator {
             return Ok(applied);
         };
         let pod = self.create_pod(want).await?;
+        gate.created();
         let made = render::observed(&pod).unwrap_or_else(|| Observed {
             id: pod.metadata.name.clone().unwrap_or_default(),
             agent: want.agent.clone(),
