@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::orchestrator::{Holder, Lease, Orchestrator, OrchestratorError};
+use crate::orchestrator::{Holder, Lease, LeaseStore, OrchestratorError};
 
 /// Where this Hive stands with its instance.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,7 +152,7 @@ fn decide(me: &Holder, lease: Option<Lease>, now_ms: i64, unchanged: Duration) -
 
 /// Runs the election for one Hive.
 pub struct Elector {
-    backend: Arc<dyn Orchestrator>,
+    backend: Arc<dyn LeaseStore>,
     me: Holder,
     settings: Settings,
     state: watch::Sender<Leadership>,
@@ -163,7 +163,7 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(
-        backend: Arc<dyn Orchestrator>,
+        backend: Arc<dyn LeaseStore>,
         me: Holder,
         settings: Settings,
     ) -> (Elector, watch::Receiver<Leadership>) {

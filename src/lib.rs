@@ -66,7 +66,7 @@ pub mod wire;
 pub use config::Config;
 
 use access::{KeySource, Keys};
-use orchestrator::Orchestrator;
+use orchestrator::Backend;
 use service::Service;
 use store::Store;
 
@@ -104,7 +104,7 @@ impl From<lease::InstanceHeld> for Error {
 
 /// The Docker backend `config` asks for (`--docker-host`, `--instance`,
 /// `--agent-network`, `--engine-timeout`). Connects lazily: no I/O here.
-pub fn docker_backend(config: &Config) -> Arc<dyn Orchestrator> {
+pub fn docker_backend(config: &Config) -> Arc<dyn Backend> {
     Arc::new(orchestrator::docker::DockerOrchestrator::new(
         orchestrator::docker::DockerSettings {
             host: config.docker_host.clone(),
@@ -117,7 +117,7 @@ pub fn docker_backend(config: &Config) -> Arc<dyn Orchestrator> {
 
 /// The Kubernetes backend `config` asks for (`--namespace`, `--kubeconfig`,
 /// `--instance`, `--engine-timeout`). Connects lazily: no I/O here.
-pub fn kubernetes_backend(config: &Config) -> Arc<dyn Orchestrator> {
+pub fn kubernetes_backend(config: &Config) -> Arc<dyn Backend> {
     Arc::new(orchestrator::kubernetes::KubernetesOrchestrator::new(
         orchestrator::kubernetes::KubernetesSettings {
             namespace: config.namespace.clone(),
@@ -129,7 +129,7 @@ pub fn kubernetes_backend(config: &Config) -> Arc<dyn Orchestrator> {
 }
 
 /// The backend `--backend` names.
-pub fn backend(config: &Config) -> Arc<dyn Orchestrator> {
+pub fn backend(config: &Config) -> Arc<dyn Backend> {
     match config.backend {
         config::Backend::Docker => docker_backend(config),
         config::Backend::Kubernetes => kubernetes_backend(config),
@@ -139,20 +139,21 @@ pub fn backend(config: &Config) -> Arc<dyn Orchestrator> {
 /// Runs Hive with `backend` on `listener` until `shutdown` completes: see [`App`].
 pub async fn run(
     config: Config,
-    backend: Arc<dyn Orchestrator>,
+    backend: Arc<dyn Backend>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    App::new(config, backend)
-        .await?
-        .run(listener, shutdown)
-        .await
+    let mut app = App::build(config, backend).await?;
+    app.start().await?;
+    app.run(listener, shutdown).await
 }
 
 /// Everything `hive serve` runs, wired around a backend but not yet running: the store,
 /// the keys and policy, the service (the one write path), the controller, the lease
-/// election and the router. Tests build one around the in-memory backend and drive its
-/// [`router`](App::router) without a socket.
+/// election and the router. [`App::build`] wires (and touches nothing but its files);
+/// [`App::start`] takes the instance's lease; [`App::run`] spawns and serves. Tests build
+/// one around the in-memory backend and drive its [`router`](App::router) without a
+/// socket.
 pub struct App {
     config: Config,
     store: Arc<Store>,
@@ -162,13 +163,16 @@ pub struct App {
     elector: lease::Elector,
     leadership: tokio::sync::watch::Receiver<lease::Leadership>,
     state: api::AppState,
+    /// The engine, for the first look at it when starting.
+    backend: Arc<dyn Backend>,
+    /// Whether [`App::start`] ran.
+    started: bool,
 }
 
 impl App {
     /// Opens the store (created if needed, private to Hive's user), loads the keys and the
-    /// policy, and takes the instance's lease if it may: an instance held by a live Hive
-    /// is an error, unless `--standby`.
-    pub async fn new(config: Config, backend: Arc<dyn Orchestrator>) -> Result<App, Error> {
+    /// policy, and wires the rest. Nothing reaches the engine yet.
+    pub async fn build(config: Config, backend: Arc<dyn Backend>) -> Result<App, Error> {
         agent::validate_name(&config.instance)
             .map_err(|m| Error::Instance(config.instance.clone(), m))?;
         // Files and the store are opened on a blocking thread, as every file Hive reads.
@@ -194,37 +198,16 @@ impl App {
                 info!(path = %path.display(), "generated an API key (mode 0600); clients need its contents")
             }
         }
-        if let Err(e) = backend.ping().await {
-            warn!(error = %e, "the container engine does not answer yet; serving anyway and retrying");
-        }
-
-        // One Hive reconciles an instance: take its lease, or stop here if another holds it.
         let lease_settings = lease::Settings {
             instance: config.instance.clone(),
             duration: config.lease_duration.into(),
             standby: config.standby,
         };
-        let first_look = lease_settings.duration + std::time::Duration::from(config.engine_timeout);
-        let (mut elector, leadership) = lease::Elector::new(
+        let (elector, leadership) = lease::Elector::new(
             backend.clone(),
             lease::this_process(&config.data_dir, store.id()),
             lease_settings,
         );
-        match tokio::time::timeout(first_look, elector.start()).await {
-            Ok(Err(held)) => return Err(held.into()),
-            Ok(Ok(())) => {}
-            Err(_) => warn!("the instance's lease is not settled yet; not reconciling until it is"),
-        }
-        match &*leadership.borrow() {
-            lease::Leadership::Leading { .. } => {}
-            lease::Leadership::Standby { holder } => info!(
-                instance = %config.instance, holder = %holder.holder,
-                "standing by: another Hive holds the instance; taking over when its lease expires"
-            ),
-            lease::Leadership::Unknown { reason } => {
-                warn!(%reason, "not reconciling until the instance's lease is held")
-            }
-        }
 
         let resolver = Arc::new(resolve::Resolver::new(&config.resolve).map_err(Error::Config)?);
         let metrics = Arc::new(metrics::Metrics::default());
@@ -252,7 +235,7 @@ impl App {
             leadership: leadership.clone(),
             instance: config.instance.clone(),
             resolver,
-            orchestrator: backend,
+            orchestrator: backend.clone(),
         }));
         let state = api::AppState {
             service: service.clone(),
@@ -282,7 +265,39 @@ impl App {
             elector,
             leadership,
             state,
+            backend,
+            started: false,
         })
+    }
+
+    /// Looks at the engine and takes the instance's lease if it may: an instance held by a
+    /// live Hive is an error, unless `--standby` (then it waits to take over).
+    pub async fn start(&mut self) -> Result<(), Error> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        if let Err(e) = self.backend.ping().await {
+            warn!(error = %e, "the container engine does not answer yet; serving anyway and retrying");
+        }
+        let first_look = std::time::Duration::from(self.config.lease_duration)
+            + std::time::Duration::from(self.config.engine_timeout);
+        match tokio::time::timeout(first_look, self.elector.start()).await {
+            Ok(Err(held)) => return Err(held.into()),
+            Ok(Ok(())) => {}
+            Err(_) => warn!("the instance's lease is not settled yet; not reconciling until it is"),
+        }
+        match &*self.leadership.borrow() {
+            lease::Leadership::Leading { .. } => {}
+            lease::Leadership::Standby { holder } => info!(
+                instance = %self.config.instance, holder = %holder.holder,
+                "standing by: another Hive holds the instance; taking over when its lease expires"
+            ),
+            lease::Leadership::Unknown { reason } => {
+                warn!(%reason, "not reconciling until the instance's lease is held")
+            }
+        }
+        Ok(())
     }
 
     /// The API, for driving without a socket.
@@ -300,10 +315,11 @@ impl App {
     /// finishes the reconciles in flight and the requests open (for at most the grace),
     /// gives up the lease and flushes the store; agents keep running.
     pub async fn run(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        self.start().await?;
         let App {
             config,
             store,
@@ -313,6 +329,7 @@ impl App {
             elector,
             leadership,
             state,
+            ..
         } = self;
         let stop = CancellationToken::new();
         if let (Some(dir), Some(status)) = (&config.manifests_dir, &state.sync) {

@@ -12,7 +12,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use uuid::Uuid;
 
 use super::{
-    Applied, CreateGate, Done, Holder, Lease, LogOptions, Observed, Orchestrator,
+    Applied, CreateGate, Done, Holder, Lease, LeaseStore, LogOptions, Observed, Orchestrator,
     OrchestratorError, Ownership, RemoveReason, RunState, Workload,
 };
 use crate::agent::RestartPolicy;
@@ -419,7 +419,10 @@ impl Orchestrator for FakeOrchestrator {
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {
         stream::pending().boxed()
     }
+}
 
+#[async_trait]
+impl LeaseStore for FakeOrchestrator {
     async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError> {
         Ok(self.state.lock().unwrap().lease.clone())
     }

@@ -548,6 +548,12 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Names of agents whose workloads changed (made, started, died, removed, ...). The
     /// stream ends or errs when the engine goes away; callers re-subscribe.
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>>;
+}
+
+/// Where an instance's lease is kept (the same engine its workloads run on), for
+/// [`crate::lease`]'s election: apart from the workloads' verbs.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
     /// The instance's lease as the engine has it (None: nobody holds it).
     async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError>;
     /// Takes the lease for `me`, replacing `current` (None: there is none). Fails with
@@ -564,6 +570,11 @@ pub trait Orchestrator: Send + Sync + 'static {
     /// Gives the lease up, so that another Hive may take it at once.
     async fn release_lease(&self, lease: &Lease) -> Result<(), OrchestratorError>;
 }
+
+/// A backend: where workloads run and where the instance's lease is kept.
+pub trait Backend: Orchestrator + LeaseStore {}
+
+impl<T: Orchestrator + LeaseStore> Backend for T {}
 
 #[cfg(test)]
 mod tests {

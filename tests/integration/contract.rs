@@ -150,7 +150,7 @@ async fn on_kubernetes() -> (Hive, Kubernetes) {
     let hive = Hive::start_on_backend(Arc::new(move |config: &hive::Config| {
         let (backend, handle) = mock("agents", &config.instance);
         shared.lock().unwrap().serve_on(handle);
-        Arc::new(backend) as Arc<dyn hive::orchestrator::Orchestrator>
+        Arc::new(backend) as Arc<dyn hive::orchestrator::Backend>
     }))
     .await;
     (hive, Kubernetes(server))

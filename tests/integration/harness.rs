@@ -113,7 +113,7 @@ enum Running {
 /// Makes the backend a Hive runs on, inside its runtime (the default: the Docker
 /// backend its flags name).
 pub type BackendFactory = std::sync::Arc<
-    dyn Fn(&hive::Config) -> std::sync::Arc<dyn hive::orchestrator::Orchestrator> + Send + Sync,
+    dyn Fn(&hive::Config) -> std::sync::Arc<dyn hive::orchestrator::Backend> + Send + Sync,
 >;
 
 /// One running Hive with its own instance, data directory and key.
@@ -313,7 +313,12 @@ impl Hive {
                         Some(make) => make(&config),
                         None => hive::docker_backend(&config),
                     };
-                    let app = match hive::App::new(config, backend).await {
+                    let started = async {
+                        let mut app = hive::App::build(config, backend).await?;
+                        app.start().await?;
+                        Ok::<_, hive::Error>(app)
+                    };
+                    let app = match started.await {
                         Ok(app) => app,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e.to_string()));

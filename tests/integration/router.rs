@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use hive::access::{new_key, Role};
-use hive::orchestrator::{Holder, Orchestrator};
+use hive::orchestrator::{Holder, LeaseStore};
 use hive::testing::FakeOrchestrator;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -70,7 +70,9 @@ async fn app_with(extra: &[&str], backend: Arc<FakeOrchestrator>) -> TestApp {
     let mut config = hive::testing::config(&flags).unwrap();
     let key = hive::access::generate_key();
     config.api_key = Some(hive::config::Secret(key.clone()));
-    let app = hive::App::new(config, backend).await.unwrap();
+    // Wired, then started (the in-memory backend's lease is taken at once).
+    let mut app = hive::App::build(config, backend).await.unwrap();
+    app.start().await.unwrap();
     TestApp {
         app,
         key,
@@ -1448,4 +1450,18 @@ async fn lists_page_at_one_resource_version_and_say_when_a_page_is_gone() {
     assert_eq!(r.body["items"], json!([]));
     assert!(r.body["metadata"].get("continue").is_none());
     t.check_documented();
+}
+
+#[tokio::test]
+async fn building_an_app_takes_no_lease_and_starting_it_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let mut config = hive::testing::config(&["--data-dir", &data, "--instance", "built"]).unwrap();
+    config.api_key = Some(hive::config::Secret("k".into()));
+    let backend = Arc::new(FakeOrchestrator::default());
+    let mut app = hive::App::build(config, backend.clone()).await.unwrap();
+    assert!(backend.read_lease().await.unwrap().is_none(), "wired only");
+    app.start().await.unwrap();
+    let lease = backend.read_lease().await.unwrap().expect("taken by start");
+    assert!(lease.holder.data_dir.ends_with("data"), "{lease:?}");
 }

@@ -54,7 +54,7 @@ use bollard::Docker;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use super::{
-    Applied, CreateGate, Done, Holder, Lease, LogOptions, Observed, Orchestrator,
+    Applied, CreateGate, Done, Holder, Lease, LeaseStore, LogOptions, Observed, Orchestrator,
     OrchestratorError, Ownership, RemoveReason, RunState, Workload,
 };
 use plan::{Container, ContainerAction, ContainerState};
@@ -1012,7 +1012,10 @@ impl Orchestrator for DockerOrchestrator {
             })
             .boxed()
     }
+}
 
+#[async_trait]
+impl LeaseStore for DockerOrchestrator {
     async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError> {
         Ok(self.lease_objects().await?.lease())
     }

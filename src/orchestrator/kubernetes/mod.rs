@@ -26,7 +26,7 @@ use kube::{Client, Config};
 use uuid::Uuid;
 
 use super::{
-    Applied, CreateGate, Done, Holder, Lease, LogOptions, Observed, Orchestrator,
+    Applied, CreateGate, Done, Holder, Lease, LeaseStore, LogOptions, Observed, Orchestrator,
     OrchestratorError, Ownership, RemoveReason, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE,
     LABEL_MANAGED, LABEL_RETAIN, LABEL_STORE, LABEL_UID,
 };
@@ -798,7 +798,10 @@ impl Orchestrator for KubernetesOrchestrator {
         })
         .boxed()
     }
+}
 
+#[async_trait]
+impl LeaseStore for KubernetesOrchestrator {
     async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError> {
         Ok(self.lease_now().await?.1)
     }

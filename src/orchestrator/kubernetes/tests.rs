@@ -12,8 +12,8 @@ use super::apiserver::{ApiServer, Seen};
 use super::{mock, KubernetesOrchestrator};
 use crate::agent::{Env, Volume};
 use crate::orchestrator::{
-    AlwaysCreate, Done, Holder, Orchestrator, OrchestratorError, Ownership, RemoveReason, RunState,
-    Workload,
+    AlwaysCreate, Done, Holder, LeaseStore, Orchestrator, OrchestratorError, Ownership,
+    RemoveReason, RunState, Workload,
 };
 
 const NS: &str = "agents";
