@@ -64,6 +64,15 @@ impl Queue {
     /// waits for it (not when the name was asked for again meanwhile: it runs at once).
     pub fn finish(&mut self, name: &str, failed: Option<Backoff>) -> Option<Duration> {
         self.running.remove(name);
+        if self.dirty.remove(name) {
+            // Asked for again meanwhile: it runs at once, and this failure does not count
+            // towards a backoff it never waited for (a success still resets it).
+            if failed.is_none() {
+                self.failures.remove(name);
+            }
+            self.push(name.to_string());
+            return None;
+        }
         let retry = match failed {
             None => {
                 self.failures.remove(name);
@@ -81,10 +90,6 @@ impl Queue {
                 Some(delay)
             }
         };
-        if self.dirty.remove(name) {
-            self.push(name.to_string());
-            return None;
-        }
         if let Some(delay) = retry {
             let key = self.delayed.insert(name.to_string(), delay);
             self.delayed_keys.insert(name.to_string(), key);

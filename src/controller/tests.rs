@@ -198,6 +198,11 @@ async fn a_failure_is_retried_with_backoff_until_it_succeeds() {
     let fake = FakeOrchestrator::default();
     fake.fail_creates(2, true);
     let h = start(fake, 2);
+    // After the start-up resync, so that no pass of it is asked for again while it runs.
+    h.until("the first resync", |h| {
+        h.fake.lists.load(Ordering::SeqCst) > 0
+    })
+    .await;
     h.add("flaky");
     let says_why = |h: &Harness| {
         h.store
@@ -256,6 +261,10 @@ async fn a_persistent_failure_fails_the_agent_and_says_why() {
     // Two: the first start-up resync may try it once more at once.
     fake.fail_creates(2, false);
     let h = start(fake, 2);
+    h.until("the first resync", |h| {
+        h.fake.lists.load(Ordering::SeqCst) > 0
+    })
+    .await;
     h.add("broken");
     h.until("failed", |h| h.phase("broken") == Some(Phase::Failed))
         .await;

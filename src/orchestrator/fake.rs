@@ -37,6 +37,8 @@ pub struct FakeOrchestrator {
     pub hang_renewals: std::sync::atomic::AtomicBool,
     /// How long a lease renewal takes (ms).
     pub renew_delay_ms: std::sync::atomic::AtomicU64,
+    /// Listings of every workload made so far (each resync makes one).
+    pub lists: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -224,6 +226,7 @@ impl Orchestrator for FakeOrchestrator {
     }
 
     async fn list(&self) -> Result<Vec<Observed>, OrchestratorError> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
         Ok(self.workloads())
     }
 
