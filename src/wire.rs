@@ -88,3 +88,53 @@ pub struct ApplyAnswer {
     pub dry_run: bool,
     pub items: Vec<ApplyResult>,
 }
+
+/// What kind of failure an answer reports: every error of every layer is one of these,
+/// and [`ErrorKind::status`] is the one table of their HTTP statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A request's parameter or body cannot be read.
+    BadRequest,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    /// A field of a document is wrong.
+    Invalid,
+    /// The admission policy refused it.
+    Refused,
+    Unauthorized,
+    Forbidden,
+    /// An owner's quota would be exceeded.
+    Quota,
+    NotFound,
+    /// It contradicts what is stored.
+    Conflict,
+    /// Some documents of a bulk apply are bad.
+    InvalidDocuments,
+    /// What it refers to is no longer kept.
+    Gone,
+    TooManyRequests,
+    RequestTimeout,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status an answer of this kind carries.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden | ErrorKind::Quota => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::RequestTimeout => 408,
+            ErrorKind::Conflict => 409,
+            ErrorKind::Gone => 410,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::Invalid | ErrorKind::Refused | ErrorKind::InvalidDocuments => 422,
+            ErrorKind::TooManyRequests => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::Unavailable => 503,
+        }
+    }
+}

@@ -7,6 +7,7 @@ use axum::Json;
 
 use crate::agent::{clip, Invalid};
 use crate::service::{DocumentError, ServiceError};
+use crate::wire::ErrorKind;
 
 /// A failure answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -64,29 +65,36 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// What kind of failure it is, and its stable word.
+    fn kind_and_code(&self) -> (ErrorKind, &'static str) {
         match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::BadRequest(_) => (ErrorKind::BadRequest, "bad_request"),
             ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                (ErrorKind::UnsupportedMediaType, "unsupported_media_type")
             }
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
-            ApiError::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refused_by_policy"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::QuotaExceeded { .. } => (StatusCode::FORBIDDEN, "quota_exceeded"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
-            ApiError::InvalidDocuments { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_documents")
-            }
-            ApiError::Gone(_) => (StatusCode::GONE, "gone"),
-            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
-            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::PayloadTooLarge(_) => (ErrorKind::PayloadTooLarge, "payload_too_large"),
+            ApiError::Invalid(_) => (ErrorKind::Invalid, "invalid"),
+            ApiError::Refused { .. } => (ErrorKind::Refused, "refused_by_policy"),
+            ApiError::Unauthorized(_) => (ErrorKind::Unauthorized, "unauthorized"),
+            ApiError::Forbidden(_) => (ErrorKind::Forbidden, "forbidden"),
+            ApiError::QuotaExceeded { .. } => (ErrorKind::Quota, "quota_exceeded"),
+            ApiError::NotFound(_) => (ErrorKind::NotFound, "not_found"),
+            ApiError::Conflict { code, .. } => (ErrorKind::Conflict, code),
+            ApiError::InvalidDocuments { .. } => (ErrorKind::InvalidDocuments, "invalid_documents"),
+            ApiError::Gone(_) => (ErrorKind::Gone, "gone"),
+            ApiError::TooManyRequests(_) => (ErrorKind::TooManyRequests, "too_many_streams"),
+            ApiError::RequestTimeout(_) => (ErrorKind::RequestTimeout, "request_timeout"),
+            ApiError::Unavailable(_) => (ErrorKind::Unavailable, "unavailable"),
+            ApiError::Internal(_) => (ErrorKind::Internal, "internal"),
         }
+    }
+
+    /// The status, from the one table ([`ErrorKind::status`]), and the stable word.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        let (kind, code) = self.kind_and_code();
+        let status =
+            StatusCode::from_u16(kind.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, code)
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {

@@ -5,8 +5,9 @@
 //! store publishes the watch event. The adapters (`api`, `gitops`) translate their
 //! protocol to these calls and back; they hold no rules of their own.
 //!
-//! Errors are a domain type, [`ServiceError`]; each has a stable code and the HTTP status
-//! the API answers with, which the audit log records too.
+//! Errors are a domain type, [`ServiceError`]: each has a stable code and a kind
+//! ([`ErrorKind`], whose one table gives the status the API answers with and the audit
+//! log records); the service itself knows no statuses.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use crate::controller;
 use crate::lease::Leadership;
 use crate::policy::{Policy, Refusal};
 use crate::store::{AuditEntry, Store, StoreError};
+use crate::wire::ErrorKind;
 
 mod agents;
 mod apply;
@@ -89,20 +91,37 @@ pub struct DocumentError {
 }
 
 impl ServiceError {
-    /// A stable word for clients, and the HTTP status the API answers with.
-    pub fn code_and_status(&self) -> (&'static str, u16) {
+    /// A stable word for clients.
+    pub fn code(&self) -> &'static str {
         match self {
-            ServiceError::BadRequest(_) => ("bad_request", 400),
-            ServiceError::Invalid(_) => ("invalid", 422),
-            ServiceError::Refused { .. } => ("refused_by_policy", 422),
-            ServiceError::Quota { .. } => ("quota_exceeded", 403),
-            ServiceError::Forbidden(_) => ("forbidden", 403),
-            ServiceError::NotFound(_) => ("not_found", 404),
-            ServiceError::Conflict { code, .. } => (code, 409),
-            ServiceError::InvalidDocuments { .. } => ("invalid_documents", 422),
-            ServiceError::Gone(_) => ("gone", 410),
-            ServiceError::Unavailable(_) => ("unavailable", 503),
-            ServiceError::Internal(_) => ("internal", 500),
+            ServiceError::BadRequest(_) => "bad_request",
+            ServiceError::Invalid(_) => "invalid",
+            ServiceError::Refused { .. } => "refused_by_policy",
+            ServiceError::Quota { .. } => "quota_exceeded",
+            ServiceError::Forbidden(_) => "forbidden",
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Conflict { code, .. } => code,
+            ServiceError::InvalidDocuments { .. } => "invalid_documents",
+            ServiceError::Gone(_) => "gone",
+            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Internal(_) => "internal",
+        }
+    }
+
+    /// What kind of failure it is (its status comes from [`ErrorKind::status`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ServiceError::BadRequest(_) => ErrorKind::BadRequest,
+            ServiceError::Invalid(_) => ErrorKind::Invalid,
+            ServiceError::Refused { .. } => ErrorKind::Refused,
+            ServiceError::Quota { .. } => ErrorKind::Quota,
+            ServiceError::Forbidden(_) => ErrorKind::Forbidden,
+            ServiceError::NotFound(_) => ErrorKind::NotFound,
+            ServiceError::Conflict { .. } => ErrorKind::Conflict,
+            ServiceError::InvalidDocuments { .. } => ErrorKind::InvalidDocuments,
+            ServiceError::Gone(_) => ErrorKind::Gone,
+            ServiceError::Unavailable(_) => ErrorKind::Unavailable,
+            ServiceError::Internal(_) => ErrorKind::Internal,
         }
     }
 
@@ -118,7 +137,7 @@ impl ServiceError {
 
     /// This error as one entry of a bulk apply's answer.
     pub fn for_document(&self, index: usize, name: Option<String>) -> DocumentError {
-        let (code, _) = self.code_and_status();
+        let code = self.code();
         let (field, rule) = match self {
             ServiceError::Invalid(i) => (Some(i.field.clone()), None),
             ServiceError::Refused { rule, invalid } => {
@@ -336,7 +355,7 @@ impl Service {
     ) {
         let (status, reason) = match result {
             Ok(_) => (accepted_status, None),
-            Err(e) => (e.code_and_status().1, Some(e.message())),
+            Err(e) => (e.kind().status(), Some(e.message())),
         };
         self.record(AuditEntry {
             id: 0,
