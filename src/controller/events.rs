@@ -69,7 +69,7 @@ impl Reason {
 }
 
 /// The events of one pass, recorded together at its end.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Events(Vec<(Reason, String)>);
 
 impl Events {

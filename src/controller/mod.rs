@@ -34,6 +34,7 @@ pub mod plan;
 pub mod pulls;
 pub mod queue;
 pub mod reconcile;
+pub mod status;
 pub mod workload;
 
 pub use reconcile::{reconcile, Action, Context, ReconcileError};

@@ -10,10 +10,11 @@ use tracing::info;
 
 use super::churn;
 use super::events::{Events, Reason};
-use super::plan::{outcome, with_conditions};
+use super::plan::with_conditions;
 use super::pulls::{PullStatus, Pulls};
+use super::status::{self, Deadline};
 use super::workload::workload;
-use crate::agent::{AgentStatus, Phase};
+use crate::agent::Phase;
 use crate::orchestrator::{
     CreateGate, Orchestrator, OrchestratorError, Ownership, RemoveReason, Workload,
 };
@@ -80,7 +81,8 @@ pub fn panicked(name: &str, ctx: &Context, panic: &(dyn std::any::Any + Send)) -
     e
 }
 
-/// Converges one agent.
+/// Converges one agent: its deadlines first (an expired agent is deleted, an idle one
+/// checked), then its workload applied by the backend, then what that means written.
 pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileError> {
     let Some(mut record) = ctx.store.get(name)? else {
         remove_orphans(name, ctx).await?;
@@ -90,73 +92,28 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
     if record.agent.is_terminating() {
         return finish_deletion(record, ctx).await;
     }
-    // An expired ttl deletes the agent, as a DELETE would.
-    let mut requeue = Action::AwaitChange;
-    if let Some(expires) = record.agent.expires_at() {
-        let left = expires - time::OffsetDateTime::now_utc();
-        if left.is_positive() {
-            requeue = Action::Requeue(Duration::try_from(left).unwrap_or_default());
-        } else {
-            let mut events = Events::default();
-            events.note(
-                Reason::Expired,
-                format!(
-                    "spec.ttl ({}) ran out; deleting the agent",
-                    record
-                        .agent
-                        .spec
-                        .ttl
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                ),
-            );
-            events.record(ctx, Some(&record));
-            record = ctx.store.mark_deleted(name)?;
-            return finish_deletion(record, ctx).await;
-        }
-    }
-    // spec.lifecycle.ttlAfterFinished: a finished agent goes this long after it finished.
     let now = time::OffsetDateTime::now_utc();
-    if let Some(at) = record.finished_deadline() {
-        if at > now {
-            requeue = sooner(requeue, at - now);
-        } else {
-            let mut events = Events::default();
-            events.note(
-                Reason::Expired,
-                format!(
-                    "finished (phase {:?}) and spec.lifecycle.ttlAfterFinished ({}) ran out; deleting the agent",
-                    record.agent.status.phase,
-                    record.agent.spec.lifecycle.ttl_after_finished.as_ref().map(ToString::to_string).unwrap_or_default()
-                ),
-            );
-            events.record(ctx, Some(&record));
-            record = ctx.store.mark_deleted(name)?;
-            return finish_deletion(record, ctx).await;
-        }
-    }
-    // spec.lifecycle.idleTimeout: at the deadline, one look at the container's own work.
-    if let Some(at) = record.idle_deadline() {
-        if at > now {
-            requeue = sooner(requeue, at - now);
-        } else {
+    let (due, mut requeue) = status::deadlines(&record, now);
+    match due {
+        Deadline::Expired(why) => return expire(record, ctx, why).await,
+        Deadline::IdleCheck => {
             if let Some(again) = idle_check(ctx, &record).await? {
-                requeue = sooner(requeue, again.try_into().unwrap_or(time::Duration::MAX));
+                requeue = status::sooner(requeue, again);
             }
             let Some(fresh) = ctx.store.get(name)? else {
                 return Ok(Action::AwaitChange);
             };
             record = fresh;
         }
+        Deadline::None => {}
     }
     // An agent stopped for idleness runs as Stopped until something wakes it.
     let effective = record.effective().into_owned();
     let want = match workload(&effective, &ctx.store, &ctx.policy) {
         Ok(w) => w,
+        // A missing secret, or one grown past the env limits: writing the secret wakes
+        // the agent again.
         Err(invalid) => {
-            // A missing secret, or one grown past the env limits. Writing the secret wakes
-            // the agent again.
             write_failure(ctx, &record, &invalid.to_string(), false)?;
             return Ok(requeue);
         }
@@ -164,178 +121,79 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
     let gate = ChurnGate::new(ctx, &want);
     match ctx.orchestrator.apply(&want, &ctx.ownership, &gate).await {
         Ok(applied) => {
-            let mut events = Events::default();
-            events.note_done(&applied.done, record.agent.metadata.generation);
-            events.record(ctx, Some(&record));
-            let created = applied
-                .done
-                .iter()
-                .any(|d| matches!(d, crate::orchestrator::Done::Created { .. }));
-            let repairs = applied
-                .done
-                .iter()
-                .filter(|d| {
-                    matches!(
-                        d,
-                        crate::orchestrator::Done::Repaired { .. }
-                            | crate::orchestrator::Done::Restarted { .. }
-                    )
-                })
-                .count() as u64;
-            let mut internal = record.internal.clone();
-            internal.repairs = if created { 0 } else { internal.repairs } + repairs;
-            // A restart asked for while the agent is stopped, or carried out now, is done.
-            internal.restarts_done = internal.restarts_requested;
-            let o = outcome(&effective.agent, &applied);
-            let agent = &record.agent;
-            let rfc3339 = |t: time::OffsetDateTime| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            };
-            let started = applied.done.iter().any(|d| {
-                matches!(
-                    d,
-                    crate::orchestrator::Done::Created { .. }
-                        | crate::orchestrator::Done::Started { .. }
-                        | crate::orchestrator::Done::Repaired { .. }
-                        | crate::orchestrator::Done::Restarted { .. }
-                        | crate::orchestrator::Done::Resumed { .. }
-                )
-            });
-            // An agent with an idle timeout: its container's CPU time is read when it
-            // (re)starts, so that what the idle check compares against excludes start-up.
-            let baseline = (agent.spec.lifecycle.idle_timeout.is_some()
-                && o.phase == Phase::Running)
-                .then(|| o.container_id.clone())
-                .flatten()
-                .filter(|id| {
-                    started
-                        || record
-                            .internal
-                            .cpu_seen
-                            .as_ref()
-                            .is_none_or(|(seen, _)| seen != id)
-                });
-            // Finished (now or before): deleted spec.lifecycle.ttlAfterFinished after the
-            // phase was reached.
-            let finished = agent
-                .spec
-                .lifecycle
-                .ttl_after_finished()
-                .filter(|_| {
-                    matches!(o.phase, Phase::Succeeded | Phase::Failed) && o.container_id.is_some()
-                })
-                .and_then(|ttl| {
-                    let since = if agent.status.phase == o.phase {
-                        time::OffsetDateTime::parse(
-                            agent.status.last_transition_time.as_deref()?,
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .ok()?
-                    } else {
-                        time::OffsetDateTime::now_utc()
-                    };
-                    crate::agent::later(since, ttl)
-                });
-            // Running now: the idle clock runs (and wakes this agent when it runs out).
-            let stops_at = (o.phase == Phase::Running)
-                .then(|| record.idle_clock())
-                .flatten();
-            // (A deadline already past was looked at by this pass, which set when to look
-            // again: it must not make the next pass come at once, again and again.)
-            if let Some(left) = stops_at
-                .map(|at| at - time::OffsetDateTime::now_utc())
-                .filter(|left| left.is_positive())
-            {
-                requeue = sooner(requeue, left);
-            }
-            let idle_message = record.internal.idle_since.as_ref().map(|_| {
-                format!(
-                    "stopped after {} without activity (spec.lifecycle.idleTimeout); start or touch it to resume",
-                    agent.spec.lifecycle.idle_timeout.as_ref().map(ToString::to_string).unwrap_or_default()
-                )
-            });
-            let status = AgentStatus {
-                phase: o.phase,
-                observed_generation: agent.metadata.generation,
-                container_id: o.container_id,
-                restart_count: o.engine_restarts + internal.repairs,
-                message: idle_message.or(o.message),
-                last_transition_time: None,
-                // The sooner of the two deletions.
-                expires_at: match (agent.expires_at(), finished) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-                .and_then(rfc3339),
-                stops_at: stops_at.and_then(rfc3339),
-                idle_since: record.internal.idle_since.clone(),
-                conditions: Vec::new(),
-            };
-            let status = with_conditions(&agent.status.conditions, status, None);
-            if status.message.is_some() && status.message != agent.status.message {
-                let mut note = Events::default();
-                note.note(Reason::NotReady, status.message.clone().unwrap_or_default());
-                note.record(ctx, Some(&record));
-            }
-            ctx.store.update_status(
-                &agent.metadata.name,
-                agent.metadata.uid.unwrap_or_default(),
-                status,
-                internal,
-            )?;
-            if let Some(at) = finished {
-                requeue = sooner(requeue, at - time::OffsetDateTime::now_utc());
-            }
-            if let Some(id) = baseline {
-                if let Ok(Some(cpu)) = ctx.orchestrator.cpu_time(&id).await {
-                    let uid = agent.metadata.uid.unwrap_or_default();
-                    ctx.store.record_cpu(name, uid, &id, cpu, false)?;
-                }
-            }
-            Ok(requeue)
+            let after = status::status_after(&record, &effective, &applied, now, requeue);
+            write_after(ctx, &record, after).await
         }
         Err(OrchestratorError::ImageMissing { image }) => {
-            let owner = record.agent.metadata.owner.as_deref().unwrap_or_default();
-            let message = match ctx.pulls.request(&image, owner, name) {
-                PullStatus::Failed(detail) => {
-                    let e = OrchestratorError::ImageNotFound { image, detail };
-                    return fail(ctx, &record, e);
-                }
-                PullStatus::Pulling => format!("pulling image {image}"),
-                PullStatus::Queued => format!(
-                    "waiting to pull image {image}: its owner's (or the engine's) pull slots are taken"
-                ),
-            };
-            // The pull wakes the agent when it ends; nothing to retry meanwhile.
-            write_waiting(ctx, &record, &message, Reason::PullingImage)?;
-            Ok(requeue)
+            wait_for_image(ctx, &record, image).map(|()| requeue)
         }
-        Err(OrchestratorError::CreateDeferred) => {
-            let throttled = gate
-                .refusal()
-                .expect("the gate said why it held the create back");
-            let reason = if throttled.vanishing {
-                Reason::ContainerChurn
-            } else {
-                Reason::CreateRateLimited
-            };
-            if write_waiting(ctx, &record, &throttled.message, reason)? {
-                ctx.metrics.create_backoffs.inc();
-            }
-            Ok(Action::Requeue(throttled.wait))
-        }
+        Err(OrchestratorError::CreateDeferred) => held_back(ctx, &record, &gate),
         Err(e) => fail(ctx, &record, e),
     }
 }
 
-/// The sooner of two wake-ups (a deadline already past wakes at once).
-fn sooner(requeue: Action, left: time::Duration) -> Action {
-    let left = Duration::try_from(left).unwrap_or_default();
-    match requeue {
-        Action::Requeue(d) if d <= left => requeue,
-        _ => Action::Requeue(left),
+/// The agent's image must be pulled first: asks for the pull (which wakes the agent when
+/// it ends) and says so, or fails the agent with the last pull's answer.
+fn wait_for_image(ctx: &Context, record: &Record, image: String) -> Result<(), ReconcileError> {
+    let owner = record.agent.metadata.owner.as_deref().unwrap_or_default();
+    let name = &record.agent.metadata.name;
+    let message = match ctx.pulls.request(&image, owner, name) {
+        PullStatus::Failed(detail) => {
+            let e = OrchestratorError::ImageNotFound { image, detail };
+            return fail(ctx, record, e).map(|_| ());
+        }
+        PullStatus::Pulling => format!("pulling image {image}"),
+        PullStatus::Queued => format!(
+            "waiting to pull image {image}: its owner's (or the engine's) pull slots are taken"
+        ),
+    };
+    write_waiting(ctx, record, &message, Reason::PullingImage)?;
+    Ok(())
+}
+
+/// The storm guard held the agent's create back: says why, and looks again when it may.
+fn held_back(ctx: &Context, record: &Record, gate: &ChurnGate) -> Result<Action, ReconcileError> {
+    let throttled = gate
+        .refusal()
+        .expect("the gate said why it held the create back");
+    let reason = if throttled.vanishing {
+        Reason::ContainerChurn
+    } else {
+        Reason::CreateRateLimited
+    };
+    if write_waiting(ctx, record, &throttled.message, reason)? {
+        ctx.metrics.create_backoffs.inc();
     }
+    Ok(Action::Requeue(throttled.wait))
+}
+
+/// Deletes an agent whose deadline ran out, as a DELETE would, saying why.
+async fn expire(record: Record, ctx: &Context, why: String) -> Result<Action, ReconcileError> {
+    let mut events = Events::default();
+    events.note(Reason::Expired, why);
+    events.record(ctx, Some(&record));
+    let record = ctx.store.mark_deleted(&record.agent.metadata.name)?;
+    finish_deletion(record, ctx).await
+}
+
+/// Writes what a pass decided: its events, the status, and the idle check's baseline.
+async fn write_after(
+    ctx: &Context,
+    record: &Record,
+    after: status::After,
+) -> Result<Action, ReconcileError> {
+    let agent = &record.agent;
+    let uid = agent.metadata.uid.unwrap_or_default();
+    after.events.record(ctx, Some(record));
+    ctx.store
+        .update_status(&agent.metadata.name, uid, after.status, after.internal)?;
+    if let Some(id) = after.baseline {
+        if let Ok(Some(cpu)) = ctx.orchestrator.cpu_time(&id).await {
+            ctx.store
+                .record_cpu(&agent.metadata.name, uid, &id, cpu, false)?;
+        }
+    }
+    Ok(after.requeue)
 }
 
 /// CPU time a container must have used since the last look to count as working: 20 ms
