@@ -218,6 +218,19 @@ pub enum RestartPolicy {
     Never,
 }
 
+impl RestartPolicy {
+    /// Whether a process that exited with `code` (None: the engine did not say) is done
+    /// under this policy, rather than to be run again: the one rule every backend and the
+    /// status follow.
+    pub fn finished(self, code: Option<i64>) -> bool {
+        match self {
+            RestartPolicy::Always => false,
+            RestartPolicy::OnFailure => code == Some(0),
+            RestartPolicy::Never => true,
+        }
+    }
+}
+
 /// `spec.resources`: limits in Kubernetes quantity notation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -3,7 +3,7 @@
 //! the backend decides how to make a workload so; this decides what it means for the
 //! agent (its phase, under its restart policy).
 
-use crate::agent::{Agent, AgentStatus, Condition, DesiredState, Phase, RestartPolicy};
+use crate::agent::{Agent, AgentStatus, Condition, DesiredState, Phase};
 use crate::orchestrator::{Applied, Observed, RunState};
 use crate::store::Record;
 
@@ -59,26 +59,24 @@ fn phase_of(agent: &Agent, state: RunState) -> (Phase, Option<String>) {
     match state {
         RunState::Running => (Phase::Running, None),
         RunState::Starting | RunState::Suspended | RunState::Terminating => (Phase::Pending, None),
-        RunState::Exited { code } => match (agent.spec.restart_policy, code) {
-            (RestartPolicy::OnFailure | RestartPolicy::Never, Some(0)) => (
-                Phase::Succeeded,
-                Some("its process exited with code 0".into()),
-            ),
-            (RestartPolicy::Never, code) => (
-                Phase::Failed,
-                Some(format!(
-                    "its process exited with code {} and restartPolicy is Never",
-                    code.map_or("unknown".into(), |c| c.to_string())
-                )),
-            ),
-            (_, code) => (
-                Phase::Pending,
-                Some(format!(
-                    "its process exited with code {}; starting it again",
-                    code.map_or("unknown".into(), |c| c.to_string())
-                )),
-            ),
-        },
+        RunState::Exited { code: Some(0) } if agent.spec.restart_policy.finished(Some(0)) => (
+            Phase::Succeeded,
+            Some("its process exited with code 0".into()),
+        ),
+        RunState::Exited { code } if agent.spec.restart_policy.finished(code) => (
+            Phase::Failed,
+            Some(format!(
+                "its process exited with code {} and restartPolicy is Never",
+                code.map_or("unknown".into(), |c| c.to_string())
+            )),
+        ),
+        RunState::Exited { code } => (
+            Phase::Pending,
+            Some(format!(
+                "its process exited with code {}; starting it again",
+                code.map_or("unknown".into(), |c| c.to_string())
+            )),
+        ),
     }
 }
 
@@ -133,10 +131,7 @@ pub fn needs_pass(
     let settled = match (running, w.state) {
         (true, RunState::Running) => !restart,
         // Finished as its restart policy says.
-        (true, RunState::Exited { code }) => matches!(
-            (agent.spec.restart_policy, code),
-            (RestartPolicy::OnFailure, Some(0)) | (RestartPolicy::Never, _)
-        ),
+        (true, RunState::Exited { code }) => agent.spec.restart_policy.finished(code),
         (false, RunState::Exited { .. } | RunState::Starting) => true,
         _ => false,
     };
@@ -189,6 +184,7 @@ pub fn with_conditions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::RestartPolicy;
     use crate::agent::{AgentSpec, Metadata};
     use crate::store::Internal;
     use uuid::Uuid;

@@ -249,25 +249,22 @@ impl Orchestrator for FakeOrchestrator {
         }
         let uid = want.uid.to_string();
         let hash = want.hash();
-        let mine: Vec<Observed> = self
-            .observe(&want.agent)
-            .await?
-            .into_iter()
-            .filter(|w| ownership.owns(w, Some(&uid)))
-            .collect();
-        let keeper = mine
-            .iter()
-            .find(|w| w.uid == uid && w.spec_hash == hash)
-            .cloned();
+        // The same selection as every backend: which workload carries the agent, what
+        // goes, and whether another store's workload is in the way.
+        let observed = self.observe(&want.agent).await?;
+        let selection = super::select(want, &observed, ownership);
+        let keeper = selection.keeper.clone();
+        let making = keeper.is_none() && want.running && !selection.terminating;
+        selection.refuse_foreign(want, making)?;
         let mut applied = Applied::default();
-        for w in &mine {
-            if keeper.as_ref().is_some_and(|k| k.id == w.id) {
-                continue;
-            }
-            let reason = RemoveReason::of_extra(&uid, &hash, &w.uid, &w.spec_hash);
+        for (id, reason) in &selection.strays {
             applied
                 .done
-                .extend(self.remove_one(&w.id, &want.agent, reason).await);
+                .extend(self.remove_one(id, &want.agent, *reason).await);
+        }
+        if keeper.is_none() && selection.terminating {
+            applied.note = Some("waiting for the old workload to go".into());
+            return Ok(applied);
         }
         let Some(keeper) = keeper else {
             // A stopped agent gets no workload (as the Docker backend).

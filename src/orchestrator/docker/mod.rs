@@ -189,23 +189,12 @@ impl Orchestrator for DockerOrchestrator {
         gate: &dyn CreateGate,
     ) -> Result<Applied, OrchestratorError> {
         let uid = want.uid.to_string();
-        let (containers, foreign): (Vec<Container>, Vec<Container>) = self
-            .inspect_agent(&want.agent)
-            .await?
-            .into_iter()
-            .partition(|c| ownership.owns(&c.observed(), Some(&uid)));
-        let plan = plan::plan(want, &containers);
+        let containers = self.inspect_agent(&want.agent).await?;
+        let observed: Vec<Observed> = containers.iter().map(Container::observed).collect();
+        let selection = super::select(want, &observed, ownership);
+        let plan = plan::plan_selected(want, &selection, &containers);
         let creating = plan.action == Some(ContainerAction::Create);
-        // Another store's container holds the name (for an agent to make, or a stopped
-        // one that has none, whose start would meet it): leave it alone and say so.
-        if creating || (!want.running && plan.keeper.is_none()) {
-            if let Some(f) = foreign.iter().find(|c| c.state != ContainerState::Removing) {
-                return Err(OrchestratorError::HeldByForeign {
-                    agent: want.agent.clone(),
-                    store: f.store.clone().unwrap_or_else(|| "unknown".into()),
-                });
-            }
-        }
+        selection.refuse_foreign(want, creating)?;
         if creating && !gate.may_create() {
             return Err(OrchestratorError::CreateDeferred);
         }

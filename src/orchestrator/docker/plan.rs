@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::agent::RestartPolicy;
-use crate::orchestrator::{Observed, RemoveReason, RunState, Workload};
+use crate::orchestrator::{
+    select, Observed, Ownership, RemoveReason, RunState, Selection, Workload,
+};
 
 /// The engine's view of a container's process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,27 +105,25 @@ pub struct Plan {
 
 /// Decides what to do for `want`, given this store's containers of the agent.
 pub fn plan(want: &Workload, containers: &[Container]) -> Plan {
-    let hash = want.hash();
-    let uid = want.uid.to_string();
-    // The container to keep: current uid and spec, not on its way out; a running one
-    // first, then the newest.
-    let keeper = containers
-        .iter()
-        .filter(|c| c.uid == uid && c.spec_hash == hash && c.state != ContainerState::Removing)
-        .max_by_key(|c| (c.state == ContainerState::Running, c.created))
+    let all = Ownership {
+        store: String::new(),
+        adopt_foreign: true,
+    };
+    let observed: Vec<Observed> = containers.iter().map(Container::observed).collect();
+    plan_selected(want, &select(want, &observed, &all), containers)
+}
+
+/// Decides what to do for `want` once the shared [`select`] chose among its containers
+/// (`containers`, the same as observed): Docker's verbs for the keeper's state.
+pub fn plan_selected(want: &Workload, selection: &Selection, containers: &[Container]) -> Plan {
+    let keeper = selection
+        .keeper
+        .as_ref()
+        .and_then(|k| containers.iter().find(|c| c.id == k.id))
         .cloned();
-    let mut remove = Vec::new();
-    for c in containers {
-        if keeper.as_ref().is_some_and(|k| k.id == c.id) || c.state == ContainerState::Removing {
-            continue;
-        }
-        let reason = RemoveReason::of_extra(&uid, &hash, &c.uid, &c.spec_hash);
-        remove.push((c.id.clone(), reason));
-    }
+    let remove = selection.strays.clone();
     let Some(c) = keeper else {
-        let waiting = containers
-            .iter()
-            .any(|c| c.state == ContainerState::Removing);
+        let waiting = selection.terminating;
         return Plan {
             remove,
             action: (!waiting && want.running).then_some(ContainerAction::Create),
@@ -145,14 +144,11 @@ pub fn plan(want: &Workload, containers: &[Container]) -> Plan {
         (true, ContainerState::Exited(_)) if want.resume => {
             Some(ContainerAction::Start { id, repair: false })
         }
-        (true, ContainerState::Exited(code)) => match (want.restart_policy, code) {
-            // Done as its restart policy says: the agent has finished.
-            (RestartPolicy::OnFailure | RestartPolicy::Never, Some(0)) => None,
-            (RestartPolicy::Never, _) => None,
-            // Always, or OnFailure after a failure: the engine's policy did not bring it
-            // back, so it was stopped or killed outside Hive. Repair the drift.
-            _ => Some(ContainerAction::Start { id, repair: true }),
-        },
+        // Done as its restart policy says: the agent has finished.
+        (true, ContainerState::Exited(code)) if want.restart_policy.finished(code) => None,
+        // Always, or OnFailure after a failure: the engine's policy did not bring it back,
+        // so it was stopped or killed outside Hive. Repair the drift.
+        (true, ContainerState::Exited(_)) => Some(ContainerAction::Start { id, repair: true }),
         // Not chosen as keeper (filtered out above).
         (_, ContainerState::Removing) => None,
         (false, ContainerState::Running | ContainerState::Restarting) => {
@@ -207,6 +203,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::RestartPolicy;
     use uuid::Uuid;
 
     fn want(running: bool, policy: RestartPolicy) -> Workload {

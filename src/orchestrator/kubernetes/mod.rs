@@ -566,25 +566,20 @@ impl Orchestrator for KubernetesOrchestrator {
     ) -> Result<Applied, OrchestratorError> {
         let uid = want.uid.to_string();
         let pods = self.pods(Some(&want.agent)).await?;
-        let (mine, foreign): (Vec<(Observed, &Pod)>, Vec<(Observed, &Pod)>) = pods
+        let all: Vec<(Observed, &Pod)> = pods
             .iter()
             .filter_map(|p| render::observed(p).map(|o| (o, p)))
-            .partition(|(o, _)| ownership.owns(o, Some(&uid)));
-        let observed: Vec<Observed> = mine.iter().map(|(o, _)| o.clone()).collect();
-        let plan = render::plan(want, &observed);
+            .collect();
+        let observed: Vec<Observed> = all.iter().map(|(o, _)| o.clone()).collect();
+        let selection = super::select(want, &observed, ownership);
+        let plan = render::plan_selected(want, &selection);
         // Another store's Pod carries the agent (for an agent to make, or a stopped one,
         // whose start would meet it): leave it alone and say so.
-        if plan.create.is_some() || !want.running {
-            if let Some((f, _)) = foreign
-                .iter()
-                .find(|(o, _)| o.state != RunState::Terminating)
-            {
-                return Err(OrchestratorError::HeldByForeign {
-                    agent: want.agent.clone(),
-                    store: f.store.clone().unwrap_or_else(|| "unknown".into()),
-                });
-            }
-        }
+        selection.refuse_foreign(want, plan.create.is_some())?;
+        let mine: Vec<&(Observed, &Pod)> = all
+            .iter()
+            .filter(|(o, _)| ownership.owns(o, Some(&uid)))
+            .collect();
         if plan.create.is_some() && !plan.waiting && !gate.may_create() {
             return Err(OrchestratorError::CreateDeferred);
         }

@@ -44,9 +44,9 @@ use k8s_openapi::ByteString;
 
 use crate::agent::RestartPolicy;
 use crate::orchestrator::{
-    Holder, Lease, Observed, RemoveReason, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE,
-    LABEL_MANAGED, LABEL_OWNER, LABEL_RETAIN, LABEL_SPEC_HASH, LABEL_STORE, LABEL_UID,
-    LABEL_VOLUME,
+    select, Holder, Lease, Observed, Ownership, RemoveReason, RunState, Selection, Workload,
+    LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, LABEL_RETAIN, LABEL_SPEC_HASH,
+    LABEL_STORE, LABEL_UID, LABEL_VOLUME,
 };
 
 /// The agent's container in its Pod.
@@ -464,32 +464,17 @@ pub enum Create {
     Repair { exit_code: Option<i64> },
 }
 
-/// Decides what to do for `want`, given this store's Pods of the agent, as if deleted
-/// Pods were gone at once.
-fn decide(want: &Workload, pods: &[Observed]) -> Plan {
-    let hash = want.hash();
-    let uid = want.uid.to_string();
-    let live = |p: &&Observed| p.state != RunState::Terminating;
-    let keeper = pods
-        .iter()
-        .filter(live)
-        .filter(|p| p.uid == uid && p.spec_hash == hash)
-        .max_by_key(|p| (p.state == RunState::Running, p.created))
-        .cloned();
+/// Decides what to do for `want` once the shared [`select`] chose among its Pods, as if
+/// deleted Pods were gone at once.
+fn decide(want: &Workload, selection: &Selection) -> Plan {
+    let keeper = selection.keeper.clone();
     let mut plan = Plan {
-        remove: Vec::new(),
+        remove: selection.strays.clone(),
         stop: Vec::new(),
         keeper: None,
         create: None,
         waiting: false,
     };
-    for p in pods.iter().filter(live) {
-        if keeper.as_ref().is_some_and(|k| k.id == p.id) {
-            continue;
-        }
-        let reason = RemoveReason::of_extra(&uid, &hash, &p.uid, &p.spec_hash);
-        plan.remove.push((p.id.clone(), reason));
-    }
     if !want.running {
         plan.stop.extend(keeper.map(|k| k.id));
         return plan;
@@ -498,11 +483,7 @@ fn decide(want: &Workload, pods: &[Observed]) -> Plan {
         plan.create = Some(Create::Missing);
         return plan;
     };
-    let finished = |code: Option<i64>| match want.restart_policy {
-        RestartPolicy::Never => true,
-        RestartPolicy::OnFailure => code == Some(0),
-        RestartPolicy::Always => false,
-    };
+    let finished = |code: Option<i64>| want.restart_policy.finished(code);
     match k.state {
         RunState::Running | RunState::Starting if want.restart => {
             plan.stop.push(k.id.clone());
@@ -525,10 +506,18 @@ fn decide(want: &Workload, pods: &[Observed]) -> Plan {
 /// being deleted now included) is still terminating: the Pod that replaces another is
 /// made by the pass its deletion wakes.
 pub fn plan(want: &Workload, pods: &[Observed]) -> Plan {
-    let mut plan = decide(want, pods);
-    let terminating = pods.iter().any(|p| p.state == RunState::Terminating);
+    let all = Ownership {
+        store: String::new(),
+        adopt_foreign: true,
+    };
+    plan_selected(want, &select(want, pods, &all))
+}
+
+/// [`plan`], once the shared [`select`] chose among the agent's Pods.
+pub fn plan_selected(want: &Workload, selection: &Selection) -> Plan {
+    let mut plan = decide(want, selection);
     let replacing = !plan.remove.is_empty() || !plan.stop.is_empty();
-    plan.waiting = plan.create.is_some() && (terminating || replacing);
+    plan.waiting = plan.create.is_some() && (selection.terminating || replacing);
     plan
 }
 
