@@ -14,9 +14,11 @@ use serde::Deserialize;
 use crate::agent::{parse_cpus, parse_memory, Agent, Invalid};
 use crate::image::{Pattern, Reference};
 
+mod amount;
 mod lifecycle;
 mod never;
 
+pub use amount::{Amount, Bytes, Cpus, Memory};
 pub use lifecycle::{LifecycleLimits, LifecyclePolicy, OwnerLifecycle};
 pub use never::screen;
 
@@ -85,9 +87,8 @@ pub struct Images {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    pub memory: Option<String>,
-    #[serde(default, deserialize_with = "crate::agent::string_or_number")]
-    pub cpus: Option<String>,
+    pub memory: Option<Amount<Memory>>,
+    pub cpus: Option<Amount<Cpus>>,
     pub pids: Option<i64>,
 }
 
@@ -106,14 +107,13 @@ impl Limits {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Quota {
     pub agents: Option<usize>,
-    pub memory: Option<String>,
-    #[serde(default, deserialize_with = "crate::agent::string_or_number")]
-    pub cpus: Option<String>,
+    pub memory: Option<Amount<Memory>>,
+    pub cpus: Option<Amount<Cpus>>,
     /// Secrets the owner may hold (default [`SECRETS_PER_OWNER`]).
     pub secrets: Option<usize>,
     /// Bytes of secrets (keys and values) the owner may hold (default
     /// [`SECRET_BYTES_PER_OWNER`]), as a quantity (`16Mi`).
-    pub secret_bytes: Option<String>,
+    pub secret_bytes: Option<Amount<Bytes>>,
 }
 
 /// Secrets one owner may hold when the policy says nothing.
@@ -128,22 +128,6 @@ pub struct SecretQuota {
     pub bytes: i64,
     /// Where the limits are in the policy (`quota` or `owners.<name>.quota`).
     pub rule: String,
-}
-
-impl Quota {
-    /// Every limit parses; `at` names where the quota is in the file.
-    fn check(&self, at: &str) -> Result<(), String> {
-        if let Some(m) = &self.memory {
-            parse_memory(m).map_err(|e| format!("{at}.memory: {e}"))?;
-        }
-        if let Some(c) = &self.cpus {
-            parse_cpus(c).map_err(|e| format!("{at}.cpus: {e}"))?;
-        }
-        if let Some(b) = &self.secret_bytes {
-            crate::agent::parse_bytes(b).map_err(|e| format!("{at}.secretBytes: {e}"))?;
-        }
-        Ok(())
-    }
 }
 
 impl Quota {
@@ -168,10 +152,9 @@ impl Policy {
             .or(self.quota.secrets)
             .unwrap_or(SECRETS_PER_OWNER);
         let bytes = own
-            .and_then(|q| q.secret_bytes.as_deref())
-            .or(self.quota.secret_bytes.as_deref())
-            .and_then(|b| crate::agent::parse_bytes(b).ok())
-            .unwrap_or(SECRET_BYTES_PER_OWNER);
+            .and_then(|q| q.secret_bytes.as_ref())
+            .or(self.quota.secret_bytes.as_ref())
+            .map_or(SECRET_BYTES_PER_OWNER, Amount::value);
         SecretQuota { count, bytes, rule }
     }
 
@@ -235,13 +218,13 @@ impl Default for Policy {
         Policy {
             images: Images::default(),
             defaults: Limits {
-                memory: Some("512Mi".into()),
-                cpus: Some("1".into()),
+                memory: Some(Amount::parse("512Mi").expect("a built-in amount")),
+                cpus: Some(Amount::parse("1").expect("a built-in amount")),
                 pids: Some(256),
             },
             max: Limits {
-                memory: Some("16Gi".into()),
-                cpus: Some("16".into()),
+                memory: Some(Amount::parse("16Gi").expect("a built-in amount")),
+                cpus: Some(Amount::parse("16").expect("a built-in amount")),
                 pids: Some(4096),
             },
             quota: Quota::default(),
@@ -359,12 +342,12 @@ impl Policy {
         let d = &mut policy.defaults;
         let m = &policy.max;
         if let (Some(dv), Some(mv)) = (&d.memory, &m.memory) {
-            if parse_memory(dv)? > parse_memory(mv)? {
+            if dv.value() > mv.value() {
                 d.memory = Some(mv.clone());
             }
         }
         if let (Some(dv), Some(mv)) = (&d.cpus, &m.cpus) {
-            if parse_cpus(dv)? > parse_cpus(mv)? {
+            if dv.value() > mv.value() {
                 d.cpus = Some(mv.clone());
             }
         }
@@ -387,28 +370,18 @@ impl Policy {
         for (owner, o) in &mut policy.owners {
             crate::agent::validate_name(owner).map_err(|e| format!("owners: {e}"))?;
             o.patterns = parse(&o.images.allow, &format!("owners.{owner}.images.allow"))?;
-            if let Some(q) = &o.quota {
-                q.check(&format!("owners.{owner}.quota"))?;
-            }
         }
         Ok(policy)
     }
 
     fn check(&self) -> Result<(), String> {
         for (name, l) in [("defaults", &self.defaults), ("max", &self.max)] {
-            if let Some(m) = &l.memory {
-                parse_memory(m).map_err(|e| format!("{name}.memory: {e}"))?;
-            }
-            if let Some(c) = &l.cpus {
-                parse_cpus(c).map_err(|e| format!("{name}.cpus: {e}"))?;
-            }
             if let Some(p) = l.pids {
                 if !(1..=1 << 22).contains(&p) {
                     return Err(format!("{name}.pids: must be between 1 and 4194304"));
                 }
             }
         }
-        self.quota.check("quota")?;
         for c in &self.capabilities.allow {
             normalize_cap(c)
                 .ok_or_else(|| format!("capabilities.allow: unknown capability {c:?}"))?;
@@ -438,16 +411,18 @@ impl Policy {
 
         let r = &mut spec.resources;
         if r.memory.is_none() {
-            r.memory = self.defaults.memory.clone();
+            r.memory = self.defaults.memory.as_ref().map(|a| a.text().to_string());
         }
         if r.cpus.is_none() {
-            r.cpus = self.defaults.cpus.clone();
+            r.cpus = self.defaults.cpus.as_ref().map(|a| a.text().to_string());
         }
         if r.pids.is_none() {
             r.pids = self.defaults.pids;
         }
         if let (Some(m), Some(max)) = (&r.memory, &self.max.memory) {
-            if parse_memory(m).unwrap_or(i64::MAX) > parse_memory(max).unwrap_or(i64::MAX) {
+            let m = parse_memory(m)
+                .map_err(|e| Refusal::invalid("max.memory", "spec.resources.memory", e))?;
+            if m > max.value() {
                 return Err(Refusal::invalid(
                     "max.memory",
                     "spec.resources.memory",
@@ -456,7 +431,9 @@ impl Policy {
             }
         }
         if let (Some(c), Some(max)) = (&r.cpus, &self.max.cpus) {
-            if parse_cpus(c).unwrap_or(i64::MAX) > parse_cpus(max).unwrap_or(i64::MAX) {
+            let c = parse_cpus(c)
+                .map_err(|e| Refusal::invalid("max.cpus", "spec.resources.cpus", e))?;
+            if c > max.value() {
                 return Err(Refusal::invalid(
                     "max.cpus",
                     "spec.resources.cpus",
@@ -640,18 +617,14 @@ impl Policy {
     /// An agent's memory, CPU and PID limits as they apply: its own, else the defaults.
     fn effective(&self, a: &Agent) -> (i64, i64) {
         let r = &a.spec.resources;
-        let memory = r
-            .memory
-            .as_deref()
-            .or(self.defaults.memory.as_deref())
-            .and_then(|m| parse_memory(m).ok())
-            .unwrap_or(0);
-        let cpus = r
-            .cpus
-            .as_deref()
-            .or(self.defaults.cpus.as_deref())
-            .and_then(|c| parse_cpus(c).ok())
-            .unwrap_or(0);
+        let memory = match &r.memory {
+            Some(m) => parse_memory(m).unwrap_or(0),
+            None => self.defaults.memory.as_ref().map_or(0, Amount::value),
+        };
+        let cpus = match &r.cpus {
+            Some(c) => parse_cpus(c).unwrap_or(0),
+            None => self.defaults.cpus.as_ref().map_or(0, Amount::value),
+        };
         (memory, cpus)
     }
 
@@ -675,7 +648,7 @@ impl Policy {
             .map(|a| self.effective(a))
             .fold((0i64, 0i64), |(m, c), (am, ac)| (m + am, c + ac));
         if let Some(max) = &q.memory {
-            if memory > parse_memory(max).unwrap_or(i64::MAX) {
+            if memory > max.value() {
                 return Err(Refusal::Quota {
                     rule: format!("{at}.memory"),
                     message: format!("owner {owner:?} would use {} MiB of memory; the quota is {max} (policy rule {at}.memory)", memory >> 20),
@@ -683,7 +656,7 @@ impl Policy {
             }
         }
         if let Some(max) = &q.cpus {
-            if cpus > parse_cpus(max).unwrap_or(i64::MAX) {
+            if cpus > max.value() {
                 return Err(Refusal::Quota {
                     rule: format!("{at}.cpus"),
                     message: format!("owner {owner:?} would use {:.2} CPUs; the quota is {max} (policy rule {at}.cpus)", cpus as f64 / 1e9),
