@@ -4,7 +4,8 @@
 //! agent (its phase, under its restart policy).
 
 use crate::agent::{Agent, AgentStatus, Condition, DesiredState, Phase};
-use crate::orchestrator::{Applied, Observed, RunState};
+use crate::controller::workload::intent;
+use crate::orchestrator::{step, Applied, Observed, RunState, Step};
 use crate::store::Record;
 
 /// The status a pass leaves behind, before conditions and bookkeeping.
@@ -58,7 +59,9 @@ fn phase_of(agent: &Agent, state: RunState) -> (Phase, Option<String>) {
     }
     match state {
         RunState::Running => (Phase::Running, None),
-        RunState::Starting | RunState::Suspended | RunState::Terminating => (Phase::Pending, None),
+        RunState::Created | RunState::Starting | RunState::Suspended | RunState::Terminating => {
+            (Phase::Pending, None)
+        }
         RunState::Exited { code: Some(0) } if agent.spec.restart_policy.finished(Some(0)) => (
             Phase::Succeeded,
             Some("its process exited with code 0".into()),
@@ -127,14 +130,8 @@ pub fn needs_pass(
     if w.uid != uid || w.spec_hash != hash {
         return true;
     }
-    let restart = record.internal.restarts_requested > record.internal.restarts_done;
-    let settled = match (running, w.state) {
-        (true, RunState::Running) => !restart,
-        // Finished as its restart policy says.
-        (true, RunState::Exited { code }) => agent.spec.restart_policy.finished(code),
-        (false, RunState::Exited { .. } | RunState::Starting) => true,
-        _ => false,
-    };
+    // Settled: the one decision every backend carries out has nothing to do.
+    let settled = step(intent(&record), agent.spec.restart_policy, w.state) == Step::Keep;
     if !settled {
         return true;
     }
@@ -265,7 +262,11 @@ mod tests {
     #[test]
     fn a_stopped_agent_is_stopped_whatever_its_workload_says() {
         let r = record(DesiredState::Stopped, RestartPolicy::Always);
-        for state in [RunState::Starting, RunState::Exited { code: None }] {
+        for state in [
+            RunState::Created,
+            RunState::Starting,
+            RunState::Exited { code: None },
+        ] {
             assert_eq!(outcome(&r.agent, &applied(state)).phase, Phase::Stopped);
         }
     }

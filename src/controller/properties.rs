@@ -138,6 +138,7 @@ proptest! {
         let _ = super::workload::workload(&record, &store().1, &Policy::default());
         for state in [
             RunState::Running,
+            RunState::Created,
             RunState::Starting,
             RunState::Suspended,
             RunState::Terminating,

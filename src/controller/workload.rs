@@ -2,10 +2,27 @@
 //! resolved into the environment (`spec.env` winning on a clash), its quantities parsed,
 //! and whether it should run or restart.
 
+use crate::agent::Phase;
 use crate::agent::{parse_cpus, parse_memory, DesiredState, Invalid};
-use crate::orchestrator::Workload;
+use crate::orchestrator::{Intent, Workload};
 use crate::policy::{Policy, Refusal};
 use crate::store::{Record, Store};
+
+/// What `record` (as in effect: one stopped for idleness is stopped) asks of its
+/// workload: stopped; restarted, when a restart asked for is not done yet; started, when
+/// Hive last saw it stopped as declared; else kept running.
+pub fn intent(record: &Record) -> Intent {
+    let internal = &record.internal;
+    if record.agent.spec.state != DesiredState::Running {
+        Intent::Stop
+    } else if internal.restarts_requested > internal.restarts_done {
+        Intent::Restart
+    } else if record.agent.status.phase == Phase::Stopped {
+        Intent::Start
+    } else {
+        Intent::Run
+    }
+}
 
 /// What `record` asks to run. A missing secret, or an environment the policy's limits no
 /// longer allow (a secret grew), is an error naming the field.
@@ -49,9 +66,7 @@ pub fn workload(record: &Record, store: &Store, policy: &Policy) -> Result<Workl
         pids: r.pids,
         capabilities: spec.capabilities.clone().unwrap_or_default(),
         volumes: spec.volumes.clone().unwrap_or_default(),
-        running: spec.state == DesiredState::Running,
-        restart: record.internal.restarts_requested > record.internal.restarts_done,
-        resume: record.agent.status.phase == crate::agent::Phase::Stopped,
+        intent: intent(record),
     })
 }
 
@@ -91,7 +106,7 @@ mod tests {
             (w.env.0["A"].as_str(), w.env.0["B"].as_str()),
             ("mine", "b")
         );
-        assert!(w.running && !w.restart);
+        assert_eq!(w.intent, Intent::Run);
         assert_eq!(w.store, store.id());
     }
 }

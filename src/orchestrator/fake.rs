@@ -1,6 +1,7 @@
 //! An in-memory [`Orchestrator`] for the controller's timing and ordering tests and the
 //! router tests (the `testing` feature makes it available to `tests/`). It is never a
-//! stand-in for the real-engine tests.
+//! stand-in for the real-engine tests. It carries out the same decision as the real
+//! backends ([`super::select`] and [`super::decide`]) with verbs on a map.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,9 +14,8 @@ use uuid::Uuid;
 
 use super::{
     Applied, CreateGate, Done, Holder, Lease, LeaseStore, LogOptions, Observed, Orchestrator,
-    OrchestratorError, Ownership, RemoveReason, RunState, Workload,
+    OrchestratorError, Ownership, RemoveReason, RunState, Step, Workload,
 };
-use crate::agent::RestartPolicy;
 
 /// Workloads in memory, with a configurable delay per call and injectable failures.
 #[derive(Default)]
@@ -217,6 +217,49 @@ impl FakeOrchestrator {
             None => Vec::new(),
         }
     }
+
+    /// Makes a workload (not started) for `want`, or fails as injected.
+    async fn create(
+        &self,
+        want: &Workload,
+        uid: &str,
+        hash: &str,
+    ) -> Result<String, OrchestratorError> {
+        self.op("create", &want.agent).await;
+        let mut s = self.state.lock().unwrap();
+        if s.failing_creates > 0 {
+            s.failing_creates -= 1;
+            if s.failing_transient {
+                return Err(OrchestratorError::Unavailable("injected".into()));
+            }
+            return Err(OrchestratorError::ImageNotFound {
+                image: want.image.clone(),
+                detail: "injected".into(),
+            });
+        }
+        if s.missing_images.contains(&want.image) {
+            return Err(OrchestratorError::ImageMissing {
+                image: want.image.clone(),
+            });
+        }
+        s.next_id += 1;
+        let id = format!("c{}", s.next_id);
+        let created = s.next_id as i64;
+        s.workloads.insert(
+            id.clone(),
+            Observed {
+                id: id.clone(),
+                agent: want.agent.clone(),
+                uid: uid.to_string(),
+                spec_hash: hash.to_string(),
+                store: Some(want.store.clone()),
+                state: RunState::Created,
+                restarts: 0,
+                created,
+            },
+        );
+        Ok(id)
+    }
 }
 
 #[async_trait]
@@ -253,108 +296,66 @@ impl Orchestrator for FakeOrchestrator {
         // goes, and whether another store's workload is in the way.
         let observed = self.observe(&want.agent).await?;
         let selection = super::select(want, &observed, ownership);
-        let keeper = selection.keeper.clone();
-        let making = keeper.is_none() && want.running && !selection.terminating;
-        selection.refuse_foreign(want, making)?;
+        let step = super::decide(want, &selection);
+        selection.refuse_foreign(want, step == Step::Create)?;
         let mut applied = Applied::default();
         for (id, reason) in &selection.strays {
             applied
                 .done
                 .extend(self.remove_one(id, &want.agent, *reason).await);
         }
-        if keeper.is_none() && selection.terminating {
-            applied.note = Some("waiting for the old workload to go".into());
-            return Ok(applied);
-        }
-        let Some(keeper) = keeper else {
-            // A stopped agent gets no workload (as the Docker backend).
-            if !want.running {
-                return Ok(applied);
+        applied.current = selection.keeper.clone();
+        let id = selection
+            .keeper
+            .as_ref()
+            .map(|k| k.id.clone())
+            .unwrap_or_default();
+        // This backend's verbs for the step.
+        match step {
+            Step::Keep => {}
+            Step::WaitForRemoval => {
+                applied.note = Some("waiting for the old workload to go".into());
             }
-            if !gate.may_create() {
-                return Err(OrchestratorError::CreateDeferred);
+            Step::Create => {
+                if !gate.may_create() {
+                    return Err(OrchestratorError::CreateDeferred);
+                }
+                let id = self.create(want, &uid, &hash).await?;
+                gate.created();
+                applied.done.push(Done::Created {
+                    id: id.clone(),
+                    replacing: !applied.done.is_empty(),
+                });
+                self.op("start", &want.agent).await;
+                applied.done.push(Done::Started { id: id.clone() });
+                applied.current = self.set_state(&id, RunState::Running);
             }
-            self.op("create", &want.agent).await;
-            let id = {
-                let mut s = self.state.lock().unwrap();
-                if s.failing_creates > 0 {
-                    s.failing_creates -= 1;
-                    if s.failing_transient {
-                        return Err(OrchestratorError::Unavailable("injected".into()));
-                    }
-                    return Err(OrchestratorError::ImageNotFound {
-                        image: want.image.clone(),
-                        detail: "injected".into(),
-                    });
-                }
-                if s.missing_images.contains(&want.image) {
-                    return Err(OrchestratorError::ImageMissing {
-                        image: want.image.clone(),
-                    });
-                }
-                s.next_id += 1;
-                let id = format!("c{}", s.next_id);
-                let created = s.next_id as i64;
-                s.workloads.insert(
-                    id.clone(),
-                    Observed {
+            Step::Start | Step::Repair { .. } => {
+                self.op("start", &want.agent).await;
+                applied.done.push(match step {
+                    Step::Repair { exit_code } => Done::Repaired {
                         id: id.clone(),
-                        agent: want.agent.clone(),
-                        uid: uid.clone(),
-                        spec_hash: hash.clone(),
-                        store: Some(want.store.clone()),
-                        state: RunState::Starting,
-                        restarts: 0,
-                        created,
+                        exit_code,
                     },
-                );
-                id
-            };
-            gate.created();
-            applied.done.push(Done::Created {
-                id: id.clone(),
-                replacing: !applied.done.is_empty(),
-            });
-            self.op("start", &want.agent).await;
-            applied.done.push(Done::Started { id: id.clone() });
-            applied.current = self.set_state(&id, RunState::Running);
-            return Ok(applied);
-        };
-        let id = keeper.id.clone();
-        applied.current = Some(keeper.clone());
-        match (want.running, keeper.state) {
-            (true, RunState::Running) if want.restart => {
+                    _ => Done::Started { id: id.clone() },
+                });
+                applied.current = self.set_state(&id, RunState::Running);
+            }
+            Step::Restart => {
                 self.op("restart", &want.agent).await;
                 applied.done.push(Done::Restarted { id: id.clone() });
                 applied.current = self.set_state(&id, RunState::Running);
             }
-            (true, RunState::Exited { .. }) if want.resume => {
-                self.op("start", &want.agent).await;
-                applied.done.push(Done::Started { id: id.clone() });
-                applied.current = self.set_state(&id, RunState::Running);
-            }
-            (true, RunState::Exited { code })
-                if !(matches!(want.restart_policy, RestartPolicy::Never)
-                    || (want.restart_policy == RestartPolicy::OnFailure && code == Some(0))) =>
-            {
-                self.op("start", &want.agent).await;
-                applied.done.push(Done::Repaired {
-                    id: id.clone(),
-                    exit_code: code,
-                });
-                applied.current = self.set_state(&id, RunState::Running);
-            }
-            (true, RunState::Starting) => {
-                self.op("start", &want.agent).await;
-                applied.done.push(Done::Started { id: id.clone() });
-                applied.current = self.set_state(&id, RunState::Running);
-            }
-            (false, RunState::Running | RunState::Starting) => {
+            Step::Stop => {
                 self.op("stop", &want.agent).await;
                 applied.done.push(Done::Stopped { id: id.clone() });
                 applied.current = self.set_state(&id, RunState::Exited { code: Some(0) });
             }
-            _ => {}
+            Step::Thaw => {
+                self.op("unpause", &want.agent).await;
+                applied.done.push(Done::Resumed { id: id.clone() });
+                applied.current = self.set_state(&id, RunState::Running);
+            }
         }
         Ok(applied)
     }

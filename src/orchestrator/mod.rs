@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 use crate::agent::{Env, RestartPolicy, Volume};
 
+pub use converge::{decide, select, step, Intent, Ownership, Selection, Step};
+
+mod converge;
 pub mod docker;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
@@ -130,13 +133,9 @@ pub struct Workload {
     /// Capabilities added back after all are dropped, already checked by the policy.
     pub capabilities: Vec<String>,
     pub volumes: Vec<Volume>,
-    /// Whether it should be running.
-    pub running: bool,
-    /// A restart was asked for and is not done yet.
-    pub restart: bool,
-    /// Hive last saw it stopped as declared (or for idleness): starting its exited
-    /// container again is a start, not the repair of a drift.
-    pub resume: bool,
+    /// Whether it should run, and what Hive knows of its history (a restart asked for,
+    /// a start after a declared stop).
+    pub intent: Intent,
 }
 
 impl Workload {
@@ -201,9 +200,7 @@ impl Workload {
             pids: None,
             capabilities: vec![],
             volumes: vec![],
-            running: true,
-            restart: false,
-            resume: false,
+            intent: Intent::Run,
         }
     }
 }
@@ -211,7 +208,9 @@ impl Workload {
 /// How a workload's process stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
-    /// Made and not running yet, or being started again by the engine after an exit.
+    /// Made and never started: it needs a start (Docker's created container).
+    Created,
+    /// On its way to running: being started, by the engine after an exit too.
     Starting,
     Running,
     /// Frozen from outside Hive (Docker's pause).
@@ -243,97 +242,6 @@ pub struct Observed {
     pub restarts: u64,
     /// Unix seconds of creation: the newest of duplicates is kept.
     pub created: i64,
-}
-
-/// Which workloads of the instance are one store's to manage.
-#[derive(Clone, Debug)]
-pub struct Ownership {
-    /// The store's id.
-    pub store: String,
-    /// Take every workload of the instance for this store's (`--adopt-foreign`).
-    pub adopt_foreign: bool,
-}
-
-impl Ownership {
-    /// Whether `w` is this store's: stamped with its id, or made before workloads were
-    /// stamped and carrying the uid of the agent this store declares by that name.
-    pub fn owns(&self, w: &Observed, agent_uid: Option<&str>) -> bool {
-        self.adopt_foreign
-            || match &w.store {
-                Some(s) => *s == self.store,
-                None => agent_uid.is_some_and(|u| u == w.uid),
-            }
-    }
-}
-
-/// Which of an agent's workloads carries it, and what else is there: decided once, here,
-/// for every backend (and the in-memory one), from the workloads as the backend observed
-/// them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Selection {
-    /// The workload to keep: this store's, of the agent's uid and current spec, not on its
-    /// way out; a running one first, then the newest.
-    pub keeper: Option<Observed>,
-    /// This store's other live workloads of the agent, each with why it goes.
-    pub strays: Vec<(String, RemoveReason)>,
-    /// One of this store's workloads of the agent is still going away: nothing new is
-    /// made meanwhile (two processes never share an agent's volumes).
-    pub terminating: bool,
-    /// Another store's live workload of the agent, by its store ("unknown" when it has no
-    /// stamp): a new workload would meet it, so none is made.
-    pub foreign: Option<String>,
-}
-
-/// Selects among `observed` (every workload of `want`'s agent on the instance) what
-/// carries the agent, what goes, and what is in the way.
-pub fn select(want: &Workload, observed: &[Observed], ownership: &Ownership) -> Selection {
-    let uid = want.uid.to_string();
-    let hash = want.hash();
-    let (mine, others): (Vec<&Observed>, Vec<&Observed>) =
-        observed.iter().partition(|w| ownership.owns(w, Some(&uid)));
-    let live = |w: &&&Observed| w.state != RunState::Terminating;
-    let keeper = mine
-        .iter()
-        .filter(live)
-        .filter(|w| w.uid == uid && w.spec_hash == hash)
-        .max_by_key(|w| (w.state == RunState::Running, w.created))
-        .map(|w| (*w).clone());
-    let strays = mine
-        .iter()
-        .filter(live)
-        .filter(|w| keeper.as_ref().is_none_or(|k| k.id != w.id))
-        .map(|w| {
-            (
-                w.id.clone(),
-                RemoveReason::of_extra(&uid, &hash, &w.uid, &w.spec_hash),
-            )
-        })
-        .collect();
-    Selection {
-        keeper,
-        strays,
-        terminating: mine.iter().any(|w| w.state == RunState::Terminating),
-        foreign: others
-            .iter()
-            .find(|w| w.state != RunState::Terminating)
-            .map(|w| w.store.clone().unwrap_or_else(|| "unknown".into())),
-    }
-}
-
-impl Selection {
-    /// Refuses a new workload (or a stopped agent's, whose start would meet it) while
-    /// another store's workload carries the agent: it is left alone, and said so.
-    pub fn refuse_foreign(&self, want: &Workload, making: bool) -> Result<(), OrchestratorError> {
-        match &self.foreign {
-            Some(store) if making || (!want.running && self.keeper.is_none()) => {
-                Err(OrchestratorError::HeldByForeign {
-                    agent: want.agent.clone(),
-                    store: store.clone(),
-                })
-            }
-            _ => Ok(()),
-        }
-    }
 }
 
 /// Why a backend removed a workload.
@@ -650,135 +558,6 @@ impl<T: Orchestrator + LeaseStore> Backend for T {}
 mod tests {
     use super::*;
 
-    /// One workload of agent `a` as observed: this store's (`s`) unless `store` says.
-    fn seen(id: &str, state: RunState, created: i64) -> Observed {
-        let w = Workload::example();
-        Observed {
-            id: id.into(),
-            agent: "a".into(),
-            uid: w.uid.to_string(),
-            spec_hash: w.hash(),
-            store: Some("s".into()),
-            state,
-            restarts: 0,
-            created,
-        }
-    }
-
-    fn ours() -> Ownership {
-        Ownership {
-            store: "s".into(),
-            adopt_foreign: false,
-        }
-    }
-
-    #[test]
-    fn the_keeper_is_the_running_then_newest_of_the_current_spec_and_the_rest_go_with_a_reason() {
-        let w = Workload::example();
-        let old_spec = Observed {
-            spec_hash: "h0".into(),
-            ..seen("old", RunState::Running, 9)
-        };
-        let earlier = Observed {
-            uid: "another".into(),
-            ..seen("earlier", RunState::Running, 9)
-        };
-        let observed = [
-            seen("exited-new", RunState::Exited { code: Some(1) }, 5),
-            seen("running-old", RunState::Running, 1),
-            seen("going", RunState::Terminating, 8),
-            old_spec,
-            earlier,
-        ];
-        let s = select(&w, &observed, &ours());
-        assert_eq!(s.keeper.map(|k| k.id).as_deref(), Some("running-old"));
-        assert_eq!(
-            s.strays,
-            vec![
-                ("exited-new".to_string(), RemoveReason::Duplicate),
-                ("old".to_string(), RemoveReason::SpecChanged),
-                ("earlier".to_string(), RemoveReason::EarlierAgent),
-            ]
-        );
-        assert!(s.terminating && s.foreign.is_none());
-        // Among the same state, the newest.
-        let s = select(
-            &w,
-            &[
-                seen("a1", RunState::Exited { code: None }, 1),
-                seen("a2", RunState::Exited { code: None }, 2),
-            ],
-            &ours(),
-        );
-        assert_eq!(s.keeper.map(|k| k.id).as_deref(), Some("a2"));
-        // Nothing on its way out is ever kept.
-        let s = select(&w, &[seen("going", RunState::Terminating, 1)], &ours());
-        assert!(s.keeper.is_none() && s.strays.is_empty() && s.terminating);
-    }
-
-    #[test]
-    fn another_stores_live_workload_is_in_the_way_of_a_new_one_only() {
-        let w = Workload::example();
-        let theirs = Observed {
-            store: Some("other".into()),
-            ..seen("theirs", RunState::Running, 1)
-        };
-        let s = select(&w, std::slice::from_ref(&theirs), &ours());
-        assert_eq!(s.foreign.as_deref(), Some("other"));
-        assert!(s.keeper.is_none() && s.strays.is_empty(), "never touched");
-        assert!(s.refuse_foreign(&w, true).is_err(), "no new one beside it");
-        let stopped = Workload {
-            running: false,
-            ..Workload::example()
-        };
-        assert!(
-            s.refuse_foreign(&stopped, false).is_err(),
-            "a start would meet it"
-        );
-        // With the agent carried by our own, it is merely reported.
-        let s = select(
-            &w,
-            &[theirs.clone(), seen("ours", RunState::Running, 2)],
-            &ours(),
-        );
-        assert!(s.refuse_foreign(&w, false).is_ok());
-        // One going away is in nobody's way; adopted, it is ours.
-        let going = Observed {
-            state: RunState::Terminating,
-            ..theirs.clone()
-        };
-        assert!(select(&w, &[going], &ours()).foreign.is_none());
-        let adopt = Ownership {
-            adopt_foreign: true,
-            ..ours()
-        };
-        assert_eq!(
-            select(&w, &[theirs], &adopt)
-                .keeper
-                .map(|k| k.id)
-                .as_deref(),
-            Some("theirs")
-        );
-    }
-
-    #[test]
-    fn an_exit_is_the_end_only_as_the_restart_policy_says() {
-        use crate::agent::RestartPolicy::*;
-        for (policy, code, finished) in [
-            (Always, Some(0), false),
-            (Always, Some(1), false),
-            (Always, None, false),
-            (OnFailure, Some(0), true),
-            (OnFailure, Some(137), false),
-            (OnFailure, None, false),
-            (Never, Some(0), true),
-            (Never, Some(1), true),
-            (Never, None, true),
-        ] {
-            assert_eq!(policy.finished(code), finished, "{policy:?} {code:?}");
-        }
-    }
-
     #[test]
     fn a_volume_is_mounted_only_for_the_agent_and_volume_it_was_made_for() {
         let w = Workload {
@@ -835,9 +614,7 @@ mod tests {
             pids: Some(256),
             capabilities: vec![],
             volumes: vec![],
-            running: true,
-            restart: false,
-            resume: false,
+            intent: Intent::Run,
         };
         let json = r#"{"agent":"a","uid":"00000000-0000-0000-0000-000000000007","owner":"sol","image":"img","command":["sleep"],"args":null,"env":{"A":"1"},"restart_policy":"Always","memory_bytes":536870912,"nano_cpus":500000000,"pids_limit":256,"capabilities":[],"volumes":[]}"#;
         assert_eq!(
@@ -845,9 +622,7 @@ mod tests {
             hex::encode(&Sha256::digest(json.as_bytes())[..16])
         );
         let stopped = Workload {
-            running: false,
-            restart: true,
-            resume: true,
+            intent: Intent::Stop,
             store: "other".into(),
             ..w.clone()
         };

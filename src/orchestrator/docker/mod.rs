@@ -214,7 +214,7 @@ impl Orchestrator for DockerOrchestrator {
             if let Some(k) = plan
                 .keeper
                 .as_ref()
-                .filter(|k| want.running && k.state == ContainerState::Restarting)
+                .filter(|k| want.intent.runs() && k.state == ContainerState::Restarting)
             {
                 applied.note = Some(format!(
                     "its process exited; the engine restarts it (restart {})",

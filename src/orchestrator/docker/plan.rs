@@ -1,13 +1,13 @@
-//! The Docker backend's pure half: given what an agent should be and the containers the
-//! engine has for it, decide which to remove and what to do with the one that stays.
-//! Docker's lifecycle lives here (create, then start; unpause; the engine's own restart
-//! states), not in the controller. No I/O, so every branch is unit-tested.
+//! The Docker backend's pure half: the engine's containers in the orchestrator's neutral
+//! terms, and Docker's verbs for the [`Step`] the shared decision chose (create, then
+//! start; start again; unpause; the engine's own restart states are waited for). No I/O,
+//! so every mapping is unit-tested.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::orchestrator::{
-    select, Observed, Ownership, RemoveReason, RunState, Selection, Workload,
+    decide, select, Observed, Ownership, RemoveReason, RunState, Selection, Step, Workload,
 };
 
 /// The engine's view of a container's process.
@@ -54,7 +54,8 @@ impl Container {
             spec_hash: self.spec_hash.clone(),
             store: self.store.clone(),
             state: match self.state {
-                ContainerState::Created | ContainerState::Restarting => RunState::Starting,
+                ContainerState::Created => RunState::Created,
+                ContainerState::Restarting => RunState::Starting,
                 ContainerState::Running => RunState::Running,
                 ContainerState::Paused => RunState::Suspended,
                 ContainerState::Exited(code) => RunState::Exited { code },
@@ -113,54 +114,39 @@ pub fn plan(want: &Workload, containers: &[Container]) -> Plan {
     plan_selected(want, &select(want, &observed, &all), containers)
 }
 
-/// Decides what to do for `want` once the shared [`select`] chose among its containers
-/// (`containers`, the same as observed): Docker's verbs for the keeper's state.
+/// What to do for `want` once the shared [`select`] chose among its containers
+/// (`containers`, the same as observed) and [`decide`] said what to do: Docker's verbs for
+/// the step, and nothing decided here.
 pub fn plan_selected(want: &Workload, selection: &Selection, containers: &[Container]) -> Plan {
     let keeper = selection
         .keeper
         .as_ref()
         .and_then(|k| containers.iter().find(|c| c.id == k.id))
         .cloned();
-    let remove = selection.strays.clone();
-    let Some(c) = keeper else {
-        let waiting = selection.terminating;
-        return Plan {
-            remove,
-            action: (!waiting && want.running).then_some(ContainerAction::Create),
-            keeper: None,
-            waiting_for_removal: waiting,
-        };
-    };
-    let id = c.id.clone();
-    let action = match (want.running, c.state) {
-        (true, ContainerState::Running) if want.restart => Some(ContainerAction::Restart { id }),
-        (true, ContainerState::Running) => None,
-        // Paused outside Hive: resume it (a stopped agent is resumed first, then stopped).
-        (_, ContainerState::Paused) => Some(ContainerAction::Unpause { id }),
-        (true, ContainerState::Created) => Some(ContainerAction::Start { id, repair: false }),
-        // The engine restarts it: wait.
-        (true, ContainerState::Restarting) => None,
-        // Stopped as declared, and now declared Running: a start, whatever the policy.
-        (true, ContainerState::Exited(_)) if want.resume => {
-            Some(ContainerAction::Start { id, repair: false })
-        }
-        // Done as its restart policy says: the agent has finished.
-        (true, ContainerState::Exited(code)) if want.restart_policy.finished(code) => None,
-        // Always, or OnFailure after a failure: the engine's policy did not bring it back,
-        // so it was stopped or killed outside Hive. Repair the drift.
-        (true, ContainerState::Exited(_)) => Some(ContainerAction::Start { id, repair: true }),
-        // Not chosen as keeper (filtered out above).
-        (_, ContainerState::Removing) => None,
-        (false, ContainerState::Running | ContainerState::Restarting) => {
-            Some(ContainerAction::Stop { id })
-        }
-        (false, _) => None,
+    let step = decide(want, selection);
+    let id = || keeper.as_ref().map(|k| k.id.clone()).unwrap_or_default();
+    let action = match step {
+        Step::Keep | Step::WaitForRemoval => None,
+        Step::Create => Some(ContainerAction::Create),
+        Step::Start => Some(ContainerAction::Start {
+            id: id(),
+            repair: false,
+        }),
+        // Exited against its policy (which the engine's own policy did not undo): stopped
+        // or killed outside Hive, so started again.
+        Step::Repair { .. } => Some(ContainerAction::Start {
+            id: id(),
+            repair: true,
+        }),
+        Step::Stop => Some(ContainerAction::Stop { id: id() }),
+        Step::Restart => Some(ContainerAction::Restart { id: id() }),
+        Step::Thaw => Some(ContainerAction::Unpause { id: id() }),
     };
     Plan {
-        remove,
+        remove: selection.strays.clone(),
         action,
-        keeper: Some(c),
-        waiting_for_removal: false,
+        keeper,
+        waiting_for_removal: step == Step::WaitForRemoval,
     }
 }
 
@@ -208,7 +194,11 @@ mod tests {
 
     fn want(running: bool, policy: RestartPolicy) -> Workload {
         Workload {
-            running,
+            intent: if running {
+                crate::orchestrator::Intent::Run
+            } else {
+                crate::orchestrator::Intent::Stop
+            },
             restart_policy: policy,
             ..Workload::example()
         }
@@ -305,7 +295,7 @@ mod tests {
             RestartPolicy::Never,
         ] {
             let mut w = want(true, policy);
-            w.resume = true;
+            w.intent = crate::orchestrator::Intent::Start;
             let mut c = container("c1", ContainerState::Exited(Some(143)));
             c.spec_hash = w.hash();
             let p = plan(&w, &[c]);
@@ -384,7 +374,7 @@ mod tests {
     #[test]
     fn a_restart_asked_for_restarts_a_running_container_once() {
         let mut w = running();
-        w.restart = true;
+        w.intent = crate::orchestrator::Intent::Restart;
         let p = plan(&w, &[container("c1", ContainerState::Running)]);
         assert_eq!(p.action, Some(ContainerAction::Restart { id: "c1".into() }));
     }

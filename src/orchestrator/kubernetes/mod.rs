@@ -9,7 +9,7 @@
 //! instance's Pods; the instance's lease is a `coordination.k8s.io/v1` Lease named
 //! `hive-<instance>`. What differs from Docker: images are pulled by the kubelet (so
 //! [`Orchestrator::pull`] does nothing and a bad image shows as the kubelet's waiting
-//! reason), a stopped agent has no Pod (so its logs go with it), and there is no CPU
+//! reason), a running Pod is deleted to stop its agent (so its logs go with it), and there is no CPU
 //! counter to read (metrics.k8s.io gives rates), so an idle timeout never fires here.
 
 use std::path::PathBuf;
@@ -18,26 +18,28 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use k8s_openapi::api::coordination::v1::Lease as KubeLease;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
-use kube::{Client, Config};
+use kube::Client;
 use uuid::Uuid;
 
 use super::{
-    Applied, CreateGate, Done, Holder, Lease, LeaseStore, LogOptions, Observed, Orchestrator,
-    OrchestratorError, Ownership, RemoveReason, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE,
-    LABEL_MANAGED, LABEL_RETAIN, LABEL_STORE, LABEL_UID,
+    Applied, CreateGate, Done, LogOptions, Observed, Orchestrator, OrchestratorError, Ownership,
+    RemoveReason, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_RETAIN,
+    LABEL_STORE, LABEL_UID,
 };
 
 #[cfg(any(test, feature = "testing"))]
 pub mod apiserver;
+mod client;
+mod lease;
+pub mod plan;
 pub mod render;
 #[cfg(test)]
 mod tests;
 
-use render::{Create, LEASE_DATA_DIR, LEASE_HOST, LEASE_PID, LEASE_STORE};
+use client::{connect, map_err, status_code};
+use plan::Create;
 
 /// Where the cluster is and which part of it is this Hive's.
 #[derive(Clone, Debug)]
@@ -93,10 +95,6 @@ impl KubernetesOrchestrator {
 
     fn instance(&self) -> &str {
         &self.inner.settings.instance
-    }
-
-    fn lease_name(&self) -> String {
-        render::lease_name(self.instance())
     }
 
     /// The client and namespace (connecting on first use), as a future that owns what it
@@ -385,133 +383,6 @@ impl KubernetesOrchestrator {
             Err(e) => Err(map_err(e)),
         }
     }
-
-    /// Writes a lease over the version `lease.handle`; a newer one is a conflict.
-    async fn write_lease(
-        &self,
-        lease: &Lease,
-        holder: Option<&Holder>,
-        lost: &str,
-    ) -> Result<Lease, OrchestratorError> {
-        let api: Api<KubeLease> = self.api().await?;
-        let object = render::lease(self.instance(), lease, holder);
-        let written = if lease.handle.is_empty() {
-            self.call("create lease", api.create(&PostParams::default(), &object))
-                .await?
-        } else {
-            self.call(
-                "replace lease",
-                api.replace(&self.lease_name(), &PostParams::default(), &object),
-            )
-            .await?
-        };
-        match written {
-            Ok(o) => Ok(Lease {
-                handle: o.metadata.resource_version.unwrap_or_default(),
-                ..lease.clone()
-            }),
-            Err(e) if status_code(&e) == Some(409) => {
-                Err(OrchestratorError::LeaseConflict(lost.to_string()))
-            }
-            Err(e) => Err(map_err(e)),
-        }
-    }
-
-    /// The lease object as the server has it, and what it says (None: nobody holds it).
-    async fn lease_now(&self) -> Result<(Option<KubeLease>, Option<Lease>), OrchestratorError> {
-        let api: Api<KubeLease> = self.api().await?;
-        let object = self
-            .call("get lease", api.get_opt(&self.lease_name()))
-            .await?
-            .map_err(map_err)?;
-        let lease = object.as_ref().and_then(lease_of);
-        Ok((object, lease))
-    }
-}
-
-/// Connects as the settings say: a kubeconfig file, else the in-cluster service account,
-/// else the usual kubeconfig.
-async fn connect(settings: &KubernetesSettings) -> Result<(Client, String), OrchestratorError> {
-    let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-        OrchestratorError::Unavailable(format!("{what}: {e}"))
-    };
-    let config = match &settings.kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                unavailable(&format!("cannot read --kubeconfig {}", path.display()), &e)
-            })?;
-            Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .map_err(|e| unavailable("cannot use --kubeconfig", &e))?
-        }
-        None => match Config::incluster() {
-            Ok(c) => c,
-            Err(_) => Config::infer()
-                .await
-                .map_err(|e| unavailable("no in-cluster service account and no kubeconfig", &e))?,
-        },
-    };
-    let namespace = settings
-        .namespace
-        .clone()
-        .unwrap_or_else(|| config.default_namespace.clone());
-    let client = Client::try_from(config).map_err(|e| unavailable("cannot make a client", &e))?;
-    Ok((client, namespace))
-}
-
-/// What a Lease object says, when someone holds it.
-fn lease_of(object: &KubeLease) -> Option<Lease> {
-    let spec = object.spec.as_ref()?;
-    let token = spec.holder_identity.clone().filter(|t| !t.is_empty())?;
-    let note = |k: &str| {
-        object
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(k))
-            .cloned()
-            .unwrap_or_default()
-    };
-    let ms = |t: &Option<MicroTime>| t.as_ref().map_or(0, |t| t.0.as_millisecond());
-    Some(Lease {
-        holder: Holder {
-            token,
-            host: note(LEASE_HOST),
-            pid: note(LEASE_PID).parse().unwrap_or(0),
-            data_dir: note(LEASE_DATA_DIR),
-            store: note(LEASE_STORE),
-        },
-        acquired_ms: ms(&spec.acquire_time),
-        renewed_ms: ms(&spec.renew_time).max(ms(&spec.acquire_time)),
-        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
-        transitions: spec.lease_transitions.unwrap_or(0).max(0) as u64,
-        handle: object.metadata.resource_version.clone().unwrap_or_default(),
-    })
-}
-
-fn status_code(e: &kube::Error) -> Option<u16> {
-    match e {
-        kube::Error::Api(s) => Some(s.code),
-        _ => None,
-    }
-}
-
-/// The API server's answer in the orchestrator's words.
-fn map_err(e: kube::Error) -> OrchestratorError {
-    match &e {
-        kube::Error::Api(s) if s.code == 404 => OrchestratorError::NotFound(s.message.clone()),
-        kube::Error::Api(s) if s.code >= 500 || s.code == 429 => OrchestratorError::Unavailable(
-            format!("the API server answered {}: {}", s.code, s.message),
-        ),
-        kube::Error::Api(s) => OrchestratorError::Refused(format!(
-            "the API server refused ({} {}): {}",
-            s.code, s.reason, s.message
-        )),
-        kube::Error::HyperError(_) | kube::Error::Service(_) => {
-            OrchestratorError::Unavailable(e.to_string())
-        }
-        _ => OrchestratorError::Refused(e.to_string()),
-    }
 }
 
 fn unix_ms() -> i64 {
@@ -572,7 +443,7 @@ impl Orchestrator for KubernetesOrchestrator {
             .collect();
         let observed: Vec<Observed> = all.iter().map(|(o, _)| o.clone()).collect();
         let selection = super::select(want, &observed, ownership);
-        let plan = render::plan_selected(want, &selection);
+        let plan = plan::plan_selected(want, &selection);
         // Another store's Pod carries the agent (for an agent to make, or a stopped one,
         // whose start would meet it): leave it alone and say so.
         selection.refuse_foreign(want, plan.create.is_some())?;
@@ -603,7 +474,7 @@ impl Orchestrator for KubernetesOrchestrator {
                     id: id.clone(),
                     exit_code: *exit_code,
                 },
-                _ if !want.running => Done::Stopped { id: id.clone() },
+                _ if !want.intent.runs() => Done::Stopped { id: id.clone() },
                 // A finished Pod started again: the new one says so.
                 _ => continue,
             });
@@ -792,73 +663,6 @@ impl Orchestrator for KubernetesOrchestrator {
             })
         })
         .boxed()
-    }
-}
-
-#[async_trait]
-impl LeaseStore for KubernetesOrchestrator {
-    async fn read_lease(&self) -> Result<Option<Lease>, OrchestratorError> {
-        Ok(self.lease_now().await?.1)
-    }
-
-    async fn acquire_lease(
-        &self,
-        me: &Holder,
-        duration: Duration,
-        current: Option<&Lease>,
-    ) -> Result<Lease, OrchestratorError> {
-        let (object, held) = self.lease_now().await?;
-        let conflict = || {
-            OrchestratorError::LeaseConflict(
-                "another Hive changed the instance's lease first".to_string(),
-            )
-        };
-        // What the caller saw must still be what is there.
-        if held.as_ref().map(|l| (&l.holder.token, &l.handle))
-            != current.map(|l| (&l.holder.token, &l.handle))
-        {
-            return Err(conflict());
-        }
-        let now = unix_ms();
-        let lease = Lease {
-            holder: me.clone(),
-            acquired_ms: now,
-            renewed_ms: now,
-            duration,
-            // Every change of holder counts, a release in between or not (client-go's way).
-            transitions: object
-                .as_ref()
-                .and_then(|o| o.spec.as_ref()?.lease_transitions)
-                .map_or(0, |t| t.max(0) as u64 + 1),
-            handle: object
-                .and_then(|o| o.metadata.resource_version)
-                .unwrap_or_default(),
-        };
-        self.write_lease(
-            &lease,
-            Some(me),
-            "another Hive took the instance's lease first",
-        )
-        .await
-    }
-
-    async fn renew_lease(&self, lease: &Lease) -> Result<Lease, OrchestratorError> {
-        let renewed = Lease {
-            renewed_ms: unix_ms(),
-            ..lease.clone()
-        };
-        self.write_lease(
-            &renewed,
-            Some(&lease.holder),
-            "the instance's lease is no longer this Hive's",
-        )
-        .await
-    }
-
-    async fn release_lease(&self, lease: &Lease) -> Result<(), OrchestratorError> {
-        self.write_lease(lease, None, "the instance's lease is no longer this Hive's")
-            .await
-            .map(|_| ())
     }
 }
 

@@ -1,15 +1,16 @@
 //! The Kubernetes backend's pure half: what Kubernetes objects an agent's [`Workload`]
-//! becomes, what a Pod means in the orchestrator's neutral terms, and what to do with the
-//! Pods an agent has. No I/O, so every mapping is unit-tested (and rendered for the
+//! becomes and what a Pod means in the orchestrator's neutral terms (what to do with the
+//! Pods an agent has is [`super::plan`]). No I/O, so every mapping is unit-tested (and rendered for the
 //! schema check in `deployment/kubernetes/rendered/`).
 //!
 //! The mapping, and why:
 //! - An agent is a **Pod** (not a StatefulSet): the controller already does what a
 //!   StatefulSet of one would (one workload per agent, replaced on a spec change, recreated
 //!   when lost), and a bare Pod keeps one object between Hive and the kubelet, so the
-//!   status Hive reports is the Pod's own. A stopped agent has no Pod (as a Deployment
-//!   scaled to zero; on Docker a stopped agent keeps its exited container only once it
-//!   has run). Pod names are `<agent>-<5 random>`, so no name is reused; a replacement
+//!   status Hive reports is the Pod's own. Stopping a running agent deletes its Pod
+//!   (as a Deployment scaled to zero); a Pod that had already finished when its agent was
+//!   stopped is kept with its logs, as Docker keeps an exited container, because both
+//!   backends take the one decision in `orchestrator::converge`. Pod names are `<agent>-<5 random>`, so no name is reused; a replacement
 //!   is made once the old Pod has terminated, so that two never share the volumes.
 //! - The environment goes into a **Secret** named as the Pod and owned by it (an
 //!   ownerReference), mounted with `envFrom`: no value is in the Pod spec, and the
@@ -44,9 +45,8 @@ use k8s_openapi::ByteString;
 
 use crate::agent::RestartPolicy;
 use crate::orchestrator::{
-    select, Holder, Lease, Observed, Ownership, RemoveReason, RunState, Selection, Workload,
-    LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED, LABEL_OWNER, LABEL_RETAIN, LABEL_SPEC_HASH,
-    LABEL_STORE, LABEL_UID, LABEL_VOLUME,
+    Holder, Lease, Observed, RunState, Workload, LABEL_AGENT, LABEL_INSTANCE, LABEL_MANAGED,
+    LABEL_OWNER, LABEL_RETAIN, LABEL_SPEC_HASH, LABEL_STORE, LABEL_UID, LABEL_VOLUME,
 };
 
 /// The agent's container in its Pod.
@@ -437,96 +437,12 @@ pub fn waiting_note(pod: &Pod) -> Option<String> {
     })
 }
 
-/// What to do with an agent's Pods.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
-    /// Pods to delete, and why (a stopped agent's Pods are stopped, not removed).
-    pub remove: Vec<(String, RemoveReason)>,
-    /// Pods to delete because the agent is stopped.
-    pub stop: Vec<String>,
-    /// The Pod that stays.
-    pub keeper: Option<Observed>,
-    /// A new Pod is due, and why (made now unless `waiting`).
-    pub create: Option<Create>,
-    /// A new Pod is due but an old one is still terminating: it waits (as Docker's plan
-    /// waits for a removal), so that two processes never share the agent's volumes.
-    pub waiting: bool,
-}
-
-/// Why a new Pod is made.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Create {
-    /// None carries the agent (first start, a start, a spec change, a lost Pod).
-    Missing,
-    /// A restart was asked for: the keeper goes, a new Pod comes.
-    Restart,
-    /// The Pod ended although its restart policy says it runs (evicted, say).
-    Repair { exit_code: Option<i64> },
-}
-
-/// Decides what to do for `want` once the shared [`select`] chose among its Pods, as if
-/// deleted Pods were gone at once.
-fn decide(want: &Workload, selection: &Selection) -> Plan {
-    let keeper = selection.keeper.clone();
-    let mut plan = Plan {
-        remove: selection.strays.clone(),
-        stop: Vec::new(),
-        keeper: None,
-        create: None,
-        waiting: false,
-    };
-    if !want.running {
-        plan.stop.extend(keeper.map(|k| k.id));
-        return plan;
-    }
-    let Some(k) = keeper else {
-        plan.create = Some(Create::Missing);
-        return plan;
-    };
-    let finished = |code: Option<i64>| want.restart_policy.finished(code);
-    match k.state {
-        RunState::Running | RunState::Starting if want.restart => {
-            plan.stop.push(k.id.clone());
-            plan.create = Some(Create::Restart);
-        }
-        RunState::Exited { code } if want.resume || !finished(code) => {
-            plan.stop.push(k.id.clone());
-            plan.create = Some(if want.resume {
-                Create::Missing
-            } else {
-                Create::Repair { exit_code: code }
-            });
-        }
-        _ => plan.keeper = Some(k),
-    }
-    plan
-}
-
-/// Decides as `decide`, then holds a new Pod back while any of the agent's Pods (one
-/// being deleted now included) is still terminating: the Pod that replaces another is
-/// made by the pass its deletion wakes.
-pub fn plan(want: &Workload, pods: &[Observed]) -> Plan {
-    let all = Ownership {
-        store: String::new(),
-        adopt_foreign: true,
-    };
-    plan_selected(want, &select(want, pods, &all))
-}
-
-/// [`plan`], once the shared [`select`] chose among the agent's Pods.
-pub fn plan_selected(want: &Workload, selection: &Selection) -> Plan {
-    let mut plan = decide(want, selection);
-    let replacing = !plan.remove.is_empty() || !plan.stop.is_empty();
-    plan.waiting = plan.create.is_some() && (selection.terminating || replacing);
-    plan
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::agent::{Env, Volume};
 
-    fn workload() -> Workload {
+    pub(crate) fn workload() -> Workload {
         Workload {
             image: "img:1".into(),
             command: Some(vec!["/bin/sleep".into()]),
@@ -546,7 +462,7 @@ mod tests {
         }
     }
 
-    fn seen(id: &str, state: RunState) -> Observed {
+    pub(crate) fn seen(id: &str, state: RunState) -> Observed {
         let w = workload();
         Observed {
             id: id.into(),
@@ -646,71 +562,6 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(done.state, RunState::Exited { code: Some(3) });
-    }
-
-    #[test]
-    fn stopping_deletes_the_pod_and_a_change_replaces_it() {
-        let mut w = workload();
-        let p = plan(&w, &[]);
-        assert_eq!(p.create, Some(Create::Missing));
-        let p = plan(&w, &[seen("a-1", RunState::Running)]);
-        assert_eq!(
-            (p.create.clone(), p.keeper.unwrap().id),
-            (None, "a-1".into())
-        );
-        let mut old = seen("a-1", RunState::Running);
-        old.spec_hash = "h0".into();
-        let p = plan(&w, &[old]);
-        assert_eq!(p.remove, vec![("a-1".into(), RemoveReason::SpecChanged)]);
-        assert_eq!(p.create, Some(Create::Missing));
-        assert!(p.waiting, "the new Pod waits until the old one is gone");
-        w.running = false;
-        let p = plan(&w, &[seen("a-1", RunState::Running)]);
-        assert_eq!((p.stop, p.create), (vec!["a-1".to_string()], None));
-        assert_eq!(
-            plan(&w, &[]),
-            Plan {
-                remove: vec![],
-                stop: vec![],
-                keeper: None,
-                create: None,
-                waiting: false
-            }
-        );
-    }
-
-    #[test]
-    fn restarts_repairs_and_finished_pods() {
-        let mut w = workload();
-        w.restart = true;
-        let p = plan(&w, &[seen("a-1", RunState::Running)]);
-        assert_eq!(
-            (p.stop, p.create),
-            (vec!["a-1".to_string()], Some(Create::Restart))
-        );
-        w.restart = false;
-        let evicted = seen("a-1", RunState::Exited { code: None });
-        let p = plan(&w, std::slice::from_ref(&evicted));
-        assert_eq!(p.create, Some(Create::Repair { exit_code: None }));
-        w.restart_policy = RestartPolicy::OnFailure;
-        let ok = seen("a-1", RunState::Exited { code: Some(0) });
-        // The hash follows the policy: the Pods were made from this workload.
-        let ok = Observed {
-            spec_hash: w.hash(),
-            ..ok
-        };
-        let p = plan(&w, &[ok]);
-        assert_eq!(
-            (p.create, p.keeper.map(|k| k.id)),
-            (None, Some("a-1".into()))
-        );
-        let gone = Observed {
-            state: RunState::Terminating,
-            ..seen("a-0", RunState::Running)
-        };
-        let p = plan(&workload(), &[gone]);
-        assert!(p.remove.is_empty(), "already going");
-        assert_eq!((p.create, p.waiting), (Some(Create::Missing), true));
     }
 
     /// The objects an agent becomes (and the instance's Lease), as

@@ -12,7 +12,7 @@ use super::apiserver::{ApiServer, Seen};
 use super::{mock, KubernetesOrchestrator};
 use crate::agent::{Env, Volume};
 use crate::orchestrator::{
-    AlwaysCreate, Done, Holder, LeaseStore, Orchestrator, OrchestratorError, Ownership,
+    AlwaysCreate, Done, Holder, Intent, LeaseStore, Orchestrator, OrchestratorError, Ownership,
     RemoveReason, RunState, Workload,
 };
 
@@ -225,7 +225,7 @@ async fn stop_deletes_the_pod_and_start_makes_a_new_one() {
     k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
     let first = pod_names(&server).pop().unwrap();
     server.take_requests();
-    w.running = false;
+    w.intent = Intent::Stop;
     let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
     assert_eq!(
         lines(&server.take_requests()),
@@ -238,12 +238,12 @@ async fn stop_deletes_the_pod_and_start_makes_a_new_one() {
     let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
     assert!(applied.done.is_empty());
     assert_eq!(lines(&server.take_requests()), vec![format!("GET {PODS}")]);
-    w.running = true;
+    w.intent = Intent::Run;
     let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
     assert!(matches!(applied.done[0], Done::Created { .. }));
     assert_eq!(server.objects("pods").len(), 1);
     // A restart asked for: a new Pod, said once.
-    w.restart = true;
+    w.intent = Intent::Restart;
     let before = pod_names(&server).pop().unwrap();
     let applied = k.apply(&w, &ours(), &AlwaysCreate).await.unwrap();
     assert_eq!(applied.done, vec![Done::Restarted { id: before.clone() }]);
@@ -389,7 +389,7 @@ async fn names_and_pods_that_are_not_this_stores_are_left_alone() {
     );
     // Declared stopped, it says so too: its start would meet the other store's Pod.
     let stopped = Workload {
-        running: false,
+        intent: Intent::Stop,
         ..workload()
     };
     let err = k.apply(&stopped, &ours(), &AlwaysCreate).await.unwrap_err();
