@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::access::Principal;
-use crate::agent::now_rfc3339;
+use crate::agent::Timestamp;
 use crate::lease::Leadership;
 use crate::manifests::walk_within;
 pub use crate::manifests::Limits;
@@ -67,8 +67,9 @@ pub struct Settings {
 #[serde(rename_all = "camelCase")]
 pub struct SyncStatus {
     pub dir: String,
-    /// RFC 3339 time of the last full scan.
-    pub last_scan: Option<String>,
+    /// When the last full scan was.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_scan: Option<Timestamp>,
     /// Scans since Hive started (a rescan, or a change in the directory).
     pub scans: u64,
     /// A problem with the directory as a whole (nothing is pruned while there is one).
@@ -85,8 +86,9 @@ pub struct SyncStatus {
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FileStatus {
-    /// RFC 3339 time it was last applied without error.
-    pub last_applied: Option<String>,
+    /// When it was last applied without error.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_applied: Option<Timestamp>,
     /// The agents it declares (the last good reading while it has errors), with their
     /// resourceVersions after the last apply.
     pub objects: BTreeMap<String, Option<String>>,
@@ -188,7 +190,7 @@ impl Syncer {
             .clone();
         let mut status = SyncStatus {
             dir: dir.display().to_string(),
-            last_scan: Some(now_rfc3339()),
+            last_scan: Some(Timestamp::now()),
             scans: previous.scans + 1,
             ..Default::default()
         };
@@ -356,7 +358,7 @@ impl Syncer {
                     info!(file = ?rel, changed = ?changed, "applied manifest");
                 }
                 FileStatus {
-                    last_applied: Some(now_rfc3339()),
+                    last_applied: Some(Timestamp::now()),
                     objects: results
                         .into_iter()
                         .map(|r| (r.name, r.resource_version))

@@ -190,10 +190,10 @@ impl Elector {
             let waited = self.step().await;
             match (&*self.state.borrow(), waited) {
                 (Leadership::Leading { .. } | Leadership::Unknown { .. }, _) => return Ok(()),
-                (Leadership::Standby { holder }, Some(true)) if !self.settings.standby => {
+                (Leadership::Standby { holder }, OtherHolder::Live) if !self.settings.standby => {
                     return Err(InstanceHeld::new(&self.settings.instance, holder))
                 }
-                (Leadership::Standby { .. }, Some(true)) => return Ok(()),
+                (Leadership::Standby { .. }, OtherHolder::Live) => return Ok(()),
                 _ => {}
             }
             // A lease that looks stale: see whether it changes before taking it.
@@ -215,7 +215,9 @@ impl Elector {
                 () = tokio::time::sleep(pause) => {}
             }
             let waited = self.step().await;
-            if let (Leadership::Standby { holder }, Some(true)) = (&*self.state.borrow(), waited) {
+            if let (Leadership::Standby { holder }, OtherHolder::Live) =
+                (&*self.state.borrow(), waited)
+            {
                 if !self.settings.standby {
                     let _ = fatal.try_send(InstanceHeld::new(&self.settings.instance, holder));
                 }
@@ -238,9 +240,9 @@ impl Elector {
         }
     }
 
-    /// One look at the lease, and what follows from it. Returns, when another Hive holds
-    /// it, whether that holder is live by the clocks.
-    async fn step(&mut self) -> Option<bool> {
+    /// One look at the lease, and what follows from it: what it found of another Hive
+    /// holding it.
+    async fn step(&mut self) -> OtherHolder {
         let leading = match &*self.state.borrow() {
             Leadership::Leading { lease } => Some(lease.clone()),
             _ => None,
@@ -254,7 +256,7 @@ impl Elector {
                 self.set(Leadership::Unknown {
                     reason: format!("the lease cannot be read: {e}"),
                 });
-                return None;
+                return OtherHolder::None;
             }
         };
         let unchanged = lease.as_ref().map_or(Duration::ZERO, |l| {
@@ -264,7 +266,7 @@ impl Elector {
             Decision::Renew(lease) => self.renew(lease).await,
             Decision::Take(current) => {
                 self.take(current).await;
-                None
+                OtherHolder::None
             }
             Decision::Wait { lease, live } => {
                 if !live && !matches!(*self.state.borrow(), Leadership::Standby { .. }) {
@@ -276,7 +278,11 @@ impl Elector {
                     );
                 }
                 self.set(Leadership::Standby { holder: lease });
-                Some(live)
+                if live {
+                    OtherHolder::Live
+                } else {
+                    OtherHolder::Stale
+                }
             }
         }
     }
@@ -308,7 +314,7 @@ impl Elector {
         }
     }
 
-    async fn renew(&mut self, lease: Lease) -> Option<bool> {
+    async fn renew(&mut self, lease: Lease) -> OtherHolder {
         // A renewal may not outlast the renew deadline: a call hanging past it would keep
         // this Hive leading while another takes the expired lease (client-go bounds it
         // the same way).
@@ -332,7 +338,7 @@ impl Elector {
             Ok(lease) => {
                 self.last_renewed = Some(Instant::now());
                 self.set(Leadership::Leading { lease });
-                None
+                OtherHolder::None
             }
             // Taken, or the lease object is gone (removed by hand): no longer ours.
             Err(OrchestratorError::LeaseConflict(m) | OrchestratorError::NotFound(m)) => {
@@ -341,7 +347,7 @@ impl Elector {
                 self.set(Leadership::Unknown {
                     reason: format!("lost the lease: {m}"),
                 });
-                None
+                OtherHolder::None
             }
             Err(e) => {
                 let overdue = self
@@ -356,7 +362,7 @@ impl Elector {
                         reason: format!("the lease cannot be renewed: {e}"),
                     });
                 }
-                None
+                OtherHolder::None
             }
         }
     }
@@ -396,19 +402,25 @@ pub fn this_process(data_dir: &std::path::Path, store: &str) -> Holder {
     }
 }
 
+/// What one look at the lease found of another Hive holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OtherHolder {
+    /// None does (this Hive leads, took it, or cannot tell).
+    None,
+    /// Another Hive holds it and renews it.
+    Live,
+    /// Another Hive holds it but has not renewed it lately: it is watched, then taken.
+    Stale,
+}
+
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Unix milliseconds as RFC 3339 (seconds precision).
 pub fn rfc3339_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
+    crate::agent::Timestamp::from_unix_ms(ms - ms.rem_euclid(1000))
+        .map_or_else(|| ms.to_string(), |t| t.to_string())
 }
 
 #[cfg(test)]

@@ -176,13 +176,17 @@ impl Metrics {
     pub fn set_phases(&self, phases: impl Iterator<Item = Phase>) {
         let mut counts = std::collections::BTreeMap::new();
         for p in Phase::ALL {
-            counts.insert(format!("{p:?}"), 0);
+            counts.insert(p.as_str(), 0);
         }
         for p in phases {
-            *counts.entry(format!("{p:?}")).or_insert(0) += 1;
+            *counts.entry(p.as_str()).or_insert(0) += 1;
         }
         for (phase, n) in counts {
-            self.agents.get_or_create(&PhaseLabel { phase }).set(n);
+            self.agents
+                .get_or_create(&PhaseLabel {
+                    phase: phase.to_string(),
+                })
+                .set(n);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Timestamp};
 
 /// The annotation `hive apply --prune` marks what it applies with (the file, relative to
 /// the directory). A client's own: `hive/` annotations are the server's, and the server's
@@ -35,22 +35,116 @@ pub struct EventList {
     pub items: Vec<Event>,
 }
 
+/// Why an event was recorded: one word, as Kubernetes' event reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Created,
+    Recreated,
+    Started,
+    Stopped,
+    Repaired,
+    Restarted,
+    /// Woken from idleness by activity (a write, an action, a touch).
+    Resumed,
+    /// Unpaused: it was paused outside Hive.
+    Unpaused,
+    Removed,
+    RemovalFailed,
+    Failed,
+    NotReady,
+    BackOff,
+    Expired,
+    Idled,
+    ContainerChurn,
+    CreateRateLimited,
+    PullingImage,
+}
+
+impl Reason {
+    /// The reason as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Created => "Created",
+            Reason::Recreated => "Recreated",
+            Reason::Started => "Started",
+            Reason::Stopped => "Stopped",
+            Reason::Repaired => "Repaired",
+            Reason::Restarted => "Restarted",
+            Reason::Resumed => "Resumed",
+            Reason::Unpaused => "Unpaused",
+            Reason::Removed => "Removed",
+            Reason::RemovalFailed => "RemovalFailed",
+            Reason::Failed => "Failed",
+            Reason::NotReady => "NotReady",
+            Reason::BackOff => "BackOff",
+            Reason::Expired => "Expired",
+            Reason::Idled => "Idled",
+            Reason::ContainerChurn => "ContainerChurn",
+            Reason::CreateRateLimited => "CreateRateLimited",
+            Reason::PullingImage => "PullingImage",
+        }
+    }
+
+    /// `Warning` for what is outside the declared course, else `Normal`.
+    pub fn event_type(self) -> EventType {
+        if self.is_warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        }
+    }
+
+    /// Whether it warns of something outside the declared course.
+    pub fn is_warning(self) -> bool {
+        matches!(
+            self,
+            Reason::Repaired
+                | Reason::Unpaused
+                | Reason::RemovalFailed
+                | Reason::Failed
+                | Reason::NotReady
+                | Reason::BackOff
+                | Reason::ContainerChurn
+                | Reason::CreateRateLimited
+        )
+    }
+}
+
+/// An event's type, as Kubernetes' events: `Normal`, or `Warning` for what is outside
+/// the declared course.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        })
+    }
+}
+
 /// A decision of the reconciler about one agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
-    /// Normal or Warning.
     #[serde(rename = "type")]
-    pub kind: String,
-    /// One word: Created, Recreated, Started, Stopped, Repaired, Failed, BackOff, ...
+    pub kind: EventType,
+    /// One word, a [`Reason`]: Created, Recreated, Started, Stopped, Repaired, Failed,
+    /// BackOff, ... (text, so that a store written by a later Hive still reads).
     pub reason: String,
     pub message: String,
     /// The agent's generation when it happened.
     pub generation: u64,
     /// How often it happened in a row.
     pub count: u32,
-    pub first_time: String,
-    pub last_time: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub first_time: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub last_time: Timestamp,
 }
 
 /// What applying one document did (or would do).

@@ -10,12 +10,14 @@ use uuid::Uuid;
 
 mod duration;
 mod quantity;
+mod timestamp;
 mod validate;
 mod wait;
 
 pub use duration::{earlier, later, until, SpecDuration, MAX_DURATION, MIN_DURATION};
 
 pub use quantity::{parse_bytes, parse_cpus, parse_memory};
+pub use timestamp::Timestamp;
 pub use validate::{clip, shown_key, validate_env_name, validate_label_value, validate_name};
 pub use wait::WaitFor;
 
@@ -77,10 +79,12 @@ pub struct Metadata {
     pub resource_version: Option<String>,
     /// RFC 3339 time of creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub creation_timestamp: Option<Timestamp>,
     /// RFC 3339 time a delete was asked for; the agent is Terminating from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion_timestamp: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deletion_timestamp: Option<Timestamp>,
 }
 
 /// What a client wants to run.
@@ -302,6 +306,24 @@ impl Phase {
         Phase::Failed,
         Phase::Terminating,
     ];
+
+    /// The phase as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Stopped => "Stopped",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Terminating => "Terminating",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What Hive observed of an agent.
@@ -322,19 +344,23 @@ pub struct AgentStatus {
     pub message: Option<String>,
     /// RFC 3339 time the phase last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_transition_time: Option<Timestamp>,
     /// RFC 3339 time the agent is deleted: `spec.ttl` running out, or
     /// `spec.lifecycle.ttlAfterFinished` after it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
     /// RFC 3339 time Hive stops it for idleness if nothing happens before
     /// (`spec.lifecycle.idleTimeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stops_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub stops_at: Option<Timestamp>,
     /// RFC 3339 time Hive stopped it for idleness; `start` (or any write, action or
     /// touch) resumes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_since: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub idle_since: Option<Timestamp>,
     /// Ready and Progressing, in the Kubernetes shape.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -344,16 +370,69 @@ pub struct AgentStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
-    /// Ready or Progressing.
     #[serde(rename = "type")]
-    pub kind: String,
-    /// "True" or "False".
-    pub status: String,
+    pub kind: ConditionType,
+    pub status: ConditionStatus,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// When `status` last flipped.
-    pub last_transition_time: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub last_transition_time: Timestamp,
+}
+
+/// What a condition is about, as Kubernetes' condition types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum ConditionType {
+    /// It runs the current generation as declared.
+    Ready,
+    /// It is on its way: the engine has yet to run it.
+    Progressing,
+}
+
+impl ConditionType {
+    /// Every condition an agent has.
+    pub const ALL: [ConditionType; 2] = [ConditionType::Ready, ConditionType::Progressing];
+
+    /// The type as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Progressing => "Progressing",
+        }
+    }
+}
+
+impl fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a condition holds (Kubernetes writes it as the strings `True` and `False`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(holds: bool) -> ConditionStatus {
+        if holds {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+}
+
+impl fmt::Display for ConditionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+        })
+    }
 }
 
 impl Condition {
@@ -361,18 +440,18 @@ impl Condition {
     /// unless the status flipped.
     pub fn set(
         previous: &[Condition],
-        kind: &str,
-        status: bool,
+        kind: ConditionType,
+        holds: bool,
         reason: &str,
         message: Option<String>,
     ) -> Condition {
-        let status = if status { "True" } else { "False" }.to_string();
+        let status = ConditionStatus::from(holds);
         let last_transition_time = previous
             .iter()
             .find(|c| c.kind == kind && c.status == status)
-            .map_or_else(now_rfc3339, |c| c.last_transition_time.clone());
+            .map_or_else(Timestamp::now, |c| c.last_transition_time);
         Condition {
-            kind: kind.to_string(),
+            kind,
             status,
             reason: reason.to_string(),
             message,
@@ -404,27 +483,13 @@ impl Agent {
     /// When `spec.ttl` runs out, if it is set (None also past the last time there is).
     pub fn expires_at(&self) -> Option<time::OffsetDateTime> {
         let ttl = self.spec.ttl.as_ref()?.get();
-        let created = time::OffsetDateTime::parse(
-            self.metadata.creation_timestamp.as_deref()?,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok()?;
-        later(created, ttl)
+        later(self.metadata.creation_timestamp?.get(), ttl)
     }
 
     /// True while a delete is in progress.
     pub fn is_terminating(&self) -> bool {
         self.metadata.deletion_timestamp.is_some()
     }
-}
-
-/// Now, as RFC 3339 with second precision, the form of every timestamp Hive writes.
-pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 
 use std::str::FromStr;
 
-use super::{Agent, Phase};
+use super::{Agent, ConditionStatus, ConditionType, Phase};
 
 /// `phase=<Phase>` or `condition=<Ready|Progressing>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitFor {
     Phase(Phase),
-    Condition(String),
+    Condition(ConditionType),
 }
 
 impl FromStr for WaitFor {
@@ -23,16 +23,14 @@ impl FromStr for WaitFor {
         match text.split_once('=') {
             Some(("phase", p)) => Phase::ALL
                 .into_iter()
-                .find(|phase| format!("{phase:?}").eq_ignore_ascii_case(p))
+                .find(|phase| phase.as_str().eq_ignore_ascii_case(p))
                 .map(WaitFor::Phase)
                 .ok_or_else(wrong),
-            Some(("condition", c))
-                if ["Ready", "Progressing"]
-                    .iter()
-                    .any(|k| k.eq_ignore_ascii_case(c)) =>
-            {
-                Ok(WaitFor::Condition(c.to_string()))
-            }
+            Some(("condition", c)) => ConditionType::ALL
+                .into_iter()
+                .find(|kind| kind.as_str().eq_ignore_ascii_case(c))
+                .map(WaitFor::Condition)
+                .ok_or_else(wrong),
             _ => Err(wrong()),
         }
     }
@@ -41,7 +39,7 @@ impl FromStr for WaitFor {
 impl std::fmt::Display for WaitFor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            WaitFor::Phase(p) => write!(f, "phase={p:?}"),
+            WaitFor::Phase(p) => write!(f, "phase={p}"),
             WaitFor::Condition(c) => write!(f, "condition={c}"),
         }
     }
@@ -58,7 +56,7 @@ impl WaitFor {
                 WaitFor::Condition(c) => st
                     .conditions
                     .iter()
-                    .any(|k| k.kind.eq_ignore_ascii_case(c) && k.status == "True"),
+                    .any(|k| k.kind == *c && k.status == ConditionStatus::True),
             }
     }
 
@@ -66,7 +64,7 @@ impl WaitFor {
     pub fn last_seen(agent: &Agent) -> String {
         let st = &agent.status;
         format!(
-            "phase {:?}{}{}",
+            "phase {}{}{}",
             st.phase,
             if st.observed_generation == agent.metadata.generation {
                 ""
@@ -90,7 +88,7 @@ mod tests {
         assert_eq!("phase=running".parse(), Ok(WaitFor::Phase(Phase::Running)));
         assert_eq!(
             "condition=Ready".parse(),
-            Ok(WaitFor::Condition("Ready".into()))
+            Ok(WaitFor::Condition(ConditionType::Ready))
         );
         for bad in [
             "ready",

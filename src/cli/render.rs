@@ -1,7 +1,7 @@
 //! How the command line shows agents: the `get` table, `describe`'s text, a watch line,
 //! and ages, all from the typed [`Agent`].
 
-use crate::agent::{Agent, DesiredState};
+use crate::agent::{Agent, DesiredState, Timestamp};
 use crate::wire::Event;
 
 /// Agents as an aligned table (`-o wide` adds the owner, generations, when Hive stops or
@@ -18,10 +18,10 @@ pub fn table(items: &[Agent], wide: bool) -> String {
         let mut row = vec![
             a.metadata.name.clone(),
             state(a).into(),
-            format!("{:?}", a.status.phase),
+            a.status.phase.to_string(),
             a.spec.image.clone(),
             a.status.restart_count.to_string(),
-            age(a.metadata.creation_timestamp.as_deref()),
+            age(a.metadata.creation_timestamp),
         ];
         if wide {
             row.push(a.metadata.owner.clone().unwrap_or_default());
@@ -29,8 +29,8 @@ pub fn table(items: &[Agent], wide: bool) -> String {
                 "{}/{}",
                 a.status.observed_generation, a.metadata.generation
             ));
-            row.push(a.status.stops_at.clone().unwrap_or_else(|| "-".into()));
-            row.push(a.status.expires_at.clone().unwrap_or_else(|| "-".into()));
+            row.push(or_dash_time(a.status.stops_at));
+            row.push(or_dash_time(a.status.expires_at));
             row.push(a.status.message.clone().unwrap_or_default());
         }
         rows.push(row);
@@ -66,7 +66,7 @@ pub fn watch_line(kind: &str, a: &Agent) -> String {
         kind,
         a.metadata.name,
         state(a),
-        format!("{:?}", a.status.phase),
+        a.status.phase.to_string(),
         a.status.restart_count
     )
 }
@@ -102,8 +102,8 @@ pub fn describe(a: &Agent, events: &[Event]) -> String {
     );
     out += &format!(
         "Created:      {} ({} ago)\n",
-        or_dash(m.creation_timestamp.as_deref()),
-        age(m.creation_timestamp.as_deref())
+        or_dash_time(m.creation_timestamp),
+        age(m.creation_timestamp)
     );
     out += &format!(
         "Generation:   {} (observed {})\n",
@@ -115,9 +115,9 @@ pub fn describe(a: &Agent, events: &[Event]) -> String {
     }
     out += "Status:\n";
     out += &format!(
-        "  Phase:      {:?} (since {})\n",
+        "  Phase:      {} (since {})\n",
         st.phase,
-        or_dash(st.last_transition_time.as_deref())
+        or_dash_time(st.last_transition_time)
     );
     out += &format!("  Message:    {}\n", or_dash(st.message.as_deref()));
     out += &format!(
@@ -157,7 +157,7 @@ pub fn describe(a: &Agent, events: &[Event]) -> String {
             "  {:<8} {:<10} {:>5} ago  {}{}\n",
             e.kind,
             e.reason,
-            age(Some(&e.last_time)),
+            age(Some(e.last_time)),
             e.message,
             if e.count > 1 {
                 format!(" (x{})", e.count)
@@ -169,14 +169,17 @@ pub fn describe(a: &Agent, events: &[Event]) -> String {
     out
 }
 
-/// How long ago an RFC 3339 time was, in the largest whole unit (`45s`, `3m`, `2h`, `4d`).
-pub fn age(ts: Option<&str>) -> String {
-    let Some(t) = ts.and_then(|t| {
-        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-    }) else {
+/// A time as RFC 3339, or `-`.
+fn or_dash_time(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "-".into(), |t| t.to_string())
+}
+
+/// How long ago a time was, in the largest whole unit (`45s`, `3m`, `2h`, `4d`).
+pub fn age(t: Option<Timestamp>) -> String {
+    let Some(t) = t else {
         return "-".into();
     };
-    let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
+    let secs = (Timestamp::now().get() - t.get()).whole_seconds().max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),

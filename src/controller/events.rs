@@ -7,66 +7,7 @@ use super::Context;
 use crate::orchestrator::Done;
 use crate::store::{NewEvent, Record};
 
-/// Why an event was recorded: one word, as Kubernetes' event reasons.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    Created,
-    Recreated,
-    Started,
-    Stopped,
-    Repaired,
-    Restarted,
-    Resumed,
-    Removed,
-    RemovalFailed,
-    Failed,
-    NotReady,
-    BackOff,
-    Expired,
-    Idled,
-    ContainerChurn,
-    CreateRateLimited,
-    PullingImage,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Created => "Created",
-            Reason::Recreated => "Recreated",
-            Reason::Started => "Started",
-            Reason::Stopped => "Stopped",
-            Reason::Repaired => "Repaired",
-            Reason::Restarted => "Restarted",
-            Reason::Resumed => "Resumed",
-            Reason::Removed => "Removed",
-            Reason::RemovalFailed => "RemovalFailed",
-            Reason::Failed => "Failed",
-            Reason::NotReady => "NotReady",
-            Reason::BackOff => "BackOff",
-            Reason::Expired => "Expired",
-            Reason::Idled => "Idled",
-            Reason::ContainerChurn => "ContainerChurn",
-            Reason::CreateRateLimited => "CreateRateLimited",
-            Reason::PullingImage => "PullingImage",
-        }
-    }
-
-    /// Whether it warns of something outside the declared course.
-    pub fn is_warning(self) -> bool {
-        matches!(
-            self,
-            Reason::Repaired
-                | Reason::Resumed
-                | Reason::RemovalFailed
-                | Reason::Failed
-                | Reason::NotReady
-                | Reason::BackOff
-                | Reason::ContainerChurn
-                | Reason::CreateRateLimited
-        )
-    }
-}
+pub use crate::wire::Reason;
 
 /// The events of one pass, recorded together at its end.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -97,12 +38,7 @@ impl Events {
         let Some(r) = record else { return };
         for (reason, message) in self.0 {
             let event = NewEvent {
-                kind: if reason.is_warning() {
-                    "Warning"
-                } else {
-                    "Normal"
-                },
-                reason: reason.as_str(),
+                reason,
                 message,
                 generation: r.agent.metadata.generation,
             };
@@ -165,7 +101,7 @@ fn describe(done: &Done, generation: u64) -> (Reason, String) {
             format!("stopped container {} as declared", short(id)),
         ),
         Done::Resumed { id } => (
-            Reason::Resumed,
+            Reason::Unpaused,
             format!(
                 "resumed container {}: it was paused outside Hive",
                 short(id)

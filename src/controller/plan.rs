@@ -3,7 +3,7 @@
 //! the backend decides how to make a workload so; this decides what it means for the
 //! agent (its phase, under its restart policy).
 
-use crate::agent::{Agent, AgentStatus, Condition, DesiredState, Phase};
+use crate::agent::{Agent, AgentStatus, Condition, ConditionType, DesiredState, Phase};
 use crate::controller::workload::intent;
 use crate::orchestrator::{step, Applied, Observed, RunState, Step};
 use crate::store::Record;
@@ -148,24 +148,23 @@ pub fn with_conditions(
     mut status: AgentStatus,
     reason: Option<&str>,
 ) -> AgentStatus {
-    let phase = format!("{:?}", status.phase);
     let ready = status.phase == Phase::Running && status.message.is_none();
     let progressing = status.phase == Phase::Pending;
     status.conditions = vec![
         Condition::set(
             previous,
-            "Ready",
+            ConditionType::Ready,
             ready,
             if ready {
                 "Running"
             } else {
-                reason.unwrap_or(&phase)
+                reason.unwrap_or(status.phase.as_str())
             },
             status.message.clone(),
         ),
         Condition::set(
             previous,
-            "Progressing",
+            ConditionType::Progressing,
             progressing,
             if progressing {
                 "Reconciling"

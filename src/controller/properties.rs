@@ -7,7 +7,7 @@
 use proptest::prelude::*;
 
 use super::plan::{needs_pass, outcome, with_conditions};
-use crate::agent::{Agent, AgentStatus};
+use crate::agent::{Agent, AgentStatus, Timestamp};
 use crate::orchestrator::{Applied, Observed, RunState};
 use crate::policy::Policy;
 use crate::store::{Record, Store};
@@ -127,8 +127,8 @@ proptest! {
         }
         // A pass over the record, admitted or not.
         let mut record = Record { agent, internal: Default::default() };
-        record.internal.idle_since = idle_since.as_str().map(str::to_string);
-        record.internal.last_activity = record.agent.status.last_transition_time.clone();
+        record.internal.idle_since = idle_since.as_str().map(|t| Timestamp::parse(t).unwrap());
+        record.internal.last_activity = record.agent.status.last_transition_time;
         let _ = (
             record.agent.expires_at(),
             record.idle_deadline(),

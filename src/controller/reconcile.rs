@@ -14,11 +14,11 @@ use super::plan::with_conditions;
 use super::pulls::{PullStatus, Pulls};
 use super::status::{self, Deadline};
 use super::workload::workload;
-use crate::agent::Phase;
+use crate::agent::{ConditionType, Phase};
 use crate::orchestrator::{
     CreateGate, Orchestrator, OrchestratorError, Ownership, RemoveReason, Workload,
 };
-use crate::store::{Record, Store, StoreError};
+use crate::store::{CpuReading, Record, Store, StoreError};
 
 /// What a reconcile needs.
 #[derive(Clone)]
@@ -74,7 +74,7 @@ pub fn panicked(name: &str, ctx: &Context, panic: &(dyn std::any::Any + Send)) -
     let e = ReconcileError::Panicked(panic_message(panic));
     tracing::error!(agent = %name, error = %e, "a reconcile pass panicked");
     if let Ok(Some(record)) = ctx.store.get(name) {
-        if let Err(write) = write_failure(ctx, &record, &e.to_string(), false) {
+        if let Err(write) = write_failure(ctx, &record, &e.to_string(), Failure::Lasting) {
             tracing::error!(agent = %name, error = %write, "could not record the failure");
         }
     }
@@ -114,7 +114,7 @@ pub async fn reconcile(name: &str, ctx: &Context) -> Result<Action, ReconcileErr
         // A missing secret, or one grown past the env limits: writing the secret wakes
         // the agent again.
         Err(invalid) => {
-            write_failure(ctx, &record, &invalid.to_string(), false)?;
+            write_failure(ctx, &record, &invalid.to_string(), Failure::Lasting)?;
             return Ok(requeue);
         }
     };
@@ -190,7 +190,7 @@ async fn write_after(
     if let Some(id) = after.baseline {
         if let Ok(Some(cpu)) = ctx.orchestrator.cpu_time(&id).await {
             ctx.store
-                .record_cpu(&agent.metadata.name, uid, &id, cpu, false)?;
+                .record_cpu(&agent.metadata.name, uid, &id, cpu, CpuReading::Baseline)?;
         }
     }
     Ok(after.requeue)
@@ -243,13 +243,17 @@ async fn idle_check(ctx: &Context, record: &Record) -> Result<Option<Duration>, 
     if !idle {
         // It worked; or it was never read, or restarted since (the counter went back):
         // then this reading is the new baseline.
-        let worked = seen.is_some_and(|ns| cpu > ns);
-        ctx.store.record_cpu(name, uid, id, cpu, worked)?;
+        let reading = if seen.is_some_and(|ns| cpu > ns) {
+            CpuReading::Worked
+        } else {
+            CpuReading::Baseline
+        };
+        ctx.store.record_cpu(name, uid, id, cpu, reading)?;
         return Ok(Some(timeout));
     }
     if ctx
         .store
-        .mark_idle(name, uid, record.internal.last_activity.as_deref())?
+        .mark_idle(name, uid, record.internal.last_activity)?
     {
         ctx.metrics.idled.inc();
         let mut events = Events::default();
@@ -413,7 +417,7 @@ fn write_waiting(
         .status
         .conditions
         .iter()
-        .all(|c| c.kind != "Ready" || c.reason != reason.as_str());
+        .all(|c| c.kind != ConditionType::Ready || c.reason != reason.as_str());
     if news {
         let mut events = Events::default();
         events.note(reason, message);
@@ -430,22 +434,36 @@ fn write_waiting(
 
 /// Records why a pass failed, then hands the error to the runtime for a retry.
 fn fail(ctx: &Context, record: &Record, e: OrchestratorError) -> Result<Action, ReconcileError> {
-    write_failure(ctx, record, &e.to_string(), e.is_transient())?;
+    let failure = if e.is_transient() {
+        Failure::Transient
+    } else {
+        Failure::Lasting
+    };
+    write_failure(ctx, record, &e.to_string(), failure)?;
     Err(e.into())
 }
 
-/// A transient failure keeps the phase and says why in the message; any other makes the
-/// agent Failed.
+/// How a failure of a pass shows in the agent's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Likely to pass by itself (the engine busy or away): the phase stays, the message
+    /// says why.
+    Transient,
+    /// Needs a change (a bad spec, a missing image or secret): the agent is Failed.
+    Lasting,
+}
+
+/// Writes why a pass failed into the agent's status (and an event when the reason is new).
 fn write_failure(
     ctx: &Context,
     r: &Record,
     message: &str,
-    transient: bool,
+    failure: Failure,
 ) -> Result<(), ReconcileError> {
     let agent = &r.agent;
     tracing::warn!(error = %message, "reconcile failed");
     let mut status = agent.status.clone();
-    if !transient && !agent.is_terminating() {
+    if failure == Failure::Lasting && !agent.is_terminating() {
         status.phase = Phase::Failed;
         status.observed_generation = agent.metadata.generation;
     }

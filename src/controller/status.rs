@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use super::events::{Events, Reason};
 use super::plan::{outcome, with_conditions};
 use super::reconcile::Action;
-use crate::agent::{until, AgentStatus, Phase};
+use crate::agent::{until, AgentStatus, Phase, Timestamp};
 use crate::orchestrator::{Applied, Done};
 use crate::store::{Internal, Record};
 
@@ -148,11 +148,7 @@ pub fn status_after(
         .filter(|_| matches!(o.phase, Phase::Succeeded | Phase::Failed) && o.container_id.is_some())
         .and_then(|ttl| {
             let since = if agent.status.phase == o.phase {
-                OffsetDateTime::parse(
-                    agent.status.last_transition_time.as_deref()?,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .ok()?
+                agent.status.last_transition_time?.get()
             } else {
                 now
             };
@@ -170,10 +166,6 @@ pub fn status_after(
             requeue = sooner(requeue, until(now, at));
         }
     }
-    let rfc3339 = |t: OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    };
     let idle_message = record.internal.idle_since.as_ref().map(|_| {
         format!(
             "stopped after {} without activity (spec.lifecycle.idleTimeout); start or touch it to resume",
@@ -198,9 +190,9 @@ pub fn status_after(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-        .and_then(rfc3339),
-        stops_at: stops_at.and_then(rfc3339),
-        idle_since: record.internal.idle_since.clone(),
+        .map(Timestamp::from),
+        stops_at: stops_at.map(Timestamp::from),
+        idle_since: record.internal.idle_since,
         conditions: Vec::new(),
     };
     let status = with_conditions(&agent.status.conditions, status, None);
@@ -305,8 +297,8 @@ mod tests {
         assert_eq!(after.baseline.as_deref(), Some("c1"));
         // The idle clock runs from creation: 10 minutes after it.
         assert_eq!(
-            after.status.stops_at.as_deref(),
-            Some("2026-01-01T00:10:00Z")
+            after.status.stops_at,
+            Some(at("2026-01-01T00:10:00Z").into())
         );
         assert_eq!(after.requeue, Action::Requeue(Duration::from_secs(590)));
     }
@@ -326,8 +318,8 @@ mod tests {
         let after = status_after(&r, &r, &applied, now, Action::AwaitChange);
         assert_eq!(after.status.phase, Phase::Succeeded);
         assert_eq!(
-            after.status.expires_at.as_deref(),
-            Some("2026-01-01T01:00:00Z")
+            after.status.expires_at,
+            Some(at("2026-01-01T01:00:00Z").into())
         );
         assert_eq!(after.requeue, Action::Requeue(Duration::from_secs(2400)));
         assert_eq!(after.baseline, None);

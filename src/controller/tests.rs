@@ -425,7 +425,7 @@ async fn containers_removed_out_of_band_in_a_loop_are_recreated_at_a_bounded_rat
         .status
         .conditions
         .iter()
-        .find(|c| c.kind == "Ready")
+        .find(|c| c.kind == crate::agent::ConditionType::Ready)
         .unwrap();
     assert_eq!(ready.reason, "ContainerChurn");
     assert!(r

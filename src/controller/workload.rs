@@ -6,7 +6,7 @@ use crate::agent::Phase;
 use crate::agent::{parse_cpus, parse_memory, DesiredState, Invalid};
 use crate::orchestrator::{Intent, Workload};
 use crate::policy::{Policy, Refusal};
-use crate::store::{Record, Store};
+use crate::store::{MissingSecret, Record, Store};
 
 /// What `record` (as in effect: one stopped for idleness is stopped) asks of its
 /// workload: stopped; restarted, when a restart asked for is not done yet; started, when
@@ -29,7 +29,7 @@ pub fn intent(record: &Record) -> Intent {
 pub fn workload(record: &Record, store: &Store, policy: &Policy) -> Result<Workload, Invalid> {
     let agent = &record.agent;
     let spec = &agent.spec;
-    let mut env = store.env_from(agent, true)?;
+    let mut env = store.env_from(agent, MissingSecret::Refuse)?;
     let from_secrets = !env.is_empty() || spec.env_from.as_ref().is_some_and(|e| !e.is_empty());
     env.extend(spec.env.0.iter().map(|(k, v)| (k.clone(), v.clone())));
     if from_secrets {
@@ -89,7 +89,7 @@ mod tests {
                     ]
                     .into(),
                     resource_version: String::new(),
-                    creation_timestamp: String::new(),
+                    creation_timestamp: None,
                 },
                 None,
             )

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::access::{Principal, Role};
 use crate::agent::{shown_key, validate_name, Agent, DesiredState, Invalid, SOURCE_ANNOTATION};
 use crate::selector::Selector;
-use crate::store::{Applied, Entry, Event, Record, StoreError};
+use crate::store::{Applied, Entry, Event, MissingSecret, Record, StoreError};
 
 use super::{require_write, Service, ServiceError};
 
@@ -271,8 +271,7 @@ impl Service {
         let _ = self.store.record_event(
             &record.agent.metadata.name,
             crate::store::NewEvent {
-                kind: "Normal",
-                reason: "Resumed",
+                reason: crate::wire::Reason::Resumed,
                 message: format!("woken from idleness by a {what}; starting it again"),
                 generation: record.agent.metadata.generation,
             },
@@ -442,7 +441,7 @@ impl Service {
             .filter(|a| a.metadata.name != agent.metadata.name)
             .collect();
         // The secrets it takes its environment from count against the env limits too.
-        let env_from = self.store.env_from(&agent, false)?;
+        let env_from = self.store.env_from(&agent, MissingSecret::Skip)?;
         self.policy.admit(&mut agent, &others, &env_from)?;
         Ok((agent, take_over))
     }

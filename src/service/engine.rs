@@ -108,7 +108,7 @@ fn since_unix(text: &str) -> Option<i64> {
     if let Ok(d) = humantime::parse_duration(text) {
         return Some(crate::agent::earlier(now, d)?.unix_timestamp());
     }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    crate::agent::Timestamp::parse(text)
         .ok()
-        .map(|t| t.unix_timestamp())
+        .map(|t| t.get().unix_timestamp())
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::info;
 
 use crate::access::Principal;
-use crate::agent::{clip, now_rfc3339, Agent, Invalid};
+use crate::agent::{clip, Agent, Invalid, Timestamp};
 use crate::controller;
 use crate::lease::Leadership;
 use crate::policy::{Policy, Refusal};
@@ -359,7 +359,7 @@ impl Service {
         };
         self.record(AuditEntry {
             id: 0,
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             key_id: who.key_id.clone(),
             owner: who.owner.clone(),
             role: who.role.name().into(),
@@ -390,7 +390,7 @@ impl Service {
     ) {
         self.record(AuditEntry {
             id: 0,
-            time: now_rfc3339(),
+            time: Timestamp::now(),
             key_id: who.map_or("-".into(), |p| p.key_id.clone()),
             owner: who.map_or("-".into(), |p| p.owner.clone()),
             role: who.map_or("-", |p| p.role.name()).into(),

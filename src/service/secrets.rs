@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{require_write, Service, ServiceError};
 use crate::access::{Principal, Role};
-use crate::agent::{shown_key, validate_env_name, validate_name, Invalid};
+use crate::agent::{shown_key, validate_env_name, validate_name, Invalid, Timestamp};
 use crate::store::{Applied, Secret, StoreError};
 
 /// Keys a secret may hold.
@@ -25,7 +25,9 @@ pub struct SecretShown {
     pub owner: String,
     pub keys: Vec<String>,
     pub resource_version: String,
-    pub creation_timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub creation_timestamp: Option<Timestamp>,
 }
 
 impl From<&Secret> for SecretShown {
@@ -35,7 +37,7 @@ impl From<&Secret> for SecretShown {
             owner: s.owner.clone(),
             keys: s.data.keys().cloned().collect(),
             resource_version: s.resource_version.clone(),
-            creation_timestamp: s.creation_timestamp.clone(),
+            creation_timestamp: s.creation_timestamp,
         }
     }
 }
@@ -199,7 +201,7 @@ impl Service {
             owner,
             data,
             resource_version: String::new(),
-            creation_timestamp: String::new(),
+            creation_timestamp: None,
         };
         let (stored, applied) = match self.store.put_secret(secret, take_over.as_deref()) {
             // Taken by another owner since it was read.

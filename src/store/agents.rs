@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Applied, Change, Store, StoreError};
-use crate::agent::{now_rfc3339, Agent, AgentStatus, DesiredState, Phase};
+use crate::agent::{Agent, AgentStatus, DesiredState, Phase, Timestamp};
 
 /// An agent as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,10 +29,10 @@ pub struct Internal {
     /// RFC 3339 time of the agent's last activity: a write or action on it, a touch, or
     /// work of its own that Hive saw (None: its creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_activity: Option<String>,
+    pub last_activity: Option<Timestamp>,
     /// RFC 3339 time Hive stopped it for idleness (None: it is not idle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_since: Option<String>,
+    pub idle_since: Option<Timestamp>,
     /// The CPU time (ns) its container had used when Hive last looked, and which container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_seen: Option<(String, u64)>,
@@ -72,12 +72,11 @@ impl Record {
         {
             return None;
         }
-        let since = self.internal.last_activity.as_deref().or(self
-            .agent
-            .metadata
-            .creation_timestamp
-            .as_deref())?;
-        crate::agent::later(parse_time(since)?, timeout)
+        let since = self
+            .internal
+            .last_activity
+            .or(self.agent.metadata.creation_timestamp)?;
+        crate::agent::later(since.get(), timeout)
     }
 
     /// When it is deleted for having finished (`spec.lifecycle.ttlAfterFinished`): its
@@ -94,18 +93,24 @@ impl Record {
         if !finished {
             return None;
         }
-        crate::agent::later(parse_time(status.last_transition_time.as_deref()?)?, ttl)
+        crate::agent::later(status.last_transition_time?.get(), ttl)
     }
 }
 
-fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+/// What a CPU reading of an agent's container means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuReading {
+    /// It went up by more than idling would explain: the agent is active now.
+    Worked,
+    /// A new baseline (Hive (re)started the container, or the counter went back), which
+    /// is not activity.
+    Baseline,
 }
 
 /// What a write that counts as activity does to the bookkeeping: the idle clock starts
 /// again, and an idle agent wakes. True when it woke one.
 fn note_activity(r: &mut Record) -> bool {
-    r.internal.last_activity = Some(now_rfc3339());
+    r.internal.last_activity = Some(Timestamp::now());
     r.internal.idle_since.take().is_some()
 }
 
@@ -231,9 +236,7 @@ impl Store {
                 let recent = r
                     .internal
                     .last_activity
-                    .as_deref()
-                    .and_then(parse_time)
-                    .is_some_and(|t| time::OffsetDateTime::now_utc() - t < timeout / 10);
+                    .is_some_and(|t| time::OffsetDateTime::now_utc() - t.get() < timeout / 10);
                 if recent {
                     return (false, false);
                 }
@@ -249,48 +252,46 @@ impl Store {
         &self,
         name: &str,
         uid: Uuid,
-        last_activity: Option<&str>,
+        last_activity: Option<Timestamp>,
     ) -> Result<bool, StoreError> {
         let (_, marked) = self.mutate(name, |old| {
             let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
                 return Ok(Change::Keep(false));
             };
-            if old.internal.last_activity.as_deref() != last_activity
+            if old.internal.last_activity != last_activity
                 || old.internal.idle_since.is_some()
                 || old.agent.is_terminating()
             {
                 return Ok(Change::Keep(false));
             }
             let mut r = old.clone();
-            r.internal.idle_since = Some(now_rfc3339());
+            r.internal.idle_since = Some(Timestamp::now());
             Ok(Change::Put(Box::new(r), true))
         })?;
         Ok(marked)
     }
 
     /// Records the CPU time (ns) a container of the agent has used, what the idle check
-    /// compares the next reading against. `worked`: it went up by more than idling would
-    /// explain, so the agent is active now; otherwise it is a new baseline (Hive (re)started
-    /// the container, or the counter went back), which is not activity.
+    /// compares the next reading against, and whether the reading is activity.
     pub fn record_cpu(
         &self,
         name: &str,
         uid: Uuid,
         container: &str,
         cpu_ns: u64,
-        worked: bool,
+        reading: CpuReading,
     ) -> Result<(), StoreError> {
         self.mutate(name, |old| {
             let Some(old) = old.filter(|r| r.agent.metadata.uid == Some(uid)) else {
                 return Ok(Change::Keep(()));
             };
             let seen = Some((container.to_string(), cpu_ns));
-            if !worked && old.internal.cpu_seen == seen {
+            if reading == CpuReading::Baseline && old.internal.cpu_seen == seen {
                 return Ok(Change::Keep(()));
             }
             let mut r = old.clone();
-            if worked {
-                r.internal.last_activity = Some(now_rfc3339());
+            if reading == CpuReading::Worked {
+                r.internal.last_activity = Some(Timestamp::now());
             }
             r.internal.cpu_seen = seen;
             Ok(Change::Put(Box::new(r), ()))
@@ -308,8 +309,8 @@ impl Store {
                 return Ok(Change::Keep(()));
             }
             let mut r = old.clone();
-            let now = now_rfc3339();
-            r.agent.metadata.deletion_timestamp = Some(now.clone());
+            let now = Timestamp::now();
+            r.agent.metadata.deletion_timestamp = Some(now);
             r.agent.status.phase = Phase::Terminating;
             r.agent.status.message = Some("deleting its container".into());
             r.agent.status.last_transition_time = Some(now);
@@ -333,9 +334,9 @@ impl Store {
             };
             let mut status = status;
             status.last_transition_time = if status.phase == old.agent.status.phase {
-                old.agent.status.last_transition_time.clone()
+                old.agent.status.last_transition_time
             } else {
-                Some(now_rfc3339())
+                Some(Timestamp::now())
             };
             // A restart asked for after the pass read the record stays asked for: the pass
             // may only mark as done what it saw requested.
@@ -345,8 +346,8 @@ impl Store {
                 restarts_requested: old.internal.restarts_requested,
                 restarts_done: internal.restarts_done.min(old.internal.restarts_requested),
                 repairs: internal.repairs,
-                last_activity: old.internal.last_activity.clone(),
-                idle_since: old.internal.idle_since.clone(),
+                last_activity: old.internal.last_activity,
+                idle_since: old.internal.idle_since,
                 cpu_seen: old.internal.cpu_seen.clone(),
             };
             if old.agent.status == status && old.internal == internal {
@@ -402,12 +403,12 @@ fn new_record(mut agent: Agent) -> Record {
     let m = &mut agent.metadata;
     m.uid = Some(Uuid::new_v4());
     m.generation = 1;
-    m.creation_timestamp = Some(now_rfc3339());
+    m.creation_timestamp = Some(Timestamp::now());
     m.deletion_timestamp = None;
     agent.status = AgentStatus {
         phase: Phase::Pending,
         message: Some("waiting for the controller".into()),
-        last_transition_time: m.creation_timestamp.clone(),
+        last_transition_time: m.creation_timestamp,
         ..Default::default()
     };
     Record {

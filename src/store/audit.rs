@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
+use crate::agent::Timestamp;
 
 /// Entries of admins and of Hive itself kept; older ones are dropped as new ones arrive.
 pub const AUDIT_KEEP: usize = 100_000;
@@ -34,8 +35,9 @@ const COALESCE: Duration = Duration::from_secs(60);
 pub struct AuditEntry {
     /// Sequence number, newest highest; `?before=` pages on it.
     pub id: u64,
-    /// RFC 3339.
-    pub time: String,
+    /// When it happened.
+    #[schema(value_type = String, format = DateTime)]
+    pub time: Timestamp,
     /// The key's id, or "-" when no valid key was presented.
     pub key_id: String,
     /// The caller's owner ("-" when unknown).
@@ -223,7 +225,7 @@ mod tests {
     fn entry(key: &str, role: &str, outcome: &str, verb: &str) -> AuditEntry {
         AuditEntry {
             id: 0,
-            time: crate::agent::now_rfc3339(),
+            time: Timestamp::now(),
             key_id: key.into(),
             owner: "o".into(),
             role: role.into(),

@@ -1,9 +1,9 @@
 //! The agents' events: the reconciler's decisions per agent, the newest [`EVENTS_KEPT`].
 
-use crate::wire::Event;
+use crate::wire::{Event, Reason};
 
 use super::{Store, StoreError};
-use crate::agent::now_rfc3339;
+use crate::agent::Timestamp;
 
 /// Events kept per agent.
 pub const EVENTS_KEPT: usize = 50;
@@ -11,8 +11,8 @@ pub const EVENTS_KEPT: usize = 50;
 /// An event to record.
 #[derive(Clone, Debug)]
 pub struct NewEvent {
-    pub kind: &'static str,
-    pub reason: &'static str,
+    /// Why; its type (Normal or Warning) follows from it.
+    pub reason: Reason,
     pub message: String,
     pub generation: u64,
 }
@@ -23,19 +23,19 @@ impl Store {
     pub fn record_event(&self, agent: &str, event: NewEvent) -> Result<(), StoreError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut events = self.events(agent)?;
-        let now = now_rfc3339();
+        let now = Timestamp::now();
         match events.last_mut() {
-            Some(last) if last.reason == event.reason && last.message == event.message => {
+            Some(last) if last.reason == event.reason.as_str() && last.message == event.message => {
                 last.count += 1;
                 last.last_time = now;
             }
             _ => events.push(Event {
-                kind: event.kind.into(),
-                reason: event.reason.into(),
+                kind: event.reason.event_type(),
+                reason: event.reason.as_str().into(),
                 message: event.message,
                 generation: event.generation,
                 count: 1,
-                first_time: now.clone(),
+                first_time: now,
                 last_time: now,
             }),
         }

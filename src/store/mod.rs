@@ -21,10 +21,10 @@ mod view;
 mod watch;
 
 pub use crate::wire::Event;
-pub use agents::{Internal, Record};
+pub use agents::{CpuReading, Internal, Record};
 pub use audit::{AuditEntry, AUDIT_KEEP, KEEP_PER_KEY, REFUSALS_PER_KEY};
 pub use events::{NewEvent, EVENTS_KEPT};
-pub use secrets::Secret;
+pub use secrets::{MissingSecret, Secret};
 pub use view::{Entry, Snapshot};
 pub use watch::WatchEvent;
 

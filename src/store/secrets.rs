@@ -4,7 +4,16 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Applied, Store, StoreError};
-use crate::agent::{now_rfc3339, Agent, Invalid};
+use crate::agent::{Agent, Invalid, Timestamp};
+
+/// What [`Store::env_from`] does with an `envFrom` secret that is not there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingSecret {
+    /// An error naming it: a workload is not made without its variables.
+    Refuse,
+    /// Skip it: admission counts what exists; the pass that makes the workload refuses.
+    Skip,
+}
 
 /// A named set of values for agents' environments (`spec.envFrom`). Write-only through
 /// the API: its values are never answered, logged or audited.
@@ -17,8 +26,8 @@ pub struct Secret {
     pub data: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub resource_version: String,
-    #[serde(default)]
-    pub creation_timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for Secret {
@@ -58,7 +67,7 @@ impl Store {
         secret.resource_version = (self.db.generate_id()? + 1).to_string();
         secret.creation_timestamp = old
             .as_ref()
-            .map_or_else(now_rfc3339, |o| o.creation_timestamp.clone());
+            .map_or_else(|| Some(Timestamp::now()), |o| o.creation_timestamp);
         let bytes = serde_json::to_vec(&secret).expect("a secret always serializes");
         self.secrets.insert(secret.name.as_bytes(), bytes)?;
         let applied = if old.is_some() {
@@ -111,12 +120,12 @@ impl Store {
     }
 
     /// The variables an agent's `envFrom` secrets give it (before its own `env`). Only
-    /// secrets of the agent's owner count; with `strict`, a missing one is an error naming
-    /// it, else it is skipped.
+    /// secrets of the agent's owner count; a missing one is refused or skipped as `missing`
+    /// says.
     pub fn env_from(
         &self,
         agent: &Agent,
-        strict: bool,
+        missing: MissingSecret,
     ) -> Result<std::collections::BTreeMap<String, String>, Invalid> {
         let mut env = std::collections::BTreeMap::new();
         for (i, e) in agent.spec.env_from.iter().flatten().enumerate() {
@@ -127,7 +136,7 @@ impl Store {
                 .filter(|s| Some(s.owner.as_str()) == agent.metadata.owner.as_deref());
             match secret {
                 Some(secret) => env.extend(secret.data),
-                None if strict => {
+                None if missing == MissingSecret::Refuse => {
                     return Err(Invalid::new(
                         format!("spec.envFrom[{i}].secretRef"),
                         format!(

@@ -96,7 +96,7 @@ fn another_owners_object_is_written_only_when_taken_over_explicitly() {
         owner: owner.into(),
         data: [("K".to_string(), value.to_string())].into(),
         resource_version: String::new(),
-        creation_timestamp: String::new(),
+        creation_timestamp: None,
     };
     store.put_secret(secret("bob", "1"), None).unwrap();
     let refused = store.put_secret(secret("admin", "2"), None).unwrap_err();
@@ -131,7 +131,7 @@ fn two_owners_racing_for_a_secret_name_have_exactly_one_winner() {
                         owner: owner.into(),
                         data: [("K".to_string(), owner.to_string())].into(),
                         resource_version: String::new(),
-                        creation_timestamp: String::new(),
+                        creation_timestamp: None,
                     },
                     None,
                 )
