@@ -10,7 +10,8 @@
 #      deployment/local-images.sh --bases (kept: a second run finds them);
 #   4. a Python environment in .venv with nanobot-ai and Sol's tool (clients/nanobot), and
 #      kubernetes-validate (the Kubernetes schema check of deployment/kubernetes);
-# then the Rust unit and integration tests against the real engine (cargo test), and the
+# then the Rust unit and integration tests against the real engine (cargo test), a check
+# that the client builds alone (without the `server` feature), and the
 # Python tests: Sol's tool against a real `hive serve`, both images built from their
 # Dockerfiles, the compose deployment run for real (agent-api and Sol in containers), and
 # the Kubernetes manifests and the objects Hive renders checked against the API's schema.
@@ -78,4 +79,7 @@ fi
   "kubernetes-validate==1.37.0" "pyyaml>=6"
 
 cargo test --locked
+# The client alone (no `server` feature): it must build without the controller, the
+# store or any engine crate.
+cargo check --locked --no-default-features --bin hive
 .venv/bin/python -m pytest clients/nanobot deployment/kubernetes -q -rs "$@"

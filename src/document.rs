@@ -57,7 +57,7 @@ pub trait Screen {
 
 impl Screen for crate::agent::Agent {
     fn screen(document: &serde_json::Value) -> Result<(), crate::agent::Invalid> {
-        crate::policy::screen(document)
+        crate::agent::screen(document)
     }
 }
 

@@ -113,13 +113,30 @@ fn handlers_never_touch_engine_types() {
 
 #[test]
 fn the_client_never_imports_the_server() {
+    // The client and what it shares with the server, which is what a build without the
+    // `server` feature compiles: none of them may name a module outside the set, so that
+    // the client needs neither the controller nor an engine crate.
     let shared = ["agent", "cli", "document", "image", "manifests", "wire"];
-    for (file, code) in &sources()["cli"] {
-        for m in named(code) {
-            assert!(
-                shared.contains(&m.as_str()),
-                "{file} names crate::{m}, a module of the server; the client may name only {shared:?}"
-            );
+    let sources = sources();
+    for module in shared {
+        for (file, code) in &sources[module] {
+            for m in named(code) {
+                assert!(
+                    shared.contains(&m.as_str()),
+                    "{file} names crate::{m}, a module of the server; the client and what it shares may name only {shared:?}"
+                );
+            }
+        }
+    }
+    let lib = &sources["lib"][0].1;
+    for top in sources.keys() {
+        let declared = format!("pub mod {top};");
+        if !shared.contains(&top.as_str()) && lib.contains(&declared) {
+            // `testing` implies `server`.
+            let gated = ["server", "testing"]
+                .iter()
+                .any(|f| lib.contains(&format!("#[cfg(feature = \"{f}\")]\n{declared}")));
+            assert!(gated, "lib.rs declares {top} outside the server feature");
         }
     }
 }

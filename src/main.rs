@@ -1,5 +1,6 @@
 //! The `hive` binary: parses flags, starts logging, and hands over to the library.
 
+#[cfg(feature = "server")]
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
@@ -16,14 +17,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API and the controller (the only process that talks to Docker).
+    #[cfg(feature = "server")]
     Serve(Box<hive::Config>),
     /// Manage API keys.
+    #[cfg(feature = "server")]
     #[command(subcommand)]
     Keys(KeysCommand),
     #[command(flatten)]
     Client(hive::cli::ClientCommand),
 }
 
+#[cfg(feature = "server")]
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Print a fresh random key, once, and the --keys-file entry that admits it.
@@ -47,7 +51,9 @@ async fn main() {
         Command::Client(command) => hive::cli::run(&cli.connection, command)
             .await
             .map_err(anyhow::Error::from),
+        #[cfg(feature = "server")]
         Command::Keys(command) => keys(command),
+        #[cfg(feature = "server")]
         Command::Serve(config) => serve(*config).await,
     };
     // One line on failure, and a non-zero exit.
@@ -57,6 +63,7 @@ async fn main() {
     }
 }
 
+#[cfg(feature = "server")]
 fn keys(command: KeysCommand) -> anyhow::Result<()> {
     let KeysCommand::New { owner, role, id } = command;
     let role = match role.as_str() {
@@ -72,6 +79,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "server")]
 async fn serve(config: hive::Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,tower_http=warn".into());

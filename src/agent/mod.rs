@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 mod duration;
+mod never;
 mod quantity;
 mod timestamp;
 mod validate;
@@ -16,6 +17,7 @@ mod wait;
 
 pub use duration::{earlier, later, until, SpecDuration, MAX_DURATION, MIN_DURATION};
 
+pub use never::screen;
 pub use quantity::{parse_bytes, parse_cpus, parse_memory};
 pub use timestamp::Timestamp;
 pub use validate::{clip, shown_key, validate_env_name, validate_label_value, validate_name};

@@ -16,11 +16,10 @@ use crate::image::{Pattern, Reference};
 
 mod amount;
 mod lifecycle;
-mod never;
 
+pub use crate::agent::screen;
 pub use amount::{Amount, Bytes, Cpus, Memory};
 pub use lifecycle::{LifecycleLimits, LifecyclePolicy, OwnerLifecycle};
-pub use never::screen;
 
 /// The policy file (`--policy`). What it leaves out, down to a single limit, keeps the
 /// built-in value of [`Policy::default`]: a file that sets `defaults: {pids: 64}` still

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::agent::Invalid;
+use super::Invalid;
 
 /// Fields that ask for what is never allowed, anywhere under `spec`, with the reason.
 const NEVER: &[(&str, &str)] = &[
