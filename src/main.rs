@@ -48,9 +48,12 @@ enum KeysCommand {
 async fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Client(command) => hive::cli::run(&cli.connection, command)
-            .await
-            .map_err(anyhow::Error::from),
+        Command::Client(command) => match hive::cli::run(&cli.connection, command).await {
+            Ok(0) => Ok(()),
+            // What `exec`'s command exited with (its output is written and flushed).
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(anyhow::Error::from(e)),
+        },
         #[cfg(feature = "server")]
         Command::Keys(command) => keys(command),
         #[cfg(feature = "server")]

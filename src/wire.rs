@@ -209,6 +209,8 @@ pub enum ErrorKind {
     TooManyRequests,
     RequestTimeout,
     Unavailable,
+    /// The backend cannot do this (yet).
+    NotImplemented,
     Internal,
 }
 
@@ -228,7 +230,47 @@ impl ErrorKind {
             ErrorKind::Invalid | ErrorKind::Refused | ErrorKind::InvalidDocuments => 422,
             ErrorKind::TooManyRequests => 429,
             ErrorKind::Internal => 500,
+            ErrorKind::NotImplemented => 501,
             ErrorKind::Unavailable => 503,
         }
     }
+}
+
+/// The body of `POST /v1/agents/{name}/exec`: a command run once in the agent's running
+/// container, without a terminal, as the container's own user.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments; no shell runs unless it names one (`["sh", "-c", "..."]`).
+    pub command: Vec<String>,
+    /// Text given to the command's standard input, which is then closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// How long to wait for it (default 30s, at most 10m); past it the answer carries the
+    /// output so far and `timedOut`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Variables added to the container's environment for the command.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// An absolute path to run in (default: the image's working directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+/// What `POST /v1/agents/{name}/exec` answers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecResult {
+    /// Its exit code; null when it had not exited when the time-out came.
+    pub exit_code: Option<i64>,
+    /// Standard output as text (invalid UTF-8 replaced), at most 1 MiB.
+    pub stdout: String,
+    /// Standard error as text, at most 1 MiB.
+    pub stderr: String,
+    /// More output came than was kept.
+    pub truncated: bool,
+    /// The time-out came before the command ended (it may still be running: the engine
+    /// has no way to stop a command it runs this way; `spec.resources.pids` bounds them).
+    pub timed_out: bool,
 }

@@ -17,7 +17,7 @@ use crate::agent::{Agent, API_VERSION, LIST_KIND};
 use crate::selector::Selector;
 use crate::serve::ConnectionCloser;
 use crate::service::{Action as ServiceAction, LogRequest, Page};
-use crate::wire::{AgentList, EventList};
+use crate::wire::{AgentList, EventList, ExecRequest, ExecResult};
 
 /// A Kubernetes-style `Warning` header for an admin's take-over of another owner's object.
 pub(super) fn took_over(response: &mut Response, kind: &str, name: &str, from: &str) {
@@ -186,6 +186,7 @@ pub struct ActionRequest {
 }
 
 impl super::body::Screen for ActionRequest {}
+impl super::body::Screen for ExecRequest {}
 
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -222,6 +223,27 @@ pub async fn action(
 ) -> Result<Response, ApiError> {
     let agent = mark.through(state.service.act(&p, &name, request.action.into()).await)?;
     Ok((StatusCode::ACCEPTED, Json(agent)).into_response())
+}
+
+#[utoipa::path(post, path = "/v1/agents/{name}/exec", tag = "agents", params(("name" = String, Path)), request_body = ExecRequest,
+    responses((status = 200, body = ExecResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the agent is not running"), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 501, body = ErrorBody, description = "the backend cannot exec (Kubernetes, for now)"), (status = 503, body = ErrorBody)))]
+/// `POST /v1/agents/{name}/exec`: runs a command once in the agent's running container
+/// (as `docker exec` / `kubectl exec` without a terminal) and answers its output and exit
+/// code. It holds one of the key's open streams while it runs.
+pub async fn exec(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Extension(mark): Extension<AuditMark>,
+    Path(name): Path<String>,
+    Document(request): Document<ExecRequest>,
+) -> Result<Json<ExecResult>, ApiError> {
+    let place = state.streams.acquire(&p)?;
+    // A revoked key's exec stops being waited for (the command itself may go on).
+    let result = tokio::select! {
+        r = state.service.exec(&p, &name, request) => r,
+        () = place.revoked() => return Err(ApiError::Unauthorized(super::streams::REVOKED)),
+    };
+    Ok(Json(mark.through(result)?))
 }
 
 /// Query of `GET /v1/agents/{name}/logs`.

@@ -59,6 +59,9 @@ pub enum ApiError {
     /// A dependency (store or engine) cannot serve the request now.
     #[error("{0}")]
     Unavailable(String),
+    /// The backend cannot do this (yet) (501).
+    #[error("{0}")]
+    NotImplemented(String),
     /// A bug or a broken store.
     #[error("{0}")]
     Internal(String),
@@ -85,6 +88,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => (ErrorKind::TooManyRequests, "too_many_streams"),
             ApiError::RequestTimeout(_) => (ErrorKind::RequestTimeout, "request_timeout"),
             ApiError::Unavailable(_) => (ErrorKind::Unavailable, "unavailable"),
+            ApiError::NotImplemented(_) => (ErrorKind::NotImplemented, "not_implemented"),
             ApiError::Internal(_) => (ErrorKind::Internal, "internal"),
         }
     }
@@ -165,6 +169,7 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Gone(m) => ApiError::Gone(m),
             ServiceError::Unavailable(m) => ApiError::Unavailable(m),
+            ServiceError::NotImplemented(m) => ApiError::NotImplemented(m),
             ServiceError::Internal(m) => ApiError::Internal(m),
         }
     }

@@ -126,6 +126,22 @@ pub struct LogsArgs {
     pub since: Option<String>,
 }
 
+/// `exec_agent`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecArgs {
+    /// The agent's name.
+    pub name: String,
+    /// The program and its arguments; no shell runs unless it names one (["sh", "-c", "..."]).
+    pub command: Vec<String>,
+    /// Text given to the command's standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// How long to wait (default 30s, at most 10m).
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
 /// `wait_agent`'s arguments.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -329,6 +345,33 @@ impl HiveTools {
     }
 
     #[tool(
+        description = "Run a command once in a running agent's container (as `kubectl exec` without a terminal) and answer {exitCode, stdout, stderr, truncated, timedOut}. The command is a list of words; use [\"sh\", \"-c\", \"...\"] for a shell."
+    )]
+    async fn exec_agent(
+        &self,
+        Parameters(args): Parameters<ExecArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let p = caller(&ctx)?;
+        // An exec holds a place among the key's open streams while it runs, as over HTTP.
+        let place = match self.state.streams.acquire(&p) {
+            Ok(place) => place,
+            Err(e) => return Ok(refusal(e)),
+        };
+        let request = crate::wire::ExecRequest {
+            command: args.command,
+            stdin: args.stdin,
+            timeout: args.timeout,
+            ..Default::default()
+        };
+        tokio::select! {
+            _ = ctx.ct.cancelled() => Err(gone()),
+            () = place.revoked() => Ok(refusal(ApiError::Unauthorized(super::streams::REVOKED))),
+            r = self.state.service.exec(&p, &args.name, request) => Ok(result(r)),
+        }
+    }
+
+    #[tool(
         description = "An agent's output (stdout and stderr), the last `tail` lines (default 100), optionally only since a time."
     )]
     async fn agent_logs(
@@ -487,6 +530,6 @@ impl HiveTools {
 #[tool_handler(
     router = self.tool_router,
     name = "hive",
-    instructions = "Hive runs AI agents in containers, declaratively. Declare agents with apply_agents (Agent documents: apiVersion hive/v1, kind Agent, metadata.name, spec.image, spec.command, spec.env, spec.envFrom secrets, spec.state Running|Stopped); watch them with get_agent, list_agents, agent_events, agent_logs and wait_agent; change them with start_agent, stop_agent, restart_agent, touch_agent and delete_agent. Every agent is reachable by its name on the agents' network."
+    instructions = "Hive runs AI agents in containers, declaratively. Declare agents with apply_agents (Agent documents: apiVersion hive/v1, kind Agent, metadata.name, spec.image, spec.command, spec.env, spec.envFrom secrets, spec.state Running|Stopped); watch them with get_agent, list_agents, agent_events, agent_logs and wait_agent; change them with start_agent, stop_agent, restart_agent, touch_agent and delete_agent; run a command in one with exec_agent. Every agent is reachable by its name on the agents' network."
 )]
 impl ServerHandler for HiveTools {}

@@ -96,6 +96,7 @@ fn keyed_routes() -> (
         "/agents/{name}" => get(agents::get).put(agents::put).delete(agents::delete);
         "/agents/{name}/action" => post(agents::action);
         "/agents/{name}/logs" => get(agents::logs);
+        "/agents/{name}/exec" => post(agents::exec);
         "/agents/{name}/events" => get(agents::events);
         "/audit" => get(audit::audit);
         "/apply" => post(apply::apply);

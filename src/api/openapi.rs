@@ -16,7 +16,7 @@ use super::{agents, apply, audit, secrets};
     ),
     paths(
         agents::create, agents::list, agents::get, agents::put, agents::delete, agents::action,
-        agents::logs, agents::events, audit::audit, apply::apply,
+        agents::logs, agents::exec, agents::events, audit::audit, apply::apply,
         secrets::list, secrets::get, secrets::put, secrets::delete,
         super::sync, super::whoami, super::metrics, super::healthz, super::readyz, document,
         super::mcp::document_mcp

@@ -58,7 +58,7 @@ impl StreamLimits {
         let n = open.entry(p.key_id.clone()).or_default();
         if *n >= self.max {
             return Err(ApiError::TooManyRequests(format!(
-                "key {:?} holds {} watches, log follows and waits open, the most it may; close one first",
+                "key {:?} holds {} watches, log reads, execs and waits open, the most it may; close one first",
                 p.key_id, self.max
             )));
         }

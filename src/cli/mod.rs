@@ -14,6 +14,7 @@ mod apply;
 pub mod client;
 mod delete;
 mod describe;
+mod exec;
 mod get;
 mod logs;
 mod mcp;
@@ -103,6 +104,26 @@ pub enum ClientCommand {
         #[arg(long)]
         since: Option<humantime::Duration>,
     },
+    /// Run a command once in a running agent and exit with its status (as `kubectl exec`
+    /// without a terminal): `hive exec NAME -- sh -c 'ls /'`.
+    Exec {
+        name: String,
+        /// Send standard input to the command (read to its end; at most 512 KiB of text).
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// A variable for the command, NAME=VALUE (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// The directory to run in (an absolute path; default: the image's).
+        #[arg(short = 'w', long)]
+        workdir: Option<String>,
+        /// How long to wait for it (at most 10m); past it the exit status is 124.
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Set, list or delete the secrets agents read through envFrom (values never shown).
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -148,13 +169,32 @@ pub enum SecretCommand {
     },
 }
 
-/// Runs a client command, printing its results to stdout.
-pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliError> {
+/// Runs a client command, printing its results to stdout; the exit status to leave with
+/// (0, or what `exec`'s command exited with).
+pub async fn run(conn: &Connection, command: ClientCommand) -> Result<i32, CliError> {
     if let ClientCommand::Health = command {
-        return client::health(conn).await;
+        return client::health(conn).await.map(|()| 0);
     }
     let client = Client::new(conn)?;
-    match command {
+    let done = match command {
+        ClientCommand::Exec {
+            name,
+            stdin,
+            env,
+            workdir,
+            timeout,
+            command,
+        } => {
+            let args = exec::ExecArgs {
+                name,
+                stdin,
+                timeout,
+                env,
+                workdir,
+                command,
+            };
+            return exec::exec(&client, args).await;
+        }
         ClientCommand::Apply {
             files,
             dry_run,
@@ -216,7 +256,8 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<(), CliErr
         }
         ClientCommand::Mcp => mcp::bridge(client).await,
         ClientCommand::Health => client::health(conn).await,
-    }
+    };
+    done.map(|()| 0)
 }
 
 /// One document read from a file, and where it came from.

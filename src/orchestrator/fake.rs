@@ -417,6 +417,37 @@ impl Orchestrator for FakeOrchestrator {
         stream::empty().boxed()
     }
 
+    /// Runs nothing: a running workload answers the command's words on stdout, then its
+    /// input, and exit code 0 (what the API's own tests need of it).
+    async fn exec(
+        &self,
+        id: &str,
+        _uid: Uuid,
+        spec: &super::ExecSpec,
+    ) -> Result<super::ExecOutput, OrchestratorError> {
+        let state = self.state.lock().unwrap();
+        match state.workloads.get(id) {
+            Some(w) if w.state == RunState::Running => {}
+            Some(_) => {
+                return Err(OrchestratorError::Refused(
+                    "the agent's container is not running".into(),
+                ))
+            }
+            None => return Err(OrchestratorError::NotFound(id.to_string())),
+        }
+        let mut out = super::ExecOutput {
+            exit_code: Some(0),
+            ..Default::default()
+        };
+        out.keep(false, spec.command.join(" ").as_bytes(), spec.max_output);
+        out.keep(
+            false,
+            spec.stdin.as_deref().unwrap_or_default(),
+            spec.max_output,
+        );
+        Ok(out)
+    }
+
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {
         stream::pending().boxed()
     }

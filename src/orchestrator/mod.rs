@@ -403,6 +403,53 @@ pub struct LogOptions {
     pub since: Option<i64>,
 }
 
+/// A command to run in a workload, once, without a terminal (`docker exec`,
+/// `kubectl exec` without `-it`).
+#[derive(Clone, Debug, Default)]
+pub struct ExecSpec {
+    /// The program and its arguments (no shell unless it names one).
+    pub command: Vec<String>,
+    /// Given to the command's standard input, which is then closed (None: no input).
+    pub stdin: Option<Vec<u8>>,
+    /// Variables added to the workload's environment for the command.
+    pub env: Vec<(String, String)>,
+    /// Where it runs (None: the image's working directory).
+    pub working_dir: Option<String>,
+    /// How long the answer is waited for; past it the output so far is answered.
+    pub timeout: Duration,
+    /// The most bytes kept of each of stdout and stderr; the rest is read and dropped.
+    pub max_output: usize,
+}
+
+/// What a command run by [`Orchestrator::exec`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code (None: it had not exited when the time-out came).
+    pub exit_code: Option<i64>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// More output came than `max_output` kept.
+    pub truncated: bool,
+    /// The time-out came first.
+    pub timed_out: bool,
+}
+
+impl ExecOutput {
+    /// Keeps `chunk` of stdout (or stderr) within `max`, noting what was dropped.
+    pub fn keep(&mut self, stderr: bool, chunk: &[u8], max: usize) {
+        let buffer = if stderr {
+            &mut self.stderr
+        } else {
+            &mut self.stdout
+        };
+        let room = max.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+    }
+}
+
 /// Failures of the engine, in the orchestrator's words.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -444,6 +491,9 @@ pub enum OrchestratorError {
     /// The engine refused the request.
     #[error("container engine refused: {0}")]
     Refused(String),
+    /// The backend cannot do this (yet); the message says what and where it can.
+    #[error("{0}")]
+    Unsupported(String),
     /// The engine accepted the request but did not answer in time.
     #[error("the container engine did not answer {call} within {secs}s")]
     Timeout { call: &'static str, secs: u64 },
@@ -469,6 +519,7 @@ impl OrchestratorError {
             OrchestratorError::Refused(_) => "refused",
             OrchestratorError::Timeout { .. } => "timeout",
             OrchestratorError::LeaseConflict(_) => "lease_conflict",
+            OrchestratorError::Unsupported(_) => "unsupported",
         }
     }
 
@@ -523,6 +574,14 @@ pub trait Orchestrator: Send + Sync + 'static {
         id: &str,
         options: LogOptions,
     ) -> BoxStream<'static, Result<Vec<u8>, OrchestratorError>>;
+    /// Runs a command in the running workload `id` of the agent `uid` (checked against
+    /// the workload's labels first) and answers its output and exit code.
+    async fn exec(
+        &self,
+        id: &str,
+        uid: Uuid,
+        spec: &ExecSpec,
+    ) -> Result<ExecOutput, OrchestratorError>;
     /// Names of agents whose workloads changed (made, started, died, removed, ...). The
     /// stream ends or errs when the engine goes away; callers re-subscribe.
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>>;

@@ -43,6 +43,8 @@ pub struct Policy {
     pub lifecycle: LifecyclePolicy,
     /// Whose agents the manifests directory declares.
     pub gitops: GitOps,
+    /// Whether commands may be run in agents (`exec`), for every owner.
+    pub exec: Exec,
     /// Rules for single owners (an agent-run owner such as Sol's), which replace the
     /// general ones for that owner's agents.
     pub owners: BTreeMap<String, OwnerPolicy>,
@@ -59,6 +61,8 @@ pub struct OwnerPolicy {
     pub images: OwnerImages,
     /// The owner's quota, instead of `quota`.
     pub quota: Option<Quota>,
+    /// Whether commands may be run in the owner's agents, instead of `exec`.
+    pub exec: Option<Exec>,
     /// `images.allow`, parsed.
     #[serde(skip)]
     patterns: Option<Vec<Pattern>>,
@@ -190,6 +194,21 @@ impl Default for EnvLimits {
     }
 }
 
+/// `exec:` (and `owners.<name>.exec:`) in the policy: whether operators may run commands
+/// in their agents (`POST /v1/agents/{name}/exec`). Admins always may; viewers never.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Exec {
+    /// Allowed unless set false.
+    pub allow: bool,
+}
+
+impl Default for Exec {
+    fn default() -> Self {
+        Exec { allow: true }
+    }
+}
+
 /// Whose agents the manifests directory declares.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
@@ -227,6 +246,7 @@ impl Default for Policy {
                 pids: Some(4096),
             },
             quota: Quota::default(),
+            exec: Exec::default(),
             capabilities: Capabilities::default(),
             env: EnvLimits::default(),
             lifecycle: LifecyclePolicy::default(),
@@ -606,6 +626,17 @@ impl Policy {
             ));
         }
         Ok(())
+    }
+
+    /// Whether an operator may run commands in `owner`'s agents; the refusal names the
+    /// rule that says no.
+    pub fn may_exec(&self, owner: &str) -> Result<(), String> {
+        match self.owners.get(owner).and_then(|o| o.exec.as_ref()) {
+            Some(rule) if !rule.allow => Err(format!("owners.{owner}.exec.allow")),
+            Some(_) => Ok(()),
+            None if !self.exec.allow => Err("exec.allow".into()),
+            None => Ok(()),
+        }
     }
 
     /// Whether the manifests directory may name `owner` for its agents.

@@ -313,3 +313,17 @@ fn a_bad_policy_file_is_refused() {
     std::fs::write(&path, "capabilities: {allow: [FLY]}").unwrap();
     assert!(Policy::load(&path).is_err());
 }
+
+#[test]
+fn exec_is_allowed_unless_the_policy_or_the_owners_rule_says_no() {
+    assert_eq!(Policy::default().may_exec("sol"), Ok(()));
+    let p = policy("exec: {allow: false}\nowners:\n  ops: {exec: {allow: true}}\n  sol: {}\n");
+    assert_eq!(p.may_exec("bob"), Err("exec.allow".to_string()));
+    assert_eq!(p.may_exec("sol"), Err("exec.allow".to_string()));
+    assert_eq!(p.may_exec("ops"), Ok(()));
+    let p = policy("owners:\n  sol: {exec: {allow: false}}\n");
+    assert_eq!(p.may_exec("sol"), Err("owners.sol.exec.allow".to_string()));
+    assert_eq!(p.may_exec("bob"), Ok(()));
+    assert!(Policy::from_yaml("exec: {allow: maybe}").is_err());
+    assert!(Policy::from_yaml("exec: {deny: true}").is_err());
+}

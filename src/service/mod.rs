@@ -26,12 +26,14 @@ use crate::wire::ErrorKind;
 mod agents;
 mod apply;
 mod engine;
+mod exec;
 mod secrets;
 
 pub use crate::wire::{ApplyResult, Outcome};
 pub use agents::{Action, Page, Put};
 pub use apply::{diff, Prune};
 pub use engine::{LogRequest, LogStream, Readiness, MAX_TAIL};
+pub use exec::{MAX_EXEC_OUTPUT, MAX_EXEC_STDIN};
 pub use secrets::{SecretShown, SecretWritten};
 
 /// Why the service refused or failed a request: the same words whatever adapter asked.
@@ -70,6 +72,9 @@ pub enum ServiceError {
     /// This Hive takes no writes now (it is a standby).
     #[error("{0}")]
     Unavailable(String),
+    /// The backend cannot do this (yet); the message says where it can.
+    #[error("{0}")]
+    NotImplemented(String),
     /// The store failed.
     #[error("{0}")]
     Internal(String),
@@ -104,6 +109,7 @@ impl ServiceError {
             ServiceError::InvalidDocuments { .. } => "invalid_documents",
             ServiceError::Gone(_) => "gone",
             ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::NotImplemented(_) => "not_implemented",
             ServiceError::Internal(_) => "internal",
         }
     }
@@ -121,6 +127,7 @@ impl ServiceError {
             ServiceError::InvalidDocuments { .. } => ErrorKind::InvalidDocuments,
             ServiceError::Gone(_) => ErrorKind::Gone,
             ServiceError::Unavailable(_) => ErrorKind::Unavailable,
+            ServiceError::NotImplemented(_) => ErrorKind::NotImplemented,
             ServiceError::Internal(_) => ErrorKind::Internal,
         }
     }
@@ -353,6 +360,19 @@ impl Service {
         result: &Result<T, ServiceError>,
         accepted_status: u16,
     ) {
+        self.audit_detailed(who, verb, agent, result, accepted_status, None);
+    }
+
+    /// [`Service::audit`], saying what was done where the verb alone does not.
+    fn audit_detailed<T>(
+        &self,
+        who: &Principal,
+        verb: &str,
+        agent: &str,
+        result: &Result<T, ServiceError>,
+        accepted_status: u16,
+        detail: Option<String>,
+    ) {
         let (status, reason) = match result {
             Ok(_) => (accepted_status, None),
             Err(e) => (e.kind().status(), Some(e.message())),
@@ -373,6 +393,7 @@ impl Service {
             .into(),
             status,
             reason,
+            detail,
             count: 1,
         });
     }
@@ -399,6 +420,7 @@ impl Service {
             outcome: "refused".into(),
             status,
             reason: Some(reason.to_string()),
+            detail: None,
             count: 1,
         });
     }
@@ -409,6 +431,7 @@ impl Service {
         entry.verb = clip(&entry.verb, 128);
         entry.agent = clip(&entry.agent, 63);
         entry.reason = entry.reason.map(|r| clip(&r, 256));
+        entry.detail = entry.detail.map(|d| clip(&d, 512));
         let stored = self.store.record_audit(entry.clone());
         match stored {
             Ok(e) if e.count > 1 => {}

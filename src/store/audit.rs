@@ -45,7 +45,7 @@ pub struct AuditEntry {
     /// The caller's role: admin, operator, viewer or system ("-" when unknown).
     #[serde(default = "unknown")]
     pub role: String,
-    /// create, apply, delete, start, stop, restart.
+    /// create, apply, delete, start, stop, restart, exec, ...
     pub verb: String,
     /// The agent's name ("-" when the request did not get as far as naming one).
     pub agent: String,
@@ -56,6 +56,10 @@ pub struct AuditEntry {
     /// Why it was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What was done, where the verb alone does not say (an exec's command, exit code,
+    /// bytes in and out and duration; never its input or output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// How many refusals this entry stands for: refusals of one key, verb and status
     /// within a minute are counted into the first one (whose agent and reason it shows).
     #[serde(default = "one", skip_serializing_if = "is_one")]
@@ -234,6 +238,7 @@ mod tests {
             outcome: outcome.into(),
             status: if outcome == "refused" { 403 } else { 200 },
             reason: None,
+            detail: None,
             count: 1,
         }
     }

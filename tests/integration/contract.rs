@@ -302,6 +302,24 @@ async fn restart_and_logs_on_docker() {
 async fn restart_and_logs_on_kubernetes() {
     let (hive, kubernetes) = on_kubernetes().await;
     restart_and_logs(&hive, &kubernetes).await;
+    // Exec is Docker's only, for now: a running agent on Kubernetes says so (501), and
+    // Hive sends the API server nothing for it.
+    let before = kubernetes.0.take_requests().len();
+    let r = hive
+        .post_json(
+            "/v1/agents/talker/exec",
+            &serde_json::json!({"command": ["true"]}),
+        )
+        .await;
+    assert_eq!(r.status(), 501);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "not_implemented", "{e}");
+    assert!(before > 0);
+    assert!(kubernetes
+        .0
+        .take_requests()
+        .iter()
+        .all(|r| !format!("{r:?}").contains("exec")));
 }
 
 #[tokio::test]

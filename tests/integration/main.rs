@@ -10,6 +10,7 @@ mod api;
 mod cli;
 mod contract;
 mod drift;
+mod exec;
 mod faults;
 mod gitops;
 mod guarantees;

@@ -1009,11 +1009,12 @@ impl TestApp {
 }
 
 /// Every MCP tool, by the name clients and prompts rely on.
-const MCP_TOOLS: [&str; 11] = [
+const MCP_TOOLS: [&str; 12] = [
     "agent_events",
     "agent_logs",
     "apply_agents",
     "delete_agent",
+    "exec_agent",
     "get_agent",
     "list_agents",
     "restart_agent",

@@ -6,6 +6,7 @@
 //! - `network`: the agents' network and the names other containers answer to on it;
 //! - `volumes`: named volumes, made and mounted for their agent only;
 //! - `containers`: names, labels, what is made for a workload, the lifecycle calls;
+//! - `exec`: a command run once in an agent's container;
 //! - `lease`: the instance's lease as containers (below);
 //! - `plan`: the pure decision of what to do with an agent's containers;
 //! - here: the [`Orchestrator`] verbs, put together from those.
@@ -71,6 +72,7 @@ use plan::{Container, ContainerAction, ContainerState};
 
 mod client;
 mod containers;
+mod exec;
 mod lease;
 mod network;
 pub mod plan;
@@ -391,6 +393,15 @@ impl Orchestrator for DockerOrchestrator {
             })
             .try_flatten()
             .boxed()
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        uid: uuid::Uuid,
+        spec: &super::ExecSpec,
+    ) -> Result<super::ExecOutput, OrchestratorError> {
+        self.exec_in(id, uid, spec).await
     }
 
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {

@@ -630,6 +630,17 @@ impl Orchestrator for KubernetesOrchestrator {
         .boxed()
     }
 
+    async fn exec(
+        &self,
+        _id: &str,
+        _uid: Uuid,
+        _spec: &super::ExecSpec,
+    ) -> Result<super::ExecOutput, OrchestratorError> {
+        Err(OrchestratorError::Unsupported(
+            "exec is not available on the Kubernetes backend yet (it is on Docker); use kubectl exec with the cluster's own credentials meanwhile".into(),
+        ))
+    }
+
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {
         use kube::runtime::watcher::{self, Event};
         let selector = render::selector(self.instance(), None);
