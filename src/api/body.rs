@@ -68,49 +68,50 @@ impl<S: Send + Sync> FromRequest<S> for Documents {
 
 /// Checks the content type and reads the body, refusing more than [`MAX_BODY_BYTES`].
 async fn read_body(req: Request) -> Result<(Format, axum::body::Bytes), ApiError> {
+    let format = format_of(req.headers().get(CONTENT_TYPE))?;
+    Ok((format, read_limited(req, MAX_BODY_BYTES).await?))
+}
+
+/// Reads a body of any type, refusing more than `max` bytes (413) and a client that
+/// takes longer than 30 s to send it (408).
+pub async fn read_limited(req: Request, max: usize) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = ApiError::PayloadTooLarge(max);
+    if let Some(len) = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
     {
-        let format = format_of(req.headers().get(CONTENT_TYPE))?;
-        let too_large = ApiError::PayloadTooLarge(MAX_BODY_BYTES);
-        if let Some(len) = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        {
-            if len > MAX_BODY_BYTES {
-                // Read (and drop) a moderately large body before answering, so that a client
-                // still sending it gets the 413 rather than a broken connection.
-                if len <= DRAIN_MAX_BYTES {
-                    let mut body = req.into_body().into_data_stream();
-                    let drain = async {
-                        while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}
-                    };
-                    let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
-                }
-                return Err(too_large);
+        if len > max {
+            // Read (and drop) a moderately large body before answering, so that a client
+            // still sending it gets the 413 rather than a broken connection.
+            if len <= DRAIN_MAX_BYTES {
+                let mut body = req.into_body().into_data_stream();
+                let drain = async {
+                    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}
+                };
+                let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
             }
+            return Err(too_large);
         }
-        let collected = tokio::time::timeout(
-            BODY_TIMEOUT,
-            Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| {
-            ApiError::RequestTimeout(format!(
-                "the body did not arrive within {}s",
-                BODY_TIMEOUT.as_secs()
-            ))
-        })?;
-        let bytes = collected
-            .map_err(|e| {
-                if e.downcast_ref::<LengthLimitError>().is_some() {
-                    too_large
-                } else {
-                    ApiError::BadRequest(format!("could not read the body: {e}"))
-                }
-            })?
-            .to_bytes();
-        Ok((format, bytes))
     }
+    let collected =
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), max).collect())
+            .await
+            .map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "the body did not arrive within {}s",
+                    BODY_TIMEOUT.as_secs()
+                ))
+            })?;
+    Ok(collected
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large
+            } else {
+                ApiError::BadRequest(format!("could not read the body: {e}"))
+            }
+        })?
+        .to_bytes())
 }
 
 fn format_of(value: Option<&axum::http::HeaderValue>) -> Result<Format, ApiError> {

@@ -59,6 +59,9 @@ pub enum ApiError {
     /// A dependency (store or engine) cannot serve the request now.
     #[error("{0}")]
     Unavailable(String),
+    /// More than Hive moves at once (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// The backend cannot do this (yet) (501).
     #[error("{0}")]
     NotImplemented(String),
@@ -89,6 +92,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => (ErrorKind::RequestTimeout, "request_timeout"),
             ApiError::Unavailable(_) => (ErrorKind::Unavailable, "unavailable"),
             ApiError::NotImplemented(_) => (ErrorKind::NotImplemented, "not_implemented"),
+            ApiError::TooLarge(_) => (ErrorKind::PayloadTooLarge, "too_large"),
             ApiError::Internal(_) => (ErrorKind::Internal, "internal"),
         }
     }
@@ -170,6 +174,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Gone(m) => ApiError::Gone(m),
             ServiceError::Unavailable(m) => ApiError::Unavailable(m),
             ServiceError::NotImplemented(m) => ApiError::NotImplemented(m),
+            ServiceError::TooLarge(m) => ApiError::TooLarge(m),
             ServiceError::Internal(m) => ApiError::Internal(m),
         }
     }

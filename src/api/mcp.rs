@@ -36,6 +36,9 @@ use crate::service::Action;
 pub const DEFAULT_ALLOWED_HOSTS: &str = "localhost,127.0.0.1,::1,agent-api";
 /// The longest `wait_agent` may wait.
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// The most of a file one `read_agent_file` answers.
+const MAX_FILE_TEXT: usize = 1024 * 1024;
+
 /// The most log output one `agent_logs` answers (the newest).
 const MAX_LOG_BYTES: usize = 1024 * 1024;
 
@@ -140,6 +143,31 @@ pub struct ExecArgs {
     /// How long to wait (default 30s, at most 10m).
     #[serde(default)]
     pub timeout: Option<String>,
+}
+
+/// `read_agent_file`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReadFileArgs {
+    /// The agent's name.
+    pub name: String,
+    /// An absolute path to a regular file in the agent.
+    pub path: String,
+    /// The most bytes answered (default and at most 1 MiB); the rest is cut.
+    #[serde(default)]
+    pub max_bytes: Option<usize>,
+}
+
+/// `write_agent_file`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFileArgs {
+    /// The agent's name.
+    pub name: String,
+    /// An absolute path to write (its directory must exist).
+    pub path: String,
+    /// The file's text.
+    pub content: String,
 }
 
 /// `wait_agent`'s arguments.
@@ -372,6 +400,53 @@ impl HiveTools {
     }
 
     #[tool(
+        description = "Read a regular file of an agent as text (invalid UTF-8 replaced), at most maxBytes (default and at most 1 MiB)."
+    )]
+    async fn read_agent_file(
+        &self,
+        Parameters(args): Parameters<ReadFileArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let p = caller(&ctx)?;
+        let max = args.max_bytes.unwrap_or(MAX_FILE_TEXT).min(MAX_FILE_TEXT);
+        let read = self
+            .state
+            .service
+            .read_files(&p, &args.name, &args.path, false);
+        match read.await {
+            Ok(crate::service::Files::File(bytes)) => {
+                Ok(CallToolResult::success(vec![ContentBlock::text(
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned(),
+                )]))
+            }
+            Ok(crate::service::Files::Tar(_)) => Ok(refusal(ApiError::BadRequest(format!(
+                "path: {} is a directory; list it with exec_agent (ls)",
+                args.path.chars().take(256).collect::<String>()
+            )))),
+            Err(e) => Ok(refusal(e)),
+        }
+    }
+
+    #[tool(
+        description = "Write a text file into an agent (its directory must exist), owned by the agent's user."
+    )]
+    async fn write_agent_file(
+        &self,
+        Parameters(args): Parameters<WriteFileArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let p = caller(&ctx)?;
+        let written = self
+            .state
+            .service
+            .write_files(&p, &args.name, &args.path, args.content.into_bytes(), false)
+            .await;
+        Ok(result(
+            written.map(|()| serde_json::json!({"written": args.path})),
+        ))
+    }
+
+    #[tool(
         description = "An agent's output (stdout and stderr), the last `tail` lines (default 100), optionally only since a time."
     )]
     async fn agent_logs(
@@ -530,6 +605,6 @@ impl HiveTools {
 #[tool_handler(
     router = self.tool_router,
     name = "hive",
-    instructions = "Hive runs AI agents in containers, declaratively. Declare agents with apply_agents (Agent documents: apiVersion hive/v1, kind Agent, metadata.name, spec.image, spec.command, spec.env, spec.envFrom secrets, spec.state Running|Stopped); watch them with get_agent, list_agents, agent_events, agent_logs and wait_agent; change them with start_agent, stop_agent, restart_agent, touch_agent and delete_agent; run a command in one with exec_agent. Every agent is reachable by its name on the agents' network."
+    instructions = "Hive runs AI agents in containers, declaratively. Declare agents with apply_agents (Agent documents: apiVersion hive/v1, kind Agent, metadata.name, spec.image, spec.command, spec.env, spec.envFrom secrets, spec.state Running|Stopped); watch them with get_agent, list_agents, agent_events, agent_logs and wait_agent; change them with start_agent, stop_agent, restart_agent, touch_agent and delete_agent; run a command in one with exec_agent, and read or write its files with read_agent_file and write_agent_file. Every agent is reachable by its name on the agents' network."
 )]
 impl ServerHandler for HiveTools {}

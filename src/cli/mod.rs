@@ -12,6 +12,7 @@ use serde_json::Value;
 mod action;
 mod apply;
 pub mod client;
+mod cp;
 mod delete;
 mod describe;
 mod exec;
@@ -124,6 +125,9 @@ pub enum ClientCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Copy files to or from an agent (as `kubectl cp`): `hive cp NAME:/path ./local` or
+    /// `hive cp ./local NAME:/path` (a directory goes into the agent's existing directory).
+    Cp { from: String, to: String },
     /// Set, list or delete the secrets agents read through envFrom (values never shown).
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -254,6 +258,7 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<i32, CliEr
         ClientCommand::Secret(SecretCommand::Delete { names }) => {
             secret::delete(&client, &names).await
         }
+        ClientCommand::Cp { from, to } => cp::cp(&client, &from, &to).await,
         ClientCommand::Mcp => mcp::bridge(client).await,
         ClientCommand::Health => client::health(conn).await,
     };

@@ -448,6 +448,30 @@ impl Orchestrator for FakeOrchestrator {
         Ok(out)
     }
 
+    async fn read_archive(
+        &self,
+        _id: &str,
+        _uid: Uuid,
+        _path: &str,
+        _max: usize,
+    ) -> Result<Vec<u8>, OrchestratorError> {
+        Err(OrchestratorError::Unsupported(
+            "the in-memory backend keeps no files".into(),
+        ))
+    }
+
+    async fn write_archive(
+        &self,
+        _id: &str,
+        _uid: Uuid,
+        _dir: &str,
+        _tar: Vec<u8>,
+    ) -> Result<(), OrchestratorError> {
+        Err(OrchestratorError::Unsupported(
+            "the in-memory backend keeps no files".into(),
+        ))
+    }
+
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {
         stream::pending().boxed()
     }

@@ -491,6 +491,12 @@ pub enum OrchestratorError {
     /// The engine refused the request.
     #[error("container engine refused: {0}")]
     Refused(String),
+    /// A path in a workload that is not there.
+    #[error("{0}: no such file or directory in the agent")]
+    NoSuchPath(String),
+    /// More than a bound allows.
+    #[error("{what} is larger than {max} bytes, the most Hive moves at once")]
+    TooLarge { what: String, max: usize },
     /// The backend cannot do this (yet); the message says what and where it can.
     #[error("{0}")]
     Unsupported(String),
@@ -520,6 +526,8 @@ impl OrchestratorError {
             OrchestratorError::Timeout { .. } => "timeout",
             OrchestratorError::LeaseConflict(_) => "lease_conflict",
             OrchestratorError::Unsupported(_) => "unsupported",
+            OrchestratorError::NoSuchPath(_) => "no_such_path",
+            OrchestratorError::TooLarge { .. } => "too_large",
         }
     }
 
@@ -582,6 +590,24 @@ pub trait Orchestrator: Send + Sync + 'static {
         uid: Uuid,
         spec: &ExecSpec,
     ) -> Result<ExecOutput, OrchestratorError>;
+    /// A tar of `path` (a file or a directory) in the workload `id` of the agent `uid`
+    /// (checked against its labels first; any state), at most `max` bytes.
+    async fn read_archive(
+        &self,
+        id: &str,
+        uid: Uuid,
+        path: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, OrchestratorError>;
+    /// Unpacks `tar` into the existing directory `dir` of the workload `id` of the agent
+    /// `uid` (checked first), its files owned by the workload's user.
+    async fn write_archive(
+        &self,
+        id: &str,
+        uid: Uuid,
+        dir: &str,
+        tar: Vec<u8>,
+    ) -> Result<(), OrchestratorError>;
     /// Names of agents whose workloads changed (made, started, died, removed, ...). The
     /// stream ends or errs when the engine goes away; callers re-subscribe.
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>>;

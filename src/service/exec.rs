@@ -10,6 +10,7 @@ use super::{Service, ServiceError};
 use crate::access::{Principal, Role};
 use crate::agent::{clip, validate_env_name, Phase, SpecDuration};
 use crate::orchestrator::{ExecSpec, OrchestratorError};
+use crate::store::Record;
 use crate::wire::{ExecRequest, ExecResult};
 
 /// The most bytes kept of each of stdout and stderr.
@@ -27,6 +28,35 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Service {
+    /// The agent `name` if the caller may reach inside it (`verb`: what for, in the
+    /// refusal): admins any agent; operators their owner's, unless the policy's `exec`
+    /// rule says no; viewers none.
+    pub(super) fn reachable(
+        &self,
+        who: &Principal,
+        name: &str,
+        verb: &str,
+    ) -> Result<Record, ServiceError> {
+        let record = self.visible(who, name)?;
+        let owner = record.agent.metadata.owner.clone().unwrap_or_default();
+        match who.role {
+            Role::Admin => {}
+            Role::Operator => self.policy.may_exec(&owner).map_err(|rule| {
+                ServiceError::Forbidden(format!(
+                    "the policy does not let operators {verb} {owner:?}'s agents (policy rule {rule})"
+                ))
+            })?,
+            Role::Viewer | Role::System => {
+                return Err(ServiceError::Forbidden(format!(
+                    "key {:?} has role {}, which may not {verb} agents",
+                    who.key_id,
+                    who.role.name()
+                )))
+            }
+        }
+        Ok(record)
+    }
+
     /// Runs `request` in the agent `name`'s running container, as the caller may.
     pub async fn exec(
         &self,
@@ -58,23 +88,7 @@ impl Service {
         name: &str,
         request: ExecRequest,
     ) -> Result<ExecResult, ServiceError> {
-        let record = self.visible(who, name)?;
-        let owner = record.agent.metadata.owner.clone().unwrap_or_default();
-        match who.role {
-            Role::Admin => {}
-            Role::Operator => self.policy.may_exec(&owner).map_err(|rule| {
-                ServiceError::Forbidden(format!(
-                    "the policy does not let commands run in {owner:?}'s agents (policy rule {rule})"
-                ))
-            })?,
-            Role::Viewer | Role::System => {
-                return Err(ServiceError::Forbidden(format!(
-                    "key {:?} has role {}, which may not run commands in agents",
-                    who.key_id,
-                    who.role.name()
-                )))
-            }
-        }
+        let record = self.reachable(who, name, "run commands in")?;
         let spec = exec_spec(request)?;
         let not_running = || {
             ServiceError::Conflict {

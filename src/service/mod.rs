@@ -27,6 +27,7 @@ mod agents;
 mod apply;
 mod engine;
 mod exec;
+mod files;
 mod secrets;
 
 pub use crate::wire::{ApplyResult, Outcome};
@@ -34,6 +35,7 @@ pub use agents::{Action, Page, Put};
 pub use apply::{diff, Prune};
 pub use engine::{LogRequest, LogStream, Readiness, MAX_TAIL};
 pub use exec::{MAX_EXEC_OUTPUT, MAX_EXEC_STDIN};
+pub use files::{Files, MAX_FILE_BYTES};
 pub use secrets::{SecretShown, SecretWritten};
 
 /// Why the service refused or failed a request: the same words whatever adapter asked.
@@ -75,6 +77,9 @@ pub enum ServiceError {
     /// The backend cannot do this (yet); the message says where it can.
     #[error("{0}")]
     NotImplemented(String),
+    /// More than Hive moves at once (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// The store failed.
     #[error("{0}")]
     Internal(String),
@@ -110,6 +115,7 @@ impl ServiceError {
             ServiceError::Gone(_) => "gone",
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::NotImplemented(_) => "not_implemented",
+            ServiceError::TooLarge(_) => "too_large",
             ServiceError::Internal(_) => "internal",
         }
     }
@@ -128,6 +134,7 @@ impl ServiceError {
             ServiceError::Gone(_) => ErrorKind::Gone,
             ServiceError::Unavailable(_) => ErrorKind::Unavailable,
             ServiceError::NotImplemented(_) => ErrorKind::NotImplemented,
+            ServiceError::TooLarge(_) => ErrorKind::PayloadTooLarge,
             ServiceError::Internal(_) => ErrorKind::Internal,
         }
     }

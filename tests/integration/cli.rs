@@ -456,7 +456,7 @@ async fn hive_mcp_bridges_stdio_to_the_servers_mcp_endpoint() {
             .unwrap_or_else(|| panic!("no answer {id} in {answers:?} ({stderr})"))
     };
     assert_eq!(by_id(1)["result"]["serverInfo"]["name"], "hive");
-    assert_eq!(by_id(2)["result"]["tools"].as_array().unwrap().len(), 12);
+    assert_eq!(by_id(2)["result"]["tools"].as_array().unwrap().len(), 14);
     assert_eq!(by_id(3)["result"]["isError"], false, "{}", by_id(3));
     assert_eq!(
         hive.get("bridged").await.unwrap()["spec"]["state"],

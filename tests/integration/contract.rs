@@ -314,6 +314,15 @@ async fn restart_and_logs_on_kubernetes() {
     assert_eq!(r.status(), 501);
     let e: serde_json::Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "not_implemented", "{e}");
+    let r = hive
+        .req(
+            reqwest::Method::GET,
+            "/v1/agents/talker/files?path=/etc/hostname",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
     assert!(before > 0);
     assert!(kubernetes
         .0

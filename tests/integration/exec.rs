@@ -275,3 +275,259 @@ async fn the_policy_can_deny_exec_to_an_owners_operators() {
     .await;
     assert_eq!((status, r["stdout"].clone()), (200, json!("admin\n")));
 }
+
+/// A tar of (path, contents or None for a directory, type), names set raw as a hostile
+/// client would.
+fn tar_of(entries: &[(&str, Option<&str>, tar::EntryType)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, body, kind) in entries {
+        let body = body.unwrap_or("").as_bytes();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(body.len() as u64);
+        h.set_mode(if *kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        if *kind == tar::EntryType::Symlink {
+            h.set_link_name("/etc").unwrap();
+        }
+        h.set_cksum();
+        tar.append(&h, body).unwrap();
+    }
+    tar.into_inner().unwrap()
+}
+
+fn tar_entries(bytes: &[u8]) -> Vec<(String, String)> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(bytes);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let mut body = String::new();
+            e.read_to_string(&mut body).unwrap();
+            (path, body)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn files_move_both_ways_and_a_tar_cannot_reach_outside_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    let (sol, sol_entry) = new_key("sol", "operator", "sol-1");
+    let (bob, bob_entry) = new_key("bob", "operator", "bob-1");
+    let (view, view_entry) = new_key("sol", "viewer", "sol-view");
+    write_keys(&keys, &[&sol_entry, &bob_entry, &view_entry]);
+    let hive = Hive::start_args(&["--keys-file".into(), keys.display().to_string()]).await;
+    let yaml = agent_yaml("files", "  volumes:\n  - {name: data, mountPath: /data}\n");
+    assert_eq!(put_as(&hive, &sol, "files", &yaml).await.status(), 201);
+    hive.wait_phase("files", "Running").await;
+    let files = |key: &str, method: Method, path: &str| {
+        with_key(&hive, key, method, "/v1/agents/files/files").query(&[("path", path)])
+    };
+
+    // One file, written raw and read back; the agent sees it.
+    let r = files(&sol, Method::PUT, "/data/greeting.txt")
+        .body("hello\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let r = files(&sol, Method::GET, "/data/greeting.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(r.text().await.unwrap(), "hello\n");
+    let (_, out) = exec(
+        &hive,
+        &sol,
+        "files",
+        json!({"command": ["cat", "/data/greeting.txt"]}),
+    )
+    .await;
+    assert_eq!(out["stdout"], "hello\n");
+
+    // A tar unpacks under the directory; a directory reads back as a tar.
+    let tree = tar_of(&[
+        ("sub/", None, tar::EntryType::Directory),
+        ("sub/a.txt", Some("alpha"), tar::EntryType::Regular),
+    ]);
+    let r = files(&sol, Method::PUT, "/data")
+        .header("content-type", "application/x-tar")
+        .body(tree)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let r = files(&sol, Method::GET, "/data/sub").send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "application/x-tar");
+    let entries = tar_entries(&r.bytes().await.unwrap());
+    assert!(
+        entries.contains(&("sub/a.txt".into(), "alpha".into())),
+        "{entries:?}"
+    );
+
+    // What may not: links, `..`, absolute names in a tar; paths that climb or are relative;
+    // a path that is not there; more than 16 MiB. Nothing of them is written.
+    for (bad, what) in [
+        (
+            tar_of(&[("../escaped.txt", Some("x"), tar::EntryType::Regular)]),
+            "tar entry 0",
+        ),
+        (
+            tar_of(&[
+                ("ok.txt", Some("x"), tar::EntryType::Regular),
+                ("/abs.txt", Some("x"), tar::EntryType::Regular),
+            ]),
+            "tar entry 1",
+        ),
+        (tar_of(&[("link", None, tar::EntryType::Symlink)]), "links"),
+    ] {
+        let r = files(&sol, Method::PUT, "/data")
+            .header("content-type", "application/x-tar")
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let e: Value = r.json().await.unwrap();
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(what),
+            "{e}"
+        );
+    }
+    let (_, out) = exec(
+        &hive,
+        &sol,
+        "files",
+        json!({"command": ["sh", "-c", "for f in /escaped.txt /data/escaped.txt /data/ok.txt /abs.txt /data/abs.txt /data/link; do if [ -e $f ] || [ -L $f ]; then echo $f; fi; done; echo /data/*"]}),
+    )
+    .await;
+    assert_eq!(out["stdout"], "/data/greeting.txt /data/sub\n", "{out}");
+    for path in ["data/x", "/data/../etc/passwd"] {
+        let r = files(&sol, Method::PUT, path)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+    }
+    let r = files(&sol, Method::GET, "/data/absent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = files(&sol, Method::PUT, "/data/big")
+        .body(vec![b'x'; 16 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Who may: as exec.
+    assert_eq!(
+        files(&bob, Method::GET, "/data/greeting.txt")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        files(&view, Method::GET, "/data/greeting.txt")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        files(&hive.key, Method::GET, "/data/greeting.txt")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // `hive cp` both ways, a file and a directory.
+    let local = dir.path().join("notes");
+    std::fs::create_dir(&local).unwrap();
+    std::fs::write(local.join("n.txt"), "from the laptop").unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hive"))
+            .args(args)
+            .env("AGENT_API_URL", &hive.url)
+            .env("AGENT_API_KEY", &sol)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["cp", local.to_str().unwrap(), "files:/data"]);
+    let back = dir.path().join("back");
+    run(&["cp", "files:/data/notes", back.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(back.join("notes/n.txt")).unwrap(),
+        "from the laptop"
+    );
+    let one = dir.path().join("one.txt");
+    run(&["cp", "files:/data/sub/a.txt", one.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&one).unwrap(), "alpha");
+
+    // MCP's file tools, over the same service.
+    let tool = |name: &'static str, arguments: Value| {
+        let hive = &hive;
+        let sol = sol.clone();
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                              "params": {"name": name, "arguments": arguments}});
+            let r = with_key(hive, &sol, Method::POST, "/mcp")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-06-18")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{name}");
+            let answer: Value = r.json().await.unwrap();
+            answer["result"].clone()
+        }
+    };
+    let written = tool(
+        "write_agent_file",
+        json!({"name": "files", "path": "/data/via-mcp.txt", "content": "tool text"}),
+    )
+    .await;
+    assert_eq!(written["isError"], false, "{written}");
+    let read = tool(
+        "read_agent_file",
+        json!({"name": "files", "path": "/data/via-mcp.txt", "maxBytes": 4}),
+    )
+    .await;
+    assert_eq!(read["content"][0]["text"], "tool", "{read}");
+    let dir = tool("read_agent_file", json!({"name": "files", "path": "/data"})).await;
+    assert_eq!(dir["isError"], true, "{dir}");
+
+    // Audited with path and size, never contents.
+    let audit = hive.get_json("/v1/audit?limit=500").await.to_string();
+    assert!(
+        audit.contains("files.write") && audit.contains("path /data/greeting.txt, 6 B in"),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains("from the laptop") && !audit.contains("alpha"),
+        "{audit}"
+    );
+}

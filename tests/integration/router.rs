@@ -1009,7 +1009,7 @@ impl TestApp {
 }
 
 /// Every MCP tool, by the name clients and prompts rely on.
-const MCP_TOOLS: [&str; 12] = [
+const MCP_TOOLS: [&str; 14] = [
     "agent_events",
     "agent_logs",
     "apply_agents",
@@ -1017,11 +1017,13 @@ const MCP_TOOLS: [&str; 12] = [
     "exec_agent",
     "get_agent",
     "list_agents",
+    "read_agent_file",
     "restart_agent",
     "start_agent",
     "stop_agent",
     "touch_agent",
     "wait_agent",
+    "write_agent_file",
 ];
 
 #[tokio::test]

@@ -13,7 +13,8 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 TOOLS = {"apply_agents", "get_agent", "list_agents", "agent_events", "delete_agent", "start_agent",
-         "stop_agent", "restart_agent", "touch_agent", "agent_logs", "wait_agent", "exec_agent"}
+         "stop_agent", "restart_agent", "touch_agent", "agent_logs", "wait_agent", "exec_agent",
+         "read_agent_file", "write_agent_file"}
 
 
 def manifest(name: str, image: str, script: str) -> str:

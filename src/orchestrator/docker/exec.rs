@@ -1,20 +1,27 @@
-//! Exec: a command run once in an agent's running container, through the engine's exec
-//! endpoints (create, start attached, inspect), never a shell of Hive's choosing. The
-//! container is checked to be this instance's and the agent's (by its labels) before
-//! anything runs in it, and the command runs as the container's own user with its own
-//! hardening (never privileged, no user override).
+//! Reaching inside an agent's container: a command run once through the engine's exec
+//! endpoints (create, start attached, inspect), never a shell of Hive's choosing, and
+//! files read and written through its archive endpoints. The container is checked to be
+//! this instance's and the agent's (by its labels) before anything is done in it; the
+//! command runs as the container's own user with its own hardening (never privileged, no
+//! user override), and files written are owned by that user.
 
 use bollard::container::LogOutput;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::query_parameters::{DownloadFromContainerOptions, UploadToContainerOptions};
 use tokio::io::AsyncWriteExt;
 
 use super::*;
 use crate::orchestrator::{ExecOutput, ExecSpec};
 
 impl DockerOrchestrator {
-    /// Whether container `id` carries this instance's labels and the agent `uid`'s, and
-    /// runs; the error says why not.
-    async fn exec_target(&self, id: &str, uid: uuid::Uuid) -> Result<(), OrchestratorError> {
+    /// Whether container `id` carries this instance's labels and the agent `uid`'s (and,
+    /// with `running`, runs); the error says why not.
+    async fn target(
+        &self,
+        id: &str,
+        uid: uuid::Uuid,
+        running: bool,
+    ) -> Result<(), OrchestratorError> {
         let docker = self.docker().await?;
         let gone = || OrchestratorError::NotFound(id.chars().take(12).collect());
         let detail = self
@@ -34,7 +41,7 @@ impl DockerOrchestrator {
             return Err(gone());
         }
         let state = detail.state.unwrap_or_default();
-        if state.running != Some(true) || state.paused == Some(true) {
+        if running && state.running != Some(true) || state.paused == Some(true) {
             return Err(OrchestratorError::Refused(
                 "the agent's container is not running".into(),
             ));
@@ -48,7 +55,7 @@ impl DockerOrchestrator {
         uid: uuid::Uuid,
         spec: &ExecSpec,
     ) -> Result<ExecOutput, OrchestratorError> {
-        self.exec_target(id, uid).await?;
+        self.target(id, uid, true).await?;
         let docker = self.docker().await?;
         let options = CreateExecOptions {
             attach_stdin: Some(spec.stdin.is_some()),
@@ -132,5 +139,68 @@ impl DockerOrchestrator {
             .await?;
         out.exit_code = inspected.exit_code;
         Ok(out)
+    }
+
+    pub(super) async fn read_archive_of(
+        &self,
+        id: &str,
+        uid: uuid::Uuid,
+        path: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, OrchestratorError> {
+        self.target(id, uid, false).await?;
+        let docker = self.docker().await?;
+        let options = DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let read = async {
+            let mut stream = docker.download_from_container(id, Some(options));
+            let mut tar = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if tar.len() + chunk.len() > max {
+                    return Ok(Err(OrchestratorError::TooLarge {
+                        what: path.to_string(),
+                        max,
+                    }));
+                }
+                tar.extend_from_slice(&chunk);
+            }
+            Ok(Ok(tar))
+        };
+        match self.call("read files", Duration::ZERO, read).await? {
+            Ok(Ok(tar)) => Ok(tar),
+            Ok(Err(too_large)) => Err(too_large),
+            Err(e) if status_of(&e) == Some(404) => {
+                Err(OrchestratorError::NoSuchPath(path.to_string()))
+            }
+            Err(e) => Err(map_err(e)),
+        }
+    }
+
+    pub(super) async fn write_archive_to(
+        &self,
+        id: &str,
+        uid: uuid::Uuid,
+        dir: &str,
+        tar: Vec<u8>,
+    ) -> Result<(), OrchestratorError> {
+        self.target(id, uid, false).await?;
+        let docker = self.docker().await?;
+        let options = UploadToContainerOptions {
+            path: dir.to_string(),
+            // A file never replaces a directory, nor a directory a file.
+            no_overwrite_dir_non_dir: Some("1".into()),
+            // Owned by the container's user, as `docker cp -a` does.
+            copy_uidgid: Some("1".into()),
+        };
+        let write = docker.upload_to_container(id, Some(options), bollard::body_full(tar.into()));
+        match self.call("write files", Duration::ZERO, write).await? {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {
+                Err(OrchestratorError::NoSuchPath(dir.to_string()))
+            }
+            Err(e) => Err(map_err(e)),
+        }
     }
 }

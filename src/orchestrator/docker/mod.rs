@@ -6,7 +6,7 @@
 //! - `network`: the agents' network and the names other containers answer to on it;
 //! - `volumes`: named volumes, made and mounted for their agent only;
 //! - `containers`: names, labels, what is made for a workload, the lifecycle calls;
-//! - `exec`: a command run once in an agent's container;
+//! - `exec`: a command run once in an agent's container, and its files;
 //! - `lease`: the instance's lease as containers (below);
 //! - `plan`: the pure decision of what to do with an agent's containers;
 //! - here: the [`Orchestrator`] verbs, put together from those.
@@ -402,6 +402,26 @@ impl Orchestrator for DockerOrchestrator {
         spec: &super::ExecSpec,
     ) -> Result<super::ExecOutput, OrchestratorError> {
         self.exec_in(id, uid, spec).await
+    }
+
+    async fn read_archive(
+        &self,
+        id: &str,
+        uid: uuid::Uuid,
+        path: &str,
+        max: usize,
+    ) -> Result<Vec<u8>, OrchestratorError> {
+        self.read_archive_of(id, uid, path, max).await
+    }
+
+    async fn write_archive(
+        &self,
+        id: &str,
+        uid: uuid::Uuid,
+        dir: &str,
+        tar: Vec<u8>,
+    ) -> Result<(), OrchestratorError> {
+        self.write_archive_to(id, uid, dir, tar).await
     }
 
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {

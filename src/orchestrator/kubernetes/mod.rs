@@ -641,6 +641,30 @@ impl Orchestrator for KubernetesOrchestrator {
         ))
     }
 
+    async fn read_archive(
+        &self,
+        _id: &str,
+        _uid: Uuid,
+        _path: &str,
+        _max: usize,
+    ) -> Result<Vec<u8>, OrchestratorError> {
+        Err(OrchestratorError::Unsupported(
+            "reading an agent's files is not available on the Kubernetes backend yet (it is on Docker)".into(),
+        ))
+    }
+
+    async fn write_archive(
+        &self,
+        _id: &str,
+        _uid: Uuid,
+        _dir: &str,
+        _tar: Vec<u8>,
+    ) -> Result<(), OrchestratorError> {
+        Err(OrchestratorError::Unsupported(
+            "writing an agent's files is not available on the Kubernetes backend yet (it is on Docker)".into(),
+        ))
+    }
+
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>> {
         use kube::runtime::watcher::{self, Event};
         let selector = render::selector(self.instance(), None);
