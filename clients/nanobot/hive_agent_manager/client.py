@@ -55,9 +55,10 @@ class HiveClient:
             raise HiveError(
                 "no API key for Hive: set AGENT_API_KEY (or NANOBOT_AGENT_API_KEY) in this agent's environment"
             )
-        headers = {"Authorization": f"Bearer {self.key}"}
+        headers = {"Authorization": f"Bearer {self.key}", **kwargs.pop("headers", {})}
+        timeout = kwargs.pop("timeout", self.timeout)
         try:
-            async with httpx.AsyncClient(timeout=self.timeout) as http:
+            async with httpx.AsyncClient(timeout=timeout) as http:
                 response = await http.request(method, f"{self.url}{path}", headers=headers, **kwargs)
         except httpx.ConnectError:
             raise HiveError(f"cannot reach Hive at {self.url}: is the agent-api service running?") from None
@@ -85,6 +86,30 @@ class HiveClient:
 
     async def delete(self, name: str) -> dict[str, Any]:
         return (await self._request("DELETE", f"/v1/agents/{segment(name)}")).json()
+
+    async def exec(self, name: str, command: list[str], stdin: str | None = None,
+                   timeout: str | None = None) -> dict[str, Any]:
+        """Runs a command once in a running agent: {exitCode, stdout, stderr, truncated, timedOut}."""
+        body: dict[str, Any] = {"command": command}
+        if stdin is not None:
+            body["stdin"] = stdin
+        if timeout:
+            body["timeout"] = timeout
+        path = f"/v1/agents/{segment(name)}/exec"
+        # The answer may take as long as the command's own time-out (at most 10 minutes).
+        return (await self._request("POST", path, json=body, timeout=max(self.timeout, 610.0))).json()
+
+    async def read_file(self, name: str, path: str) -> bytes:
+        """A regular file of an agent."""
+        response = await self._request("GET", f"/v1/agents/{segment(name)}/files", params={"path": path})
+        if response.headers.get("content-type", "").startswith("application/x-tar"):
+            raise HiveError(f"{path} is a directory; list it with action=exec (ls)")
+        return response.content
+
+    async def write_file(self, name: str, path: str, content: bytes) -> None:
+        """Writes a file into an agent (its directory must exist)."""
+        await self._request("PUT", f"/v1/agents/{segment(name)}/files", params={"path": path},
+                            content=content, headers={"content-type": "application/octet-stream"})
 
     async def logs(self, name: str, tail: int = 100) -> str:
         path = f"/v1/agents/{segment(name)}/logs"

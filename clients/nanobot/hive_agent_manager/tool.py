@@ -17,7 +17,10 @@ DEFAULT_IMAGE = os.environ.get("HIVE_AGENT_IMAGE", "nanobot:latest")
 #: How Sol's sub-agents have always been started.
 DEFAULT_COMMAND = ["nanobot", "gateway", "--port", "18793"]
 
-ACTIONS = ["create", "start", "stop", "restart", "touch", "remove", "list", "status", "info", "logs"]
+ACTIONS = ["create", "start", "stop", "restart", "touch", "remove", "list", "status", "info", "logs",
+           "exec", "read_file", "write_file"]
+#: The most of a file read_file hands the model.
+MAX_FILE_TEXT = 64 * 1024
 
 
 class AgentManagerTool(Tool):
@@ -43,8 +46,9 @@ class AgentManagerTool(Tool):
             "Create and manage sub-agents (each runs in its own container, managed by Hive). "
             "Actions: create (declare an agent; repeating it is harmless), list, status/info, "
             "start, stop, restart, touch (say it is active, so it is not stopped for idleness; "
-            "a stopped idle one resumes), remove, logs. Provider keys go in secrets (secret "
-            "names), never in env."
+            "a stopped idle one resumes), remove, logs, exec (run `command` once in a running "
+            "agent; answers its exit code and output), read_file and write_file (`path`, "
+            "`content`). Provider keys go in secrets (secret names), never in env."
         )
 
     @property
@@ -61,7 +65,8 @@ class AgentManagerTool(Tool):
                 "command": {
                     "type": "array",
                     "items": {"type": "string"},
-                    "description": "The program the sub-agent runs and its arguments (default: nanobot's gateway).",
+                    "description": "For create: the program the sub-agent runs and its arguments (default: "
+                                   "nanobot's gateway). For exec: the command to run, e.g. [\"sh\", \"-c\", \"ls /\"].",
                 },
                 "model": {"type": "string", "description": "The model the sub-agent uses, e.g. gpt-4o."},
                 "role": {"type": "string", "description": "What the sub-agent is for, in a sentence."},
@@ -76,6 +81,10 @@ class AgentManagerTool(Tool):
                     "description": "Names of Hive secrets whose keys become environment variables.",
                 },
                 "tail": {"type": "integer", "minimum": 1, "description": "For logs: how many lines."},
+                "stdin": {"type": "string", "description": "For exec: text for the command's input."},
+                "timeout": {"type": "string", "description": "For exec: how long to wait, e.g. 30s (at most 10m)."},
+                "path": {"type": "string", "description": "For read_file and write_file: an absolute path in the agent."},
+                "content": {"type": "string", "description": "For write_file: the file's text."},
             },
             "required": ["action"],
         }
@@ -101,6 +110,22 @@ class AgentManagerTool(Tool):
             if action == "logs":
                 text = await self.client.logs(name, tail=int(kwargs.get("tail") or 100))
                 return text or f"agent {name} has printed nothing yet"
+            if action == "exec":
+                command = kwargs.get("command")
+                if not command:
+                    return ToolResult.error("action 'exec' needs command, a list of words such as [\"ls\", \"/\"]")
+                r = await self.client.exec(name, list(command), kwargs.get("stdin"), kwargs.get("timeout"))
+                return _exec_result(r)
+            if action in ("read_file", "write_file") and not kwargs.get("path"):
+                return ToolResult.error(f"action {action!r} needs path, an absolute path in the agent")
+            if action == "read_file":
+                data = await self.client.read_file(name, kwargs["path"])
+                text = data[:MAX_FILE_TEXT].decode("utf-8", errors="replace")
+                return text + (f"\n[cut at {MAX_FILE_TEXT} bytes]" if len(data) > MAX_FILE_TEXT else "")
+            if action == "write_file":
+                content = str(kwargs.get("content") or "").encode()
+                await self.client.write_file(name, kwargs["path"], content)
+                return f"wrote {len(content)} bytes to {kwargs['path']} in agent {name}"
             return ToolResult.error(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
         except HiveError as e:
             return ToolResult.error(str(e))
@@ -180,3 +205,17 @@ def _listing(items: list[dict[str, Any]]) -> str:
         f"({_part(a, 'spec').get('image')})"
         for a in items
     )
+
+
+def _exec_result(r: dict[str, Any]) -> str:
+    """An exec's answer for the model: the exit code, then each stream that said something."""
+    code = r.get("exitCode")
+    lines = [f"exit code {code}" if code is not None else "no exit code: the time-out came first"]
+    if r.get("timedOut"):
+        lines.append("(the command may still be running)")
+    for stream in ("stdout", "stderr"):
+        if r.get(stream):
+            lines.append(f"{stream}:\n{r[stream].rstrip()}")
+    if r.get("truncated"):
+        lines.append("(output cut at 1 MiB per stream)")
+    return "\n".join(lines)

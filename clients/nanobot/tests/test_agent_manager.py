@@ -53,6 +53,16 @@ def test_the_tool_declares_and_manages_a_sub_agent(hive, test_image):
     assert "touch of agent sub1 requested" in run(tool.execute(action="touch", name="sub1"))
     assert "touch" in run(tool.execute(action="bogus", name="sub1")), "the model is told the actions"
 
+    # Inside it, through Hive: a command, and a file both ways.
+    out = run(tool.execute(action="exec", name="sub1", command=["sh", "-c", "echo in-sub1; exit 2"]))
+    assert out == "exit code 2\nstdout:\nin-sub1", out
+    assert "needs command" in str(run(tool.execute(action="exec", name="sub1")))
+    wrote = run(tool.execute(action="write_file", name="sub1", path="/root/.nanobot/note.txt", content="noted"))
+    assert wrote == "wrote 5 bytes to /root/.nanobot/note.txt in agent sub1", wrote
+    assert run(tool.execute(action="read_file", name="sub1", path="/root/.nanobot/note.txt")) == "noted"
+    missing = run(tool.execute(action="read_file", name="sub1", path="/root/.nanobot/absent"))
+    assert getattr(missing, "is_error", False) and "404" in str(missing), missing
+
     assert "being removed" in run(tool.execute(action="remove", name="sub1"))
     wait_until("sub1 to be gone", lambda: run(tool.execute(action="list")) == "no agents")
 
