@@ -20,6 +20,7 @@ mod api;
 mod converge;
 mod drift;
 mod engine;
+mod exec;
 mod report;
 mod server;
 mod steady;
@@ -56,6 +57,8 @@ enum Bench {
     Steady(SteadyArgs),
     /// Time to repair a killed container.
     Drift(DriftArgs),
+    /// A command run in an agent through Hive, against the engine's own exec.
+    Exec(ExecArgs),
     /// Everything above, with defaults.
     All,
 }
@@ -100,6 +103,13 @@ pub(crate) struct DriftArgs {
     pub(crate) rounds: usize,
 }
 
+#[derive(Args, Clone)]
+pub(crate) struct ExecArgs {
+    /// Execs of each kind, alternating.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) requests: usize,
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -110,6 +120,7 @@ async fn main() -> Result<()> {
         Bench::Api(a) => rows.extend(api::api(&a).await?),
         Bench::Steady(a) => rows.extend(steady::steady(&a).await?),
         Bench::Drift(a) => rows.extend(drift::drift(&a).await?),
+        Bench::Exec(a) => rows.extend(exec::exec(&a).await?),
         Bench::All => {
             rows.extend(
                 converge::converge(&ConvergeArgs {
@@ -120,6 +131,7 @@ async fn main() -> Result<()> {
                 .await?,
             );
             rows.extend(drift::drift(&DriftArgs { rounds: 5 }).await?);
+            rows.extend(exec::exec(&ExecArgs { requests: 200 }).await?);
             rows.extend(
                 api::api(&ApiArgs {
                     agents: 1000,
