@@ -6,7 +6,8 @@
 //! - `POST /v1/agents`, `GET /v1/agents[?label=k=v][&watch=true]`
 //! - `GET|PUT|DELETE /v1/agents/{name}`, `POST /v1/agents/{name}/action`
 //! - `GET /v1/agents/{name}/logs[?tail=N&follow=true]`, `GET /v1/agents/{name}/events`, `GET /v1/audit` (admins)
-//! - `POST /v1/agents/{name}/exec`, `GET|PUT /v1/agents/{name}/files?path=` (inside an agent)
+//! - `POST /v1/agents/{name}/exec`, `GET|PUT /v1/agents/{name}/files?path=`,
+//!   `GET /v1/agents/{name}/portforward?port=` (a WebSocket): inside an agent
 //! - `POST /v1/apply[?dryRun=true][&prune=true]` (many documents, all checked before any is written)
 //! - `GET /v1/sync` (the manifests directory's state; admins)
 //! - `GET /v1/secrets`, `GET|PUT|DELETE /v1/secrets/{name}` (write-only values)
@@ -37,6 +38,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 mod files;
+mod forward;
 pub mod mcp;
 pub mod openapi;
 mod secrets;
@@ -100,6 +102,7 @@ fn keyed_routes() -> (
         "/agents/{name}/logs" => get(agents::logs);
         "/agents/{name}/exec" => post(agents::exec);
         "/agents/{name}/files" => get(files::read).put(files::write);
+        "/agents/{name}/portforward" => get(forward::forward);
         "/agents/{name}/events" => get(agents::events);
         "/audit" => get(audit::audit);
         "/apply" => post(apply::apply);

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, apply, audit, files, secrets};
+use super::{agents, apply, audit, files, forward, secrets};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +16,7 @@ use super::{agents, apply, audit, files, secrets};
     ),
     paths(
         agents::create, agents::list, agents::get, agents::put, agents::delete, agents::action,
-        agents::logs, agents::exec, files::read, files::write, agents::events, audit::audit, apply::apply,
+        agents::logs, agents::exec, files::read, files::write, forward::forward, agents::events, audit::audit, apply::apply,
         secrets::list, secrets::get, secrets::put, secrets::delete,
         super::sync, super::whoami, super::metrics, super::healthz, super::readyz, document,
         super::mcp::document_mcp

@@ -111,6 +111,42 @@ impl Client {
         self.http.request(method, url).bearer_auth(&self.key)
     }
 
+    /// A WebSocket request to `/v1/agents/{name}/{rest}?query`, with the key.
+    pub fn agent_websocket(
+        &self,
+        name: &str,
+        rest: &str,
+        query: &[(&str, &str)],
+    ) -> Result<tokio_tungstenite::tungstenite::http::Request<()>, CliError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut url = reqwest::Url::parse(&self.base)
+            .map_err(|e| CliError::new(format!("--server {:?}: {e}", self.base)))?;
+        let scheme = match url.scheme() {
+            "http" => "ws",
+            "https" => "wss",
+            other => {
+                return Err(CliError::new(format!(
+                    "--server: scheme {other:?} is not http"
+                )))
+            }
+        };
+        url.set_scheme(scheme)
+            .map_err(|()| CliError::new("--server: cannot be reached over a WebSocket"))?;
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(["v1", "agents", name, rest]);
+        }
+        url.query_pairs_mut().extend_pairs(query);
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| CliError::new(format!("a WebSocket request: {e}")))?;
+        let auth = format!("Bearer {}", self.key)
+            .parse()
+            .map_err(|_| CliError::new("the API key holds characters a header cannot"))?;
+        request.headers_mut().insert("authorization", auth);
+        Ok(request)
+    }
+
     /// Sends and reads a typed answer; an error answer becomes its message.
     pub async fn typed<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, CliError> {
         let r = self.send(req).await?;

@@ -16,6 +16,7 @@ mod cp;
 mod delete;
 mod describe;
 mod exec;
+mod forward;
 mod get;
 mod logs;
 mod mcp;
@@ -128,6 +129,13 @@ pub enum ClientCommand {
     /// Copy files to or from an agent (as `kubectl cp`): `hive cp NAME:/path ./local` or
     /// `hive cp ./local NAME:/path` (a directory goes into the agent's existing directory).
     Cp { from: String, to: String },
+    /// Forward a local port to an agent's port through Hive (as `kubectl port-forward`):
+    /// `hive port-forward NAME 8080:80`; until interrupted.
+    PortForward {
+        name: String,
+        /// `LOCAL:REMOTE`, or one port for both (LOCAL 0 picks a free port).
+        ports: String,
+    },
     /// Set, list or delete the secrets agents read through envFrom (values never shown).
     #[command(subcommand)]
     Secret(SecretCommand),
@@ -259,6 +267,9 @@ pub async fn run(conn: &Connection, command: ClientCommand) -> Result<i32, CliEr
             secret::delete(&client, &names).await
         }
         ClientCommand::Cp { from, to } => cp::cp(&client, &from, &to).await,
+        ClientCommand::PortForward { name, ports } => {
+            forward::port_forward(&client, &name, &ports).await
+        }
         ClientCommand::Mcp => mcp::bridge(client).await,
         ClientCommand::Health => client::health(conn).await,
     };

@@ -448,6 +448,12 @@ impl Orchestrator for FakeOrchestrator {
         Ok(out)
     }
 
+    async fn address(&self, _id: &str, _uid: Uuid) -> Result<std::net::IpAddr, OrchestratorError> {
+        Err(OrchestratorError::Unsupported(
+            "the in-memory backend has no network".into(),
+        ))
+    }
+
     async fn read_archive(
         &self,
         _id: &str,

@@ -608,6 +608,9 @@ pub trait Orchestrator: Send + Sync + 'static {
         dir: &str,
         tar: Vec<u8>,
     ) -> Result<(), OrchestratorError>;
+    /// The address Hive reaches the running workload `id` of the agent `uid` at (checked
+    /// against its labels first), on the agents' network.
+    async fn address(&self, id: &str, uid: Uuid) -> Result<std::net::IpAddr, OrchestratorError>;
     /// Names of agents whose workloads changed (made, started, died, removed, ...). The
     /// stream ends or errs when the engine goes away; callers re-subscribe.
     fn events(&self) -> BoxStream<'static, Result<String, OrchestratorError>>;

@@ -28,6 +28,7 @@ mod apply;
 mod engine;
 mod exec;
 mod files;
+mod forward;
 mod secrets;
 
 pub use crate::wire::{ApplyResult, Outcome};
@@ -36,6 +37,7 @@ pub use apply::{diff, Prune};
 pub use engine::{LogRequest, LogStream, Readiness, MAX_TAIL};
 pub use exec::{MAX_EXEC_OUTPUT, MAX_EXEC_STDIN};
 pub use files::{Files, MAX_FILE_BYTES};
+pub use forward::Forwarded;
 pub use secrets::{SecretShown, SecretWritten};
 
 /// Why the service refused or failed a request: the same words whatever adapter asked.

@@ -531,3 +531,118 @@ async fn files_move_both_ways_and_a_tar_cannot_reach_outside_its_directory() {
         "{audit}"
     );
 }
+
+#[tokio::test]
+async fn a_port_of_an_agent_is_reached_through_hive_with_hive_port_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    let (sol, sol_entry) = new_key("sol", "operator", "sol-1");
+    let (bob, bob_entry) = new_key("bob", "operator", "bob-1");
+    let (view, view_entry) = new_key("sol", "viewer", "sol-view");
+    write_keys(&keys, &[&sol_entry, &bob_entry, &view_entry]);
+    let hive = Hive::start_args(&["--keys-file".into(), keys.display().to_string()]).await;
+    // An agent serving its own root over HTTP on port 8080.
+    let yaml = agent_yaml("web", "").replace(
+        "[\"/bin/sleep\", \"3600\"]",
+        "[\"/bin/httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/\"]",
+    );
+    assert!(yaml.contains("httpd"), "{yaml}");
+    assert_eq!(put_as(&hive, &sol, "web", &yaml).await.status(), 201);
+    hive.wait_phase("web", "Running").await;
+    let hostname = exec(
+        &hive,
+        &sol,
+        "web",
+        json!({"command": ["cat", "/etc/hostname"]}),
+    )
+    .await
+    .1["stdout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Without the upgrade, and for those who may not: the API's own answers.
+    let plain = |key: &str, port: &str| {
+        with_key(
+            &hive,
+            key,
+            Method::GET,
+            &format!("/v1/agents/web/portforward?port={port}"),
+        )
+        .send()
+    };
+    assert_eq!(plain(&sol, "8080").await.unwrap().status(), 400);
+    let upgrade = |key: &str, port: &str| {
+        with_key(
+            &hive,
+            key,
+            Method::GET,
+            &format!("/v1/agents/web/portforward?port={port}"),
+        )
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+    };
+    assert_eq!(upgrade(&bob, "8080").await.unwrap().status(), 404);
+    assert_eq!(upgrade(&view, "8080").await.unwrap().status(), 403);
+    let closed = upgrade(&sol, "8081").await.unwrap();
+    assert_eq!(closed.status(), 409);
+    let e: Value = closed.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "port_closed", "{e}");
+    assert_eq!(upgrade(&sol, "8080").await.unwrap().status(), 101);
+
+    // `hive port-forward` on a free local port; an HTTP request through it reaches the agent.
+    let mut forward = tokio::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+        .args(["port-forward", "web", "0:8080"])
+        .env("AGENT_API_URL", &hive.url)
+        .env("AGENT_API_KEY", &sol)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(forward.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line),
+    )
+    .await
+    .expect("hive port-forward says where it listens")
+    .unwrap();
+    let local = line
+        .strip_prefix("Forwarding from ")
+        .and_then(|l| l.split(" -> ").next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    for _ in 0..2 {
+        let body = reqwest::get(format!("http://{local}/etc/hostname"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, hostname);
+    }
+    forward.kill().await.unwrap();
+
+    // Each connection is audited with its port and bytes, once it ends.
+    let audited = crate::harness::wait_for("the forwarded connections' audit entries", || async {
+        let audit = hive.get_json("/v1/audit?limit=500").await;
+        let n = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["verb"] == "portforward"
+                    && e["keyId"] == "sol-1"
+                    && e["status"] == 101
+                    && e["detail"].as_str().unwrap().starts_with("port 8080, ")
+            })
+            .count();
+        (n >= 3).then_some(n)
+    })
+    .await;
+    assert!(audited >= 3);
+}

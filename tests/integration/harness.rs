@@ -22,7 +22,7 @@ use tokio::sync::OnceCell;
 use tracing::Instrument;
 
 /// The image every test agent runs: Debian's static busybox, imported as a one-file image.
-pub const IMAGE: &str = "hive-test-busybox:1";
+pub const IMAGE: &str = "hive-test-busybox:2";
 /// A command that runs until stopped.
 pub const SLEEP: [&str; 2] = ["/bin/sleep", "3600"];
 
@@ -56,9 +56,10 @@ pub async fn ensure_image() {
             if d.inspect_image(IMAGE).await.is_ok() {
                 return;
             }
-            let tar =
-                hive::testing::busybox_tar(&["sh", "sleep", "echo", "true", "false", "cat", "env"])
-                    .expect("the test image's layer (.ci/run installs busybox-static)");
+            let tar = hive::testing::busybox_tar(&[
+                "sh", "sleep", "echo", "true", "false", "cat", "env", "httpd",
+            ])
+            .expect("the test image's layer (.ci/run installs busybox-static)");
             let (repo, tag) = IMAGE.split_once(':').unwrap();
             let options = CreateImageOptions {
                 from_src: Some("-".into()),

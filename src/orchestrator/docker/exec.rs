@@ -15,13 +15,13 @@ use crate::orchestrator::{ExecOutput, ExecSpec};
 
 impl DockerOrchestrator {
     /// Whether container `id` carries this instance's labels and the agent `uid`'s (and,
-    /// with `running`, runs); the error says why not.
+    /// with `running`, runs); the error says why not. Answers what the engine said of it.
     async fn target(
         &self,
         id: &str,
         uid: uuid::Uuid,
         running: bool,
-    ) -> Result<(), OrchestratorError> {
+    ) -> Result<bollard::models::ContainerInspectResponse, OrchestratorError> {
         let docker = self.docker().await?;
         let gone = || OrchestratorError::NotFound(id.chars().take(12).collect());
         let detail = self
@@ -32,7 +32,11 @@ impl DockerOrchestrator {
             )
             .await?
             .ok_or_else(gone)?;
-        let labels = detail.config.and_then(|c| c.labels).unwrap_or_default();
+        let labels = detail
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
         let label = |k: &str| labels.get(k).map(String::as_str);
         let ours = label(LABEL_MANAGED) == Some("true")
             && label(LABEL_INSTANCE) == Some(self.settings.instance.as_str())
@@ -40,13 +44,33 @@ impl DockerOrchestrator {
         if !ours {
             return Err(gone());
         }
-        let state = detail.state.unwrap_or_default();
+        let state = detail.state.clone().unwrap_or_default();
         if running && state.running != Some(true) || state.paused == Some(true) {
             return Err(OrchestratorError::Refused(
                 "the agent's container is not running".into(),
             ));
         }
-        Ok(())
+        Ok(detail)
+    }
+
+    pub(super) async fn address_of(
+        &self,
+        id: &str,
+        uid: uuid::Uuid,
+    ) -> Result<std::net::IpAddr, OrchestratorError> {
+        let detail = self.target(id, uid, true).await?;
+        detail
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(&self.settings.network))
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| {
+                OrchestratorError::Refused(format!(
+                    "the agent's container has no address on network {}",
+                    self.settings.network
+                ))
+            })
     }
 
     pub(super) async fn exec_in(

@@ -404,6 +404,14 @@ impl Orchestrator for DockerOrchestrator {
         self.exec_in(id, uid, spec).await
     }
 
+    async fn address(
+        &self,
+        id: &str,
+        uid: uuid::Uuid,
+    ) -> Result<std::net::IpAddr, OrchestratorError> {
+        self.address_of(id, uid).await
+    }
+
     async fn read_archive(
         &self,
         id: &str,

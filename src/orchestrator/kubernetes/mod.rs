@@ -148,7 +148,6 @@ impl KubernetesOrchestrator {
             .map_err(map_err)?;
         Ok(list.items)
     }
-
 }
 
 fn unix_ms() -> i64 {
@@ -404,6 +403,12 @@ impl Orchestrator for KubernetesOrchestrator {
     ) -> Result<super::ExecOutput, OrchestratorError> {
         Err(OrchestratorError::Unsupported(
             "exec is not available on the Kubernetes backend yet (it is on Docker); use kubectl exec with the cluster's own credentials meanwhile".into(),
+        ))
+    }
+
+    async fn address(&self, _id: &str, _uid: Uuid) -> Result<std::net::IpAddr, OrchestratorError> {
+        Err(OrchestratorError::Unsupported(
+            "port-forward is not available on the Kubernetes backend yet (it is on Docker)".into(),
         ))
     }
 
