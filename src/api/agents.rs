@@ -27,7 +27,7 @@ pub(super) fn took_over(response: &mut Response, kind: &str, name: &str, from: &
     }
 }
 
-#[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body(content((Agent = "application/json"), (Agent = "application/yaml"))),
+#[utoipa::path(post, path = "/v1/agents", operation_id = "createAgent", tag = "agents", request_body(content((Agent = "application/json"), (Agent = "application/yaml"))),
     responses((status = 201, body = Agent), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `POST /v1/agents`
 pub async fn create(
@@ -40,7 +40,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(agent)).into_response())
 }
 
-#[utoipa::path(put, path = "/v1/agents/{name}", tag = "agents", params(("name" = String, Path)), request_body(content((Agent = "application/json"), (Agent = "application/yaml"))),
+#[utoipa::path(put, path = "/v1/agents/{name}", operation_id = "putAgent", tag = "agents", params(("name" = String, Path)), request_body(content((Agent = "application/json"), (Agent = "application/yaml"))),
     responses((status = 200, body = Agent), (status = 201, body = Agent), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `PUT /v1/agents/{name}`: create or replace.
 pub async fn put(
@@ -81,7 +81,7 @@ pub struct ListQuery {
     continue_token: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/agents", tag = "agents",
+#[utoipa::path(get, path = "/v1/agents", operation_id = "listAgents", tag = "agents",
     params(("label" = Option<String>, Query, description = "label selector: k=v, k!=v, k, !k"), ("watch" = Option<bool>, Query, description = "stream changes as NDJSON"), ("resourceVersion" = Option<String>, Query, description = "with watch: changes after this version"), ("limit" = Option<usize>, Query, description = "at most this many agents (0: all); metadata.continue then names the next page"), ("continue" = Option<String>, Query, description = "the next page: the previous page's metadata.continue (every page reads one resourceVersion)")),
     responses((status = 200, description = "an AgentList, or with watch=true a stream of {type, object} lines", body = AgentList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 410, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 /// `GET /v1/agents`
@@ -148,7 +148,7 @@ pub(super) fn list_body(page: &Page) -> Bytes {
     Bytes::from(body)
 }
 
-#[utoipa::path(get, path = "/v1/agents/{name}", tag = "agents", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/v1/agents/{name}", operation_id = "getAgent", tag = "agents", params(("name" = String, Path)),
     responses((status = 200, body = Agent), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/agents/{name}`
 pub async fn get(
@@ -164,7 +164,7 @@ pub async fn get(
         .into_response())
 }
 
-#[utoipa::path(delete, path = "/v1/agents/{name}", tag = "agents", params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/v1/agents/{name}", operation_id = "deleteAgent", tag = "agents", params(("name" = String, Path)),
     responses((status = 202, body = Agent), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `DELETE /v1/agents/{name}`: marks it Terminating; the controller removes the
 /// container, then the record.
@@ -209,7 +209,7 @@ impl From<Action> for ServiceAction {
     }
 }
 
-#[utoipa::path(post, path = "/v1/agents/{name}/action", tag = "agents", params(("name" = String, Path)), request_body = ActionRequest,
+#[utoipa::path(post, path = "/v1/agents/{name}/action", operation_id = "actOnAgent", tag = "agents", params(("name" = String, Path)), request_body = ActionRequest,
     responses((status = 202, body = Agent), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `POST /v1/agents/{name}/action`: start and stop set spec.state; restart asks for
 /// one restart of the container; touch says the agent is active. Each is activity: an
@@ -225,7 +225,7 @@ pub async fn action(
     Ok((StatusCode::ACCEPTED, Json(agent)).into_response())
 }
 
-#[utoipa::path(post, path = "/v1/agents/{name}/exec", tag = "agents", params(("name" = String, Path)), request_body = ExecRequest,
+#[utoipa::path(post, path = "/v1/agents/{name}/exec", operation_id = "execInAgent", tag = "agents", params(("name" = String, Path)), request_body = ExecRequest,
     responses((status = 200, body = ExecResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the agent is not running"), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody), (status = 501, body = ErrorBody, description = "the backend cannot exec (Kubernetes, for now)"), (status = 503, body = ErrorBody)))]
 /// `POST /v1/agents/{name}/exec`: runs a command once in the agent's running container
 /// (as `docker exec` / `kubectl exec` without a terminal) and answers its output and exit
@@ -259,7 +259,7 @@ pub struct LogsQuery {
     since: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/agents/{name}/logs", tag = "agents",
+#[utoipa::path(get, path = "/v1/agents/{name}/logs", operation_id = "readAgentLogs", tag = "agents",
     params(("name" = String, Path), ("tail" = Option<u64>, Query, description = "only the last N lines (at most 1000000)"), ("follow" = Option<bool>, Query), ("since" = Option<String>, Query, description = "a duration such as 10m, or an RFC 3339 time")),
     responses((status = 200, description = "the container's output", content_type = "text/plain", body = String), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 /// `GET /v1/agents/{name}/logs`: the container's output as text.
@@ -292,7 +292,7 @@ pub async fn logs(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/agents/{name}/events", tag = "agents", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/v1/agents/{name}/events", operation_id = "listAgentEvents", tag = "agents", params(("name" = String, Path)),
     responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/agents/{name}/events`: what the reconciler did to the agent and why, oldest first.
 pub async fn events(

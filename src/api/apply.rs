@@ -34,7 +34,7 @@ pub struct ApplyQuery {
     prune_owners: Option<String>,
 }
 
-#[utoipa::path(post, path = "/v1/apply", tag = "agents", params(("dryRun" = Option<bool>, Query), ("prune" = Option<bool>, Query, description = "also delete the members of the apply set, of the owners in scope, that these documents do not declare"), ("applyset" = Option<String>, Query, description = "the apply set's name (required with prune), stamped on every document as hive-apply/set"), ("pruneOwners" = Option<String>, Query, description = "owners an admin prunes across, comma-separated")),
+#[utoipa::path(post, path = "/v1/apply", operation_id = "apply", tag = "agents", params(("dryRun" = Option<bool>, Query), ("prune" = Option<bool>, Query, description = "also delete the members of the apply set, of the owners in scope, that these documents do not declare"), ("applyset" = Option<String>, Query, description = "the apply set's name (required with prune), stamped on every document as hive-apply/set"), ("pruneOwners" = Option<String>, Query, description = "owners an admin prunes across, comma-separated")),
     request_body(content((Vec<Agent> = "application/json"), (Vec<Agent> = "application/yaml")), description = "a JSON array, or YAML documents separated by ---"),
     responses((status = 200, body = ApplyAnswer), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 408, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `POST /v1/apply[?dryRun=true][&prune=true]`

@@ -28,7 +28,7 @@ pub struct AuditQuery {
     before: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(("limit" = Option<usize>, Query), ("before" = Option<u64>, Query)),
+#[utoipa::path(get, path = "/v1/audit", operation_id = "listAudit", tag = "audit", params(("limit" = Option<usize>, Query), ("before" = Option<u64>, Query)),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 /// `GET /v1/audit`: newest first, for admins.
 pub async fn audit(

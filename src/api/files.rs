@@ -36,7 +36,7 @@ fn wants_tar(headers: &HeaderMap, name: header::HeaderName) -> bool {
         })
 }
 
-#[utoipa::path(get, path = "/v1/agents/{name}/files", tag = "agents",
+#[utoipa::path(get, path = "/v1/agents/{name}/files", operation_id = "readAgentFiles", tag = "agents",
     params(("name" = String, Path), ("path" = String, Query, description = "an absolute path in the agent's container")),
     responses((status = 200, description = "a regular file's bytes (application/octet-stream), or a tar of a directory (application/x-tar; always with Accept: application/x-tar)", content_type = "application/octet-stream", body = Vec<u8>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 501, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `GET /v1/agents/{name}/files?path=`: a file of the agent, or a tar of a directory.
@@ -63,7 +63,7 @@ pub async fn read(
     )
 }
 
-#[utoipa::path(put, path = "/v1/agents/{name}/files", tag = "agents",
+#[utoipa::path(put, path = "/v1/agents/{name}/files", operation_id = "writeAgentFiles", tag = "agents",
     params(("name" = String, Path), ("path" = String, Query, description = "the file to write, or with Content-Type application/x-tar the directory to unpack into")),
     request_body(content = Vec<u8>, description = "the file's bytes, or a tar of regular files and directories (no links, no .., at most 16 MiB)", content_type = "application/octet-stream"),
     responses((status = 204, description = "written"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 501, body = ErrorBody), (status = 503, body = ErrorBody)))]

@@ -28,7 +28,7 @@ pub struct ForwardQuery {
     port: u16,
 }
 
-#[utoipa::path(get, path = "/v1/agents/{name}/portforward", tag = "agents",
+#[utoipa::path(get, path = "/v1/agents/{name}/portforward", operation_id = "portForwardAgent", tag = "agents",
     params(("name" = String, Path), ("port" = u16, Query, description = "the agent's TCP port")),
     responses((status = 101, description = "a WebSocket carrying one TCP connection to the port, binary frames both ways"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "the agent is not running, or nothing answers on the port"), (status = 429, body = ErrorBody), (status = 501, body = ErrorBody)))]
 /// `GET /v1/agents/{name}/portforward?port=N`: one TCP connection to the agent's port,

@@ -42,7 +42,7 @@ const MAX_FILE_TEXT: usize = 1024 * 1024;
 /// The most log output one `agent_logs` answers (the newest).
 const MAX_LOG_BYTES: usize = 1024 * 1024;
 
-#[utoipa::path(post, path = "/mcp", tag = "mcp",
+#[utoipa::path(post, path = "/mcp", operation_id = "mcp", tag = "mcp",
     request_body(content = Object, content_type = "application/json", description = "a JSON-RPC 2.0 message of the Model Context Protocol (initialize, tools/list, tools/call, ...)"),
     responses((status = 200, description = "the JSON-RPC answer; a refused tool call is a result with isError true whose text is the API's error body", content_type = "application/json"), (status = 202, description = "a notification, accepted"), (status = 401, body = super::error::ErrorBody), (status = 403, description = "a Host header not in --mcp-allowed-hosts"), (status = 406, description = "Accept must list application/json and text/event-stream"), (status = 413, description = "the message is larger than 1 MiB")))]
 /// `POST /mcp`: the Model Context Protocol over streamable HTTP (documentation only: the

@@ -165,7 +165,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "application/openmetrics-text", body = String), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "application/openmetrics-text", body = String), (status = 401, body = ErrorBody)))]
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let snapshot = state.store.snapshot();
@@ -185,12 +185,12 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "serving")))]
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations", security(()), responses((status = 200, description = "serving")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations", security(()), responses((status = 200, description = "the store reads, the engine answers and this Hive holds its instance", body = Readiness), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations", security(()), responses((status = 200, description = "the store reads, the engine answers and this Hive holds its instance", body = Readiness), (status = 503, body = ErrorBody)))]
 /// 200 only while the store reads, the engine answers and this Hive holds its instance's
 /// lease; otherwise 503 saying which. Containers of other stores are counted either way,
 /// and named (with their agents) only to a caller presenting an admin key.
@@ -240,7 +240,7 @@ pub struct Readiness {
     pub foreign_containers: Option<Vec<crate::controller::ForeignContainer>>,
 }
 
-#[utoipa::path(get, path = "/v1/sync", tag = "gitops", responses((status = 200, body = crate::gitops::SyncStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/sync", operation_id = "getSync", tag = "gitops", responses((status = 200, body = crate::gitops::SyncStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/sync`: the state of the manifests directory sync.
 async fn sync(
     State(state): State<AppState>,
@@ -274,7 +274,7 @@ pub struct WhoAmI {
     pub role: String,
 }
 
-#[utoipa::path(get, path = "/v1/whoami", tag = "operations", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/whoami", operation_id = "whoami", tag = "operations", responses((status = 200, body = WhoAmI), (status = 401, body = ErrorBody)))]
 /// `GET /v1/whoami`: the key's id, owner and role (what a client may offer its user).
 async fn whoami(axum::Extension(p): axum::Extension<Principal>) -> Json<WhoAmI> {
     Json(WhoAmI {

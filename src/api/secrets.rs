@@ -38,7 +38,7 @@ pub struct PutQuery {
     owner: Option<String>,
 }
 
-#[utoipa::path(put, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path), ("owner" = Option<String>, Query, description = "admins: the owner to write it for; naming another than the secret's takes it over")), request_body(content((SecretData = "application/json"), (SecretData = "application/yaml"))),
+#[utoipa::path(put, path = "/v1/secrets/{name}", operation_id = "putSecret", tag = "secrets", params(("name" = String, Path), ("owner" = Option<String>, Query, description = "admins: the owner to write it for; naming another than the secret's takes it over")), request_body(content((SecretData = "application/json"), (SecretData = "application/yaml"))),
     responses((status = 200, body = SecretShown), (status = 201, body = SecretShown), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 408, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `PUT /v1/secrets/{name}[?owner=]`. A secret of another owner is never written (409)
 /// unless an admin names the owner: the secret's own (writing on its behalf) or another
@@ -64,7 +64,7 @@ pub async fn put(
     Ok(response)
 }
 
-#[utoipa::path(get, path = "/v1/secrets", tag = "secrets", responses((status = 200, body = SecretList), (status = 401, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/secrets", operation_id = "listSecrets", tag = "secrets", responses((status = 200, body = SecretList), (status = 401, body = ErrorBody)))]
 /// `GET /v1/secrets`: names and keys.
 pub async fn list(
     State(state): State<AppState>,
@@ -75,7 +75,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)), responses((status = 200, body = SecretShown), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/secrets/{name}", operation_id = "getSecret", tag = "secrets", params(("name" = String, Path)), responses((status = 200, body = SecretShown), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 /// `GET /v1/secrets/{name}`: its name and keys.
 pub async fn get(
     State(state): State<AppState>,
@@ -85,7 +85,7 @@ pub async fn get(
     Ok(Json(SecretShown::from(&state.service.secret(&p, &name)?)))
 }
 
-#[utoipa::path(delete, path = "/v1/secrets/{name}", tag = "secrets", params(("name" = String, Path)), responses((status = 200, body = SecretShown), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/secrets/{name}", operation_id = "deleteSecret", tag = "secrets", params(("name" = String, Path)), responses((status = 200, body = SecretShown), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 /// `DELETE /v1/secrets/{name}`. Agents using it keep running; their status says the
 /// secret is missing until it is written again.
 pub async fn delete(

@@ -835,11 +835,17 @@ async fn the_openapi_document_describes_every_route_served() {
         .call(Method::GET, "/openapi.json", "/openapi.json", None, None)
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    let mut ids = std::collections::BTreeSet::new();
     for (method, path) in hive::api::served_routes() {
-        assert!(
-            r.body["paths"][&path][method].is_object(),
-            "{method} {path}"
-        );
+        let operation = &r.body["paths"][&path][method];
+        assert!(operation.is_object(), "{method} {path}");
+        // Client generators name their methods after these: each one there, and unique.
+        let id = operation["operationId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(!id.is_empty(), "{method} {path} has no operationId");
+        assert!(ids.insert(id.clone()), "operationId {id} twice");
     }
     t.check_documented();
 }
