@@ -2,7 +2,7 @@
 
 #[cfg(feature = "server")]
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Hive: run fleets of AI agents in containers, declaratively.
 #[derive(Parser)]
@@ -23,6 +23,12 @@ enum Command {
     #[cfg(feature = "server")]
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Print a shell's completion script: `source <(hive completion bash)`, or
+    /// `hive completion zsh > "${fpath[1]}/_hive"` (also fish, powershell, elvish).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Client(hive::cli::ClientCommand),
 }
@@ -54,6 +60,10 @@ async fn main() {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(anyhow::Error::from(e)),
         },
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hive", &mut std::io::stdout());
+            Ok(())
+        }
         #[cfg(feature = "server")]
         Command::Keys(command) => keys(command),
         #[cfg(feature = "server")]

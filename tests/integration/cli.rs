@@ -482,3 +482,42 @@ async fn hive_mcp_bridges_stdio_to_the_servers_mcp_endpoint() {
     );
     assert!(stderr.contains("refused the API key"), "{stderr}");
 }
+
+#[test]
+fn completion_scripts_load_and_complete_subcommands() {
+    let script = |shell: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hive"))
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        assert!(script(shell).contains("port-forward"), "{shell}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hive.bash");
+    std::fs::write(&path, script("bash")).unwrap();
+    // Loaded into bash, it completes `hive ex` to `exec` and `hive port-` to `port-forward`.
+    let probe = format!(
+        "source {}; complete -p hive; COMP_WORDS=(hive ex); COMP_CWORD=1; _hive hive ex hive; echo \"[${{COMPREPLY[*]}}]\"; COMP_WORDS=(hive port-); _hive hive port- hive; echo \"[${{COMPREPLY[*]}}]\"",
+        path.display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &probe])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("complete -o bashdefault -o default -o nosort -F _hive hive"),
+        "{text}"
+    );
+    assert!(text.contains("[exec]"), "{text}");
+    assert!(text.contains("[port-forward]"), "{text}");
+}
