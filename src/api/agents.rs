@@ -238,10 +238,14 @@ pub async fn exec(
     Document(request): Document<ExecRequest>,
 ) -> Result<Json<ExecResult>, ApiError> {
     let place = state.streams.acquire(&p)?;
-    // A revoked key's exec stops being waited for (the command itself may go on).
+    // The service runs the command in a task of its own and audits it when it ends, even
+    // if this request is dropped or the key revoked meanwhile.
     let result = tokio::select! {
-        r = state.service.exec(&p, &name, request) => r,
-        () = place.revoked() => return Err(ApiError::Unauthorized(super::streams::REVOKED)),
+        r = state.service.exec_to_end(&p, &name, request) => r,
+        () = place.revoked() => {
+            mark.through::<()>(Ok(()))?;
+            return Err(ApiError::Unauthorized(super::streams::REVOKED));
+        }
     };
     Ok(Json(mark.through(result)?))
 }

@@ -52,7 +52,7 @@ pub async fn read(
     Ok(
         match state
             .service
-            .read_files(&p, &name, &query.path, tar)
+            .read_files(&p, &name, &query.path, tar, MAX_FILE_BYTES)
             .await?
         {
             Files::File(bytes) => {
@@ -82,7 +82,7 @@ pub async fn write(
     mark.through(
         state
             .service
-            .write_files(&p, &name, &query.path, body.to_vec(), tar)
+            .write_files_to_end(&p, &name, &query.path, body.to_vec(), tar)
             .await,
     )?;
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())

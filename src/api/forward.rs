@@ -3,6 +3,7 @@
 //! ends. `hive port-forward` opens one per local connection (as `kubectl port-forward`
 //! does over its own protocol). The service dials the agent; this only carries bytes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -48,33 +49,44 @@ pub async fn forward(
     })?;
     let place = state.streams.acquire(&p)?;
     let tcp = state.service.connect(&p, &name, query.port).await?;
+    // Frames of at most 1 MiB (a forwarded stream is cut into 16 KiB ones anyway).
+    let upgrade = upgrade.max_message_size(1 << 20).max_frame_size(1 << 20);
     Ok(upgrade.on_upgrade(move |socket| async move {
         let started = Instant::now();
-        let mut counts = (0, 0);
+        let counts = Counts::default();
         tokio::select! {
-            c = carry(socket, tcp) => counts = c,
+            () = carry(socket, tcp, &counts) => {}
             () = place.revoked() => {}
         }
         let forwarded = Forwarded {
-            bytes_in: counts.0,
-            bytes_out: counts.1,
+            bytes_in: counts.to_agent.load(Ordering::Relaxed),
+            bytes_out: counts.from_agent.load(Ordering::Relaxed),
             duration: started.elapsed(),
         };
         state.service.forwarded(&p, &name, query.port, forwarded);
     }))
 }
 
+/// Bytes carried each way, counted as they go (so a connection cut short by revocation
+/// is still audited with what went through).
+#[derive(Default)]
+struct Counts {
+    to_agent: AtomicU64,
+    from_agent: AtomicU64,
+}
+
 /// Carries bytes between the WebSocket and the TCP connection until both directions
-/// ended; answers the bytes each way (to the agent, from it).
-async fn carry(socket: WebSocket, tcp: TcpStream) -> (u64, u64) {
+/// ended.
+async fn carry(socket: WebSocket, tcp: TcpStream, counts: &Counts) {
     let (mut sink, mut frames) = socket.split();
     let (mut from_agent, mut to_agent) = tcp.into_split();
     let inbound = async {
-        let mut n = 0u64;
         while let Some(Ok(message)) = frames.next().await {
             match message {
                 Message::Binary(bytes) => {
-                    n += bytes.len() as u64;
+                    counts
+                        .to_agent
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     if to_agent.write_all(&bytes).await.is_err() {
                         break;
                     }
@@ -84,16 +96,14 @@ async fn carry(socket: WebSocket, tcp: TcpStream) -> (u64, u64) {
             }
         }
         let _ = to_agent.shutdown().await;
-        n
     };
     let outbound = async {
-        let mut n = 0u64;
         let mut buffer = vec![0u8; 16 * 1024];
         loop {
             match from_agent.read(&mut buffer).await {
                 Ok(0) | Err(_) => break,
                 Ok(read) => {
-                    n += read as u64;
+                    counts.from_agent.fetch_add(read as u64, Ordering::Relaxed);
                     let chunk = axum::body::Bytes::copy_from_slice(&buffer[..read]);
                     if sink.send(Message::Binary(chunk)).await.is_err() {
                         break;
@@ -102,7 +112,6 @@ async fn carry(socket: WebSocket, tcp: TcpStream) -> (u64, u64) {
             }
         }
         let _ = sink.send(Message::Close(None)).await;
-        n
     };
-    tokio::join!(inbound, outbound)
+    tokio::join!(inbound, outbound);
 }

@@ -395,12 +395,12 @@ impl HiveTools {
         tokio::select! {
             _ = ctx.ct.cancelled() => Err(gone()),
             () = place.revoked() => Ok(refusal(ApiError::Unauthorized(super::streams::REVOKED))),
-            r = self.state.service.exec(&p, &args.name, request) => Ok(result(r)),
+            r = self.state.service.exec_to_end(&p, &args.name, request) => Ok(result(r)),
         }
     }
 
     #[tool(
-        description = "Read a regular file of an agent as text (invalid UTF-8 replaced), at most maxBytes (default and at most 1 MiB)."
+        description = "Read a regular file of an agent as text (invalid UTF-8 replaced), its first maxBytes (default and at most 1 MiB); a file larger than 1 MiB is refused."
     )]
     async fn read_agent_file(
         &self,
@@ -408,11 +408,20 @@ impl HiveTools {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let p = caller(&ctx)?;
+        // A read holds a place among the key's open streams, as over HTTP.
+        let _place = match self.state.streams.acquire(&p) {
+            Ok(place) => place,
+            Err(e) => return Ok(refusal(e)),
+        };
         let max = args.max_bytes.unwrap_or(MAX_FILE_TEXT).min(MAX_FILE_TEXT);
-        let read = self
-            .state
-            .service
-            .read_files(&p, &args.name, &args.path, false);
+        // A file larger than 1 MiB (with its archive's headers) is refused, not read whole.
+        let read = self.state.service.read_files(
+            &p,
+            &args.name,
+            &args.path,
+            false,
+            MAX_FILE_TEXT + 64 * 1024,
+        );
         match read.await {
             Ok(crate::service::Files::File(bytes)) => {
                 Ok(CallToolResult::success(vec![ContentBlock::text(
@@ -436,10 +445,14 @@ impl HiveTools {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let p = caller(&ctx)?;
+        let _place = match self.state.streams.acquire(&p) {
+            Ok(place) => place,
+            Err(e) => return Ok(refusal(e)),
+        };
         let written = self
             .state
             .service
-            .write_files(&p, &args.name, &args.path, args.content.into_bytes(), false)
+            .write_files_to_end(&p, &args.name, &args.path, args.content.into_bytes(), false)
             .await;
         Ok(result(
             written.map(|()| serde_json::json!({"written": args.path})),

@@ -67,6 +67,16 @@ async fn download(client: &Client, name: &str, path: &str, local: &Path) -> Resu
             .map_err(|e| CliError::new(format!("the answer is not a tar: {e}")))?
         {
             let mut entry = entry.map_err(|e| CliError::new(format!("a bad tar entry: {e}")))?;
+            // Only files and directories: a link the agent made could point anywhere.
+            let kind = entry.header().entry_type();
+            if !(kind.is_file() || kind.is_dir()) {
+                let shown = entry
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                eprintln!("hive: skipping {shown} (not a regular file or directory)");
+                continue;
+            }
             entry
                 .unpack_in(local)
                 .map_err(|e| CliError::new(format!("unpacking into {}: {e}", local.display())))?;
@@ -78,6 +88,13 @@ async fn download(client: &Client, name: &str, path: &str, local: &Path) -> Resu
     } else {
         local.to_path_buf()
     };
+    // Never write through a link: it may lead anywhere.
+    if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(CliError::new(format!(
+            "{} is a symbolic link; not writing through it",
+            target.display()
+        )));
+    }
     std::fs::write(&target, &bytes).map_err(|e| CliError::new(format!("{}: {e}", target.display())))
 }
 

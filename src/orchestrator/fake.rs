@@ -428,11 +428,7 @@ impl Orchestrator for FakeOrchestrator {
         let state = self.state.lock().unwrap();
         match state.workloads.get(id) {
             Some(w) if w.state == RunState::Running => {}
-            Some(_) => {
-                return Err(OrchestratorError::Refused(
-                    "the agent's container is not running".into(),
-                ))
-            }
+            Some(_) => return Err(OrchestratorError::NotRunning),
             None => return Err(OrchestratorError::NotFound(id.to_string())),
         }
         let mut out = super::ExecOutput {

@@ -491,6 +491,9 @@ pub enum OrchestratorError {
     /// The engine refused the request.
     #[error("container engine refused: {0}")]
     Refused(String),
+    /// The workload is not running (stopped, exited or paused).
+    #[error("the agent's container is not running")]
+    NotRunning,
     /// A path in a workload that is not there.
     #[error("{0}: no such file or directory in the agent")]
     NoSuchPath(String),
@@ -527,6 +530,7 @@ impl OrchestratorError {
             OrchestratorError::LeaseConflict(_) => "lease_conflict",
             OrchestratorError::Unsupported(_) => "unsupported",
             OrchestratorError::NoSuchPath(_) => "no_such_path",
+            OrchestratorError::NotRunning => "not_running",
             OrchestratorError::TooLarge { .. } => "too_large",
         }
     }

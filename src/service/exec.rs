@@ -4,6 +4,7 @@
 //! never. Every exec is audited with its command, exit code, bytes in and out and
 //! duration, never its input or output.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Service, ServiceError};
@@ -55,6 +56,21 @@ impl Service {
             }
         }
         Ok(record)
+    }
+
+    /// [`Service::exec`] in a task of its own, so that a command that started is waited
+    /// for and audited to its end even when the caller goes away (a dropped connection,
+    /// a revoked key).
+    pub async fn exec_to_end(
+        self: &Arc<Self>,
+        who: &Principal,
+        name: &str,
+        request: ExecRequest,
+    ) -> Result<ExecResult, ServiceError> {
+        let (service, who, name) = (Arc::clone(self), who.clone(), name.to_string());
+        tokio::spawn(async move { service.exec(&who, &name, request).await })
+            .await
+            .unwrap_or_else(|e| Err(ServiceError::Internal(format!("the exec failed: {e}"))))
     }
 
     /// Runs `request` in the agent `name`'s running container, as the caller may.
@@ -111,7 +127,11 @@ impl Service {
             .exec(id, uid, &spec)
             .await
             .map_err(|e| match e {
-                OrchestratorError::NotFound(_) | OrchestratorError::Refused(_) => not_running(),
+                OrchestratorError::NotFound(_) | OrchestratorError::NotRunning => not_running(),
+                OrchestratorError::Refused(m) => ServiceError::Conflict {
+                    code: "engine_refused",
+                    message: format!("the engine refused the command: {m}"),
+                },
                 OrchestratorError::Unsupported(m) => ServiceError::NotImplemented(m),
                 other => ServiceError::Unavailable(other.to_string()),
             })?;

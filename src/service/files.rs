@@ -28,15 +28,19 @@ pub enum Files {
 }
 
 impl Service {
-    /// The file or directory at `path` in the agent `name` (`tar`: always as a tar).
+    /// The file or directory at `path` in the agent `name` (`tar`: always as a tar), at
+    /// most `max` bytes of archive (at most [`MAX_FILE_BYTES`]).
     pub async fn read_files(
         &self,
         who: &Principal,
         name: &str,
         path: &str,
         tar: bool,
+        max: usize,
     ) -> Result<Files, ServiceError> {
-        let result = self.read_checked(who, name, path, tar).await;
+        let result = self
+            .read_checked(who, name, path, tar, max.min(MAX_FILE_BYTES))
+            .await;
         let detail = match &result {
             Ok(Files::File(b) | Files::Tar(b)) => {
                 format!("path {}, {} B out", clip(path, 256), b.len())
@@ -45,6 +49,23 @@ impl Service {
         };
         self.audit_detailed(who, "files.read", name, &result, 200, Some(detail));
         result
+    }
+
+    /// [`Service::write_files`] in a task of its own, so that a write that started is
+    /// carried out and audited to its end even when the caller goes away.
+    pub async fn write_files_to_end(
+        self: &std::sync::Arc<Self>,
+        who: &Principal,
+        name: &str,
+        path: &str,
+        body: Vec<u8>,
+        tar: bool,
+    ) -> Result<(), ServiceError> {
+        let service = std::sync::Arc::clone(self);
+        let (who, name, path) = (who.clone(), name.to_string(), path.to_string());
+        tokio::spawn(async move { service.write_files(&who, &name, &path, body, tar).await })
+            .await
+            .unwrap_or_else(|e| Err(ServiceError::Internal(format!("the write failed: {e}"))))
     }
 
     /// Writes `body` at `path` in the agent `name`: one file, or with `tar` the archive's
@@ -74,13 +95,14 @@ impl Service {
         name: &str,
         path: &str,
         tar: bool,
+        max: usize,
     ) -> Result<Files, ServiceError> {
         check_path(path)?;
         let record = self.reachable(who, name, "read files of")?;
         let (id, uid) = container_of(&record, name)?;
         let archive = self
             .orchestrator
-            .read_archive(&id, uid, path, MAX_FILE_BYTES)
+            .read_archive(&id, uid, path, max)
             .await
             .map_err(files_error)?;
         if tar {
@@ -133,8 +155,7 @@ impl Service {
         }
         let record = self.reachable(who, name, "write files of")?;
         let (dir, archive) = if tar {
-            screen_tar(&body)?;
-            (path.to_string(), body)
+            (path.to_string(), rebuild_tar(&body)?)
         } else {
             let p = Path::new(path);
             let (Some(dir), Some(file)) = (p.parent(), p.file_name()) else {
@@ -185,6 +206,11 @@ fn files_error(e: OrchestratorError) -> ServiceError {
             code: "no_container",
             message: "the agent's container is gone; it is being replaced".into(),
         },
+        OrchestratorError::NotRunning => ServiceError::Conflict {
+            code: "not_running",
+            message: "the agent's container is paused: its files are read and written once it runs"
+                .into(),
+        },
         OrchestratorError::Unsupported(m) => ServiceError::NotImplemented(m),
         OrchestratorError::Refused(m) => {
             ServiceError::BadRequest(format!("the engine refused: {m}"))
@@ -223,14 +249,45 @@ fn one_file_tar(name: &str, bytes: &[u8]) -> Result<Vec<u8>, ServiceError> {
             .map_or(0, |d| d.as_secs()),
     );
     header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, name, bytes)
+    append(&mut tar, header, name.as_bytes(), bytes, true)
         .and_then(|()| tar.into_inner())
         .map_err(|e| ServiceError::BadRequest(format!("path: cannot be written: {e}")))
 }
 
-/// Refuses a tar with anything but regular files and directories, relative and without
-/// `..`, naming the first entry at fault.
-fn screen_tar(body: &[u8]) -> Result<(), ServiceError> {
+/// Appends an entry named `name` (raw bytes). With `long`, or when the name does not fit
+/// the header, the name goes first in a GNU long-name record, so that the stream opens
+/// with `././@LongLink`: never the magic number of a compressed stream, which the engine
+/// would otherwise unpack instead of the tar.
+fn append(
+    out: &mut tar::Builder<Vec<u8>>,
+    mut header: tar::Header,
+    name: &[u8],
+    data: impl Read,
+    long: bool,
+) -> std::io::Result<()> {
+    if long || name.len() > 99 {
+        let mut record = tar::Header::new_gnu();
+        record.set_entry_type(tar::EntryType::GNULongName);
+        record.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        record.set_mode(0o644);
+        record.set_size(name.len() as u64 + 1);
+        record.set_cksum();
+        let mut bytes = name.to_vec();
+        bytes.push(0);
+        out.append(&record, bytes.as_slice())?;
+    }
+    let short = &name[..name.len().min(99)];
+    header.as_old_mut().name[..short.len()].copy_from_slice(short);
+    header.set_cksum();
+    out.append(&header, data)
+}
+
+/// The tar that is written: rebuilt from scratch out of the client's, keeping only regular
+/// files and directories with relative names, no `..` and no NUL, their contents and
+/// permission bits (`& 0o777`). The client's bytes never reach the engine, so nothing the
+/// engine would read differently (a compressed stream behind a tar header, a name cut at
+/// a NUL, entries after an end of archive) gets through. The first entry at fault is named.
+fn rebuild_tar(body: &[u8]) -> Result<Vec<u8>, ServiceError> {
     let bad = |i: usize, what: &str, m: String| {
         ServiceError::BadRequest(format!("tar entry {i} ({}): {m}", clip(what, 128)))
     };
@@ -238,28 +295,54 @@ fn screen_tar(body: &[u8]) -> Result<(), ServiceError> {
     let entries = archive
         .entries()
         .map_err(|e| ServiceError::BadRequest(format!("the body is not a tar: {e}")))?;
+    let mut out = tar::Builder::new(Vec::new());
     let mut n = 0;
     for (i, entry) in entries.enumerate() {
-        let entry = entry.map_err(|e| ServiceError::BadRequest(format!("tar entry {i}: {e}")))?;
+        let mut entry =
+            entry.map_err(|e| ServiceError::BadRequest(format!("tar entry {i}: {e}")))?;
         n = i + 1;
         if n > MAX_ENTRIES {
             return Err(ServiceError::BadRequest(format!(
                 "the tar holds more than {MAX_ENTRIES} entries"
             )));
         }
+        let raw = entry.path_bytes().into_owned();
         let path = entry
             .path()
             .map_err(|e| bad(i, "?", e.to_string()))?
             .into_owned();
         let shown = path.display().to_string();
-        if path
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        if raw.contains(&0)
+            || path
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
         {
-            return Err(bad(i, &shown, "must be a relative path without ..".into()));
+            return Err(bad(
+                i,
+                &shown,
+                "must be a relative path without .. or NUL".into(),
+            ));
         }
-        match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {}
+        let kind = entry.header().entry_type();
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(mode);
+        header.set_mtime(entry.header().mtime().unwrap_or(0));
+        let written = match kind {
+            tar::EntryType::Regular => {
+                let mut data = Vec::new();
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|e| bad(i, &shown, e.to_string()))?;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(data.len() as u64);
+                append(&mut out, header, &raw, data.as_slice(), i == 0)
+            }
+            tar::EntryType::Directory => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                append(&mut out, header, &raw, std::io::empty(), i == 0)
+            }
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 return Err(bad(
                     i,
@@ -274,12 +357,14 @@ fn screen_tar(body: &[u8]) -> Result<(), ServiceError> {
                     format!("entries of type {other:?} are not written"),
                 ))
             }
-        }
+        };
+        written.map_err(|e| bad(i, &shown, e.to_string()))?;
     }
     if n == 0 {
         return Err(ServiceError::BadRequest("the tar is empty".into()));
     }
-    Ok(())
+    out.into_inner()
+        .map_err(|e| ServiceError::Internal(format!("rebuilding the tar: {e}")))
 }
 
 #[cfg(test)]
@@ -312,7 +397,7 @@ mod tests {
             ("d/f.txt", tar::EntryType::Regular, ""),
             ("./g", tar::EntryType::Regular, ""),
         ]);
-        screen_tar(&ok).unwrap();
+        rebuild_tar(&ok).unwrap();
         for (entries, at) in [
             (vec![("../x", tar::EntryType::Regular, "")], "tar entry 0"),
             (
@@ -330,11 +415,56 @@ mod tests {
             (vec![("h", tar::EntryType::Link, "x")], "tar entry 0"),
             (vec![("p", tar::EntryType::Fifo, "")], "tar entry 0"),
         ] {
-            let e = screen_tar(&tar_of(&entries)).unwrap_err().to_string();
+            let e = rebuild_tar(&tar_of(&entries)).unwrap_err().to_string();
             assert!(e.starts_with(at), "{entries:?}: {e}");
         }
-        assert!(screen_tar(b"not a tar at all, surely").is_err());
-        assert!(screen_tar(&[]).is_err());
+        assert!(rebuild_tar(b"not a tar at all, surely").is_err());
+        // A GNU long name holding a NUL (another reader would cut it at `..`).
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut long = tar::Header::new_gnu();
+        long.set_entry_type(tar::EntryType::GNULongName);
+        long.set_size(6);
+        long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_cksum();
+        tar.append(&long, &b"..\0x/y"[..6]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append(&h, &b"z"[..]).unwrap();
+        let e = rebuild_tar(&tar.into_inner().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tar entry 0"), "{e}");
+    }
+
+    #[test]
+    fn what_is_written_is_a_plain_tar_rebuilt_from_the_screened_entries() {
+        // A name that starts with gzip's magic: the engine would read a compressed stream.
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o4755);
+        h.as_old_mut().name[..4].copy_from_slice(&[0x1f, 0x8b, 0x08, 0x04]);
+        h.set_cksum();
+        tar.append(&h, &b"hello"[..]).unwrap();
+        let mut body = tar.into_inner().unwrap();
+        // Anything after the end of the archive is dropped, not forwarded.
+        body.extend_from_slice(&[0xAB; 1024]);
+        let rebuilt = rebuild_tar(&body).unwrap();
+        assert_ne!(
+            &rebuilt[..2],
+            &[0x1f, 0x8b],
+            "written by Hive, not the client"
+        );
+        assert!(!rebuilt.windows(8).any(|w| w == [0xAB; 8]));
+        let mut a = tar::Archive::new(rebuilt.as_slice());
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(e.header().mode().unwrap(), 0o755, "no setuid bit");
+        let mut text = String::new();
+        e.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hello");
+        assert!(rebuild_tar(&[]).is_err());
     }
 
     #[test]

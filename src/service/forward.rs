@@ -34,16 +34,10 @@ impl Service {
         port: u16,
     ) -> Result<TcpStream, ServiceError> {
         let result = self.connect_checked(who, name, port).await;
-        if result.is_err() {
-            self.audit_detailed(
-                who,
-                "portforward",
-                name,
-                &result,
-                200,
-                Some(format!("port {port}")),
-            );
-        }
+        // Audited when it opens (and again when it ends, with what went through), so a
+        // connection is on record even if Hive stops before it ends.
+        let detail = format!("port {port}, opened");
+        self.audit_detailed(who, "portforward", name, &result, 101, Some(detail));
         result
     }
 
@@ -94,7 +88,11 @@ impl Service {
             .address(id, uid)
             .await
             .map_err(|e| match e {
-                OrchestratorError::NotFound(_) | OrchestratorError::Refused(_) => not_running(),
+                OrchestratorError::NotFound(_) | OrchestratorError::NotRunning => not_running(),
+                OrchestratorError::Refused(m) => ServiceError::Conflict {
+                    code: "engine_refused",
+                    message: m,
+                },
                 OrchestratorError::Unsupported(m) => ServiceError::NotImplemented(m),
                 other => ServiceError::Unavailable(other.to_string()),
             })?;

@@ -103,6 +103,22 @@ async fn a_command_runs_in_a_running_agent_and_answers_its_output_and_exit_code(
         ),
         (json!(true), Value::Null, json!("started\n"))
     );
+    // Much output before the input is read: input and output flow together, no deadlock.
+    let (_, r) = exec(
+        &hive,
+        &sol,
+        "box",
+        json!({"command": ["sh", "-c", "i=0; while [ $i -lt 5000 ]; do echo 0123456789012345678901234567890123456789012345678901234567890123456789012345678; i=$((i+1)); done; cat >/dev/null; echo done"],
+               "stdin": "y".repeat(400 * 1024), "timeout": "30s"}),
+    )
+    .await;
+    assert_eq!(
+        (r["timedOut"].clone(), r["exitCode"].clone()),
+        (json!(false), json!(0)),
+        "{}",
+        r["stderr"]
+    );
+    assert!(r["stdout"].as_str().unwrap().ends_with("done\n"));
     // A program that is not there is the engine's non-zero exit, not a Hive error.
     let (status, r) = exec(&hive, &sol, "box", json!({"command": ["no-such-program"]})).await;
     assert_eq!(status, 200, "{r}");

@@ -46,9 +46,7 @@ impl DockerOrchestrator {
         }
         let state = detail.state.clone().unwrap_or_default();
         if running && state.running != Some(true) || state.paused == Some(true) {
-            return Err(OrchestratorError::Refused(
-                "the agent's container is not running".into(),
-            ));
+            return Err(OrchestratorError::NotRunning);
         }
         Ok(detail)
     }
@@ -129,13 +127,16 @@ impl DockerOrchestrator {
         };
         let mut out = ExecOutput::default();
         let max = spec.max_output;
-        let run = async {
-            // Input first (bounded by the caller), then end it, so a command reading
-            // its input to the end (cat, sh) goes on.
+        // Input is written while output is read, so a command that prints much before it
+        // has read all its input never waits on Hive (nor Hive on it); then input ends, so
+        // a command reading to the end (cat, sh) goes on.
+        let feed = async {
             if let Some(stdin) = &spec.stdin {
                 input.write_all(stdin).await.ok();
             }
             input.shutdown().await.ok();
+        };
+        let drain = async {
             while let Some(chunk) = output.next().await {
                 match chunk.map_err(map_err)? {
                     LogOutput::StdErr { message } => out.keep(true, &message, max),
@@ -147,6 +148,7 @@ impl DockerOrchestrator {
             }
             Ok::<(), OrchestratorError>(())
         };
+        let run = async { tokio::join!(feed, drain).1 };
         match tokio::time::timeout(spec.timeout, run).await {
             Ok(result) => result?,
             Err(_) => {
@@ -184,7 +186,7 @@ impl DockerOrchestrator {
                 let chunk = chunk?;
                 if tar.len() + chunk.len() > max {
                     return Ok(Err(OrchestratorError::TooLarge {
-                        what: path.to_string(),
+                        what: crate::agent::clip(path, 256),
                         max,
                     }));
                 }
@@ -196,7 +198,7 @@ impl DockerOrchestrator {
             Ok(Ok(tar)) => Ok(tar),
             Ok(Err(too_large)) => Err(too_large),
             Err(e) if status_of(&e) == Some(404) => {
-                Err(OrchestratorError::NoSuchPath(path.to_string()))
+                Err(OrchestratorError::NoSuchPath(crate::agent::clip(path, 256)))
             }
             Err(e) => Err(map_err(e)),
         }
@@ -222,7 +224,7 @@ impl DockerOrchestrator {
         match self.call("write files", Duration::ZERO, write).await? {
             Ok(()) => Ok(()),
             Err(e) if status_of(&e) == Some(404) => {
-                Err(OrchestratorError::NoSuchPath(dir.to_string()))
+                Err(OrchestratorError::NoSuchPath(crate::agent::clip(dir, 256)))
             }
             Err(e) => Err(map_err(e)),
         }
