@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::inside::{inside_error, running_container};
 use super::{Service, ServiceError};
-use crate::access::{Principal, Role};
-use crate::agent::{clip, validate_env_name, Phase, SpecDuration};
-use crate::orchestrator::{ExecSpec, OrchestratorError};
-use crate::store::Record;
+use crate::access::Principal;
+use crate::agent::{clip, validate_env_name, SpecDuration};
+use crate::orchestrator::ExecSpec;
 use crate::wire::{ExecRequest, ExecResult};
 
 /// The most bytes kept of each of stdout and stderr.
@@ -29,35 +29,6 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Service {
-    /// The agent `name` if the caller may reach inside it (`verb`: what for, in the
-    /// refusal): admins any agent; operators their owner's, unless the policy's `exec`
-    /// rule says no; viewers none.
-    pub(super) fn reachable(
-        &self,
-        who: &Principal,
-        name: &str,
-        verb: &str,
-    ) -> Result<Record, ServiceError> {
-        let record = self.visible(who, name)?;
-        let owner = record.agent.metadata.owner.clone().unwrap_or_default();
-        match who.role {
-            Role::Admin => {}
-            Role::Operator => self.policy.may_exec(&owner).map_err(|rule| {
-                ServiceError::Forbidden(format!(
-                    "the policy does not let operators {verb} {owner:?}'s agents (policy rule {rule})"
-                ))
-            })?,
-            Role::Viewer | Role::System => {
-                return Err(ServiceError::Forbidden(format!(
-                    "key {:?} has role {}, which may not {verb} agents",
-                    who.key_id,
-                    who.role.name()
-                )))
-            }
-        }
-        Ok(record)
-    }
-
     /// [`Service::exec`] in a task of its own, so that a command that started is waited
     /// for and audited to its end even when the caller goes away (a dropped connection,
     /// a revoked key).
@@ -106,35 +77,12 @@ impl Service {
     ) -> Result<ExecResult, ServiceError> {
         let record = self.reachable(who, name, "run commands in")?;
         let spec = exec_spec(request)?;
-        let not_running = || {
-            ServiceError::Conflict {
-            code: "not_running",
-            message: format!(
-                "agent {name:?} is not running (phase {}): commands run only in a running agent; start it first",
-                record.agent.status.phase
-            ),
-        }
-        };
-        let (Phase::Running, Some(id), Some(uid)) = (
-            record.agent.status.phase,
-            record.agent.status.container_id.as_deref(),
-            record.agent.metadata.uid,
-        ) else {
-            return Err(not_running());
-        };
+        let (id, uid) = running_container(&record, name)?;
         let out = self
             .orchestrator
-            .exec(id, uid, &spec)
+            .exec(&id, uid, &spec)
             .await
-            .map_err(|e| match e {
-                OrchestratorError::NotFound(_) | OrchestratorError::NotRunning => not_running(),
-                OrchestratorError::Refused(m) => ServiceError::Conflict {
-                    code: "engine_refused",
-                    message: format!("the engine refused the command: {m}"),
-                },
-                OrchestratorError::Unsupported(m) => ServiceError::NotImplemented(m),
-                other => ServiceError::Unavailable(other.to_string()),
-            })?;
+            .map_err(|e| inside_error(name, e))?;
         Ok(ExecResult {
             exit_code: out.exit_code,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -8,10 +8,10 @@
 use std::io::Read;
 use std::path::{Component, Path};
 
+use super::inside::{container, inside_error};
 use super::{Service, ServiceError};
 use crate::access::Principal;
 use crate::agent::clip;
-use crate::orchestrator::OrchestratorError;
 
 /// The most bytes one read or write moves (a tar's headers included).
 pub const MAX_FILE_BYTES: usize = 16 * 1024 * 1024;
@@ -99,12 +99,12 @@ impl Service {
     ) -> Result<Files, ServiceError> {
         check_path(path)?;
         let record = self.reachable(who, name, "read files of")?;
-        let (id, uid) = container_of(&record, name)?;
+        let (id, uid) = container(&record, name)?;
         let archive = self
             .orchestrator
             .read_archive(&id, uid, path, max)
             .await
-            .map_err(files_error)?;
+            .map_err(|e| inside_error(name, e))?;
         if tar {
             return Ok(Files::Tar(archive));
         }
@@ -173,49 +173,11 @@ impl Service {
                 one_file_tar(&file.to_string_lossy(), &body)?,
             )
         };
-        let (id, uid) = container_of(&record, name)?;
+        let (id, uid) = container(&record, name)?;
         self.orchestrator
             .write_archive(&id, uid, &dir, archive)
             .await
-            .map_err(files_error)
-    }
-}
-
-/// The agent's container and uid, or why it has none.
-fn container_of(
-    record: &crate::store::Record,
-    name: &str,
-) -> Result<(String, uuid::Uuid), ServiceError> {
-    match (&record.agent.status.container_id, record.agent.metadata.uid) {
-        (Some(id), Some(uid)) => Ok((id.clone(), uid)),
-        _ => Err(ServiceError::Conflict {
-            code: "no_container",
-            message: format!(
-                "agent {name:?} has no container (phase {}): start it first",
-                record.agent.status.phase
-            ),
-        }),
-    }
-}
-
-fn files_error(e: OrchestratorError) -> ServiceError {
-    match e {
-        OrchestratorError::NoSuchPath(_) => ServiceError::NotFound(e.to_string()),
-        OrchestratorError::TooLarge { .. } => ServiceError::TooLarge(e.to_string()),
-        OrchestratorError::NotFound(_) => ServiceError::Conflict {
-            code: "no_container",
-            message: "the agent's container is gone; it is being replaced".into(),
-        },
-        OrchestratorError::NotRunning => ServiceError::Conflict {
-            code: "not_running",
-            message: "the agent's container is paused: its files are read and written once it runs"
-                .into(),
-        },
-        OrchestratorError::Unsupported(m) => ServiceError::NotImplemented(m),
-        OrchestratorError::Refused(m) => {
-            ServiceError::BadRequest(format!("the engine refused: {m}"))
-        }
-        other => ServiceError::Unavailable(other.to_string()),
+            .map_err(|e| inside_error(name, e))
     }
 }
 

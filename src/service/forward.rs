@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::inside::{inside_error, running_container};
 use super::{Service, ServiceError};
 use crate::access::Principal;
-use crate::agent::Phase;
-use crate::orchestrator::OrchestratorError;
 
 /// How long dialling the agent's port may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,33 +68,12 @@ impl Service {
             return Err(ServiceError::BadRequest("port: must be 1 to 65535".into()));
         }
         let record = self.reachable(who, name, "forward ports of")?;
-        let not_running = || ServiceError::Conflict {
-            code: "not_running",
-            message: format!(
-                "agent {name:?} is not running (phase {}): start it first",
-                record.agent.status.phase
-            ),
-        };
-        let (Phase::Running, Some(id), Some(uid)) = (
-            record.agent.status.phase,
-            record.agent.status.container_id.as_deref(),
-            record.agent.metadata.uid,
-        ) else {
-            return Err(not_running());
-        };
+        let (id, uid) = running_container(&record, name)?;
         let ip = self
             .orchestrator
-            .address(id, uid)
+            .address(&id, uid)
             .await
-            .map_err(|e| match e {
-                OrchestratorError::NotFound(_) | OrchestratorError::NotRunning => not_running(),
-                OrchestratorError::Refused(m) => ServiceError::Conflict {
-                    code: "engine_refused",
-                    message: m,
-                },
-                OrchestratorError::Unsupported(m) => ServiceError::NotImplemented(m),
-                other => ServiceError::Unavailable(other.to_string()),
-            })?;
+            .map_err(|e| inside_error(name, e))?;
         let closed = |why: String| ServiceError::Conflict {
             code: "port_closed",
             message: format!("nothing answers on port {port} of agent {name:?} ({why})"),

@@ -29,6 +29,7 @@ mod engine;
 mod exec;
 mod files;
 mod forward;
+mod inside;
 mod secrets;
 
 pub use crate::wire::{ApplyResult, Outcome};

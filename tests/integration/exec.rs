@@ -11,6 +11,29 @@ use serde_json::{json, Value};
 
 use crate::harness::{agent_yaml, new_key, put_as, with_key, write_keys, Hive};
 
+/// A Hive with keys for two operators (owners sol and bob) and sol's viewer.
+struct Keyed {
+    hive: Hive,
+    sol: String,
+    bob: String,
+    view: String,
+}
+
+async fn keyed(dir: &std::path::Path) -> Keyed {
+    let keys = dir.join("keys.yaml");
+    let (sol, sol_entry) = new_key("sol", "operator", "sol-1");
+    let (bob, bob_entry) = new_key("bob", "operator", "bob-1");
+    let (view, view_entry) = new_key("sol", "viewer", "sol-view");
+    write_keys(&keys, &[&sol_entry, &bob_entry, &view_entry]);
+    let hive = Hive::start_args(&["--keys-file".into(), keys.display().to_string()]).await;
+    Keyed {
+        hive,
+        sol,
+        bob,
+        view,
+    }
+}
+
 async fn exec(hive: &Hive, key: &str, name: &str, body: Value) -> (u16, Value) {
     let r = with_key(hive, key, Method::POST, &format!("/v1/agents/{name}/exec"))
         .json(&body)
@@ -24,12 +47,12 @@ async fn exec(hive: &Hive, key: &str, name: &str, body: Value) -> (u16, Value) {
 #[tokio::test]
 async fn a_command_runs_in_a_running_agent_and_answers_its_output_and_exit_code() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.yaml");
-    let (sol, sol_entry) = new_key("sol", "operator", "sol-1");
-    let (bob, bob_entry) = new_key("bob", "operator", "bob-1");
-    let (view, view_entry) = new_key("sol", "viewer", "sol-view");
-    write_keys(&keys, &[&sol_entry, &bob_entry, &view_entry]);
-    let hive = Hive::start_args(&["--keys-file".into(), keys.display().to_string()]).await;
+    let Keyed {
+        hive,
+        sol,
+        bob,
+        view,
+    } = keyed(dir.path()).await;
     assert_eq!(
         put_as(&hive, &sol, "box", &agent_yaml("box", ""))
             .await
@@ -335,12 +358,12 @@ fn tar_entries(bytes: &[u8]) -> Vec<(String, String)> {
 #[tokio::test]
 async fn files_move_both_ways_and_a_tar_cannot_reach_outside_its_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.yaml");
-    let (sol, sol_entry) = new_key("sol", "operator", "sol-1");
-    let (bob, bob_entry) = new_key("bob", "operator", "bob-1");
-    let (view, view_entry) = new_key("sol", "viewer", "sol-view");
-    write_keys(&keys, &[&sol_entry, &bob_entry, &view_entry]);
-    let hive = Hive::start_args(&["--keys-file".into(), keys.display().to_string()]).await;
+    let Keyed {
+        hive,
+        sol,
+        bob,
+        view,
+    } = keyed(dir.path()).await;
     let yaml = agent_yaml("files", "  volumes:\n  - {name: data, mountPath: /data}\n");
     assert_eq!(put_as(&hive, &sol, "files", &yaml).await.status(), 201);
     hive.wait_phase("files", "Running").await;
@@ -551,12 +574,12 @@ async fn files_move_both_ways_and_a_tar_cannot_reach_outside_its_directory() {
 #[tokio::test]
 async fn a_port_of_an_agent_is_reached_through_hive_with_hive_port_forward() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.yaml");
-    let (sol, sol_entry) = new_key("sol", "operator", "sol-1");
-    let (bob, bob_entry) = new_key("bob", "operator", "bob-1");
-    let (view, view_entry) = new_key("sol", "viewer", "sol-view");
-    write_keys(&keys, &[&sol_entry, &bob_entry, &view_entry]);
-    let hive = Hive::start_args(&["--keys-file".into(), keys.display().to_string()]).await;
+    let Keyed {
+        hive,
+        sol,
+        bob,
+        view,
+    } = keyed(dir.path()).await;
     // An agent serving its own root over HTTP on port 8080.
     let yaml = agent_yaml("web", "").replace(
         "[\"/bin/sleep\", \"3600\"]",
