@@ -15,8 +15,8 @@ use super::error::ApiError;
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The largest body the API reads.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// A body declared larger than [`MAX_BODY_BYTES`] but at most this is read and dropped
-/// before the 413; a larger one is refused at once and the connection closed.
+/// A body declared larger than its bound, but by at most this, is read and dropped before
+/// the 413; a larger one is refused at once and the connection closed.
 const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 /// Query parameters, with bad ones answered in the API's error shape.
@@ -84,7 +84,7 @@ pub async fn read_limited(req: Request, max: usize) -> Result<axum::body::Bytes,
         if len > max {
             // Read (and drop) a moderately large body before answering, so that a client
             // still sending it gets the 413 rather than a broken connection.
-            if len <= DRAIN_MAX_BYTES {
+            if len <= max.saturating_add(DRAIN_MAX_BYTES) {
                 let mut body = req.into_body().into_data_stream();
                 let drain = async {
                     while let Some(Ok(_)) = futures_util::StreamExt::next(&mut body).await {}

@@ -10,6 +10,27 @@ use reqwest::Method;
 
 use super::{CliError, Client};
 
+/// The most one copy into an agent sends (the server's own bound).
+const MAX_UPLOAD: u64 = 16 * 1024 * 1024;
+/// The deepest directory a copy into an agent packs.
+const MAX_DEPTH: usize = 64;
+
+fn too_large(p: &Path) -> CliError {
+    CliError::new(format!(
+        "{}: more than {MAX_UPLOAD} bytes, the most Hive takes at once",
+        p.display()
+    ))
+}
+
+/// Runs filesystem work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CliError> + Send + 'static,
+) -> Result<T, CliError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CliError::new(format!("copying failed: {e}")))?
+}
+
 /// Where a `cp` argument points.
 enum End {
     Agent { name: String, path: String },
@@ -57,11 +78,18 @@ async fn download(client: &Client, name: &str, path: &str, local: &Path) -> Resu
         .bytes()
         .await
         .map_err(|e| CliError::new(format!("reading the answer: {e}")))?;
+    let (local, path) = (local.to_path_buf(), path.to_string());
+    blocking(move || write_local(&bytes, tar, &local, &path)).await
+}
+
+/// Writes what was read from the agent under `local` (on a blocking thread: it is all
+/// filesystem work).
+fn write_local(bytes: &[u8], tar: bool, local: &Path, path: &str) -> Result<(), CliError> {
     if tar {
         std::fs::create_dir_all(local)
             .map_err(|e| CliError::new(format!("{}: {e}", local.display())))?;
         // `unpack_in` refuses entries that would land outside `local`.
-        let mut archive = tar::Archive::new(bytes.as_ref());
+        let mut archive = tar::Archive::new(bytes);
         for entry in archive
             .entries()
             .map_err(|e| CliError::new(format!("the answer is not a tar: {e}")))?
@@ -95,10 +123,69 @@ async fn download(client: &Client, name: &str, path: &str, local: &Path) -> Resu
             target.display()
         )));
     }
-    std::fs::write(&target, &bytes).map_err(|e| CliError::new(format!("{}: {e}", target.display())))
+    std::fs::write(&target, bytes).map_err(|e| CliError::new(format!("{}: {e}", target.display())))
 }
 
 async fn upload(client: &Client, local: &Path, name: &str, path: &str) -> Result<(), CliError> {
+    let (local, path) = (local.to_path_buf(), path.to_string());
+    let (body, content_type, target) = blocking(move || read_local(&local, &path)).await?;
+    let req = client
+        .agent_request(Method::PUT, name, &["files"])
+        .query(&[("path", target.as_str())])
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .body(body);
+    client.send(req).await?;
+    Ok(())
+}
+
+/// Adds `dir` to `tar` as `at`, with its regular files and directories (links and other
+/// kinds are skipped with a warning: the server would refuse them), counting the bytes
+/// into `size` and stopping past [`MAX_UPLOAD`] or [`MAX_DEPTH`].
+fn pack(
+    tar: &mut tar::Builder<Vec<u8>>,
+    dir: &Path,
+    at: &Path,
+    size: &mut u64,
+) -> Result<(), CliError> {
+    let fail = |p: &Path, e: std::io::Error| CliError::new(format!("{}: {e}", p.display()));
+    if at.components().count() > MAX_DEPTH {
+        return Err(CliError::new(format!(
+            "{}: more than {MAX_DEPTH} directories deep",
+            dir.display()
+        )));
+    }
+    tar.append_dir(at, dir).map_err(|e| fail(dir, e))?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| fail(dir, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let kind = e.file_type().map_err(|err| fail(&path, err))?;
+        let inside = at.join(e.file_name());
+        if kind.is_dir() {
+            pack(tar, &path, &inside, size)?;
+        } else if kind.is_file() {
+            *size += e.metadata().map_err(|err| fail(&path, err))?.len() + 512;
+            if *size > MAX_UPLOAD {
+                return Err(too_large(dir));
+            }
+            tar.append_path_with_name(&path, &inside)
+                .map_err(|err| fail(&path, err))?;
+        } else {
+            eprintln!(
+                "hive: skipping {} (not a regular file or directory)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What to send for `local`: a file's bytes, or a tar of a directory, with its media type
+/// and the agent's path to write; at most [`MAX_UPLOAD`] bytes, read on a blocking thread.
+fn read_local(local: &Path, path: &str) -> Result<(Vec<u8>, &'static str, String), CliError> {
     let meta =
         std::fs::metadata(local).map_err(|e| CliError::new(format!("{}: {e}", local.display())))?;
     let (body, content_type, target) = if meta.is_dir() {
@@ -111,12 +198,20 @@ async fn upload(client: &Client, local: &Path, name: &str, path: &str) -> Result
             })?;
         let mut tar = tar::Builder::new(Vec::new());
         tar.follow_symlinks(false);
-        pack(&mut tar, local, Path::new(&base))?;
+        pack(&mut tar, local, Path::new(&base), &mut 0)?;
         let bytes = tar
             .into_inner()
             .map_err(|e| CliError::new(format!("packing {}: {e}", local.display())))?;
         (bytes, "application/x-tar", path.to_string())
+    } else if !meta.is_file() {
+        return Err(CliError::new(format!(
+            "{}: neither a regular file nor a directory",
+            local.display()
+        )));
     } else {
+        if meta.len() > MAX_UPLOAD {
+            return Err(too_large(local));
+        }
         let bytes =
             std::fs::read(local).map_err(|e| CliError::new(format!("{}: {e}", local.display())))?;
         // `NAME:/dir/` writes the file into that directory under its own name.
@@ -130,40 +225,5 @@ async fn upload(client: &Client, local: &Path, name: &str, path: &str) -> Result
         };
         (bytes, "application/octet-stream", target)
     };
-    let req = client
-        .agent_request(Method::PUT, name, &["files"])
-        .query(&[("path", target.as_str())])
-        .header(reqwest::header::CONTENT_TYPE, content_type)
-        .body(body);
-    client.send(req).await?;
-    Ok(())
-}
-
-/// Adds `dir` to `tar` as `at`, with its regular files and directories (links and other
-/// kinds are skipped with a warning: the server would refuse them).
-fn pack(tar: &mut tar::Builder<Vec<u8>>, dir: &Path, at: &Path) -> Result<(), CliError> {
-    let fail = |p: &Path, e: std::io::Error| CliError::new(format!("{}: {e}", p.display()));
-    tar.append_dir(at, dir).map_err(|e| fail(dir, e))?;
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| fail(dir, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(dir, e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        let kind = e.file_type().map_err(|err| fail(&path, err))?;
-        let inside = at.join(e.file_name());
-        if kind.is_dir() {
-            pack(tar, &path, &inside)?;
-        } else if kind.is_file() {
-            tar.append_path_with_name(&path, &inside)
-                .map_err(|err| fail(&path, err))?;
-        } else {
-            eprintln!(
-                "hive: skipping {} (not a regular file or directory)",
-                path.display()
-            );
-        }
-    }
-    Ok(())
+    Ok((body, content_type, target))
 }

@@ -36,11 +36,18 @@ pub(super) async fn exec(client: &Client, args: ExecArgs) -> Result<i32, CliErro
         };
         env.insert(k.to_string(), v.to_string());
     }
+    // Read on a blocking thread, bounded: standard input may be a slow pipe.
     let stdin = if args.stdin {
-        let mut text = String::new();
-        std::io::stdin()
-            .take(MAX_STDIN + 1)
-            .read_to_string(&mut text)
+        let read = tokio::task::spawn_blocking(|| {
+            let mut text = String::new();
+            std::io::stdin()
+                .take(MAX_STDIN + 1)
+                .read_to_string(&mut text)
+                .map(|_| text)
+        });
+        let text = read
+            .await
+            .map_err(|e| CliError::new(format!("reading stdin failed: {e}")))?
             .map_err(|e| CliError::new(format!("cannot read stdin as text: {e}")))?;
         if text.len() as u64 > MAX_STDIN {
             return Err(CliError::new(format!(
